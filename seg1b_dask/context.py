@@ -1,0 +1,25 @@
+"""What a state's orchestration wrapper receives from the runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .execution import Execution
+from .grid import Grid
+from .lineage import Tokens
+from .policies import PolicyBundle
+
+
+@dataclass(frozen=True)
+class StateContext:
+    tokens: Tokens
+    policies: PolicyBundle
+    grid: Grid
+    execution: Execution
+    inputs: dict[str, Path]  # dataset name -> published folder
+    upstream: Path  # the verified 1A bundle
+
+    @property
+    def seed(self) -> int:
+        return self.tokens.seed

@@ -1,0 +1,147 @@
+"""Lineage tokens, partition paths and atomic write-once publishing (DESIGN §3).
+
+Every published dataset folder carries ``_manifest.json`` with its tokens and a digest of
+its bytes: the tokens in the path equal the tokens in the manifest. Publishing writes a
+temporary sibling and renames it; republishing identical bytes is a no-op, different bytes
+an error. A crash leaves at most a ``.tmp-`` sibling, never a partial dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import E_PATH_ESCAPE, E_PUBLISH_CONFLICT, E_TOKEN_MISMATCH, Seg1BError
+from .hashing import tree_digest
+
+MANIFEST = "_manifest.json"
+Scope = Literal["global", "plan", "egress", "run"]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    seed: int
+    parameter_hash: str
+    manifest_fingerprint: str
+
+    def for_scope(self, scope: Scope) -> dict[str, object]:
+        if scope == "global":
+            return {"parameter_hash": self.parameter_hash}
+        if scope == "egress":
+            return {"seed": self.seed, "manifest_fingerprint": self.manifest_fingerprint}
+        return {"seed": self.seed, "parameter_hash": self.parameter_hash, "manifest_fingerprint": self.manifest_fingerprint}
+
+
+def partition(dataset: str, scope: Scope, tokens: Tokens) -> str:
+    parts = [f"{k}={v}" for k, v in tokens.for_scope(scope).items()]
+    return "/".join([dataset, *parts])
+
+
+def tokens_from_path(path: Path) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in Path(path).parts if "=" in p)
+
+
+def safe_join(root: Path, relative: str | Path) -> Path:
+    """Join under ``root`` and refuse anything that escapes it."""
+    root = Path(root).resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise Seg1BError(E_PATH_ESCAPE, "path escapes the run root", file=root, key=str(relative))
+    return target
+
+
+def stage_dir(final: Path) -> Path:
+    return final.parent / f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+
+
+def _manifest(tokens: dict[str, object], digest: str, dataset: str) -> bytes:
+    return json.dumps({"dataset": dataset, "tokens": tokens, "content_sha256": digest}, indent=2, sort_keys=True).encode()
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((folder / MANIFEST).read_text())
+
+
+def check_tokens(folder: Path) -> None:
+    """The tokens in a dataset's path must equal the tokens in its manifest."""
+    manifest = read_manifest(folder)
+    path_tokens = tokens_from_path(folder)
+    for key, value in manifest["tokens"].items():
+        if path_tokens.get(key) != str(value):
+            raise Seg1BError(E_TOKEN_MISMATCH, f"path says {key}={path_tokens.get(key)}, manifest says {value}", file=folder / MANIFEST, key=key)
+
+
+def seal_and_commit(tmp: Path, final: Path, dataset: str, tokens: dict[str, object]) -> Path:
+    """Seal a staged folder with its manifest and atomically publish it."""
+    try:
+        digest = tree_digest(tmp)
+        (tmp / MANIFEST).write_bytes(_manifest(tokens, digest, dataset))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _commit(tmp, final, digest)
+    return final
+
+
+def _commit(tmp: Path, final: Path, digest: str) -> None:
+    if final.exists():
+        existing = read_manifest(final)["content_sha256"] if (final / MANIFEST).is_file() else None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if existing != digest:
+            raise Seg1BError(E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final)
+        return
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        # Another writer won the race: same rule as above.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if read_manifest(final)["content_sha256"] != digest:
+            raise Seg1BError(E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final) from None
+
+
+def publish(final: Path, dataset: str, tokens: dict[str, object], write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp_dir)``, seal it with a manifest and atomically rename it to ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return seal_and_commit(tmp, final, dataset, tokens)
+
+
+def republish(source: Path, final: Path, dataset: str, tokens: dict[str, object]) -> Path:
+    """Publish the bytes of an already-published dataset under new tokens (hard links)."""
+    if source.resolve() == final.resolve():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    digest = read_manifest(source)["content_sha256"]
+    try:
+        for path in sorted(source.rglob("*")):
+            rel = path.relative_to(source)
+            if path.is_dir():
+                (tmp / rel).mkdir(parents=True, exist_ok=True)
+            elif rel.as_posix() != MANIFEST:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(path, tmp / rel)
+                except OSError:
+                    shutil.copy2(path, tmp / rel)
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / MANIFEST).write_bytes(_manifest(tokens, digest, dataset))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _commit(tmp, final, digest)
+    return final

@@ -1,0 +1,63 @@
+"""Realism metrics, exactly as defined in DESIGN §6. Pure functions on arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+EARTH_RADIUS_KM = 6371.0088
+
+
+def country_gini(counts: NDArray[np.int64]) -> float:
+    """G = Σ(2i−n−1)x_i / (n Σx) over countries with ≥ 1 site, ascending."""
+    x = np.sort(np.asarray(counts, dtype=np.float64)[np.asarray(counts) > 0])
+    n = len(x)
+    if n == 0:
+        return float("nan")
+    i = np.arange(1, n + 1)
+    return float(((2 * i - n - 1) * x).sum() / (n * x.sum()))
+
+
+def top_share(counts: NDArray[np.int64], fraction: float) -> tuple[float, int]:
+    """Share of the top k = max(1, ceil(f · n_active)) countries, and k."""
+    x = np.sort(np.asarray(counts)[np.asarray(counts) > 0])[::-1]
+    k = max(1, math.ceil(round(fraction * len(x), 9)))
+    return float(x[:k].sum() / x.sum()), k
+
+
+def unit_vectors(lon_deg: NDArray[np.float64], lat_deg: NDArray[np.float64]) -> NDArray[np.float64]:
+    lon, lat = np.radians(lon_deg), np.radians(lat_deg)
+    return np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+
+
+def nearest_neighbour_km(lon_deg: NDArray[np.float64], lat_deg: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Great-circle distance of every site to its nearest other site (global, exact)."""
+    from sklearn.neighbors import BallTree
+
+    xyz = unit_vectors(lon_deg, lat_deg)
+    chord, _ = BallTree(xyz).query(xyz, k=2)
+    return 2.0 * np.arcsin(np.clip(chord[:, 1] / 2.0, 0.0, 1.0)) * EARTH_RADIUS_KM
+
+
+def country_metrics(counts_by_country: dict[str, int], eligible_count: int) -> dict[str, float]:
+    counts = np.asarray(list(counts_by_country.values()), dtype=np.int64)
+    active = int((counts > 0).sum())
+    out: dict[str, float] = {"country_gini": country_gini(counts), "active_countries": active, "eligible_countries": eligible_count}
+    for name, f in (("top1", 0.01), ("top5", 0.05), ("top10", 0.10)):
+        share, k = top_share(counts, f)
+        out[f"{name}_share"] = share
+        out[f"{name}_k"] = k
+    out["eligible_country_nonzero_share"] = active / eligible_count
+    return out
+
+
+def nn_metrics(nn_km: NDArray[np.float64]) -> dict[str, float]:
+    q = np.quantile(nn_km, [0.5, 0.75, 0.9, 0.95, 0.99])
+    p50, p99 = float(q[0]), float(q[4])
+    return {
+        "nn_p50_km": p50, "nn_p75_km": float(q[1]), "nn_p90_km": float(q[2]), "nn_p95_km": float(q[3]), "nn_p99_km": p99,
+        # p50 = 0 is a failure, never a perfect score: the ratio is undefined (NaN).
+        "nn_ratio": p99 / p50 if p50 > 0 else float("nan"),
+    }
