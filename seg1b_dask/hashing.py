@@ -16,6 +16,8 @@ from .errors import E_BUNDLE_FLAG_MISMATCH, E_BUNDLE_FLAG_MISSING, E_BUNDLE_INDE
 
 FLAG_NAME = "_passed.flag"
 INDEX_NAME = "index.json"
+# Outside the sealed content: the flag itself and the publishing manifest around a bundle.
+_ENVELOPE = frozenset({FLAG_NAME, "_manifest.json"})
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -57,7 +59,7 @@ def _concat_digest(root: Path, paths: list[str]) -> str:
 def seal_bundle(root: Path, meta: dict[str, Any]) -> str:
     """Write ``index.json`` (all files, itself included) and ``_passed.flag``; return the hex."""
     files = sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != FLAG_NAME
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in _ENVELOPE
     )
     files = sorted(set(files) | {INDEX_NAME})
     index = dict(meta, files=[{"path": f} for f in files])
@@ -90,7 +92,7 @@ def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
         seen.add(rel)
         if not (root / rel).is_file():
             raise Seg1BError(E_BUNDLE_INDEX, "index lists a file that is missing", file=index_path, key=rel)
-    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != FLAG_NAME}
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - _ENVELOPE
     unlisted = sorted(present - seen)
     if unlisted:
         raise Seg1BError(E_BUNDLE_INDEX, "bundle holds a file the index does not list", file=index_path, key=unlisted[0])

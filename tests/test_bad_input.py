@@ -1,0 +1,153 @@
+"""Every user mistake is refused with a coded error naming the file and key or row, and
+nothing is published (DESIGN §11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from seg1b_dask.cli import main
+from seg1b_dask.errors import Seg1BError
+from seg1b_dask.hashing import FLAG_NAME, seal_bundle
+from seg1b_dask.policies import load_bundle
+from seg1b_dask.runner import run_seed
+from seg1b_dask.upstream import CATALOGUE
+
+
+def _rewrite_catalogue(bundle: Path, edit) -> None:
+    path = bundle / CATALOGUE
+    table = edit(pq.read_table(path))
+    pq.write_table(table, path)
+    (bundle / FLAG_NAME).unlink()
+    seal_bundle(bundle, {"segment": "1A", "seed": 42, "manifest_fingerprint": "x"})
+
+
+def _set(table: pa.Table, column: str, row: int, value) -> pa.Table:
+    values = table.column(column).to_pylist()
+    values[row] = value
+    return table.set_column(table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type))
+
+
+def _refused(tmp_path: Path, bundle: Path, code: str, policies: Path | None = None, allowed: tuple[str, ...] = ()) -> Seg1BError:
+    root = tmp_path / "root"
+    kwargs = {"policies": policies} if policies else {}
+    with pytest.raises(Seg1BError) as err:
+        run_seed(root=root, seed=42, upstream=bundle, **kwargs)
+    assert err.value.code == code, str(err.value)
+    assert err.value.file, "the error names the file"
+    published = [p for p in (root / "data").rglob("_manifest.json")] if (root / "data").exists() else []
+    plan = [p for p in published if "seed=" in str(p) and not any(a in str(p) for a in allowed)]
+    assert not plan, f"nothing seeded may be published, found {plan[:1]}"
+    assert not list(root.rglob("*.tmp-*")), "no staging folder is left behind"
+    return err.value
+
+
+def test_missing_flag(tmp_path: Path, bundle_copy: Path) -> None:
+    (bundle_copy / FLAG_NAME).unlink()
+    _refused(tmp_path, bundle_copy, "E_BUNDLE_FLAG_MISSING")
+
+
+def test_tampered_flag(tmp_path: Path, bundle_copy: Path) -> None:
+    path = bundle_copy / CATALOGUE
+    pq.write_table(_set(pq.read_table(path), "site_order", 0, 1), path)  # same values, other bytes
+    (bundle_copy / FLAG_NAME).write_text("sha256_hex = " + "0" * 64 + "\n")
+    _refused(tmp_path, bundle_copy, "E_BUNDLE_FLAG_MISMATCH")
+
+
+def test_unknown_iso(tmp_path: Path, bundle_copy: Path) -> None:
+    _rewrite_catalogue(bundle_copy, lambda t: _set(t, "legal_country_iso", 5, "ZZ"))
+    err = _refused(tmp_path, bundle_copy, "E_UNKNOWN_ISO")
+    assert "row 5" in err.key and "ZZ" in str(err)
+
+
+def test_site_order_gap(tmp_path: Path, bundle_copy: Path) -> None:
+    _rewrite_catalogue(bundle_copy, lambda t: _set(t, "site_order", 1, 99))
+    err = _refused(tmp_path, bundle_copy, "E_SITE_ORDER_GAP")
+    assert "merchant_id" in err.key
+
+
+def test_nonpositive_count(tmp_path: Path, bundle_copy: Path) -> None:
+    _rewrite_catalogue(bundle_copy, lambda t: _set(t, "final_country_outlet_count", 3, 0))
+    err = _refused(tmp_path, bundle_copy, "E_NONPOSITIVE_COUNT")
+    assert err.key == "row 3"
+
+
+def test_duplicate_key(tmp_path: Path, bundle_copy: Path) -> None:
+    def dup(t: pa.Table) -> pa.Table:
+        return pa.concat_tables([t, t.slice(10, 1)])
+
+    _rewrite_catalogue(bundle_copy, dup)
+    _refused(tmp_path, bundle_copy, "E_DUPLICATE_KEY")
+
+
+def test_mixed_tokens(tmp_path: Path, bundle_copy: Path) -> None:
+    def tokens(t: pa.Table) -> pa.Table:
+        seeds = np.full(t.num_rows, 42)
+        seeds[7] = 43
+        return t.append_column("seed", pa.array(seeds))
+
+    _rewrite_catalogue(bundle_copy, tokens)
+    err = _refused(tmp_path, bundle_copy, "E_TOKEN_MISMATCH")
+    assert err.key == "seed"
+
+
+def test_bundle_for_another_seed(tmp_path: Path, bundle42: Path) -> None:
+    with pytest.raises(Seg1BError) as err:
+        run_seed(root=tmp_path / "root", seed=7, upstream=bundle42)
+    assert err.value.code == "E_TOKEN_MISMATCH"
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "code", "key"),
+    [
+        ("s4_alloc_plan.yaml", lambda s: s + "surprise: 1\n", "E_POLICY_UNKNOWN_KEY", "surprise"),
+        ("s4_alloc_plan.yaml", lambda s: s.replace("max_tile_share: 1.0", "max_tile_shares: 1.0"), "E_POLICY_UNKNOWN_KEY", "tile_allocation.max_tile_shares"),
+        ("s6_jitter.yaml", lambda s: s.replace("max_attempts: 64", 'max_attempts: "64"'), "E_POLICY_INVALID", "max_attempts"),
+        ("grid.yaml", lambda s: s.replace("resolution_arcsec: 300", "resolution_arcsec: 7"), "E_POLICY_INVALID", "resolution_arcsec"),
+    ],
+)
+def test_policy_schema_is_strict(policies_copy: Path, file: str, edit, code: str, key: str) -> None:
+    path = policies_copy / file
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(Seg1BError) as err:
+        load_bundle(policies_copy, "v")
+    assert (err.value.code, err.value.key) == (code, key)
+    assert err.value.file.endswith(file)
+
+
+def test_every_policy_file_moves_parameter_hash(policies_copy: Path) -> None:
+    base = load_bundle(policies_copy, "v").parameter_hash
+    for name, old, new in (
+        ("s3_requirements.yaml", "denylist_iso: []", "denylist_iso: [AQ]"),
+        ("s6_jitter.yaml", "max_attempts: 64", "max_attempts: 65"),
+        ("s8_egress.yaml", "1000000", "999999"),
+    ):
+        path = policies_copy / name
+        text = path.read_text()
+        path.write_text(text.replace(old, new))
+        assert load_bundle(policies_copy, "v").parameter_hash != base, name
+        path.write_text(text)
+    gates = policies_copy.parent / "gates.yaml"
+    gates.write_text(gates.read_text().replace("B: 0.68", "B: 0.67"))
+    assert load_bundle(policies_copy, "v").parameter_hash != base
+    assert load_bundle(policies_copy, "v2").parameter_hash != load_bundle(policies_copy, "v").parameter_hash
+
+
+def test_cli_prints_one_coded_line(tmp_path: Path, bundle_copy: Path) -> None:
+    (bundle_copy / FLAG_NAME).unlink()
+    result = CliRunner().invoke(main, ["run", "--root", str(tmp_path / "r"), "--upstream", str(bundle_copy), "--quiet"])
+    assert result.exit_code == 2
+    assert "E_BUNDLE_FLAG_MISSING" in result.output and "Traceback" not in result.output
+
+
+def test_denylisted_country_is_refused(tmp_path: Path, bundle42: Path, policies_copy: Path) -> None:
+    path = policies_copy / "s3_requirements.yaml"
+    path.write_text(path.read_text().replace("denylist_iso: []", "denylist_iso: [DE]"))
+    # The gate passed (its receipt is a complete record); nothing from S3 on is published.
+    err = _refused(tmp_path, bundle42, "E_DENYLISTED", policies=policies_copy, allowed=("s0_gate_receipt",))
+    assert "DE" in err.key

@@ -1,0 +1,120 @@
+"""End-to-end runs on the real vendored data: the baseline posture and determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seg1b_dask import upstream
+from seg1b_dask.execution import Execution
+from seg1b_dask.hashing import verify_bundle
+from seg1b_dask.lineage import read_manifest
+from seg1b_dask.registry import first_dirty_state, rerun_matrix
+from seg1b_dask.runner import RunResult, run_seed
+from seg1b_dask.tables import read_table
+
+pytestmark = pytest.mark.e2e
+
+
+def _digests(result: RunResult) -> dict[str, str]:
+    return {name: read_manifest(path)["content_sha256"] for name, path in result.outputs.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return run_seed(root=tmp_path_factory.mktemp("ref"), seed=42, execution=Execution(scheduler="threads"))
+
+
+def test_standin_matches_facts_for_seed_42() -> None:
+    cat = upstream.synthesize(42)
+    assert len(np.unique(cat.merchant_id)) == 1238
+    assert int(cat.n_outlets.sum()) == 31257
+    assert len(cat.n_outlets) == 2597
+    totals = {c: int(cat.n_outlets[cat.legal_country_iso == c].sum()) for c in np.unique(cat.legal_country_iso)}
+    assert len(totals) == 77
+    assert {c: totals[c] for c in upstream.TOP_COUNTRIES} == upstream.TOP_COUNTRIES
+    assert totals["MC"] == 140
+    _, inv = np.unique(cat.merchant_id, return_inverse=True)
+    sizes = np.bincount(inv, weights=cat.n_outlets)
+    assert sizes.min() >= 2 and 14 <= np.median(sizes) <= 18
+    assert 0.35 <= (np.bincount(inv) > 1).mean() <= 0.40
+    other = upstream.synthesize(7)
+    assert int(other.n_outlets.sum()) != 31257 and len(np.unique(other.legal_country_iso)) == 77
+
+
+def test_baseline_reproduces_old_engine_country_metrics(reference: RunResult) -> None:
+    m = reference.validation["metrics"]
+    assert reference.validation["passed"]
+    assert m["active_countries"] == 77 and m["sites"] == 31257
+    assert round(m["country_gini"], 4) == 0.7528
+    assert (round(m["top1_share"], 4), round(m["top5_share"], 4), round(m["top10_share"], 4)) == (0.1366, 0.3933, 0.5974)
+    assert (m["top1_k"], m["top5_k"], m["top10_k"]) == (1, 4, 8)
+    assert 0.05 <= m["southern_hemisphere_share"] <= 0.07
+    assert 220 <= m["eligible_countries"] <= 240
+
+
+def test_outputs_are_sealed_and_complete(reference: RunResult) -> None:
+    bundle = reference.outputs["validation_bundle"]
+    index, _ = verify_bundle(bundle)
+    assert index["manifest_fingerprint"] == reference.tokens.manifest_fingerprint
+    checks = json.loads((bundle / "checks.json").read_text())
+    assert all(c["passed"] for c in checks.values()) and checks["point_in_country"]["share"] == 1.0
+    sites = read_table(reference.outputs["site_locations"])
+    assert sites.column_names == ["merchant_id", "legal_country_iso", "site_order", "lon_deg", "lat_deg"]
+    assert sites.num_rows == 31257
+    path = str(reference.outputs["site_locations"])
+    assert f"seed=42/manifest_fingerprint={reference.tokens.manifest_fingerprint}" in path
+
+
+def test_baseline_keeps_the_legacy_stripes(reference: RunResult) -> None:
+    """Legacy tie-breaking by tile_id gives every merchant of a country the same row run."""
+    plan = read_table(reference.outputs["s4_alloc_plan"]).to_pandas()
+    de = plan[plan.legal_country_iso == "DE"]
+    first = de.groupby("merchant_id").tile_id.min()
+    assert len(first) > 300 and first.nunique() <= 0.05 * len(first)
+
+
+@pytest.mark.parametrize(
+    "execution",
+    [
+        Execution(scheduler="threads", country_batch=5, band_shards=1),
+        Execution(scheduler="synchronous", country_batch=200, band_shards=4),
+        Execution(scheduler="processes", workers=2, country_batch=7),
+        Execution(scheduler="distributed", workers=1, country_batch=11),
+        Execution(scheduler="distributed", workers=2, country_batch=3, band_shards=3),
+    ],
+    ids=["threads-small-chunks", "sync-big-chunks", "processes-2", "distributed-1", "distributed-2"],
+)
+def test_outputs_are_byte_identical_across_schedulers_and_chunks(reference: RunResult, execution: Execution, tmp_path: Path) -> None:
+    other = run_seed(root=tmp_path, seed=42, execution=execution)
+    assert other.tokens == reference.tokens
+    assert not any(s.reused for s in other.states)
+    assert _digests(other) == _digests(reference)
+    for part in sorted(reference.outputs["site_locations"].glob("part-*.parquet")):
+        assert (other.outputs["site_locations"] / part.name).read_bytes() == part.read_bytes()
+
+
+def test_cache_reuse_and_rerun_matrix(reference: RunResult, tmp_path: Path) -> None:
+    import shutil
+
+    from seg1b_dask.runner import DEFAULT_POLICIES
+
+    assert first_dirty_state({"s6_jitter"}) == "S6" and first_dirty_state({"gates"}) == "S9"
+    assert rerun_matrix()["s2_tile_weights"] == ["S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"]
+    root = reference.run_dir.parent.parent
+    again = run_seed(root=root, seed=42)
+    assert all(s.reused for s in again.states[1:]) and _digests(again) == _digests(reference)
+
+    policies = tmp_path / "policies" / "changed"
+    shutil.copytree(DEFAULT_POLICIES, policies)
+    shutil.copy(DEFAULT_POLICIES.parent / "gates.yaml", policies.parent / "gates.yaml")
+    (policies / "s6_jitter.yaml").write_text((policies / "s6_jitter.yaml").read_text().replace("max_attempts: 64", "max_attempts: 32"))
+    changed = run_seed(root=root, seed=42, policies=policies)
+    assert [s.id for s in changed.states if s.reused] == ["S1", "S2", "S3", "S4", "S5"]
+    assert changed.tokens.parameter_hash != reference.tokens.parameter_hash
+    # Reused datasets carry the new tokens and the same bytes.
+    assert read_manifest(changed.outputs["s4_alloc_plan"])["tokens"]["parameter_hash"] == changed.tokens.parameter_hash
+    assert _digests(changed)["s4_alloc_plan"] == _digests(reference)["s4_alloc_plan"]

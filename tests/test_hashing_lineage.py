@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seg1b_dask.errors import Seg1BError
+from seg1b_dask.hashing import FLAG_NAME, seal_bundle, verify_bundle
+from seg1b_dask.lineage import Tokens, check_tokens, partition, publish, republish, safe_join
+
+
+def _bundle(root: Path) -> Path:
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.bin").write_bytes(b"xx")
+    (root / "b.txt").write_text("b")
+    seal_bundle(root, {"seed": 1})
+    return root
+
+
+def test_flag_is_sha256_of_listed_files_in_path_order(tmp_path: Path) -> None:
+    import hashlib
+
+    root = _bundle(tmp_path / "bundle")
+    index, flag = verify_bundle(root)
+    paths = sorted(e["path"] for e in index["files"])
+    assert paths == ["a/x.bin", "b.txt", "index.json"]
+    assert flag == hashlib.sha256(b"".join((root / p).read_bytes() for p in paths)).hexdigest()
+    assert (root / FLAG_NAME).read_text().strip() == f"sha256_hex = {flag}"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "code"),
+    [
+        (lambda r: (r / FLAG_NAME).unlink(), "E_BUNDLE_FLAG_MISSING"),
+        (lambda r: (r / "b.txt").write_text("B"), "E_BUNDLE_FLAG_MISMATCH"),
+        (lambda r: (r / "extra.txt").write_text("?"), "E_BUNDLE_INDEX"),
+        (lambda r: (r / "a" / "x.bin").unlink(), "E_BUNDLE_INDEX"),
+    ],
+)
+def test_tampered_bundle_is_refused(tmp_path: Path, tamper, code: str) -> None:
+    root = _bundle(tmp_path / "bundle")
+    tamper(root)
+    with pytest.raises(Seg1BError) as err:
+        verify_bundle(root)
+    assert err.value.code == code
+    assert err.value.file is not None
+
+
+def test_publish_is_atomic_and_write_once(tmp_path: Path) -> None:
+    final = tmp_path / "ds" / "parameter_hash=abc"
+    publish(final, "ds", {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("1"))
+    publish(final, "ds", {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("1"))  # identical: no-op
+    with pytest.raises(Seg1BError) as err:
+        publish(final, "ds", {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("2"))
+    assert err.value.code == "E_PUBLISH_CONFLICT"
+    assert (final / "x").read_text() == "1"
+
+    def crash(d: Path) -> None:
+        (d / "half").write_text("partial")
+        raise RuntimeError("boom")
+
+    other = tmp_path / "ds" / "parameter_hash=def"
+    with pytest.raises(RuntimeError):
+        publish(other, "ds", {"parameter_hash": "def"}, crash)
+    assert not other.exists()
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["parameter_hash=abc"]
+
+
+def test_republish_keeps_bytes_and_retokens(tmp_path: Path) -> None:
+    tokens = Tokens(7, "p1", "m1")
+    src = tmp_path / partition("ds", "plan", tokens)
+    publish(src, "ds", tokens.for_scope("plan"), lambda d: (d / "x").write_text("1"))
+    t2 = Tokens(7, "p2", "m2")
+    dst = republish(src, tmp_path / partition("ds", "plan", t2), "ds", t2.for_scope("plan"))
+    assert (dst / "x").read_bytes() == (src / "x").read_bytes()
+    check_tokens(dst)
+    (dst / "_manifest.json").write_text((src / "_manifest.json").read_text())
+    with pytest.raises(Seg1BError) as err:
+        check_tokens(dst)
+    assert err.value.code == "E_TOKEN_MISMATCH"
+
+
+def test_safe_join_refuses_escape(tmp_path: Path) -> None:
+    assert safe_join(tmp_path, "runs/a") == (tmp_path / "runs" / "a").resolve()
+    with pytest.raises(Seg1BError) as err:
+        safe_join(tmp_path, "../elsewhere")
+    assert err.value.code == "E_PATH_ESCAPE"
