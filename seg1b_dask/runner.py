@@ -149,18 +149,10 @@ class Chain:
         index.write_text(json.dumps(entry, indent=2, sort_keys=True, default=str) + "\n")
         return stats
 
-    def run(self, on_state: Callable[[str], None] | None = None) -> tuple[Tokens, list[StateRecord]]:
-        records: list[StateRecord] = []
-        t0 = time.perf_counter()
-        gate = s0_gate.verify(self.upstream, self.seed, self.bundle.parameter_hash, code_digest())
-        tokens = Tokens(self.seed, self.bundle.parameter_hash, gate.manifest_fingerprint)
-        final = self._final("s0_gate_receipt", tokens)
-        publish(final, "s0_gate_receipt", tokens.for_scope("plan"), lambda d: s0_gate.write_receipt(gate, self.seed, self.bundle.parameter_hash, d))
-        self.published["s0_gate_receipt"] = final
-        records.append(StateRecord("S0", "gate", time.perf_counter() - t0, False, {"outlets": gate.n_outlets}))
-        keys = _cache_keys(self.bundle, self.seed, gate.upstream_flag)
+    def _run_states(self, specs: tuple[StateSpec, ...], keys: dict[str, str], tokens: Tokens, on_state: Callable[[str], None] | None) -> list[StateRecord]:
+        records = []
         with executing(self.execution):
-            for spec in STATES[1:]:
+            for spec in specs:
                 if on_state:
                     on_state(f"{spec.id} {spec.name}")
                 t = time.perf_counter()
@@ -169,7 +161,24 @@ class Chain:
                 if stats is None:
                     stats = self._compute(spec, keys[spec.id], tokens)
                 records.append(StateRecord(spec.id, spec.name, time.perf_counter() - t, reused, stats))
-        return tokens, records
+        return records
+
+    def run_global(self, on_state: Callable[[str], None] | None = None) -> list[StateRecord]:
+        """Only the seed-free states (S1, S2): build the grid and weights once per policy."""
+        tokens = Tokens(self.seed, self.bundle.parameter_hash, "")
+        keys = _cache_keys(self.bundle, self.seed, "")
+        return self._run_states(tuple(s for s in STATES if not s.seeded), keys, tokens, on_state)
+
+    def run(self, on_state: Callable[[str], None] | None = None) -> tuple[Tokens, list[StateRecord]]:
+        t0 = time.perf_counter()
+        gate = s0_gate.verify(self.upstream, self.seed, self.bundle.parameter_hash, code_digest())
+        tokens = Tokens(self.seed, self.bundle.parameter_hash, gate.manifest_fingerprint)
+        final = self._final("s0_gate_receipt", tokens)
+        publish(final, "s0_gate_receipt", tokens.for_scope("plan"), lambda d: s0_gate.write_receipt(gate, self.seed, self.bundle.parameter_hash, d))
+        self.published["s0_gate_receipt"] = final
+        records = [StateRecord("S0", "gate", time.perf_counter() - t0, False, {"outlets": gate.n_outlets})]
+        keys = _cache_keys(self.bundle, self.seed, gate.upstream_flag)
+        return tokens, records + self._run_states(STATES[1:], keys, tokens, on_state)
 
 
 def run_seed(
