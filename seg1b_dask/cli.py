@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import click
 
 from .errors import Seg1BError
 from .execution import Execution
-from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult, run_seed
+from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult
+
+REQUIRED_SEEDS = "42,7,101,202"
 
 
 class _Group(click.Group):
@@ -26,7 +29,15 @@ def main() -> None:
     """seg1b_dask — Segment 1B: where on Earth every outlet sits."""
 
 
-def summary(result: RunResult) -> str:
+root_option = click.option("--root", default=str(DEFAULT_ROOT), show_default=True, type=click.Path(file_okay=False, path_type=Path), help="run root")
+policies_option = click.option("--policies", default=str(DEFAULT_POLICIES), show_default=True, type=click.Path(file_okay=False, path_type=Path))
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def run_summary(result: RunResult) -> list[str]:
     lines = [f"seg1b run {result.run_id}  seed={result.seed}", f"  parameter_hash       {result.tokens.parameter_hash}", f"  manifest_fingerprint {result.tokens.manifest_fingerprint}", "", "  state              seconds  note"]
     for r in result.states:
         note = "reused from cache" if r.reused else ", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, dict | list))[:70]
@@ -38,27 +49,45 @@ def summary(result: RunResult) -> str:
         f"  sites {m['sites']:,}  active countries {m['active_countries']} of {m['eligible_countries']} eligible  ({m['eligible_country_nonzero_share']:.4f})",
         f"  country_gini {m['country_gini']:.4f}  top1/5/10 {m['top1_share']:.4f} / {m['top5_share']:.4f} / {m['top10_share']:.4f}  (k = {m['top1_k']} / {m['top5_k']} / {m['top10_k']})",
         f"  southern_hemisphere_share {m['southern_hemisphere_share']:.4f}  nn p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km  ratio {m['nn_ratio']:.2f}",
-        "",
-        f"  site_locations     {result.outputs['site_locations']}",
-        f"  validation bundle  {result.outputs['validation_bundle']}",
-        f"  run receipt        {result.run_dir / 'run.json'}",
-        f"  wall {result.wall_seconds:.2f} s   peak RSS {result.peak_rss_mb:.0f} MiB",
     ]
-    return "\n".join(lines)
+    return lines
+
+
+def score_summary(scored) -> list[str]:  # noqa: ANN001 - lanes.Scored
+    from .grading import failure_table
+
+    m = scored.card["metrics"]
+    lines = ["", f"  scorecard ({scored.run_dir / 'scorecard'})", f"  {'metric':<32} {'value':>9} {'vs baseline':>12}"]
+    for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio", "nn_contraction"):
+        delta = scored.delta.get(key)
+        lines.append(f"  {key:<32} {_fmt(m[key]):>9} {('%+.4f' % delta) if delta is not None else '':>12}")
+    lines.append(f"  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
+    lines.append(f"  collapse sentinel: {m['sentinel_flagged']} of the top-10 countries flagged")
+    if scored.card.get("baseline") is None:
+        lines.append(f"  no baseline pinned for seed {scored.seed}: `seg1b baseline --seed {scored.seed}` pins one")
+    report = scored.grade
+    lines.append(f"  single-seed grade: {report.outcome}  (next: {report.next_action})")
+    if report.outcome == "RED":
+        lines += failure_table(report, "B")
+    return lines
 
 
 @main.command()
 @click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--policies", "policies", default=str(DEFAULT_POLICIES), show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--root", default=str(DEFAULT_ROOT), show_default=True, type=click.Path(file_okay=False, path_type=Path), help="run root")
+@policies_option
+@root_option
 @click.option("--upstream", default=None, type=click.Path(file_okay=False, path_type=Path), help="a 1A bundle (default: the stand-in for --seed)")
 @click.option("--scheduler", default="threads", show_default=True, help="threads | processes | synchronous | distributed | tcp://HOST:PORT")
 @click.option("--workers", default=None, type=int)
 @click.option("--country-batch", default=24, show_default=True, type=click.IntRange(1))
+@click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase (needs --reason)")
+@click.option("--reason", default="", help="why a locked phase is reopened")
 @click.option("--quiet", is_flag=True)
-def run(seed: int, policies: Path, root: Path, upstream: Path | None, scheduler: str, workers: int | None, country_batch: int, quiet: bool) -> None:
-    """Run S0-S9 for one seed (default: seed 42, baseline policies)."""
+def run(seed: int, policies: Path, root: Path, upstream: Path | None, scheduler: str, workers: int | None, country_batch: int, reopen: tuple[str, ...], reason: str, quiet: bool) -> None:
+    """Fast lane: run one seed from the first dirty state, score it, compare to its baseline."""
     from tqdm import tqdm
+
+    from .lanes import fast_lane
 
     execution = Execution(scheduler=scheduler, workers=workers, country_batch=country_batch)
     with tqdm(total=9, desc="S0 gate", unit="state", disable=quiet, leave=False, file=sys.stderr) as bar:
@@ -66,8 +95,107 @@ def run(seed: int, policies: Path, root: Path, upstream: Path | None, scheduler:
             bar.set_description(name)
             bar.update(1)
 
-        result = run_seed(root=root, seed=seed, policies=policies, upstream=upstream, execution=execution, on_state=on_state)
-    click.echo(summary(result))
+        result, scored = fast_lane(root, seed, policies, upstream, execution, {p: reason for p in reopen}, on_state)
+    lines = run_summary(result) + score_summary(scored)
+    lines += ["", f"  site_locations     {result.outputs['site_locations']}", f"  validation bundle  {result.outputs['validation_bundle']}",
+              f"  run receipt        {result.run_dir / 'run.json'}", f"  wall {result.wall_seconds:.2f} s   peak RSS {result.peak_rss_mb:.0f} MiB"]
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("run_ref")
+@root_option
+def score(run_ref: str, root: Path) -> None:
+    """Score RUN_REF (a run id or folder) with the policies sealed in it."""
+    from .discipline import run_dir
+    from .lanes import score_run
+
+    scored = score_run(root, run_dir(root, run_ref))
+    click.echo("\n".join(score_summary(scored)))
+
+
+@main.command()
+@click.option("--seed", default=42, show_default=True, type=int)
+@root_option
+@click.option("--scheduler", default="threads", show_default=True)
+def baseline(seed: int, root: Path, scheduler: str) -> None:
+    """Run the baseline bundle for SEED and pin it as that seed's authority."""
+    from .lanes import pin_baseline_run
+
+    scored = pin_baseline_run(root, seed, Execution(scheduler=scheduler))
+    click.echo(f"baseline for seed {seed}: run {scored.run_dir.name}, nn_ratio {scored.card['metrics']['nn_ratio']:.3f} (pinned)")
+
+
+@main.command()
+@click.option("--seeds", default=REQUIRED_SEEDS, show_default=True, help="comma-separated seeds")
+@policies_option
+@root_option
+@click.option("--scheduler", default=None, help="tcp://HOST:PORT of a running scheduler (default: a LocalCluster)")
+@click.option("--workers", default=None, type=int, help="LocalCluster workers (default 2)")
+@click.option("--promote", is_flag=True, help="move last_good to this pack if it grades GREEN")
+@click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]))
+@click.option("--reason", default="")
+def certify(seeds: str, policies: Path, root: Path, scheduler: str | None, workers: int | None, promote: bool, reopen: tuple[str, ...], reason: str) -> None:
+    """Certification lane: every seed's full chain in parallel on Dask, graded across seeds."""
+    from tqdm import tqdm
+
+    from .grading import failure_table
+    from .lanes import certify as run_certify
+
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    bar = tqdm(total=9 * len(seed_list), desc="certify", unit="state", file=sys.stderr, leave=False)
+
+    def on_event(msg: str) -> None:
+        if msg.startswith("dashboard"):
+            click.echo(f"Dask dashboard: {msg.split(' ', 1)[1]}", err=True)
+        else:
+            bar.set_description(msg[:40])
+            bar.update(1)
+
+    try:
+        pack = run_certify(root, seed_list, policies, scheduler, workers, promote, {p: reason for p in reopen}, on_event)
+    finally:
+        bar.close()
+    report = pack.report
+    lines = [f"certification pack {pack.folder}", f"  seeds {', '.join(map(str, seed_list))}  wall {pack.wall_seconds:.1f} s", "",
+             f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}"]
+    for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio", "nn_contraction"):
+        vals = "".join(f"{_fmt(pack.scored[s].card['metrics'][key]):>11}" for s in seed_list)
+        lines.append(f"  {key:<32}{vals}{_fmt(report.cv.get(key, float('nan'))):>9}")
+    lines += ["", f"  GRADE: {report.outcome}   next: {report.next_action}"]
+    if report.outcome != "GREEN_BPLUS":
+        level = "B" if report.outcome == "RED" else "B_PLUS"
+        lines.append(f"  failing {level.replace('_PLUS', '+')} gates:")
+        lines += failure_table(report, level)
+    lines.append(f"  promotion: {'done (last_good -> this pack)' if pack.promoted else ('refused: RED' if report.outcome == 'RED' else 'not requested')}")
+    lines.append(f"  Dask performance report: {pack.folder / 'dask-report.html'}")
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@root_option
+@click.option("--dry-run", is_flag=True)
+def prune(root: Path, dry_run: bool) -> None:
+    """Remove runs nothing references (never baseline, pointers, locks or packs)."""
+    from .discipline import prune as do_prune
+
+    out = do_prune(root, dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(out['removed_runs'])} runs, {len(out['removed_datasets'])} datasets; kept {len(out['kept_runs'])} runs")
+    for run_id, why in out["kept_runs"].items():
+        click.echo(f"  kept {run_id}: {', '.join(why)}")
+
+
+@main.command()
+@click.argument("phase", type=click.Choice(["P1", "P2", "P3"]))
+@click.argument("run_ref")
+@root_option
+def lock(phase: str, run_ref: str, root: Path) -> None:
+    """Lock PHASE (P1 = S2, P2 = S4, P3 = S6) at the policy of RUN_REF."""
+    from .discipline import lock_phase, run_dir
+
+    record = lock_phase(root, phase, run_dir(root, run_ref))
+    click.echo(f"{phase} locked: {record['policy']} digest {record['policy_digest'][:16]}… (run {record['run_id']})")
 
 
 @main.group()

@@ -14,7 +14,7 @@ import dask
 
 @dataclass(frozen=True)
 class Execution:
-    scheduler: str = "threads"  # threads | processes | synchronous | distributed | tcp://host:port
+    scheduler: str = "threads"  # threads | processes | synchronous | distributed | tcp://host:port | attached
     workers: int | None = None
     country_batch: int = 24  # countries per S4-S7/S9 task
     band_shards: int = 2  # Zarr shards (row bands) per S1/S2 task
@@ -25,7 +25,11 @@ class Execution:
 
 @contextlib.contextmanager
 def executing(execution: Execution) -> Iterator[None]:
-    """Open the requested scheduler for the duration of a run."""
+    """Open the requested scheduler for the duration of a run (``attached``: use the
+    distributed client the caller already opened)."""
+    if execution.scheduler == "attached":
+        yield
+        return
     if execution.scheduler in ("threads", "processes", "synchronous"):
         kwargs: dict[str, Any] = {"scheduler": execution.scheduler}
         if execution.workers and execution.scheduler != "synchronous":

@@ -4,7 +4,6 @@ structural check passes (fail-closed)."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -12,11 +11,11 @@ import dask
 import numpy as np
 import pyarrow as pa
 
-from .. import metrics, refdata
+from .. import refdata, scoring
 from ..context import StateContext
 from ..execution import batches, compute
 from ..hashing import seal_bundle
-from ..lineage import check_tokens
+from ..lineage import check_tokens, read_manifest
 from ..tables import read_table
 from .s7_synthesis import inside_country
 
@@ -58,27 +57,6 @@ def structural_checks(sites: pa.Table, expected_pairs: pa.Table, merchant_totals
     }
 
 
-def realism(sites: pa.Table, country_table: pa.Table) -> tuple[dict[str, float], list[tuple[str, int, float]], dict[str, float], dict[str, float]]:
-    iso = np.asarray(sites.column("legal_country_iso").to_pylist(), dtype="U2")
-    lat = sites.column("lat_deg").to_numpy()
-    lon = sites.column("lon_deg").to_numpy()
-    codes, counts = np.unique(iso, return_counts=True)
-    eligible = int(np.asarray(country_table.column("eligible").to_pylist()).sum())
-    figures = metrics.country_metrics(dict(zip(codes.tolist(), counts.tolist(), strict=True)), eligible)
-    figures["southern_hemisphere_share"] = float((lat < 0).mean())
-    nn = metrics.nearest_neighbour_km(lon, lat)
-    nn_figs = metrics.nn_metrics(nn)
-    figures.update(nn_figs)
-    figures["sites"] = int(len(lat))
-    region_of = dict(zip(country_table.column("iso2").to_pylist(), country_table.column("region").to_pylist(), strict=True))
-    regions = {r: 0.0 for r in refdata.REGIONS}
-    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
-        regions[region_of[code]] += n / len(lat)
-    shares = sorted(((c, int(n), n / len(lat)) for c, n in zip(codes.tolist(), counts.tolist(), strict=True)), key=lambda r: (-r[1], r[0]))
-    quantiles = {k: v for k, v in nn_figs.items() if k.startswith("nn_p")}
-    return figures, shares, regions, quantiles
-
-
 def _pic_task(egress: str, countries: list[str]) -> np.ndarray:
     """Point-in-country for every row (all part files) of the given countries."""
     table = read_table(Path(egress), columns=["legal_country_iso", "lon_deg", "lat_deg"], filters=[("legal_country_iso", "in", countries)])
@@ -101,25 +79,17 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     checks = structural_checks(sites, expected, totals, in_country)
     checks["row_count"] = {"passed": len(in_country) == sites.num_rows, "rows": sites.num_rows}
     country_table = read_table(ctx.inputs["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"])
-    figures, shares, regions, quantiles = realism(sites, country_table)
+    region_of = dict(zip(country_table.column("iso2").to_pylist(), country_table.column("region").to_pylist(), strict=True))
+    eligible = int(np.asarray(country_table.column("eligible").to_pylist()).sum())
+    card = scoring.compute_scorecard(scoring.SiteFrame.from_table(sites), region_of, eligible, None, source=str(egress))
     passed = all(c["passed"] for c in checks.values())
     folder = out["validation_bundle"]
     (folder / "checks.json").write_text(json.dumps(checks, indent=2, sort_keys=True) + "\n")
-    (folder / "scorecard.json").write_text(json.dumps({"metrics": figures, "region_share": regions}, indent=2, sort_keys=True) + "\n")
-    with open(folder / "country_shares.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["legal_country_iso", "sites", "share"])
-        w.writerows([(c, n, f"{s:.6f}") for c, n, s in shares])
-    with open(folder / "region_shares.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["region", "share"])
-        w.writerows([(r, f"{s:.6f}") for r, s in regions.items()])
-    with open(folder / "nn_quantiles.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["quantile", "km"])
-        w.writerows([(k, f"{v:.6f}") for k, v in quantiles.items()])
+    # The egress bytes this bundle vouches for: scorers refuse anything else.
+    (folder / "egress.json").write_text(json.dumps({"site_locations_sha256": read_manifest(egress)["content_sha256"]}, indent=2) + "\n")
+    scoring.write_scorecard(card, folder)
     if passed:
         seal_bundle(folder, {"segment": "1B", "seed": ctx.seed, "parameter_hash": ctx.tokens.parameter_hash, "manifest_fingerprint": ctx.tokens.manifest_fingerprint})
     failed = sorted(k for k, c in checks.items() if not c["passed"])
-    return {"passed": passed, "failed_checks": failed, "metrics": figures, "region_share": regions}
+    return {"passed": passed, "failed_checks": failed, "metrics": card["metrics"], "region_share": card["region_share"]}
 

@@ -1,0 +1,186 @@
+"""Run discipline (DESIGN §7): pointers, the pinned baseline authority, phase locks and
+pruning. Everything is a small JSON file under the run root; nothing here touches data
+except ``prune``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import Seg1BError
+from .lineage import safe_join
+
+E_BASELINE_PINNED = "E_BASELINE_PINNED"
+E_PHASE_LOCKED = "E_PHASE_LOCKED"
+E_UNKNOWN_RUN = "E_UNKNOWN_RUN"
+PHASES = {"P1": "s2_tile_weights", "P2": "s4_alloc_plan", "P3": "s6_jitter"}
+POINTERS = ("current_candidate", "last_good")
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_dir(root: Path, run: str) -> Path:
+    """A run folder by id or path, refusing anything outside the run root."""
+    candidate = Path(run)
+    if not candidate.is_absolute() and not candidate.exists():
+        candidate = Path(root) / "runs" / run
+    path = safe_join(root, candidate.resolve())
+    if not (path / "run.json").is_file():
+        raise Seg1BError(E_UNKNOWN_RUN, "no run.json in this run folder", file=path)
+    return path
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    return json.loads((path / "run.json").read_text())
+
+
+# -- baseline authority -------------------------------------------------------------
+
+
+def baseline_pointer(root: Path, seed: int) -> dict[str, Any] | None:
+    return _read(Path(root) / "baseline_authority" / f"seed={seed}.json")
+
+
+def pin_baseline(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
+    """Pin a run as the baseline of its seed. A pinned baseline is never replaced."""
+    meta = load_run(run)
+    path = Path(root) / "baseline_authority" / f"seed={meta['seed']}.json"
+    payload = {
+        "run_id": meta["run_id"],
+        "seed": meta["seed"],
+        "parameter_hash": meta["parameter_hash"],
+        "manifest_fingerprint": meta["manifest_fingerprint"],
+        "nn_ratio": nn_ratio,
+    }
+    existing = _read(path)
+    if existing is not None:
+        same = all(existing[k] == payload[k] for k in ("seed", "parameter_hash", "manifest_fingerprint"))
+        if not same:
+            raise Seg1BError(E_BASELINE_PINNED, "the baseline authority of this seed is pinned and refuses modification", file=path, key=f"seed={meta['seed']}")
+        return existing
+    _write(path, payload)
+    return payload
+
+
+# -- pointers -----------------------------------------------------------------------
+
+
+def set_pointer(root: Path, name: str, payload: dict[str, Any]) -> None:
+    assert name in POINTERS
+    _write(Path(root) / name / "pointer.json", dict(payload, set_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+
+
+def get_pointer(root: Path, name: str) -> dict[str, Any] | None:
+    return _read(Path(root) / name / "pointer.json")
+
+
+# -- phase locks --------------------------------------------------------------------
+
+
+def lock_phase(root: Path, phase: str, run: Path) -> dict[str, Any]:
+    if phase not in PHASES:
+        raise Seg1BError("E_UNKNOWN_PHASE", f"phases are {', '.join(PHASES)}", key=phase)
+    meta = load_run(run)
+    score = _read(run / "scorecard" / "scorecard.json") or {}
+    record = {
+        "phase": phase,
+        "policy": PHASES[phase],
+        "policy_digest": meta["policy_digests"][PHASES[phase]],
+        "run_id": meta["run_id"],
+        "accepted_metrics": score.get("metrics", {}),
+        "reopened": [],
+    }
+    _write(Path(root) / "locks" / f"{phase}.json", record)
+    return record
+
+
+def check_locks(root: Path, digests: dict[str, str], reopen: dict[str, str]) -> list[dict[str, Any]]:
+    """Refuse a bundle that changes a locked policy unless that phase is reopened with a
+    reason; reopenings are appended to the lock record. Returns the locks in force."""
+    in_force = []
+    for phase in PHASES:
+        path = Path(root) / "locks" / f"{phase}.json"
+        lock = _read(path)
+        if lock is None:
+            continue
+        in_force.append(lock)
+        if digests[lock["policy"]] == lock["policy_digest"]:
+            continue
+        reason = reopen.get(phase, "").strip()
+        if not reason:
+            raise Seg1BError(E_PHASE_LOCKED, f"{lock['policy']} is locked by {phase} (run {lock['run_id']}); reopen it with a reason", file=path, key=lock["policy"])
+        lock["reopened"].append({"policy_digest": digests[lock["policy"]], "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        _write(path, lock)
+    return in_force
+
+
+# -- prune --------------------------------------------------------------------------
+
+
+def referenced_runs(root: Path) -> dict[str, list[str]]:
+    """run_id -> the things that keep it (pointers, baseline authority, locks, packs)."""
+    root = Path(root)
+    refs: dict[str, list[str]] = {}
+
+    def keep(run_id: str | None, why: str) -> None:
+        if run_id:
+            refs.setdefault(run_id, []).append(why)
+
+    for path in sorted((root / "baseline_authority").glob("seed=*.json")):
+        keep(json.loads(path.read_text())["run_id"], f"baseline_authority/{path.name}")
+    for name in POINTERS:
+        pointer = get_pointer(root, name) or {}
+        keep(pointer.get("run_id"), name)
+        for run_id in pointer.get("run_ids", []):
+            keep(run_id, name)
+    for path in sorted((root / "locks").glob("*.json")):
+        keep(json.loads(path.read_text())["run_id"], f"locks/{path.name}")
+    for path in sorted((root / "certification").glob("*/pack.json")):
+        pack = json.loads(path.read_text())
+        for run_id in pack["run_ids"] + pack.get("baseline_run_ids", []):
+            keep(run_id, f"certification/{path.parent.name}")
+    return refs
+
+
+def prune(root: Path, dry_run: bool = False) -> dict[str, Any]:
+    """Remove every run folder nothing references, then the data partitions and cache
+    entries only those runs used. Pinned, pointed-to, locked and packed runs stay."""
+    root = Path(root)
+    refs = referenced_runs(root)
+    runs = sorted(p for p in (root / "runs").glob("*") if (p / "run.json").is_file()) if (root / "runs").exists() else []
+    removed = [p.name for p in runs if p.name not in refs]
+    kept = {p.name: refs[p.name] for p in runs if p.name in refs}
+    in_use: set[str] = set()
+    for p in runs:
+        if p.name in refs:
+            in_use.update(load_run(p)["outputs"].values())
+    # Certification packs and the current cache entries of kept runs stay usable.
+    stale: list[Path] = []
+    data = root / "data"
+    for manifest in sorted(data.rglob("_manifest.json")) if data.exists() else []:
+        rel = manifest.parent.relative_to(root).as_posix()
+        if rel not in in_use and any(rel == v for p in runs if p.name in removed for v in load_run(p)["outputs"].values()):
+            stale.append(manifest.parent)
+    if not dry_run:
+        for name in removed:
+            shutil.rmtree(root / "runs" / name)
+        stale_rel = {s.relative_to(data).as_posix() for s in stale}
+        for s in stale:
+            shutil.rmtree(s)
+        for index in sorted((root / "cache").rglob("*.json")) if (root / "cache").exists() else []:
+            entry = json.loads(index.read_text())
+            if set(entry["datasets"].values()) & stale_rel:
+                index.unlink()
+    return {"removed_runs": removed, "kept_runs": kept, "removed_datasets": [s.relative_to(root).as_posix() for s in stale], "dry_run": dry_run}

@@ -1,0 +1,205 @@
+"""The two lanes (DESIGN §7): the single-seed fast lane and the multi-seed certification
+lane on a Dask cluster, plus scoring a finished run against the policies sealed with it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import discipline, grading, scoring
+from .errors import E_TOKEN_MISMATCH, Seg1BError
+from .execution import Execution
+from .policies import PolicyBundle, bundle_from_canonical, load_bundle
+from .refdata import refdata_version
+from .runner import DEFAULT_POLICIES, Chain, RunResult, run_seed
+from .tables import read_table
+
+E_PROMOTION_REFUSED = "E_PROMOTION_REFUSED"
+
+
+@dataclass
+class Scored:
+    run_dir: Path
+    seed: int
+    card: dict[str, Any]
+    grade: grading.GradeReport
+    bootstrap: dict[str, float]
+    structural_ok: bool
+    delta: dict[str, float] = field(default_factory=dict)
+
+
+def sealed_bundle(run: dict[str, Any]) -> PolicyBundle:
+    """The policies sealed with a run, never the live files."""
+    bundle = bundle_from_canonical(run["policy_bundle"], run["policies"], run["refdata_version"])
+    if bundle.parameter_hash != run["parameter_hash"]:
+        raise Seg1BError(E_TOKEN_MISMATCH, "sealed policies do not hash to the run's parameter_hash", key="policies")
+    return bundle
+
+
+def score_run(root: Path, run: Path) -> Scored:
+    """Score one run from every part of its egress; write ``scorecard/`` into the run."""
+    root = Path(root)
+    meta = discipline.load_run(run)
+    egress, _ = scoring.verified_egress(meta, root)
+    gates = sealed_bundle(meta).gates
+    tiles = read_table(root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"]).to_pydict()
+    region_of = dict(zip(tiles["iso2"], tiles["region"], strict=True))
+    baseline = discipline.baseline_pointer(root, meta["seed"])
+    baseline_ratio = baseline["nn_ratio"] if baseline else None
+    sites = scoring.load_sites(egress)
+    card = scoring.compute_scorecard(sites, region_of, int(np.sum(tiles["eligible"])), baseline_ratio, source=str(egress))
+    if baseline and baseline["run_id"] == meta["run_id"]:
+        card["metrics"]["nn_contraction"] = 0.0
+    matrix, _ = scoring.merchant_country_matrix(sites)
+    upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
+    report = grading.grade({meta["seed"]: card}, gates, {meta["seed"]: True}, {meta["seed"]: upper}, required_seeds=(meta["seed"],))
+    delta: dict[str, float] = {}
+    if baseline and baseline["run_id"] != meta["run_id"]:
+        base_card = root / "runs" / baseline["run_id"] / "scorecard" / "scorecard.json"
+        if base_card.is_file():
+            base = json.loads(base_card.read_text())["metrics"]
+            delta = {k: card["metrics"][k] - base[k] for k, _, _ in grading.METRIC_GATES if k in base and k != "nn_contraction"}
+            delta["nn_ratio"] = card["metrics"]["nn_ratio"] - base["nn_ratio"]
+    card["grade_single_seed"] = report.as_dict()
+    card["bootstrap_upper_95"] = upper
+    card["baseline"] = baseline
+    scoring.write_scorecard(card, run / "scorecard")
+    return Scored(run, meta["seed"], card, report, upper, True, delta)
+
+
+def pin_baseline_run(root: Path, seed: int, execution: Execution, on_state: Callable[[str], None] | None = None) -> Scored:
+    """Run the baseline bundle for ``seed`` and pin it (once; then it refuses changes)."""
+    existing = discipline.baseline_pointer(root, seed)
+    if existing and (Path(root) / "runs" / existing["run_id"] / "run.json").is_file():
+        return score_run(root, Path(root) / "runs" / existing["run_id"])
+    result = run_seed(root=root, seed=seed, policies=DEFAULT_POLICIES, execution=execution, on_state=on_state)
+    own_ratio = result.validation["metrics"]["nn_ratio"]
+    discipline.pin_baseline(root, result.run_dir, own_ratio)
+    return score_run(root, result.run_dir)
+
+
+def fast_lane(
+    root: Path, seed: int, policies: Path, upstream: Path | None, execution: Execution, reopen: dict[str, str],
+    on_state: Callable[[str], None] | None = None,
+) -> tuple[RunResult, Scored]:
+    bundle = load_bundle(policies, refdata_version())
+    discipline.check_locks(root, bundle.digests, reopen)
+    result = run_seed(root=root, seed=seed, policies=policies, upstream=upstream, execution=execution, on_state=on_state)
+    scored = score_run(root, result.run_dir)
+    discipline.set_pointer(root, "current_candidate", {"run_id": result.run_id, "seed": seed, "parameter_hash": result.tokens.parameter_hash})
+    return result, scored
+
+
+@dataclass
+class Pack:
+    folder: Path
+    report: grading.GradeReport
+    scored: dict[int, Scored]
+    results: dict[int, RunResult]
+    wall_seconds: float
+    dashboard: str
+    promoted: bool
+
+
+def _cluster(scheduler: str | None, workers: int | None):
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return None, Client(scheduler)
+    cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    return cluster, Client(cluster)
+
+
+def certify(
+    root: Path, seeds: list[int], policies: Path, scheduler: str | None = None, workers: int | None = None,
+    promote: bool = False, reopen: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None,
+    country_batch: int = 24,
+) -> Pack:
+    """Run the full chain for every seed in parallel on a Dask cluster and write a pack."""
+    from distributed import performance_report
+
+    root = Path(root)
+    bundle = load_bundle(policies, refdata_version())
+    discipline.check_locks(root, bundle.digests, reopen or {})
+    pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
+    folder = root / "certification" / pack_id
+    folder.mkdir(parents=True)
+    execution = Execution(scheduler="attached", country_batch=country_batch)
+    emit = on_event or (lambda _msg: None)
+    cluster, client = _cluster(scheduler, workers)
+    lock = threading.Lock()
+    start = time.perf_counter()
+    try:
+        dashboard = client.dashboard_link or ""
+        emit(f"dashboard {dashboard}")
+        with performance_report(filename=str(folder / "dask-report.html")):
+            # Seed-free states once, then every seed's chain (and missing baselines) in parallel.
+            Chain(root, seeds[0], bundle, Path("."), execution).run_global()
+
+            def one(seed: int) -> tuple[RunResult, Scored]:
+                def state(name: str) -> None:
+                    with lock:
+                        emit(f"seed {seed} {name}")
+
+                pin_baseline_run(root, seed, execution, state)
+                result = run_seed(root=root, seed=seed, policies=policies, execution=execution, on_state=state)
+                return result, score_run(root, result.run_dir)
+
+            with ThreadPoolExecutor(max_workers=len(seeds)) as pool:
+                done = dict(zip(seeds, pool.map(one, seeds), strict=True))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    wall = time.perf_counter() - start
+    results = {s: d[0] for s, d in done.items()}
+    scored = {s: d[1] for s, d in done.items()}
+    gates = bundle.gates
+    report = grading.grade(
+        {s: sc.card for s, sc in scored.items()}, gates, {s: sc.structural_ok for s, sc in scored.items()},
+        {s: sc.bootstrap for s, sc in scored.items()},
+    )
+    _write_pack(folder, bundle, seeds, results, scored, report, wall)
+    promoted = False
+    if promote:
+        if report.outcome == "RED":
+            raise Seg1BError(E_PROMOTION_REFUSED, "promotion refused: a required seed fails a hard gate", file=folder / "grade.json", key=", ".join(sorted({f.gate for f in report.failures["B"]})))
+        pointer = {"pack_id": pack_id, "grade": report.outcome, "run_ids": [r.run_id for r in results.values()], "parameter_hash": bundle.parameter_hash}
+        discipline.set_pointer(root, "last_good", pointer)
+        discipline.set_pointer(root, "current_candidate", pointer)
+        promoted = True
+    return Pack(folder, report, scored, results, wall, dashboard, promoted)
+
+
+def _write_pack(folder: Path, bundle: PolicyBundle, seeds: list[int], results: dict[int, RunResult], scored: dict[int, Scored], report: grading.GradeReport, wall: float) -> None:
+    for seed, sc in scored.items():
+        scoring.write_scorecard(sc.card, folder / "seeds" / f"seed={seed}")
+    metric_names = [m for m, _, _ in grading.METRIC_GATES]
+    pooled = {m: float(np.mean([scored[s].card["metrics"][m] for s in seeds])) for m in metric_names}
+    (folder / "pooled.json").write_text(json.dumps({"mean_over_seeds": pooled, "seeds": seeds}, indent=2, sort_keys=True) + "\n")
+    lines = ["metric," + ",".join(f"seed_{s}" for s in seeds) + ",mean,cv"]
+    for m in metric_names:
+        vals = [scored[s].card["metrics"][m] for s in seeds]
+        lines.append(",".join([m, *(f"{v:.6f}" for v in vals), f"{pooled[m]:.6f}", f"{report.cv.get(m, float('nan')):.6f}"]))
+    (folder / "cv.csv").write_text("\n".join(lines) + "\n")
+    (folder / "grade.json").write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True, default=float) + "\n")
+    baselines = [discipline.baseline_pointer(folder.parent.parent, s) for s in seeds]
+    pack = {
+        "seeds": seeds,
+        "policy_bundle": bundle.name,
+        "parameter_hash": bundle.parameter_hash,
+        "run_ids": [results[s].run_id for s in seeds],
+        "baseline_run_ids": [b["run_id"] for b in baselines if b],
+        "manifest_fingerprints": {str(s): results[s].tokens.manifest_fingerprint for s in seeds},
+        "grade": report.outcome,
+        "wall_seconds": round(wall, 3),
+    }
+    (folder / "pack.json").write_text(json.dumps(pack, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,140 @@
+"""The realism scorecard of one run (DESIGN §6), computed from every part file of its
+``site_locations`` and refusing egress whose 1B validation flag is missing or wrong."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+from . import metrics
+from .errors import E_BUNDLE_FLAG_MISMATCH, Seg1BError
+from .hashing import tree_digest, verify_bundle
+from .lineage import MANIFEST, check_tokens, read_manifest
+from .nearest import nearest_neighbour_km_chunked
+from .refdata import REGIONS
+from .tables import read_table
+
+SENTINEL_MIN_SITES = 50
+SENTINEL_MAX_ANISOTROPY = 12.0
+SENTINEL_MIN_UNIQUE = 0.15
+
+
+@dataclass(frozen=True)
+class SiteFrame:
+    merchant_id: NDArray[np.uint64]
+    iso2: NDArray[np.str_]
+    lon: NDArray[np.float64]
+    lat: NDArray[np.float64]
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> SiteFrame:
+        return cls(
+            table.column("merchant_id").to_numpy(),
+            np.asarray(table.column("legal_country_iso").to_pylist(), dtype="U2"),
+            table.column("lon_deg").to_numpy(),
+            table.column("lat_deg").to_numpy(),
+        )
+
+
+def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> dict[str, float]:
+    """Collapse diagnostics of one country's sites: anisotropy = ratio of the principal
+    standard deviations of positions in local km (longitude unwrapped around the circular
+    mean, scaled by cos(lat)); unique shares of lat and lon at 4 dp."""
+    lam = np.radians(lon)
+    centre = math.atan2(np.sin(lam).mean(), np.cos(lam).mean())
+    dlon = (lam - centre + np.pi) % (2 * np.pi) - np.pi
+    phi0 = np.radians(lat).mean()
+    x = dlon * np.cos(phi0) * metrics.EARTH_RADIUS_KM
+    y = (np.radians(lat) - phi0) * metrics.EARTH_RADIUS_KM
+    eig = np.linalg.eigvalsh(np.cov(np.vstack([x, y])))
+    anisotropy = float(np.sqrt(eig[1] / eig[0])) if eig[0] > 0 else float("inf")
+    unique_lat = len(np.unique(np.round(lat, 4))) / len(lat)
+    unique_lon = len(np.unique(np.round(lon, 4))) / len(lon)
+    flagged = anisotropy > SENTINEL_MAX_ANISOTROPY or unique_lat < SENTINEL_MIN_UNIQUE or unique_lon < SENTINEL_MIN_UNIQUE
+    return {"anisotropy": anisotropy, "unique_lat_share": unique_lat, "unique_lon_share": unique_lon, "flagged": bool(flagged)}
+
+
+def compute_scorecard(
+    sites: SiteFrame, region_of: dict[str, str], eligible_count: int, baseline_nn_ratio: float | None, source: str | None = None
+) -> dict[str, Any]:
+    codes, counts = np.unique(sites.iso2, return_counts=True)
+    figures: dict[str, Any] = metrics.country_metrics(dict(zip(codes.tolist(), counts.tolist(), strict=True)), eligible_count)
+    figures["sites"] = int(len(sites.lat))
+    figures["southern_hemisphere_share"] = float((sites.lat < 0).mean())
+    nn = nearest_neighbour_km_chunked(sites.lon, sites.lat, source=source)
+    figures.update(metrics.nn_metrics(nn))
+    ratio = figures["nn_ratio"]
+    figures["nn_contraction"] = (
+        (baseline_nn_ratio - ratio) / baseline_nn_ratio if baseline_nn_ratio and not math.isnan(ratio) else float("nan")
+    )
+    figures["baseline_nn_ratio"] = baseline_nn_ratio if baseline_nn_ratio is not None else float("nan")
+    regions = {r: 0.0 for r in REGIONS}
+    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
+        regions[region_of[code]] += n / len(sites.lat)
+    order = np.lexsort((codes, -counts))
+    shares = [(str(codes[i]), int(counts[i]), float(counts[i] / len(sites.lat))) for i in order]
+    sentinels = {}
+    for code, n, _ in shares[:10]:
+        if n >= SENTINEL_MIN_SITES:
+            sel = sites.iso2 == code
+            sentinels[code] = sentinel(sites.lon[sel], sites.lat[sel])
+    figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
+    return {"metrics": figures, "region_share": regions, "country_shares": shares, "sentinel": sentinels}
+
+
+def merchant_country_matrix(sites: SiteFrame) -> tuple[NDArray[np.int64], list[str]]:
+    """Sites per (merchant, country): the unit the bootstrap resamples."""
+    _, m_idx = np.unique(sites.merchant_id, return_inverse=True)
+    codes, c_idx = np.unique(sites.iso2, return_inverse=True)
+    mat = np.zeros((m_idx.max() + 1, len(codes)), dtype=np.int64)
+    np.add.at(mat, (m_idx, c_idx), 1)
+    return mat, codes.tolist()
+
+
+def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
+    """The run's egress and validation bundle, refusing either if the 1B flag is not valid
+    for exactly these bytes."""
+    egress = root / run["outputs"]["site_locations"]
+    bundle = root / run["outputs"]["validation_bundle"]
+    verify_bundle(bundle)
+    check_tokens(egress)
+    sealed = json.loads((bundle / "egress.json").read_text())["site_locations_sha256"]
+    actual = tree_digest(egress, exclude=frozenset({MANIFEST}))
+    if sealed != actual or read_manifest(egress)["content_sha256"] != actual:
+        raise Seg1BError(E_BUNDLE_FLAG_MISMATCH, "site_locations bytes differ from those the 1B validation bundle sealed", file=egress)
+    return egress, bundle
+
+
+def write_scorecard(card: dict[str, Any], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {k: v for k, v in card.items() if k != "country_shares"}
+    (folder / "scorecard.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=float) + "\n")
+    with open(folder / "country_shares.csv", "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["legal_country_iso", "sites", "share"])
+        w.writerows([(c, n, f"{s:.6f}") for c, n, s in card["country_shares"]])
+    with open(folder / "region_shares.csv", "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["region", "share"])
+        w.writerows([(r, f"{s:.6f}") for r, s in card["region_share"].items()])
+    with open(folder / "nn_quantiles.csv", "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["quantile", "km"])
+        m = card["metrics"]
+        w.writerows([(q, f"{m[f'nn_{q}_km']:.6f}") for q in ("p50", "p75", "p90", "p95", "p99")])
+    with open(folder / "sentinel.csv", "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["legal_country_iso", "anisotropy", "unique_lat_share", "unique_lon_share", "flagged"])
+        w.writerows([(c, f"{s['anisotropy']:.3f}", f"{s['unique_lat_share']:.4f}", f"{s['unique_lon_share']:.4f}", s["flagged"]) for c, s in card["sentinel"].items()])
+
+
+def load_sites(egress: Path) -> SiteFrame:
+    return SiteFrame.from_table(read_table(egress, columns=["merchant_id", "legal_country_iso", "lon_deg", "lat_deg"]))

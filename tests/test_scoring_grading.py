@@ -1,0 +1,191 @@
+"""The scorer's exactness, the grading rules and the run discipline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seg1b_dask import discipline, grading, metrics
+from seg1b_dask.errors import Seg1BError
+from seg1b_dask.nearest import nearest_neighbour_km_chunked
+from seg1b_dask.policies import load_bundle
+from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.scoring import sentinel
+
+
+def _exact(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Brute force over every pair: chord lengths (accurate at short range), then arcs."""
+    xyz = metrics.unit_vectors(lon, lat)
+    chord = np.sqrt(((xyz[:, None, :] - xyz[None, :, :]) ** 2).sum(axis=2))
+    np.fill_diagonal(chord, np.inf)
+    return np.sort(2.0 * np.arcsin(chord.min(axis=1) / 2.0) * metrics.EARTH_RADIUS_KM)
+
+
+def _clouds(kind: str, n: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(hash(kind) % 2**32)
+    if kind == "random":
+        return g.uniform(-180, 180, n), np.degrees(np.arcsin(g.uniform(-1, 1, n)))
+    if kind == "clustered":
+        centres = g.uniform([-170, -60], [170, 60], size=(12, 2))
+        pick = g.integers(0, 12, n)
+        return ((centres[pick, 0] + g.normal(0, 0.05, n) + 180) % 360) - 180, np.clip(centres[pick, 1] + g.normal(0, 0.05, n), -89, 89)
+    if kind == "polar":
+        return g.uniform(-180, 180, n), np.concatenate([g.uniform(88.5, 90, n // 2), g.uniform(-90, -88.5, n - n // 2)])
+    if kind == "antimeridian":
+        return ((180 + g.normal(0, 0.3, n) + 180) % 360) - 180, g.uniform(-30, 30, n)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered", "polar", "antimeridian"])
+@pytest.mark.parametrize("per_band", [100, 400, 10_000])
+def test_chunked_nn_equals_exact_global(kind: str, per_band: int) -> None:
+    lon, lat = _clouds(kind)
+    got = nearest_neighbour_km_chunked(lon, lat, sites_per_band=per_band)
+    np.testing.assert_allclose(got, _exact(lon, lat), rtol=1e-9, atol=1e-9)
+
+
+def test_duplicate_sites_give_zero_and_p50_zero_fails() -> None:
+    lon = np.array([1.0, 1.0, 5.0, 5.0, 9.0])
+    lat = np.zeros(5)
+    nn = nearest_neighbour_km_chunked(lon, lat, sites_per_band=2)
+    assert (nn[:4] == 0).all()
+    figures = metrics.nn_metrics(nn)
+    assert np.isnan(figures["nn_ratio"])
+    card = {"metrics": {"country_gini": 0.5, "top10_share": 0.3, "top5_share": 0.2, "top1_share": 0.05, "eligible_country_nonzero_share": 0.95,
+                        "southern_hemisphere_share": 0.3, "nn_contraction": float("nan")},
+            "region_share": {r: 0.2 for r in ("Africa", "Asia", "Europe", "North America", "South America", "Oceania")}}
+    gates = load_bundle(DEFAULT_POLICIES, "v").gates
+    report = grading.grade({1: card}, gates, {1: True}, required_seeds=(1,))
+    assert report.outcome == "RED"
+    assert [f.gate for f in report.failures["B"]] == ["nn_contraction"]
+
+
+def test_sentinel_flags_stripes_and_handles_the_antimeridian() -> None:
+    g = np.random.default_rng(1)
+    stripe = sentinel(g.uniform(5, 15, 400), 50 + g.uniform(0, 0.008, 400))
+    assert stripe["flagged"] and stripe["anisotropy"] > 12
+    # A round cloud straddling ±180° is isotropic once longitude is unwrapped.
+    lon = ((179.5 + g.normal(0, 1.0, 400) + 180) % 360) - 180
+    blob = sentinel(lon, g.normal(-17, 1.0, 400))
+    assert not blob["flagged"] and blob["anisotropy"] < 1.5
+
+
+def _card(**over: float) -> dict:
+    m = {"country_gini": 0.55, "top10_share": 0.40, "top5_share": 0.25, "top1_share": 0.07, "eligible_country_nonzero_share": 0.95,
+         "southern_hemisphere_share": 0.20, "nn_contraction": 0.40}
+    m.update(over)
+    return {"metrics": m, "region_share": {"Africa": 0.1, "Asia": 0.3, "Europe": 0.25, "North America": 0.15, "South America": 0.1, "Oceania": 0.1}}
+
+
+def test_grading_outcomes_and_failure_rows() -> None:
+    gates = load_bundle(DEFAULT_POLICIES, "v").gates
+    ok = {s: True for s in gates.required_seeds}
+    low = {s: {k: 0.0 for k in grading.CONCENTRATION} for s in gates.required_seeds}
+    green = grading.grade({s: _card() for s in gates.required_seeds}, gates, ok, low)
+    assert green.outcome == "GREEN_BPLUS" and not green.failures["B_PLUS"]
+    # B+ needs the bootstrap bounds: without them the best claim is B.
+    assert grading.grade({s: _card() for s in gates.required_seeds}, gates, ok).outcome == "GREEN_B"
+    high = {s: dict(low[s], top1_share=0.09) for s in gates.required_seeds}
+    assert grading.grade({s: _card() for s in gates.required_seeds}, gates, ok, high).outcome == "GREEN_B"
+    cards = {s: _card() for s in gates.required_seeds}
+    cards[7] = _card(country_gini=0.70)
+    red = grading.grade(cards, gates, ok, low)
+    assert red.outcome == "RED"
+    rows = [(f.gate, f.seed, f.threshold, f.observed) for f in red.failures["B"]]
+    assert rows == [("country_gini", 7, 0.68, 0.70)]
+    assert red.next_action.startswith("Gini/top-k")
+    # A missing required seed blocks any grade; a structural failure too.
+    partial = grading.grade({42: _card()}, gates, {42: True}, {42: low[42]})
+    assert partial.outcome == "RED" and partial.missing_seeds == [7, 101, 202]
+    broken = grading.grade({s: _card() for s in gates.required_seeds}, gates, {**ok, 101: False}, low)
+    assert broken.outcome == "RED" and broken.next_action.startswith("structural")
+
+
+def test_cross_seed_cv_is_population_std_over_mean() -> None:
+    assert grading.population_cv([1.0, 3.0]) == pytest.approx(0.5)
+    assert grading.population_cv([0.0, 0.0]) == 0.0
+    assert grading.population_cv([-1.0, 1.0]) == float("inf")
+    assert np.isnan(grading.population_cv([1.0, float("nan")]))
+    gates = load_bundle(DEFAULT_POLICIES, "v").gates
+    cards = {42: _card(top1_share=0.02), 7: _card(top1_share=0.07), 101: _card(top1_share=0.07), 202: _card(top1_share=0.07)}
+    report = grading.grade(cards, gates, {s: True for s in cards})
+    assert report.cv["top1_share"] > 0.3
+    assert ("cv:top1_share", None) in [(f.gate, f.seed) for f in report.failures["B"]]
+
+
+def test_bootstrap_upper_bound_resamples_merchants() -> None:
+    matrix = np.array([[10, 0, 0], [0, 10, 0], [0, 0, 10], [5, 5, 0]])
+    upper = grading.bootstrap_upper(matrix, 500, 3)
+    point = metrics.country_gini(matrix.sum(axis=0))
+    assert upper["country_gini"] >= point
+    assert 0 <= upper["top1_share"] <= 1
+
+
+def _fake_run(root: Path, run_id: str, seed: int, digest: str = "d2") -> Path:
+    run = root / "runs" / run_id
+    run.mkdir(parents=True)
+    out = {"site_locations": f"data/site_locations/seed={seed}/manifest_fingerprint={run_id}"}
+    (root / out["site_locations"]).mkdir(parents=True)
+    (root / out["site_locations"] / "_manifest.json").write_text("{}")
+    digests = {"s2_tile_weights": digest, "s4_alloc_plan": "d4", "s6_jitter": "d6"}
+    (run / "run.json").write_text(json.dumps({"run_id": run_id, "seed": seed, "parameter_hash": run_id, "manifest_fingerprint": run_id, "policy_digests": digests, "outputs": out}))
+    return run
+
+
+def test_baseline_authority_refuses_modification(tmp_path: Path) -> None:
+    a = _fake_run(tmp_path, "a", 42)
+    b = _fake_run(tmp_path, "b", 42)
+    discipline.pin_baseline(tmp_path, a, 11.0)
+    assert discipline.pin_baseline(tmp_path, a, 11.0)["run_id"] == "a"  # same run: no-op
+    with pytest.raises(Seg1BError) as err:
+        discipline.pin_baseline(tmp_path, b, 9.0)
+    assert err.value.code == "E_BASELINE_PINNED"
+
+
+def test_prune_keeps_everything_referenced(tmp_path: Path) -> None:
+    for run_id in ("base", "cand", "good", "locked", "packed", "old1", "old2"):
+        _fake_run(tmp_path, run_id, 42)
+    discipline.pin_baseline(tmp_path, tmp_path / "runs" / "base", 10.0)
+    discipline.set_pointer(tmp_path, "current_candidate", {"run_id": "cand"})
+    discipline.set_pointer(tmp_path, "last_good", {"run_ids": ["good"]})
+    discipline.lock_phase(tmp_path, "P1", tmp_path / "runs" / "locked")
+    (tmp_path / "certification" / "p").mkdir(parents=True)
+    (tmp_path / "certification" / "p" / "pack.json").write_text(json.dumps({"run_ids": ["packed"]}))
+    dry = discipline.prune(tmp_path, dry_run=True)
+    assert dry["removed_runs"] == ["old1", "old2"] and (tmp_path / "runs" / "old1").exists()
+    out = discipline.prune(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["base", "cand", "good", "locked", "packed"]
+    assert out["removed_datasets"] == ["data/site_locations/seed=42/manifest_fingerprint=old1", "data/site_locations/seed=42/manifest_fingerprint=old2"]
+    assert (tmp_path / "data/site_locations/seed=42/manifest_fingerprint=base").exists()
+
+
+def test_phase_lock_refuses_changed_policy_unless_reopened(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path, "r", 42, digest="accepted")
+    discipline.lock_phase(tmp_path, "P1", run)
+    same = {"s2_tile_weights": "accepted", "s4_alloc_plan": "x", "s6_jitter": "y"}
+    assert [lock["phase"] for lock in discipline.check_locks(tmp_path, same, {})] == ["P1"]
+    changed = dict(same, s2_tile_weights="new")
+    with pytest.raises(Seg1BError) as err:
+        discipline.check_locks(tmp_path, changed, {})
+    assert err.value.code == "E_PHASE_LOCKED" and err.value.key == "s2_tile_weights"
+    with pytest.raises(Seg1BError):
+        discipline.check_locks(tmp_path, changed, {"P1": "  "})  # a reason is required
+    discipline.check_locks(tmp_path, changed, {"P1": "region floors contradict P3 evidence"})
+    record = json.loads((tmp_path / "locks" / "P1.json").read_text())
+    assert record["reopened"][0]["reason"] == "region floors contradict P3 evidence"
+
+
+def test_run_folder_outside_root_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    outside = _fake_run(tmp_path / "elsewhere", "x", 1)
+    with pytest.raises(Seg1BError) as err:
+        discipline.run_dir(tmp_path / "root", str(outside))
+    assert err.value.code == "E_PATH_ESCAPE"
+    with pytest.raises(Seg1BError) as err:
+        discipline.run_dir(tmp_path / "root", "../../elsewhere/runs/x")  # resolved under root/runs
+    assert err.value.code == "E_PATH_ESCAPE"
+    shutil.rmtree(tmp_path / "elsewhere")
