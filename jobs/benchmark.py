@@ -1,14 +1,17 @@
 """Benchmark: per-state wall seconds and peak RSS, written as JSON.
 
-Scenarios (each in a fresh run root unless stated):
-  * ``cold``  — seed 42, full chain, empty cache;
-  * ``warm``  — seed 42 again, S1/S2 reused (S3..S9 recomputed from a fresh data root
-    that shares only the seed-free datasets);
-  * ``grid30`` — S1+S2 alone on the 30″ world grid (21,600 x 43,200 cells).
+Suites (``--suite``, default all):
+  * ``engine``  — seed 42 full chain cold (empty cache) and warm (S1/S2 reused, S3..S9
+    recomputed); medians over ``--repeat`` runs;
+  * ``grid30``  — S1+S2 alone on the 30″ world grid (21,600 x 43,200 cells);
+  * ``scorer``  — the scorecard at 31 k and 1 M sites, nearest neighbours per latitude
+    band with a halo side by side with one global tree;
+  * ``certify`` — the certification lane, 4 seeds in parallel on a LocalCluster, against
+    4 x one seed in the fast lane, warm cache (S1/S2 and baselines present).
 
 Usage::
 
-    python jobs/benchmark.py --out bench/benchmark.json [--repeat 3] [--skip-grid30]
+    python jobs/benchmark.py --out bench/benchmark.json [--repeat 3] [--suite engine,scorer]
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +31,12 @@ from pathlib import Path
 
 import psutil
 
+import numpy as np
+
+from seg1b_dask import metrics
 from seg1b_dask.execution import Execution
+from seg1b_dask.lanes import certify, pin_baseline_run, score_run
+from seg1b_dask.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.policies import load_bundle
 from seg1b_dask.refdata import refdata_version
 from seg1b_dask.runner import DEFAULT_POLICIES, Chain, run_seed
@@ -136,13 +146,120 @@ def bench_grid30(work: Path, execution: Execution) -> dict:
     return out
 
 
+def _drop_seeded(root: Path) -> None:
+    """Keep S1/S2, baselines and the 1A bundles; forget every seeded result of candidates."""
+    keep = set()
+    for pointer in (root / "baseline_authority").glob("*.json"):
+        keep.add(json.loads(pointer.read_text())["run_id"])
+    for run in list((root / "runs").iterdir()):
+        if run.name not in keep:
+            shutil.rmtree(run)
+    for state in ("S3", "S4", "S5", "S6", "S7", "S8", "S9"):
+        for entry in (root / "cache" / state).glob("*.json"):
+            keep_entry = any(k[-8:] in entry.read_text() for k in keep)
+            if not keep_entry:
+                entry.unlink()
+    shutil.rmtree(root / "certification", ignore_errors=True)
+
+
+def _candidate_policies(work: Path) -> Path:
+    target = work / "policies" / "candidate"
+    if not target.exists():
+        shutil.copytree(DEFAULT_POLICIES, target)
+        shutil.copy(DEFAULT_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
+        s4 = target / "s4_alloc_plan.yaml"
+        s4.write_text(s4.read_text().replace("tie_break: tile_id", "tie_break: keyed"))
+    return target
+
+
+def bench_certify(work: Path, repeat: int) -> dict:
+    root = work / "certify"
+    seeds = [42, 7, 101, 202]
+    policies = _candidate_policies(work)
+    for seed in seeds:  # warm: baselines pinned, S1/S2 built
+        pin_baseline_run(root, seed, Execution())
+    parallel, parallel_in_pack, sequential_cli, sequential_in_process = [], [], [], []
+    for _ in range(repeat):
+        _drop_seeded(root)
+        t = time.perf_counter()
+        pack = certify(root, seeds, policies, workers=2)
+        parallel.append(time.perf_counter() - t)
+        parallel_in_pack.append(pack.wall_seconds)
+        # 4 x one seed as a user runs it: `seg1b run --seed S` one after the other.
+        _drop_seeded(root)
+        t = time.perf_counter()
+        for seed in seeds:
+            cmd = [sys.executable, "-m", "seg1b_dask.cli", "run", "--seed", str(seed), "--policies", str(policies), "--root", str(root), "--quiet"]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        sequential_cli.append(time.perf_counter() - t)
+        # The same four runs inside this already-warm process (no start-up at all).
+        _drop_seeded(root)
+        t = time.perf_counter()
+        for seed in seeds:
+            result = run_seed(root=root, seed=seed, policies=policies, execution=Execution())
+            score_run(root, result.run_dir)
+        sequential_in_process.append(time.perf_counter() - t)
+    med_p, med_cli, med_in = statistics.median(parallel), statistics.median(sequential_cli), statistics.median(sequential_in_process)
+    return {
+        "seeds": seeds,
+        "parallel_wall_seconds": [round(x, 3) for x in parallel],
+        "parallel_wall_seconds_excluding_cluster_start": [round(x, 3) for x in parallel_in_pack],
+        "sequential_cli_wall_seconds": [round(x, 3) for x in sequential_cli],
+        "sequential_in_process_wall_seconds": [round(x, 3) for x in sequential_in_process],
+        "parallel_median": round(med_p, 3),
+        "sequential_cli_median": round(med_cli, 3),
+        "sequential_in_process_median": round(med_in, 3),
+        "ratio_parallel_over_sequential_cli": round(med_p / med_cli, 3),
+        "ratio_parallel_over_sequential_in_process": round(med_p / med_in, 3),
+        "target_ratio": 0.7,
+    }
+
+
+def bench_scorer(work: Path) -> dict:
+    from seg1b_dask.scoring import compute_scorecard, load_sites
+
+    root = work / "scorer"
+    result = run_seed(root=root, seed=42, execution=Execution())
+    sites = load_sites(result.outputs["site_locations"])
+    tiles = json.loads((result.run_dir / "run.json").read_text())
+    from seg1b_dask.tables import read_table
+
+    ct = read_table(root / tiles["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"]).to_pydict()
+    region_of = dict(zip(ct["iso2"], ct["region"], strict=True))
+    out = {}
+    g = np.random.default_rng(0)
+    for label, n in (("31k", len(sites.lon)), ("1M", 1_000_000)):
+        if n == len(sites.lon):
+            frame = sites
+        else:  # 1 M sites around the real ones (same countries, 2 km scatter)
+            pick = g.integers(0, len(sites.lon), n)
+            from seg1b_dask.scoring import SiteFrame
+
+            frame = SiteFrame(sites.merchant_id[pick], sites.iso2[pick], sites.lon[pick] + g.normal(0, 0.02, n), np.clip(sites.lat[pick] + g.normal(0, 0.02, n), -90, 90))
+        t = time.perf_counter()
+        compute_scorecard(frame, region_of, int(np.sum(ct["eligible"])), 10.0)
+        card_s = time.perf_counter() - t
+        t = time.perf_counter()
+        chunked = nearest_neighbour_km_chunked(frame.lon, frame.lat)
+        chunked_s = time.perf_counter() - t
+        t = time.perf_counter()
+        whole = np.sort(metrics.nearest_neighbour_km(frame.lon, frame.lat))
+        global_s = time.perf_counter() - t
+        out[label] = {
+            "sites": n, "scorecard_seconds": round(card_s, 3), "nn_chunked_seconds": round(chunked_s, 3),
+            "nn_global_tree_seconds": round(global_s, 3), "nn_identical": bool(np.array_equal(chunked, whole)),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/benchmark.json"))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scheduler", default="threads")
-    parser.add_argument("--skip-grid30", action="store_true")
+    parser.add_argument("--suite", default="engine,grid30,scorer,certify", help="comma-separated: engine, grid30, scorer, certify")
     args = parser.parse_args(argv)
+    suites = set(args.suite.split(","))
     execution = Execution(scheduler=args.scheduler)
     work = Path(tempfile.mkdtemp(prefix="seg1b-bench-"))
     report: dict = {
@@ -151,16 +268,28 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"warm_full_chain_s": 15, "cold_full_chain_s": 60, "grid30_s1_s2_s": 600, "grid30_peak_rss_mb": 4096},
     }
     try:
-        report["seed42_default_grid"] = bench_chain(work, args.repeat, execution)
-        if not args.skip_grid30:
+        if "engine" in suites:
+            report["seed42_default_grid"] = bench_chain(work, args.repeat, execution)
+        if "grid30" in suites:
             report["grid30_s1_s2"] = bench_grid30(work, execution)
+        if "scorer" in suites:
+            report["scorer"] = bench_scorer(work)
+        if "certify" in suites:
+            report["certification"] = bench_certify(work, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    chain = report["seed42_default_grid"]
-    print(f"cold full chain: {chain['cold']['wall_seconds_median']} s (median of {chain['cold']['runs']}), peak {chain['cold']['peak_rss_mb_max']} MiB")
-    print(f"warm full chain: {chain['warm']['wall_seconds_median']} s (median of {chain['warm']['runs']}), peak {chain['warm']['peak_rss_mb_max']} MiB")
+    if "seed42_default_grid" in report:
+        chain = report["seed42_default_grid"]
+        print(f"cold full chain: {chain['cold']['wall_seconds_median']} s (median of {chain['cold']['runs']}), peak {chain['cold']['peak_rss_mb_max']} MiB")
+        print(f"warm full chain: {chain['warm']['wall_seconds_median']} s (median of {chain['warm']['runs']}), peak {chain['warm']['peak_rss_mb_max']} MiB")
+    for label, r in report.get("scorer", {}).items():
+        print(f"scorer {label}: scorecard {r['scorecard_seconds']} s; NN chunked {r['nn_chunked_seconds']} s vs global tree {r['nn_global_tree_seconds']} s (identical: {r['nn_identical']})")
+    if "certification" in report:
+        c = report["certification"]
+        print(f"certify 4 seeds: parallel {c['parallel_median']} s vs 4 x `seg1b run` {c['sequential_cli_median']} s (ratio {c['ratio_parallel_over_sequential_cli']}); "
+              f"vs 4 runs in one warm process {c['sequential_in_process_median']} s (ratio {c['ratio_parallel_over_sequential_in_process']})")
     if "grid30_s1_s2" in report:
         g = report["grid30_s1_s2"]
         print(f"30\u2033 S1+S2: {g['wall_seconds']} s, peak {g['peak_rss_mb']} MiB, stored {g['stored_mb']} MiB")

@@ -48,7 +48,7 @@ def run_summary(result: RunResult) -> list[str]:
         f"  validation: {'PASS (bundle sealed with _passed.flag)' if result.validation['passed'] else 'FAIL'}",
         f"  sites {m['sites']:,}  active countries {m['active_countries']} of {m['eligible_countries']} eligible  ({m['eligible_country_nonzero_share']:.4f})",
         f"  country_gini {m['country_gini']:.4f}  top1/5/10 {m['top1_share']:.4f} / {m['top5_share']:.4f} / {m['top10_share']:.4f}  (k = {m['top1_k']} / {m['top5_k']} / {m['top10_k']})",
-        f"  southern_hemisphere_share {m['southern_hemisphere_share']:.4f}  nn p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km  ratio {m['nn_ratio']:.2f}",
+        f"  southern_hemisphere_share {m['southern_hemisphere_share']:.4f}",
     ]
     return lines
 
@@ -61,7 +61,8 @@ def score_summary(scored) -> list[str]:  # noqa: ANN001 - lanes.Scored
     for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio", "nn_contraction"):
         delta = scored.delta.get(key)
         lines.append(f"  {key:<32} {_fmt(m[key]):>9} {('%+.4f' % delta) if delta is not None else '':>12}")
-    lines.append(f"  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
+    lines.append(f"  nearest neighbour p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km")
+    lines.append("  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
     lines.append(f"  collapse sentinel: {m['sentinel_flagged']} of the top-10 countries flagged")
     if scored.card.get("baseline") is None:
         lines.append(f"  no baseline pinned for seed {scored.seed}: `seg1b baseline --seed {scored.seed}` pins one")
@@ -122,8 +123,8 @@ def baseline(seed: int, root: Path, scheduler: str) -> None:
     """Run the baseline bundle for SEED and pin it as that seed's authority."""
     from .lanes import pin_baseline_run
 
-    scored = pin_baseline_run(root, seed, Execution(scheduler=scheduler))
-    click.echo(f"baseline for seed {seed}: run {scored.run_dir.name}, nn_ratio {scored.card['metrics']['nn_ratio']:.3f} (pinned)")
+    pin = pin_baseline_run(root, seed, Execution(scheduler=scheduler))
+    click.echo(f"baseline for seed {seed}: run {pin['run_id']}, nn_ratio {pin['nn_ratio']:.3f} (pinned)")
 
 
 @main.command()

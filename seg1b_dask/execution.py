@@ -5,6 +5,7 @@ are not policy and not part of ``parameter_hash``."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,6 +24,11 @@ class Execution:
         return asdict(self)
 
 
+# The local scheduler of the current run, per thread/context: concurrent runs in one
+# process (or inside a distributed worker) never change each other's scheduler.
+_LOCAL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("seg1b_local_scheduler", default=None)
+
+
 @contextlib.contextmanager
 def executing(execution: Execution) -> Iterator[None]:
     """Open the requested scheduler for the duration of a run (``attached``: use the
@@ -34,8 +40,11 @@ def executing(execution: Execution) -> Iterator[None]:
         kwargs: dict[str, Any] = {"scheduler": execution.scheduler}
         if execution.workers and execution.scheduler != "synchronous":
             kwargs["num_workers"] = execution.workers
-        with dask.config.set(**kwargs):
+        token = _LOCAL.set(kwargs)
+        try:
             yield
+        finally:
+            _LOCAL.reset(token)
         return
     from distributed import Client, LocalCluster
 
@@ -52,7 +61,9 @@ def executing(execution: Execution) -> Iterator[None]:
 
 def compute(tasks: Sequence[Any]) -> list[Any]:
     """Compute delayed tasks on the active scheduler; results in task order."""
-    return list(dask.compute(*tasks)) if tasks else []
+    if not tasks:
+        return []
+    return list(dask.compute(*tasks, **(_LOCAL.get() or {})))
 
 
 def batches(items: Sequence[Any], size: int) -> list[list[Any]]:

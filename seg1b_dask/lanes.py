@@ -4,10 +4,8 @@ lane on a Dask cluster, plus scoring a finished run against the policies sealed 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,15 +73,17 @@ def score_run(root: Path, run: Path) -> Scored:
     return Scored(run, meta["seed"], card, report, upper, True, delta)
 
 
-def pin_baseline_run(root: Path, seed: int, execution: Execution, on_state: Callable[[str], None] | None = None) -> Scored:
-    """Run the baseline bundle for ``seed`` and pin it (once; then it refuses changes)."""
+def pin_baseline_run(root: Path, seed: int, execution: Execution, on_state: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The pinned baseline of ``seed``: run the baseline bundle and pin it the first time,
+    then return the pin (a pinned baseline refuses changes)."""
     existing = discipline.baseline_pointer(root, seed)
-    if existing and (Path(root) / "runs" / existing["run_id"] / "run.json").is_file():
-        return score_run(root, Path(root) / "runs" / existing["run_id"])
+    if existing and (Path(root) / "runs" / existing["run_id"] / "scorecard" / "scorecard.json").is_file():
+        return existing
     result = run_seed(root=root, seed=seed, policies=DEFAULT_POLICIES, execution=execution, on_state=on_state)
-    own_ratio = result.validation["metrics"]["nn_ratio"]
-    discipline.pin_baseline(root, result.run_dir, own_ratio)
-    return score_run(root, result.run_dir)
+    scored = score_run(root, result.run_dir)  # nn_contraction is 0 against itself once pinned
+    pointer = discipline.pin_baseline(root, result.run_dir, scored.card["metrics"]["nn_ratio"])
+    score_run(root, result.run_dir)
+    return pointer
 
 
 def fast_lane(
@@ -94,6 +94,11 @@ def fast_lane(
     discipline.check_locks(root, bundle.digests, reopen)
     result = run_seed(root=root, seed=seed, policies=policies, upstream=upstream, execution=execution, on_state=on_state)
     scored = score_run(root, result.run_dir)
+    baseline_hash = load_bundle(DEFAULT_POLICIES, refdata_version()).parameter_hash
+    if upstream is None and bundle.parameter_hash == baseline_hash and discipline.baseline_pointer(root, seed) is None:
+        # The first baseline run of a seed becomes its pinned authority.
+        discipline.pin_baseline(root, result.run_dir, scored.card["metrics"]["nn_ratio"])
+        scored = score_run(root, result.run_dir)
     discipline.set_pointer(root, "current_candidate", {"run_id": result.run_id, "seed": seed, "parameter_hash": result.tokens.parameter_hash})
     return result, scored
 
@@ -118,6 +123,33 @@ def _cluster(scheduler: str | None, workers: int | None):
     return cluster, Client(cluster)
 
 
+PROGRESS_TOPIC = "seg1b-progress"
+
+
+def _warm_worker() -> int:
+    """Load the reference data once per worker process, before the seeds arrive."""
+    from . import refdata
+
+    return len(refdata.countries().iso2)
+
+
+def _certify_seed(root: str, seed: int, policies: str, country_batch: int) -> tuple[RunResult, Scored]:
+    """One seed's whole chain, as one task on a worker: its baseline (pinned once), the
+    candidate run and its scorecard. Inside, the worker's own threads run the graphs; a
+    lost worker means the task reruns elsewhere and reuses every state already published."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    execution = Execution(scheduler="threads", workers=worker.state.nthreads, country_batch=country_batch)
+
+    def state(name: str) -> None:
+        worker.log_event(PROGRESS_TOPIC, f"seed {seed} {name}")
+
+    pin_baseline_run(Path(root), seed, execution, lambda name: state(f"baseline {name}"))
+    result = run_seed(root=Path(root), seed=seed, policies=Path(policies), execution=execution, on_state=state)
+    return result, score_run(Path(root), result.run_dir)
+
+
 def certify(
     root: Path, seeds: list[int], policies: Path, scheduler: str | None = None, workers: int | None = None,
     promote: bool = False, reopen: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None,
@@ -126,35 +158,29 @@ def certify(
     """Run the full chain for every seed in parallel on a Dask cluster and write a pack."""
     from distributed import performance_report
 
-    root = Path(root)
+    root = Path(root).resolve()
     bundle = load_bundle(policies, refdata_version())
     discipline.check_locks(root, bundle.digests, reopen or {})
     pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
     folder = root / "certification" / pack_id
     folder.mkdir(parents=True)
-    execution = Execution(scheduler="attached", country_batch=country_batch)
     emit = on_event or (lambda _msg: None)
     cluster, client = _cluster(scheduler, workers)
-    lock = threading.Lock()
     start = time.perf_counter()
     try:
         dashboard = client.dashboard_link or ""
         emit(f"dashboard {dashboard}")
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: emit(str(event[1])))
+        client.run(_warm_worker)
         with performance_report(filename=str(folder / "dask-report.html")):
-            # Seed-free states once, then every seed's chain (and missing baselines) in parallel.
-            Chain(root, seeds[0], bundle, Path("."), execution).run_global()
-
-            def one(seed: int) -> tuple[RunResult, Scored]:
-                def state(name: str) -> None:
-                    with lock:
-                        emit(f"seed {seed} {name}")
-
-                pin_baseline_run(root, seed, execution, state)
-                result = run_seed(root=root, seed=seed, policies=policies, execution=execution, on_state=state)
-                return result, score_run(root, result.run_dir)
-
-            with ThreadPoolExecutor(max_workers=len(seeds)) as pool:
-                done = dict(zip(seeds, pool.map(one, seeds), strict=True))
+            # Seed-free states once, their spatial chunks spread over the cluster; then one
+            # task per seed (the seed's chain, its baseline and its scorecard).
+            Chain(root, seeds[0], bundle, Path("."), Execution(scheduler="attached", country_batch=country_batch)).run_global()
+            futures = [
+                client.submit(_certify_seed, str(root), seed, str(Path(policies).resolve()), country_batch, key=f"certify_seed-{seed}-{pack_id}", pure=False)
+                for seed in seeds
+            ]
+            done = dict(zip(seeds, client.gather(futures), strict=True))
     finally:
         client.close()
         if cluster is not None:
@@ -162,9 +188,8 @@ def certify(
     wall = time.perf_counter() - start
     results = {s: d[0] for s, d in done.items()}
     scored = {s: d[1] for s, d in done.items()}
-    gates = bundle.gates
     report = grading.grade(
-        {s: sc.card for s, sc in scored.items()}, gates, {s: sc.structural_ok for s, sc in scored.items()},
+        {s: sc.card for s, sc in scored.items()}, bundle.gates, {s: sc.structural_ok for s, sc in scored.items()},
         {s: sc.bootstrap for s, sc in scored.items()},
     )
     _write_pack(folder, bundle, seeds, results, scored, report, wall)

@@ -23,24 +23,32 @@ def _chord_to_arc(chord: NDArray[np.float64]) -> NDArray[np.float64]:
     return 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
 
 
-def _band_nn(lon: NDArray[np.float64], lat: NDArray[np.float64], lo: float, hi: float, last: bool) -> NDArray[np.float64]:
-    """Arc (radians) to the nearest other site for sites with lo <= lat < hi (<= on the last band)."""
+def _band_nn(lon: NDArray[np.float64], lat: NDArray[np.float64], lo: float, hi: float, last: bool, whole: bool) -> NDArray[np.float64]:
+    """Arc (radians) to the nearest other site for sites with lo <= lat < hi (<= on the
+    last band). Only sites whose in-band neighbour is farther than the band's edge can
+    have a closer neighbour outside: those alone are queried again with a halo."""
     inside = (lat >= lo) & ((lat <= hi) if last else (lat < hi))
     query = unit_vectors(lon[inside], lat[inside])
-    if len(query) == 0:
-        return np.zeros(0)
-    if len(query) > 1:
-        chord, _ = BallTree(query).query(query, k=2)
-        halo_deg = float(np.degrees(_chord_to_arc(chord[:, 1]).max()))
-    else:
-        halo_deg = 180.0
-    near = (lat >= lo - halo_deg) & (lat <= hi + halo_deg)
-    reference = unit_vectors(lon[near], lat[near])
-    chord, _ = BallTree(reference).query(query, k=2)
-    return _chord_to_arc(chord[:, 1])
+    if len(query) < 2 or whole:
+        reference = query if whole else unit_vectors(lon, lat)
+        if len(reference) < 2:
+            return np.zeros(len(query))
+        chord, _ = BallTree(reference).query(query, k=2)
+        return _chord_to_arc(chord[:, 1])
+    chord, _ = BallTree(query).query(query, k=2)
+    arc = _chord_to_arc(chord[:, 1])
+    band_lat = lat[inside]
+    edge_deg = np.minimum(band_lat - lo, hi - band_lat)
+    risky = np.flatnonzero(np.degrees(arc) > edge_deg)
+    if len(risky):
+        halo_deg = float(np.degrees(arc[risky]).max())
+        near = (lat >= lo - halo_deg) & (lat <= hi + halo_deg)
+        chord, _ = BallTree(unit_vectors(lon[near], lat[near])).query(query[risky], k=2)
+        arc[risky] = _chord_to_arc(chord[:, 1])
+    return arc
 
 
-def _band_task(source: str | tuple[NDArray[np.float64], NDArray[np.float64]], lo: float, hi: float, last: bool) -> NDArray[np.float64]:
+def _band_task(source: str | tuple[NDArray[np.float64], NDArray[np.float64]], lo: float, hi: float, last: bool, whole: bool) -> NDArray[np.float64]:
     if isinstance(source, str):  # a site_locations folder: the task loads its own data
         from pathlib import Path
 
@@ -50,7 +58,7 @@ def _band_task(source: str | tuple[NDArray[np.float64], NDArray[np.float64]], lo
         lon, lat = table.column(0).to_numpy(), table.column(1).to_numpy()
     else:
         lon, lat = source
-    return _band_nn(lon, lat, lo, hi, last)
+    return _band_nn(lon, lat, lo, hi, last, whole)
 
 
 def band_edges(lat: NDArray[np.float64], n_bands: int) -> NDArray[np.float64]:
@@ -69,14 +77,16 @@ def nearest_neighbour_km_chunked(
     if len(lon) < 2:
         return np.zeros(0)
     n_bands = max(1, int(np.ceil(len(lon) / sites_per_band)))
+    if n_bands == 1:  # one tree is the exact answer; no graph needed
+        return np.sort(_band_nn(lon, lat, float(lat.min()), float(lat.max()), True, True) * EARTH_RADIUS_KM)
     edges = band_edges(lat, n_bands)
     data = source if source is not None else dask.delayed((lon, lat))
     tasks = [
-        dask.delayed(_band_task)(data, float(edges[i]), float(edges[i + 1]), i == n_bands - 1)
+        dask.delayed(_band_task)(data, float(edges[i]), float(edges[i + 1]), i == n_bands - 1, n_bands == 1)
         for i in range(n_bands)
         if edges[i + 1] > edges[i] or i == n_bands - 1
     ]
     arcs = np.concatenate(compute(tasks))
     if len(arcs) != len(lon):  # duplicate band edges (many sites at one latitude): one band
-        arcs = _band_nn(lon, lat, float(lat.min()), float(lat.max()), True)
+        arcs = _band_nn(lon, lat, float(lat.min()), float(lat.max()), True, True)
     return np.sort(arcs * EARTH_RADIUS_KM)

@@ -62,13 +62,25 @@ def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> dict[str, fl
     return {"anisotropy": anisotropy, "unique_lat_share": unique_lat, "unique_lon_share": unique_lon, "flagged": bool(flagged)}
 
 
-def compute_scorecard(
-    sites: SiteFrame, region_of: dict[str, str], eligible_count: int, baseline_nn_ratio: float | None, source: str | None = None
-) -> dict[str, Any]:
+def country_figures(sites: SiteFrame, region_of: dict[str, str], eligible_count: int) -> tuple[dict[str, Any], dict[str, float], list[tuple[str, int, float]]]:
+    """Country concentration, coverage, hemisphere and region shares (cheap: counts only)."""
     codes, counts = np.unique(sites.iso2, return_counts=True)
     figures: dict[str, Any] = metrics.country_metrics(dict(zip(codes.tolist(), counts.tolist(), strict=True)), eligible_count)
     figures["sites"] = int(len(sites.lat))
     figures["southern_hemisphere_share"] = float((sites.lat < 0).mean())
+    regions = {r: 0.0 for r in REGIONS}
+    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
+        regions[region_of[code]] += n / len(sites.lat)
+    order = np.lexsort((codes, -counts))
+    shares = [(str(codes[i]), int(counts[i]), float(counts[i] / len(sites.lat))) for i in order]
+    return figures, regions, shares
+
+
+def compute_scorecard(
+    sites: SiteFrame, region_of: dict[str, str], eligible_count: int, baseline_nn_ratio: float | None, source: str | None = None
+) -> dict[str, Any]:
+    """Every metric of DESIGN §6 for one seed."""
+    figures, regions, shares = country_figures(sites, region_of, eligible_count)
     nn = nearest_neighbour_km_chunked(sites.lon, sites.lat, source=source)
     figures.update(metrics.nn_metrics(nn))
     ratio = figures["nn_ratio"]
@@ -76,11 +88,6 @@ def compute_scorecard(
         (baseline_nn_ratio - ratio) / baseline_nn_ratio if baseline_nn_ratio and not math.isnan(ratio) else float("nan")
     )
     figures["baseline_nn_ratio"] = baseline_nn_ratio if baseline_nn_ratio is not None else float("nan")
-    regions = {r: 0.0 for r in REGIONS}
-    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
-        regions[region_of[code]] += n / len(sites.lat)
-    order = np.lexsort((codes, -counts))
-    shares = [(str(codes[i]), int(counts[i]), float(counts[i] / len(sites.lat))) for i in order]
     sentinels = {}
     for code, n, _ in shares[:10]:
         if n >= SENTINEL_MIN_SITES:
@@ -125,6 +132,8 @@ def write_scorecard(card: dict[str, Any], folder: Path) -> None:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["region", "share"])
         w.writerows([(r, f"{s:.6f}") for r, s in card["region_share"].items()])
+    if "nn_p50_km" not in card["metrics"]:
+        return
     with open(folder / "nn_quantiles.csv", "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["quantile", "km"])

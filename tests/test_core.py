@@ -54,7 +54,7 @@ def test_touched_cells_for_tiny_polygon() -> None:
 @given(n=st.integers(1, 500), weights=st.lists(st.integers(1, 10**9), min_size=1, max_size=60), share=st.sampled_from([1.0, 0.3, 0.05]))
 def test_largest_remainder_properties(n: int, weights: list[int], share: float) -> None:
     w = np.asarray(weights, dtype=np.uint64)
-    counts = allocate_tiles(n, w, np.arange(len(w), dtype=np.uint64), share)
+    counts = allocate_tiles(n, w, lambda idx: idx.astype(np.uint64), share)
     assert counts.sum() == n and (counts >= 0).all()
     quota = n * w.astype(float) / w.astype(float).sum()
     if share == 1.0:
@@ -66,13 +66,29 @@ def test_largest_remainder_properties(n: int, weights: list[int], share: float) 
 def test_tile_id_ties_make_stripes_and_keyed_ties_do_not() -> None:
     w = np.full(1000, 7, dtype=np.uint64)  # row-constant weights: every remainder ties
     tiles = np.arange(1000, dtype=np.uint64)
-    a = allocate_tiles(10, w, tiles, 1.0)
-    b = allocate_tiles(10, w, tiles, 1.0)
+    a = allocate_tiles(10, w, lambda idx: tiles[idx], 1.0)
+    b = allocate_tiles(10, w, lambda idx: tiles[idx], 1.0)
     assert np.flatnonzero(a).tolist() == list(range(10)) == np.flatnonzero(b).tolist()
     key = rng.stream_key(1, "S4.tile_tie")
-    ka = allocate_tiles(10, w, rng.hash64(key, np.uint64(1), tiles), 1.0)
-    kb = allocate_tiles(10, w, rng.hash64(key, np.uint64(2), tiles), 1.0)
+    ka = allocate_tiles(10, w, lambda idx: rng.hash64(key, np.uint64(1), tiles[idx]), 1.0)
+    kb = allocate_tiles(10, w, lambda idx: rng.hash64(key, np.uint64(2), tiles[idx]), 1.0)
     assert set(np.flatnonzero(ka)) != set(np.flatnonzero(kb))
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 300), weights=st.lists(st.integers(1, 50), min_size=1, max_size=80), salt=st.integers(0, 2**32))
+def test_selection_equals_a_full_sort(n: int, weights: list[int], salt: int) -> None:
+    """The O(N) selection picks exactly the tiles a full (remainder, tie) sort would."""
+    w = np.asarray(weights, dtype=np.uint64)
+    key = rng.stream_key(salt, "t")
+    tie = lambda idx: rng.hash64(key, idx)  # noqa: E731
+    counts = allocate_tiles(n, w, tie, 1.0)
+    total = w.sum()
+    product = np.uint64(n) * w
+    base = (product // total).astype(np.int64)
+    order = np.lexsort((tie(np.arange(len(w))), total - product % total))
+    base[order[: n - base.sum()]] += 1
+    np.testing.assert_array_equal(counts, base)
 
 
 def test_rng_is_keyed_by_content_not_order() -> None:

@@ -10,6 +10,7 @@ hash). ``max_tile_share`` caps any tile's share of a pair where the country has 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dask
@@ -27,29 +28,48 @@ from .s1_tiles import GRID_ARRAY
 from .s2_tile_weights import WEIGHT_ARRAY
 
 
-def allocate_tiles(n: int, weight: NDArray[np.uint64], tie_key: NDArray[np.uint64], max_tile_share: float) -> NDArray[np.int64]:
+TieKey = Callable[[NDArray[np.intp]], NDArray[np.uint64]]
+
+
+def _best(r: int, remainder: NDArray[np.uint64], tie_key: TieKey) -> NDArray[np.intp]:
+    """Indices of the ``r`` best tiles by (remainder desc, tie key asc) in O(N): only tiles
+    at the threshold remainder need tie keys."""
+    if r <= 0:
+        return np.zeros(0, dtype=np.intp)
+    kth = np.partition(remainder, len(remainder) - r)[len(remainder) - r]
+    above = np.flatnonzero(remainder > kth)
+    at = np.flatnonzero(remainder == kth)
+    need = r - len(above)
+    if need < len(at):
+        at = at[np.argpartition(tie_key(at), need - 1)[:need]]
+    return np.concatenate([above, at])
+
+
+def allocate_tiles(n: int, weight: NDArray[np.uint64], tie_key: TieKey, max_tile_share: float) -> NDArray[np.int64]:
     """Largest remainder of ``n`` over integer weights, exact in integer arithmetic."""
     total = np.uint64(int(weight.sum(dtype=np.uint64)))
     product = np.uint64(n) * weight
     counts = (product // total).astype(np.int64)
     remainder = product % total
-    rank = np.lexsort((tie_key, total - remainder))  # remainder desc, then tie key asc
-    counts[rank[: n - int(counts.sum())]] += 1
+    counts[_best(n - int(counts.sum()), remainder, tie_key)] += 1
     if max_tile_share < 1.0:
         cap = max(int(np.ceil(max_tile_share * n)), int(np.ceil(n / len(weight))))
         excess = int(np.maximum(counts - cap, 0).sum())
-        counts = np.minimum(counts, cap)
-        while excess:
-            room = rank[counts[rank] < cap][:excess]
-            counts[room] += 1
-            excess -= len(room)
+        if excess:
+            counts = np.minimum(counts, cap)
+            everything = np.arange(len(weight), dtype=np.intp)
+            rank = np.lexsort((tie_key(everything), total - remainder))
+            while excess:
+                room = rank[counts[rank] < cap][:excess]
+                counts[room] += 1
+                excess -= len(room)
     return counts
 
 
-def country_tiles(grid_store: str, weight_store: str, country_id: int, rows: tuple[int, int], cols: tuple[int, int], ncols: int) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
+def country_tiles(grid: zarr.Array, weights: zarr.Array, country_id: int, rows: tuple[int, int], cols: tuple[int, int], ncols: int) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
     """Tile ids (ascending) and weights of a country's cells with positive weight."""
-    cid = zarr.open_array(grid_store, mode="r")[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1]
-    weight = zarr.open_array(weight_store, mode="r")[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1]
+    cid = grid[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1]
+    weight = weights[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1]
     rr, cc = np.nonzero((cid == country_id) & (weight > 0))
     return ((rr + rows[0]) * ncols + cc + cols[0]).astype(np.int64), weight[rr, cc]
 
@@ -61,14 +81,19 @@ def _batch_task(ctx_paths: dict[str, str], countries: list[dict], policy: TileAl
     iso_col = np.asarray(pairs.column("legal_country_iso").to_pylist(), dtype="U2")
     merchants = pairs.column("merchant_id").to_numpy()
     n_sites = pairs.column("n_sites").to_numpy()
+    grid = zarr.open_array(ctx_paths["grid"], mode="r")
+    weights = zarr.open_array(ctx_paths["weights"], mode="r")
     for c in countries:
         sel = np.flatnonzero(iso_col == c["iso2"])
         if not len(sel):
             continue
-        tiles, weight = country_tiles(ctx_paths["grid"], ctx_paths["weights"], c["country_id"], (c["row_min"], c["row_max"]), (c["col_min"], c["col_max"]), ncols)
+        tiles, weight = country_tiles(grid, weights, c["country_id"], (c["row_min"], c["row_max"]), (c["col_min"], c["col_max"]), ncols)
         for i in sel:
             m = np.uint64(merchants[i])
-            tie = tiles.astype(np.uint64) if policy.tie_break == "tile_id" else rng.hash64(key, m, tiles)
+            if policy.tie_break == "tile_id":
+                tie: TieKey = lambda idx: tiles[idx].astype(np.uint64)  # noqa: E731
+            else:
+                tie = lambda idx, m=m: rng.hash64(key, m, tiles[idx])  # noqa: E731
             counts = allocate_tiles(int(n_sites[i]), weight, tie, policy.max_tile_share)
             hit = np.flatnonzero(counts)
             out_m.append(np.full(len(hit), m, dtype=np.uint64))

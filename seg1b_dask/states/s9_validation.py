@@ -81,7 +81,9 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     country_table = read_table(ctx.inputs["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"])
     region_of = dict(zip(country_table.column("iso2").to_pylist(), country_table.column("region").to_pylist(), strict=True))
     eligible = int(np.asarray(country_table.column("eligible").to_pylist()).sum())
-    card = scoring.compute_scorecard(scoring.SiteFrame.from_table(sites), region_of, eligible, None, source=str(egress))
+    # Country, coverage and region figures; the scorer adds nearest neighbours and grades.
+    figures, regions, shares = scoring.country_figures(scoring.SiteFrame.from_table(sites), region_of, eligible)
+    card = {"metrics": figures, "region_share": regions, "country_shares": shares}
     passed = all(c["passed"] for c in checks.values())
     folder = out["validation_bundle"]
     (folder / "checks.json").write_text(json.dumps(checks, indent=2, sort_keys=True) + "\n")
