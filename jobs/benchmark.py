@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,9 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 import numpy as np
+import psutil
 
 from seg1b_dask import metrics
 from seg1b_dask.execution import Execution
@@ -55,10 +55,8 @@ class RssSampler:
     def _rss(self) -> float:
         total = self.proc.memory_info().rss
         for child in self.proc.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
-            except psutil.Error:
-                pass
         return total / 2**20
 
     def _loop(self) -> None:

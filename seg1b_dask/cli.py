@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -60,7 +61,7 @@ def score_summary(scored) -> list[str]:  # noqa: ANN001 - lanes.Scored
     lines = ["", f"  scorecard ({scored.run_dir / 'scorecard'})", f"  {'metric':<32} {'value':>9} {'vs baseline':>12}"]
     for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio", "nn_contraction"):
         delta = scored.delta.get(key)
-        lines.append(f"  {key:<32} {_fmt(m[key]):>9} {('%+.4f' % delta) if delta is not None else '':>12}")
+        lines.append(f"  {key:<32} {_fmt(m[key]):>9} {f'{delta:+.4f}' if delta is not None else '':>12}")
     lines.append(f"  nearest neighbour p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km")
     lines.append("  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
     lines.append(f"  collapse sentinel: {m['sentinel_flagged']} of the top-10 countries flagged")
@@ -165,7 +166,7 @@ def certify(seeds: str, policies: Path, root: Path, scheduler: str | None, worke
         lines.append(f"  {key:<32}{vals}{_fmt(report.cv.get(key, float('nan'))):>9}")
     lines += ["", f"  GRADE: {report.outcome}   next: {report.next_action}"]
     if report.outcome != "GREEN_BPLUS":
-        level = "B" if report.outcome == "RED" else "B_PLUS"
+        level: Literal["B", "B_PLUS"] = "B" if report.outcome == "RED" else "B_PLUS"
         lines.append(f"  failing {level.replace('_PLUS', '+')} gates:")
         lines += failure_table(report, level)
     lines.append(f"  promotion: {'done (last_good -> this pack)' if pack.promoted else ('refused: RED' if report.outcome == 'RED' else 'not requested')}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Seg1BError
-from .lineage import safe_join
+from .lineage import safe_join, write_json
 
 E_BASELINE_PINNED = "E_BASELINE_PINNED"
 E_PHASE_LOCKED = "E_PHASE_LOCKED"
@@ -22,9 +22,7 @@ POINTERS = ("current_candidate", "last_good")
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    write_json(path, payload)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ METRIC_GATES: tuple[tuple[str, str, str], ...] = (
     ("southern_hemisphere_share", "southern_hemisphere_share_min", "min"),
     ("nn_contraction", "nn_contraction_min", "min"),
 )
+GATE_FIELD = {metric: gate_field for metric, gate_field, _ in METRIC_GATES}
 CONCENTRATION = ("country_gini", "top10_share", "top5_share", "top1_share")
 # The seed plan's failure triage map (§6), by gate family.
 TRIAGE = {
@@ -36,6 +37,7 @@ TRIAGE = {
     "cv": "seed instability: reduce high-sensitivity knobs and tighten deterministic balancing",
     "bootstrap": "concentration too close to the B+ line: retune S2 caps before claiming B+",
     "structural": "structural contract: fix the implementation bug before further realism tuning",
+    "missing": "certify every required seed",
 }
 
 
@@ -133,13 +135,12 @@ def grade(
                     failures[level].append(Failure(f"region_floor:{region}", level, seed, floor, share, TRIAGE["region_floor"]))
             if level == "B_PLUS" and bootstrap is not None:
                 for metric in CONCENTRATION:
-                    field_name = dict((a, b) for a, b, _ in METRIC_GATES)[metric]
-                    threshold = getattr(gates, field_name).B_PLUS
+                    threshold = getattr(gates, GATE_FIELD[metric]).B_PLUS
                     upper = bootstrap[seed][metric]
                     if not upper <= threshold:
                         failures[level].append(Failure(f"bootstrap_upper:{metric}", level, seed, threshold, upper, TRIAGE["bootstrap"]))
         for seed in missing:
-            failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, "certify every required seed"))
+            failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, TRIAGE["missing"]))
     cv: dict[str, float] = {}
     if len(seeds) > 1:
         for metric, _, _ in METRIC_GATES:
@@ -159,25 +160,24 @@ def grade(
     return report
 
 
+TRIAGE_ORDER = ("structural", "missing", "concentration", "coverage", "region_floor", "nn", "cv", "bootstrap")
+
+
+def _failure_family(gate: str) -> str:
+    prefix = gate.split(":")[0]
+    if prefix in GATE_FIELD:
+        return _family(prefix)
+    return {"region_floor": "region_floor", "cv": "cv", "bootstrap_upper": "bootstrap", "required_seed_missing": "missing"}.get(prefix, "structural")
+
+
 def triage(failures: list[Failure]) -> str:
-    """The seed plan's state-first order: structure, concentration, regions, NN, stability."""
-    gates = {f.gate.split(":")[0] for f in failures}
-    families = {_family(g) for g in gates if g in dict((m, 1) for m, _, _ in METRIC_GATES)}
-    if "structural" in gates:
-        return TRIAGE["structural"]
-    if "concentration" in families:
-        return TRIAGE["concentration"]
-    if "coverage" in families:
-        return TRIAGE["coverage"]
-    if "region_floor" in gates:
-        return TRIAGE["region_floor"]
-    if "nn" in families:
-        return TRIAGE["nn"]
-    if "cv" in gates:
-        return TRIAGE["cv"]
-    if "bootstrap_upper" in gates:
-        return TRIAGE["bootstrap"]
-    return "none: every gate passes" if not failures else failures[0].hint
+    """The seed plan's state-first order: structure, concentration, coverage, regions, NN,
+    stability — the first family that fails says where to look."""
+    families = {_failure_family(f.gate) for f in failures}
+    for family in TRIAGE_ORDER:
+        if family in families:
+            return TRIAGE[family]
+    return "none: every gate passes"
 
 
 def failure_table(report: GradeReport, level: Level) -> list[str]:

@@ -84,7 +84,11 @@ def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
         raise Seg1BError(E_BUNDLE_INDEX, f"index.json is malformed ({exc})", file=index_path) from None
     seen: set[str] = set()
     for rel in listed:
+        if not isinstance(rel, str) or not rel:
+            raise Seg1BError(E_BUNDLE_INDEX, "index entry path is not a non-empty string", file=index_path, key=repr(rel))
         pure = PurePosixPath(rel)
+        if pure.as_posix() != rel:
+            raise Seg1BError(E_BUNDLE_INDEX, "index paths must be normalised (no './', no '//')", file=index_path, key=rel)
         if pure.is_absolute() or ".." in pure.parts:
             raise Seg1BError(E_BUNDLE_INDEX, "index lists a path outside the bundle", file=index_path, key=rel)
         if rel in seen:
@@ -96,7 +100,10 @@ def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
     unlisted = sorted(present - seen)
     if unlisted:
         raise Seg1BError(E_BUNDLE_INDEX, "bundle holds a file the index does not list", file=index_path, key=unlisted[0])
-    text = flag_path.read_text().strip()
+    try:
+        text = flag_path.read_bytes().decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = ""
     if not text.startswith("sha256_hex = "):
         raise Seg1BError(E_BUNDLE_FLAG_MISMATCH, "flag is not of the form 'sha256_hex = <hex>'", file=flag_path)
     claimed = text.split("=", 1)[1].strip()

@@ -15,6 +15,7 @@ import numpy as np
 from . import discipline, grading, scoring
 from .errors import E_TOKEN_MISMATCH, Seg1BError
 from .execution import Execution
+from .lineage import new_folder
 from .policies import PolicyBundle, bundle_from_canonical, load_bundle
 from .refdata import refdata_version
 from .runner import DEFAULT_POLICIES, Chain, RunResult, run_seed
@@ -44,7 +45,7 @@ def sealed_bundle(run: dict[str, Any]) -> PolicyBundle:
 
 def score_run(root: Path, run: Path) -> Scored:
     """Score one run from every part of its egress; write ``scorecard/`` into the run."""
-    root = Path(root)
+    root = Path(root).resolve()
     meta = discipline.load_run(run)
     egress, _ = scoring.verified_egress(meta, root)
     gates = sealed_bundle(meta).gates
@@ -90,9 +91,10 @@ def fast_lane(
     root: Path, seed: int, policies: Path, upstream: Path | None, execution: Execution, reopen: dict[str, str],
     on_state: Callable[[str], None] | None = None,
 ) -> tuple[RunResult, Scored]:
-    bundle = load_bundle(policies, refdata_version())
+    root = Path(root).resolve()
+    bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     discipline.check_locks(root, bundle.digests, reopen)
-    result = run_seed(root=root, seed=seed, policies=policies, upstream=upstream, execution=execution, on_state=on_state)
+    result = run_seed(root=root, seed=seed, policies=bundle, upstream=upstream, execution=execution, on_state=on_state)
     scored = score_run(root, result.run_dir)
     baseline_hash = load_bundle(DEFAULT_POLICIES, refdata_version()).parameter_hash
     if upstream is None and bundle.parameter_hash == baseline_hash and discipline.baseline_pointer(root, seed) is None:
@@ -133,7 +135,7 @@ def _warm_worker() -> int:
     return len(refdata.countries().iso2)
 
 
-def _certify_seed(root: str, seed: int, policies: str, country_batch: int) -> tuple[RunResult, Scored]:
+def _certify_seed(root: str, seed: int, sealed: tuple[str, dict[str, Any]], country_batch: int) -> tuple[RunResult, Scored]:
     """One seed's whole chain, as one task on a worker: its baseline (pinned once), the
     candidate run and its scorecard. Inside, the worker's own threads run the graphs; a
     lost worker means the task reruns elsewhere and reuses every state already published."""
@@ -146,7 +148,8 @@ def _certify_seed(root: str, seed: int, policies: str, country_batch: int) -> tu
         worker.log_event(PROGRESS_TOPIC, f"seed {seed} {name}")
 
     pin_baseline_run(Path(root), seed, execution, lambda name: state(f"baseline {name}"))
-    result = run_seed(root=Path(root), seed=seed, policies=Path(policies), execution=execution, on_state=state)
+    bundle = bundle_from_canonical(sealed[0], sealed[1], refdata_version())
+    result = run_seed(root=Path(root), seed=seed, policies=bundle, execution=execution, on_state=state)
     return result, score_run(Path(root), result.run_dir)
 
 
@@ -161,9 +164,8 @@ def certify(
     root = Path(root).resolve()
     bundle = load_bundle(policies, refdata_version())
     discipline.check_locks(root, bundle.digests, reopen or {})
-    pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
-    folder = root / "certification" / pack_id
-    folder.mkdir(parents=True)
+    folder = new_folder(root / "certification", time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}")
+    pack_id = folder.name
     emit = on_event or (lambda _msg: None)
     cluster, client = _cluster(scheduler, workers)
     start = time.perf_counter()
@@ -177,7 +179,7 @@ def certify(
             # task per seed (the seed's chain, its baseline and its scorecard).
             Chain(root, seeds[0], bundle, Path("."), Execution(scheduler="attached", country_batch=country_batch)).run_global()
             futures = [
-                client.submit(_certify_seed, str(root), seed, str(Path(policies).resolve()), country_batch, key=f"certify_seed-{seed}-{pack_id}", pure=False)
+                client.submit(_certify_seed, str(root), seed, (bundle.name, bundle.canonical()), country_batch, key=f"certify_seed-{seed}-{pack_id}", pure=False)
                 for seed in seeds
             ]
             done = dict(zip(seeds, client.gather(futures), strict=True))
@@ -188,6 +190,9 @@ def certify(
     wall = time.perf_counter() - start
     results = {s: d[0] for s, d in done.items()}
     scored = {s: d[1] for s, d in done.items()}
+    for seed, result in results.items():  # every seed ran exactly the bundle this pack records
+        if result.tokens.parameter_hash != bundle.parameter_hash:
+            raise Seg1BError(E_TOKEN_MISMATCH, f"seed {seed} ran parameter_hash {result.tokens.parameter_hash[:12]}…, the pack certifies {bundle.parameter_hash[:12]}…", file=folder)
     report = grading.grade(
         {s: sc.card for s, sc in scored.items()}, bundle.gates, {s: sc.structural_ok for s, sc in scored.items()},
         {s: sc.bootstrap for s, sc in scored.items()},

@@ -145,3 +145,23 @@ def republish(source: Path, final: Path, dataset: str, tokens: dict[str, object]
         raise
     _commit(tmp, final, digest)
     return final
+
+
+def write_json(path: Path, payload: object) -> None:
+    """Write JSON atomically (temporary sibling, then rename): readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def new_folder(parent: Path, stem: str) -> Path:
+    """A fresh folder named ``stem`` (``stem-2``, ``stem-3``… if taken)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        folder = parent / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free folder name for {stem}")

@@ -54,6 +54,8 @@ def country_metrics(counts_by_country: dict[str, int], eligible_count: int) -> d
 
 
 def nn_metrics(nn_km: NDArray[np.float64]) -> dict[str, float]:
+    if len(nn_km) == 0:  # fewer than two sites: undefined, which fails closed
+        return {k: float("nan") for k in ("nn_p50_km", "nn_p75_km", "nn_p90_km", "nn_p95_km", "nn_p99_km", "nn_ratio")}
     q = np.quantile(nn_km, [0.5, 0.75, 0.9, 0.95, 0.99])
     p50, p99 = float(q[0]), float(q[4])
     return {

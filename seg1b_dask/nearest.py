@@ -29,6 +29,8 @@ def _band_nn(lon: NDArray[np.float64], lat: NDArray[np.float64], lo: float, hi: 
     have a closer neighbour outside: those alone are queried again with a halo."""
     inside = (lat >= lo) & ((lat <= hi) if last else (lat < hi))
     query = unit_vectors(lon[inside], lat[inside])
+    if len(query) == 0:
+        return np.zeros(0)
     if len(query) < 2 or whole:
         reference = query if whole else unit_vectors(lon, lat)
         if len(reference) < 2:

@@ -167,7 +167,7 @@ def load_bundle(directory: Path, refdata_version: str) -> PolicyBundle:
         parsed[name] = parse_policy(name, _load_yaml(path), path)
     digests = {name: sha256_hex(canonical_json(model.model_dump(mode="json"))) for name, model in parsed.items()}
     parameter_hash = sha256_hex(canonical_json({"policies": digests, "refdata": refdata_version}))
-    return PolicyBundle(name=directory.name, digests=digests, parameter_hash=parameter_hash, **parsed)
+    return PolicyBundle.model_validate({"name": directory.name, "digests": digests, "parameter_hash": parameter_hash, **parsed})
 
 
 def bundle_from_canonical(name: str, canonical: dict[str, Any], refdata_version: str) -> PolicyBundle:
@@ -175,4 +175,4 @@ def bundle_from_canonical(name: str, canonical: dict[str, Any], refdata_version:
     parsed = {k: parse_policy(k, v, Path(f"<sealed:{k}>")) for k, v in canonical.items()}
     digests = {k: sha256_hex(canonical_json(m.model_dump(mode="json"))) for k, m in parsed.items()}
     parameter_hash = sha256_hex(canonical_json({"policies": digests, "refdata": refdata_version}))
-    return PolicyBundle(name=name, digests=digests, parameter_hash=parameter_hash, **parsed)
+    return PolicyBundle.model_validate({"name": name, "digests": digests, "parameter_hash": parameter_hash, **parsed})

@@ -19,7 +19,7 @@ from .errors import E_VALIDATION_FAILED, Seg1BError
 from .execution import Execution, executing
 from .grid import Grid
 from .hashing import FLAG_NAME, canonical_json, sha256_file, sha256_hex
-from .lineage import Tokens, partition, publish, republish, safe_join, seal_and_commit, stage_dir
+from .lineage import Tokens, new_folder, partition, publish, republish, safe_join, seal_and_commit, stage_dir, write_json
 from .policies import PolicyBundle, load_bundle
 from .refdata import refdata_version
 from .registry import DATASETS, STATES, StateSpec
@@ -99,7 +99,7 @@ class Chain:
     """One seed's run of the chain under a run root."""
 
     def __init__(self, root: Path, seed: int, bundle: PolicyBundle, upstream: Path, execution: Execution) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.data = self.root / "data"
         self.seed = seed
         self.bundle = bundle
@@ -146,7 +146,7 @@ class Chain:
         index = self.root / "cache" / spec.id / f"{key}.json"
         index.parent.mkdir(parents=True, exist_ok=True)
         entry = {"datasets": {n: p.relative_to(self.data).as_posix() for n, p in finals.items()}, "stats": stats}
-        index.write_text(json.dumps(entry, indent=2, sort_keys=True, default=str) + "\n")
+        write_json(index, entry)
         return stats
 
     def _run_states(self, specs: tuple[StateSpec, ...], keys: dict[str, str], tokens: Tokens, on_state: Callable[[str], None] | None) -> list[StateRecord]:
@@ -184,20 +184,19 @@ class Chain:
 def run_seed(
     root: Path = DEFAULT_ROOT,
     seed: int = 42,
-    policies: Path = DEFAULT_POLICIES,
+    policies: Path | PolicyBundle = DEFAULT_POLICIES,
     upstream: Path | None = None,
     execution: Execution = Execution(),
     on_state: Callable[[str], None] | None = None,
 ) -> RunResult:
     start = time.perf_counter()
-    root = Path(root)
-    bundle = load_bundle(Path(policies), refdata_version())
+    root = Path(root).resolve()
+    bundle = policies if isinstance(policies, PolicyBundle) else load_bundle(Path(policies), refdata_version())
     upstream_dir = Path(upstream) if upstream else ensure_standin(root, seed)
     chain = Chain(root, seed, bundle, upstream_dir, execution)
     tokens, records = chain.run(on_state)
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}"
-    run_dir = safe_join(root, f"runs/{run_id}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_folder(safe_join(root, "runs"), time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}")
+    run_id = run_dir.name
     result = RunResult(run_id, run_dir, seed, tokens, records, dict(chain.published), time.perf_counter() - start, _peak_rss_mb())
     receipt = {
         "run_id": run_id,
@@ -216,7 +215,7 @@ def run_seed(
         "wall_seconds": round(result.wall_seconds, 3),
         "peak_rss_mb": round(result.peak_rss_mb, 1),
     }
-    (run_dir / "run.json").write_text(json.dumps(receipt, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(run_dir / "run.json", receipt)
     validation = result.validation
     if not validation["passed"]:
         raise Seg1BError(E_VALIDATION_FAILED, f"S9 structural checks failed: {', '.join(validation['failed_checks'])}", file=result.outputs["validation_bundle"] / "checks.json")

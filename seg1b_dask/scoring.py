@@ -15,9 +15,9 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from . import metrics
-from .errors import E_BUNDLE_FLAG_MISMATCH, Seg1BError
+from .errors import E_BUNDLE_FLAG_MISMATCH, E_TOKEN_MISMATCH, Seg1BError
 from .hashing import tree_digest, verify_bundle
-from .lineage import MANIFEST, check_tokens, read_manifest
+from .lineage import MANIFEST, check_tokens, read_manifest, safe_join
 from .nearest import nearest_neighbour_km_chunked
 from .refdata import REGIONS
 from .tables import read_table
@@ -108,11 +108,17 @@ def merchant_country_matrix(sites: SiteFrame) -> tuple[NDArray[np.int64], list[s
 
 def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
     """The run's egress and validation bundle, refusing either if the 1B flag is not valid
-    for exactly these bytes."""
-    egress = root / run["outputs"]["site_locations"]
-    bundle = root / run["outputs"]["validation_bundle"]
-    verify_bundle(bundle)
+    for exactly these bytes and these tokens."""
+    egress = safe_join(root, run["outputs"]["site_locations"])
+    bundle = safe_join(root, run["outputs"]["validation_bundle"])
+    index, _ = verify_bundle(bundle)
     check_tokens(egress)
+    for token in ("seed", "parameter_hash", "manifest_fingerprint"):
+        if str(index.get(token)) != str(run[token]):
+            raise Seg1BError(E_TOKEN_MISMATCH, f"the sealed bundle says {token}={index.get(token)}, run.json says {run[token]}", file=bundle / "index.json", key=token)
+    for token, value in read_manifest(egress)["tokens"].items():
+        if str(value) != str(run[token]):
+            raise Seg1BError(E_TOKEN_MISMATCH, f"site_locations says {token}={value}, run.json says {run[token]}", file=egress, key=token)
     sealed = json.loads((bundle / "egress.json").read_text())["site_locations_sha256"]
     actual = tree_digest(egress, exclude=frozenset({MANIFEST}))
     if sealed != actual or read_manifest(egress)["content_sha256"] != actual:

@@ -158,9 +158,9 @@ def synthesize(seed: int) -> Catalogue:
         home[m] = chosen[0]
         member[m, chosen] = True
         capacity[chosen] -= 1
-    for col in np.flatnonzero(~member.any(axis=0)):
-        m = int(rng.choice(np.flatnonzero((k >= 2) & (k < 11) & ~member[:, col])))
-        member[m, col] = True
+    for unused in np.flatnonzero(~member.any(axis=0)):
+        m = int(rng.choice(np.flatnonzero((k >= 2) & (k < 11) & ~member[:, unused])))
+        member[m, unused] = True
         k[m] += 1
     # Those additions overshoot the pair count: drop foreign pairs in shared countries.
     while int(member.sum()) > N_PAIRS:
@@ -191,10 +191,10 @@ def synthesize(seed: int) -> Catalogue:
         counts[rows, col] = 1 + _largest_remainder(np.maximum(quota - 1, 0) / max(np.maximum(quota - 1, 0).sum(), 1e-12) * extra, extra)
     # Every merchant needs >= 2 outlets: take one from the largest pair of the same country.
     for m in np.flatnonzero(counts.sum(axis=1) < 2):
-        col = int(np.flatnonzero(counts[m])[0])
-        donor = int(np.argmax(np.where(counts.sum(axis=1) > 2, counts[:, col], 0)))
-        counts[donor, col] -= 1
-        counts[m, col] += 1
+        country = int(np.flatnonzero(counts[m])[0])
+        donor = int(np.argmax(np.where(counts.sum(axis=1) > 2, counts[:, country], 0)))
+        counts[donor, country] -= 1
+        counts[m, country] += 1
     assert (counts.sum(axis=0) == target).all()
 
     ids = np.sort(

@@ -113,17 +113,25 @@ def test_assignment_is_a_permutation_within_pairs() -> None:
     assert assigned[5:].tolist() == [10] * 4
 
 
-def test_jitter_stays_in_tile_and_country_and_is_distinct() -> None:
+@pytest.mark.parametrize(
+    ("country", "max_attempts"),
+    [
+        (shapely.Polygon([(10.0, 40.0), (10.9, 40.0), (10.05, 40.9)]), 8),  # half the cell
+        (shapely.Polygon([(9.5, 40.2), (10.003, 40.2), (10.003, 40.21), (9.5, 40.21)]), 1),  # a sliver: triangulated phase
+    ],
+)
+def test_jitter_stays_in_tile_and_country_and_is_distinct(country: shapely.Polygon, max_attempts: int) -> None:
     grid = Grid(3600)
-    country = shapely.Polygon([(10.0, 40.0), (10.9, 40.0), (10.05, 40.9)])  # a sliver of the cell
     shapely.prepare(country)
     tile = np.full(200, (90 - 41) * 360 + 190, dtype=np.int64)
     fields = (np.arange(200, dtype=np.uint64), np.full(200, 7, np.uint64), np.arange(200, dtype=np.uint64))
-    lon, lat, attempts = jitter_uniform(tile, fields, country, grid, rng.stream_key(1, "S6"), 8)
+    lon, lat, attempts = jitter_uniform(tile, fields, country, grid, rng.stream_key(1, "S6"), max_attempts)
     assert shapely.contains_xy(country, lon, lat).all()
     assert ((lon >= 10) & (lon <= 11) & (lat >= 40) & (lat <= 41)).all()
-    assert len(set(zip(lon.tolist(), lat.tolist()))) == 200
+    assert len(set(zip(lon.tolist(), lat.tolist(), strict=True))) == 200
     assert attempts.max() > 1
+    again = jitter_uniform(tile, fields, country, grid, rng.stream_key(1, "S6"), max_attempts)
+    np.testing.assert_array_equal(again[0], lon)
 
 
 def test_metric_definitions() -> None:

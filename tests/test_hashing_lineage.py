@@ -46,6 +46,27 @@ def test_tampered_bundle_is_refused(tmp_path: Path, tamper, code: str) -> None:
     assert err.value.file is not None
 
 
+@pytest.mark.parametrize("entry", [1, "", "./b.txt", "a//x.bin"])
+def test_malformed_index_entries_are_refused(tmp_path: Path, entry: object) -> None:
+    import json
+
+    root = _bundle(tmp_path / "bundle")
+    index = json.loads((root / "index.json").read_text())
+    index["files"].append({"path": entry})
+    (root / "index.json").write_text(json.dumps(index))
+    with pytest.raises(Seg1BError) as err:
+        verify_bundle(root)
+    assert err.value.code == "E_BUNDLE_INDEX"
+
+
+def test_binary_flag_is_refused_not_crashed(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "bundle")
+    (root / FLAG_NAME).write_bytes(b"\xff\xfe")
+    with pytest.raises(Seg1BError) as err:
+        verify_bundle(root)
+    assert err.value.code == "E_BUNDLE_FLAG_MISMATCH"
+
+
 def test_publish_is_atomic_and_write_once(tmp_path: Path) -> None:
     final = tmp_path / "ds" / "parameter_hash=abc"
     publish(final, "ds", {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("1"))

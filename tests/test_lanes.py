@@ -75,6 +75,32 @@ def test_score_refuses_egress_without_a_valid_flag(root: Path, tmp_path: Path) -
     assert err.value.code == "E_BUNDLE_FLAG_MISSING"
 
 
+def test_score_refuses_a_run_receipt_that_disagrees_with_the_sealed_bundle(root: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    run_dir = sorted((copy / "runs").iterdir())[0]
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta["parameter_hash"] = "0" * 64  # e.g. someone loosened the gates and rehashed run.json
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(Seg1BError) as err:
+        score_run(copy, run_dir)
+    assert err.value.code == "E_TOKEN_MISMATCH"
+
+
+def test_the_readme_main_command_with_its_default_relative_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from seg1b_dask.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["run", "--quiet"])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "runs" / "fix-data-engine" / "segment_1B"
+    assert (root / "baseline_authority" / "seed=42.json").is_file()  # the first baseline run pins itself
+    assert "country_gini 0.7528" in result.output and "nn_contraction                      0.0000" in result.output
+    assert len(list((root / "runs").glob("*/run.json"))) == 1
+
+
 def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, tmp_path: Path) -> None:
     run_dir = sorted((root / "runs").iterdir())[0]
     gates_file = DEFAULT_POLICIES.parent / "gates.yaml"

@@ -48,6 +48,14 @@ def test_chunked_nn_equals_exact_global(kind: str, per_band: int) -> None:
     np.testing.assert_allclose(got, _exact(lon, lat), rtol=1e-9, atol=1e-9)
 
 
+def test_degenerate_inputs_are_undefined_not_crashes() -> None:
+    assert np.isnan(metrics.nn_metrics(nearest_neighbour_km_chunked(np.array([3.0]), np.array([4.0])))["nn_ratio"])
+    # Many sites on one latitude leave empty bands between equal quantile edges.
+    lon = np.linspace(-170, 170, 50)
+    lat = np.r_[np.zeros(45), np.linspace(10, 50, 5)]
+    np.testing.assert_allclose(nearest_neighbour_km_chunked(lon, lat, sites_per_band=4), _exact(lon, lat), rtol=1e-9)
+
+
 def test_duplicate_sites_give_zero_and_p50_zero_fails() -> None:
     lon = np.array([1.0, 1.0, 5.0, 5.0, 9.0])
     lat = np.zeros(5)

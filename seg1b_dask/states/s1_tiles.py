@@ -17,7 +17,7 @@ import shapely
 import zarr
 from numpy.typing import NDArray
 
-from .. import refdata
+from .. import arrays, refdata
 from ..context import StateContext
 from ..execution import compute
 from ..grid import Grid
@@ -75,8 +75,7 @@ def rasterize_band(edges: EdgeTable, grid: Grid, row0: int, row1: int) -> NDArra
     diff = np.zeros((row1 - row0, grid.ncols + 1), dtype=np.int32)
     np.add.at(diff, (r, c0), fill)
     np.add.at(diff, (r, c1), -fill)
-    band[:] = np.cumsum(diff, axis=1)[:, : grid.ncols]
-    return band
+    return np.cumsum(diff, axis=1)[:, : grid.ncols].astype(np.int16)
 
 
 def touched_cells(geom: shapely.Geometry, grid: Grid) -> NDArray[np.int64]:
@@ -85,8 +84,8 @@ def touched_cells(geom: shapely.Geometry, grid: Grid) -> NDArray[np.int64]:
     west, south, east, north = geom.bounds
     c0, c1 = int(np.floor((west + 180.0) / d)), int(np.ceil((east + 180.0) / d))
     r0, r1 = int(np.floor((90.0 - north) / d)), int(np.ceil((90.0 - south) / d))
-    rows, cols = np.meshgrid(np.arange(max(r0, 0), min(r1, grid.nrows)), np.arange(max(c0, 0), min(c1, grid.ncols)), indexing="ij")
-    rows, cols = rows.ravel(), cols.ravel()
+    row_grid, col_grid = np.meshgrid(np.arange(max(r0, 0), min(r1, grid.nrows)), np.arange(max(c0, 0), min(c1, grid.ncols)), indexing="ij")
+    rows, cols = row_grid.ravel(), col_grid.ravel()
     boxes = shapely.box(-180.0 + cols * d, 90.0 - (rows + 1) * d, -180.0 + (cols + 1) * d, 90.0 - rows * d)
     hit = shapely.intersects(geom, boxes) & ~shapely.touches(geom, boxes)
     return (rows[hit] * grid.ncols + cols[hit]).astype(np.int64)
@@ -117,7 +116,7 @@ def _merge_stats(parts: list[NDArray[np.int64]]) -> NDArray[np.int64]:
 def _band_task(store: str, grid: Grid, row0: int, row1: int) -> NDArray[np.int64]:
     edges = refdata.country_edges()
     band = rasterize_band(edges, grid, row0, row1)
-    zarr.open_array(store, mode="r+")[row0:row1, :] = band
+    arrays.open_array(store, mode="r+")[row0:row1, :] = band
     return band_stats(band, row0, len(refdata.countries().iso2))
 
 
@@ -146,7 +145,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         taken = []
         for tile in touched_cells(table.geometry[cid - 1], grid).tolist():
             rr, cc = divmod(tile, grid.ncols)
-            owner = int(arr[rr, cc])
+            owner = int(arrays.read(arr, slice(rr, rr + 1), slice(cc, cc + 1))[0, 0])
             # Never take another small country's cell, nor any country's last cell.
             if tile in claimed or (owner and stats[owner, 0] <= 1):
                 continue

@@ -15,6 +15,7 @@ import pyarrow as pa
 import zarr
 from numpy.typing import NDArray
 
+from .. import arrays
 from ..context import StateContext
 from ..execution import compute
 from ..policies import S2Legacy
@@ -51,10 +52,10 @@ def country_sums(country_id: NDArray[np.int16], weight: NDArray[np.uint64], n_co
 
 def _band_task(grid_store: str, weight_store: str, eligible: NDArray[np.bool_], policy: S2Legacy, row0: int, row1: int) -> list[int]:
     group = zarr.open_group(grid_store, mode="r")
-    cid = group[GRID_ARRAY][row0:row1, :]
-    area = group[AREA_ARRAY][row0:row1]
+    cid = arrays.read(arrays.member(group, GRID_ARRAY), slice(row0, row1), slice(None))
+    area = arrays.read(arrays.member(group, AREA_ARRAY), slice(row0, row1))
     weight = band_weights(cid, area, eligible, policy)
-    zarr.open_array(weight_store, mode="r+")[row0:row1, :] = weight
+    arrays.open_array(weight_store, mode="r+")[row0:row1, :] = weight
     return country_sums(cid, weight, len(eligible) - 1)
 
 
@@ -64,7 +65,8 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     tiles = read_table(ctx.inputs["tile_grid"] / "country_tiles").to_pydict()
     eligible = np.r_[False, np.asarray(tiles["eligible"], dtype=bool)]
     grid_store = str(ctx.inputs["tile_grid"] / "grid.zarr")
-    src = zarr.open_array(grid_store + "/" + GRID_ARRAY, mode="r")
+    src = arrays.open_array(grid_store + "/" + GRID_ARRAY)
+    assert src.shards is not None
     folder = out["tile_weights"]
     group = zarr.open_group(folder / "weights.zarr", mode="w", zarr_format=3)
     group.attrs.update({"basis": policy.basis, "unit": "area_quantum_m2" if policy.basis == "area_m2" else "cell"})

@@ -19,14 +19,13 @@ import pyarrow as pa
 import zarr
 from numpy.typing import NDArray
 
-from .. import rng
+from .. import arrays, rng
 from ..context import StateContext
 from ..execution import batches, compute
 from ..policies import TileAllocation
 from ..tables import read_table, write_table
 from .s1_tiles import GRID_ARRAY
 from .s2_tile_weights import WEIGHT_ARRAY
-
 
 TieKey = Callable[[NDArray[np.intp]], NDArray[np.uint64]]
 
@@ -66,10 +65,18 @@ def allocate_tiles(n: int, weight: NDArray[np.uint64], tie_key: TieKey, max_tile
     return counts
 
 
+def tie_key_for(policy: TileAllocation, key: np.uint64, merchant: np.uint64, tiles: NDArray[np.int64]) -> TieKey:
+    """``tile_id`` ties (legacy) or a per-merchant hash of the tile (keyed)."""
+    if policy.tie_break == "tile_id":
+        return lambda idx: tiles[idx].astype(np.uint64)
+    return lambda idx: rng.hash64(key, merchant, tiles[idx])
+
+
 def country_tiles(grid: zarr.Array, weights: zarr.Array, country_id: int, rows: tuple[int, int], cols: tuple[int, int], ncols: int) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
     """Tile ids (ascending) and weights of a country's cells with positive weight."""
-    cid = grid[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1]
-    weight = weights[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1]
+    window = (slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1))
+    cid = arrays.read(grid, *window)
+    weight = arrays.read(weights, *window)
     rr, cc = np.nonzero((cid == country_id) & (weight > 0))
     return ((rr + rows[0]) * ncols + cc + cols[0]).astype(np.int64), weight[rr, cc]
 
@@ -81,8 +88,8 @@ def _batch_task(ctx_paths: dict[str, str], countries: list[dict], policy: TileAl
     iso_col = np.asarray(pairs.column("legal_country_iso").to_pylist(), dtype="U2")
     merchants = pairs.column("merchant_id").to_numpy()
     n_sites = pairs.column("n_sites").to_numpy()
-    grid = zarr.open_array(ctx_paths["grid"], mode="r")
-    weights = zarr.open_array(ctx_paths["weights"], mode="r")
+    grid = arrays.open_array(ctx_paths["grid"])
+    weights = arrays.open_array(ctx_paths["weights"])
     for c in countries:
         sel = np.flatnonzero(iso_col == c["iso2"])
         if not len(sel):
@@ -90,11 +97,7 @@ def _batch_task(ctx_paths: dict[str, str], countries: list[dict], policy: TileAl
         tiles, weight = country_tiles(grid, weights, c["country_id"], (c["row_min"], c["row_max"]), (c["col_min"], c["col_max"]), ncols)
         for i in sel:
             m = np.uint64(merchants[i])
-            if policy.tie_break == "tile_id":
-                tie: TieKey = lambda idx: tiles[idx].astype(np.uint64)  # noqa: E731
-            else:
-                tie = lambda idx, m=m: rng.hash64(key, m, tiles[idx])  # noqa: E731
-            counts = allocate_tiles(int(n_sites[i]), weight, tie, policy.max_tile_share)
+            counts = allocate_tiles(int(n_sites[i]), weight, tie_key_for(policy, key, m, tiles), policy.max_tile_share)
             hit = np.flatnonzero(counts)
             out_m.append(np.full(len(hit), m, dtype=np.uint64))
             out_c.append(np.full(len(hit), c["iso2"], dtype="U2"))

@@ -2,8 +2,9 @@
 
 ``uniform_v1`` (legacy): uniform in the cell, redrawn with the next keyed counter until the
 point is inside the country and distinct from every other site. Sites still outside after
-``max_attempts`` draw in the bounding box of (cell ∩ country), then fall back to a point on
-that intersection's surface: always inside, always deterministic.
+``max_attempts`` (cells the border clips to a sliver) draw uniformly inside (cell ∩ country)
+through its constrained triangulation, with the same keyed counters: always inside, always
+deterministic, still distinct.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from numpy.typing import NDArray
 
 from .. import refdata, rng
 from ..context import StateContext
+from ..errors import E_VALIDATION_FAILED, Seg1BError
 from ..execution import batches, compute
 from ..grid import Grid
 
@@ -46,21 +48,23 @@ def jitter_uniform(
     lat = np.full(len(tile_id), np.nan)
     attempts = np.zeros(len(tile_id), dtype=np.int16)
     pending = np.arange(len(tile_id))
-    lo_x, lo_y, span_x, span_y = west.copy(), south.copy(), east - west, north - south
+    pieces: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
     for attempt in range(2 * max_attempts):
-        if attempt == max_attempts and len(pending):
-            # Second phase: draw in the bounding box of (cell ∩ country).
-            cells = shapely.box(west[pending], south[pending], east[pending], north[pending])
-            bx = shapely.bounds(shapely.intersection(geom, cells))
-            lo_x[pending], lo_y[pending] = bx[:, 0], bx[:, 1]
-            span_x[pending], span_y[pending] = bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1]
         if not len(pending):
             break
         fields = tuple(f[pending] for f in key_fields)
         u = rng.uniform(key, *fields, np.uint64(2 * attempt))
         v = rng.uniform(key, *fields, np.uint64(2 * attempt + 1))
-        lon[pending] = lo_x[pending] + u * span_x[pending]
-        lat[pending] = lo_y[pending] + v * span_y[pending]
+        if attempt < max_attempts:
+            lon[pending] = west[pending] + u * (east[pending] - west[pending])
+            lat[pending] = south[pending] + v * (north[pending] - south[pending])
+        else:
+            w = rng.uniform(key, *fields, np.uint64(1 << 20 | attempt))
+            for tile in np.unique(tile_id[pending]).tolist():
+                if tile not in pieces:
+                    pieces[tile] = _triangles(geom, *(b[tile_id == tile][0] for b in (west, south, east, north)))
+                sel = tile_id[pending] == tile
+                lon[pending[sel]], lat[pending[sel]] = _in_triangles(pieces[tile], w[sel], u[sel], v[sel])
         attempts[pending] = attempt + 1
         ok = shapely.contains_xy(geom, lon[pending], lat[pending])
         lon[pending[~ok]] = np.nan
@@ -70,10 +74,32 @@ def jitter_uniform(
         redo = ~ok_all | ~distinct
         lon[redo] = np.nan
         pending = np.flatnonzero(redo)
-    for i in pending:  # deterministic last resort, still inside the country
-        point = shapely.point_on_surface(shapely.intersection(geom, shapely.box(west[i], south[i], east[i], north[i])))
-        lon[i], lat[i] = point.x, point.y
+    if len(pending):
+        raise Seg1BError(E_VALIDATION_FAILED, f"{len(pending)} sites found no distinct point inside their tile and country", key=f"tile {tile_id[pending[0]]}")
     return lon, lat, attempts
+
+
+def _triangles(geom: shapely.Geometry, west: float, south: float, east: float, north: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Triangles covering (cell ∩ country) and their cumulative area shares."""
+    piece = shapely.intersection(geom, shapely.box(west, south, east, north))
+    tris = shapely.get_parts(shapely.constrained_delaunay_triangles(piece))
+    corners = np.stack([shapely.get_coordinates(t)[:3] for t in tris]) if len(tris) else np.zeros((0, 3, 2))
+    area = shapely.area(tris)
+    return corners, np.cumsum(area) / area.sum()
+
+
+def _in_triangles(pieces: tuple[NDArray[np.float64], NDArray[np.float64]], w: NDArray[np.float64], u: NDArray[np.float64], v: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Uniform points in the union of triangles: pick one by area with ``w``, then fold
+    (u, v) into it."""
+    corners, cumulative = pieces
+    if len(corners) == 0:
+        return np.full(len(w), np.nan), np.full(len(w), np.nan)
+    k = np.minimum(np.searchsorted(cumulative, w, side="right"), len(corners) - 1)
+    fold = u + v > 1.0
+    u, v = np.where(fold, 1.0 - u, u), np.where(fold, 1.0 - v, v)
+    a, b, c = corners[k, 0], corners[k, 1], corners[k, 2]
+    point = a + u[:, None] * (b - a) + v[:, None] * (c - a)
+    return point[:, 0], point[:, 1]
 
 
 def _batch_task(assign_path: str, countries: list[str], grid: Grid, seed: int, max_attempts: int) -> dict[str, NDArray]:

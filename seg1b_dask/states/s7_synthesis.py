@@ -13,7 +13,7 @@ import shapely
 import zarr
 from numpy.typing import NDArray
 
-from .. import refdata
+from .. import arrays, refdata
 from ..context import StateContext
 from ..errors import E_VALIDATION_FAILED, Seg1BError
 from ..execution import compute
@@ -39,7 +39,7 @@ def inside_country(lon: NDArray[np.float64], lat: NDArray[np.float64], country_i
 
 def _batch_task(jitter_store: str, lo: int, hi: int, grid: Grid) -> dict[str, NDArray]:
     group = zarr.open_group(jitter_store, mode="r")
-    cols = {name: group[name][lo:hi] for name in ("merchant_id", "country_id", "site_order", "tile_id", "lon_deg", "lat_deg")}
+    cols = {name: arrays.read(arrays.member(group, name), slice(lo, hi)) for name in ("merchant_id", "country_id", "site_order", "tile_id", "lon_deg", "lat_deg")}
     cols["inside_tile"] = inside_tile(cols["lon_deg"], cols["lat_deg"], cols["tile_id"], grid)
     cols["inside_country"] = inside_country(cols["lon_deg"], cols["lat_deg"], cols["country_id"])
     return cols
@@ -47,7 +47,7 @@ def _batch_task(jitter_store: str, lo: int, hi: int, grid: Grid) -> dict[str, ND
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     store = str(ctx.inputs["s6_site_jitter"] / "jitter.zarr")
-    n = zarr.open_group(store, mode="r")["tile_id"].shape[0]
+    n = arrays.member(zarr.open_group(store, mode="r"), "tile_id").shape[0]
     assignment = pq.read_table(ctx.inputs["s5_site_tile_assignment"] / "part-00000.parquet")
     step = SITES_PER_TASK
     parts = compute([dask.delayed(_batch_task)(store, lo, min(lo + step, n), ctx.grid) for lo in range(0, n, step)])
