@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import discipline, grading, scoring
+from . import discipline, grading, plots, scoring
 from .errors import E_TOKEN_MISMATCH, Seg1BError
 from .execution import Execution
 from .lineage import new_folder
@@ -71,6 +71,10 @@ def score_run(root: Path, run: Path) -> Scored:
     card["bootstrap_upper_95"] = upper
     card["baseline"] = baseline
     scoring.write_scorecard(card, run / "scorecard")
+    region = np.asarray([region_of[c] for c in sites.iso2], dtype="U16")
+    m = card["metrics"]
+    title = f"seed {meta['seed']} · {m['sites']:,} sites · {m['active_countries']} countries · gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
+    plots.site_map(sites.lon, sites.lat, region, card["country_shares"], title, run / "scorecard" / "site_map.png")
     return Scored(run, meta["seed"], card, report, upper, True, delta)
 
 

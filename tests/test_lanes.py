@@ -51,6 +51,7 @@ def test_fast_lane_reruns_from_first_dirty_state_and_compares_to_baseline(root: 
     assert pointer["run_id"] == result.run_id
     for name in ("scorecard.json", "country_shares.csv", "region_shares.csv", "nn_quantiles.csv", "sentinel.csv"):
         assert (result.run_dir / "scorecard" / name).is_file()
+    assert (result.run_dir / "scorecard" / "site_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shares = (result.run_dir / "scorecard" / "country_shares.csv").read_text().splitlines()
     assert shares[1].startswith("DE,4269,")
 
