@@ -108,7 +108,7 @@ def _merchant_sizes(rng: np.random.Generator, n_outlets: int) -> NDArray[np.floa
         vals = np.sort(np.exp(rng.uniform(np.log(lo_v), np.log(hi_v), k)))[::-1]
         sizes[lo:band_end] = vals / vals.sum() * share * n_outlets
         lo = band_end
-    body = np.clip(np.exp(rng.normal(np.log(16.0), 0.42, n - lo)), 2.0, 36.0)
+    body = np.clip(np.exp(rng.normal(np.log(17.0), 0.7, n - lo)), 2.0, 36.0)
     sizes[lo:] = np.sort(body / body.sum() * BAND_SHARES[3] * n_outlets)[::-1]
     return np.maximum(sizes, 2.0)
 

@@ -66,7 +66,7 @@ def test_unknown_iso(tmp_path: Path, bundle_copy: Path) -> None:
 
 
 def test_site_order_gap(tmp_path: Path, bundle_copy: Path) -> None:
-    _rewrite_catalogue(bundle_copy, lambda t: _set(t, "site_order", 1, 99))
+    _rewrite_catalogue(bundle_copy, lambda t: _set(t, "site_order", 1, 1_000_000))  # beyond any pair size
     err = _refused(tmp_path, bundle_copy, "E_SITE_ORDER_GAP")
     assert "merchant_id" in err.key
 
