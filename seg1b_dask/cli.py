@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -13,7 +13,8 @@ from .errors import Seg1BError
 from .execution import Execution
 from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult
 
-REQUIRED_SEEDS = "42,7,101,202"
+if TYPE_CHECKING:
+    from .lanes import Scored
 
 
 class _Group(click.Group):
@@ -54,7 +55,7 @@ def run_summary(result: RunResult) -> list[str]:
     return lines
 
 
-def score_summary(scored) -> list[str]:  # noqa: ANN001 - lanes.Scored
+def score_summary(scored: Scored) -> list[str]:
     from .grading import failure_table
 
     m = scored.card["metrics"]
@@ -129,7 +130,7 @@ def baseline(seed: int, root: Path, scheduler: str) -> None:
 
 
 @main.command()
-@click.option("--seeds", default=REQUIRED_SEEDS, show_default=True, help="comma-separated seeds")
+@click.option("--seeds", default=None, help="comma-separated seeds (default: required_seeds of gates.yaml)")
 @policies_option
 @root_option
 @click.option("--scheduler", default=None, help="tcp://HOST:PORT of a running scheduler (default: a LocalCluster)")
@@ -137,15 +138,15 @@ def baseline(seed: int, root: Path, scheduler: str) -> None:
 @click.option("--promote", is_flag=True, help="move last_good to this pack if it grades GREEN")
 @click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]))
 @click.option("--reason", default="")
-def certify(seeds: str, policies: Path, root: Path, scheduler: str | None, workers: int | None, promote: bool, reopen: tuple[str, ...], reason: str) -> None:
+def certify(seeds: str | None, policies: Path, root: Path, scheduler: str | None, workers: int | None, promote: bool, reopen: tuple[str, ...], reason: str) -> None:
     """Certification lane: every seed's full chain in parallel on Dask, graded across seeds."""
     from tqdm import tqdm
 
     from .grading import failure_table
     from .lanes import certify as run_certify
 
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    bar = tqdm(total=9 * len(seed_list), desc="certify", unit="state", file=sys.stderr, leave=False)
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
+    bar = tqdm(desc="certify", unit="state", file=sys.stderr, leave=False)
 
     def on_event(msg: str) -> None:
         if msg.startswith("dashboard"):
@@ -159,6 +160,7 @@ def certify(seeds: str, policies: Path, root: Path, scheduler: str | None, worke
     finally:
         bar.close()
     report = pack.report
+    seed_list = list(pack.results)  # in certification order
     lines = [f"certification pack {pack.folder}", f"  seeds {', '.join(map(str, seed_list))}  wall {pack.wall_seconds:.1f} s", "",
              f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}"]
     for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio", "nn_contraction"):

@@ -15,7 +15,7 @@ import numpy as np
 from . import discipline, grading, plots, scoring
 from .errors import E_TOKEN_MISMATCH, Seg1BError
 from .execution import Execution
-from .lineage import new_folder
+from .lineage import new_folder, write_json
 from .policies import PolicyBundle, bundle_from_canonical, load_bundle
 from .refdata import refdata_version
 from .runner import DEFAULT_POLICIES, Chain, RunResult, run_seed
@@ -31,7 +31,6 @@ class Scored:
     card: dict[str, Any]
     grade: grading.GradeReport
     bootstrap: dict[str, float]
-    structural_ok: bool
     delta: dict[str, float] = field(default_factory=dict)
 
 
@@ -43,8 +42,10 @@ def sealed_bundle(run: dict[str, Any]) -> PolicyBundle:
     return bundle
 
 
-def score_run(root: Path, run: Path) -> Scored:
-    """Score one run from every part of its egress; write ``scorecard/`` into the run."""
+def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
+    """Score one run from every part of its egress; write ``scorecard/`` into the run.
+    With ``pin_as_baseline`` the run becomes its seed's baseline authority in the same pass
+    (its contraction against itself is 0)."""
     root = Path(root).resolve()
     meta = discipline.load_run(run)
     egress, _ = scoring.verified_egress(meta, root)
@@ -55,8 +56,9 @@ def score_run(root: Path, run: Path) -> Scored:
     baseline_ratio = baseline["nn_ratio"] if baseline else None
     sites = scoring.load_sites(egress)
     card = scoring.compute_scorecard(sites, region_of, int(np.sum(tiles["eligible"])), baseline_ratio, source=str(egress))
-    if baseline and baseline["run_id"] == meta["run_id"]:
-        card["metrics"]["nn_contraction"] = 0.0
+    if pin_as_baseline:
+        baseline = discipline.pin_baseline(root, run, card["metrics"]["nn_ratio"])
+        scoring.set_baseline(card["metrics"], baseline["nn_ratio"])
     matrix, _ = scoring.merchant_country_matrix(sites)
     upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
     report = grading.grade({meta["seed"]: card}, gates, {meta["seed"]: True}, {meta["seed"]: upper}, required_seeds=(meta["seed"],))
@@ -75,7 +77,7 @@ def score_run(root: Path, run: Path) -> Scored:
     m = card["metrics"]
     title = f"seed {meta['seed']} · {m['sites']:,} sites · {m['active_countries']} countries · gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
     plots.site_map(sites.lon, sites.lat, region, card["country_shares"], title, run / "scorecard" / "site_map.png")
-    return Scored(run, meta["seed"], card, report, upper, True, delta)
+    return Scored(run, meta["seed"], card, report, upper, delta)
 
 
 def pin_baseline_run(root: Path, seed: int, execution: Execution, on_state: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -85,10 +87,7 @@ def pin_baseline_run(root: Path, seed: int, execution: Execution, on_state: Call
     if existing and (Path(root) / "runs" / existing["run_id"] / "scorecard" / "scorecard.json").is_file():
         return existing
     result = run_seed(root=root, seed=seed, policies=DEFAULT_POLICIES, execution=execution, on_state=on_state)
-    scored = score_run(root, result.run_dir)  # nn_contraction is 0 against itself once pinned
-    pointer = discipline.pin_baseline(root, result.run_dir, scored.card["metrics"]["nn_ratio"])
-    score_run(root, result.run_dir)
-    return pointer
+    return score_run(root, result.run_dir, pin_as_baseline=True).card["baseline"]
 
 
 def fast_lane(
@@ -99,12 +98,13 @@ def fast_lane(
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     discipline.check_locks(root, bundle.digests, reopen)
     result = run_seed(root=root, seed=seed, policies=bundle, upstream=upstream, execution=execution, on_state=on_state)
-    scored = score_run(root, result.run_dir)
-    baseline_hash = load_bundle(DEFAULT_POLICIES, refdata_version()).parameter_hash
-    if upstream is None and bundle.parameter_hash == baseline_hash and discipline.baseline_pointer(root, seed) is None:
-        # The first baseline run of a seed becomes its pinned authority.
-        discipline.pin_baseline(root, result.run_dir, scored.card["metrics"]["nn_ratio"])
-        scored = score_run(root, result.run_dir)
+    # The first baseline run of a seed becomes its pinned authority.
+    first_baseline = (
+        upstream is None
+        and discipline.baseline_pointer(root, seed) is None
+        and bundle.parameter_hash == load_bundle(DEFAULT_POLICIES, refdata_version()).parameter_hash
+    )
+    scored = score_run(root, result.run_dir, pin_as_baseline=first_baseline)
     discipline.set_pointer(root, "current_candidate", {"run_id": result.run_id, "seed": seed, "parameter_hash": result.tokens.parameter_hash})
     return result, scored
 
@@ -158,15 +158,17 @@ def _certify_seed(root: str, seed: int, sealed: tuple[str, dict[str, Any]], coun
 
 
 def certify(
-    root: Path, seeds: list[int], policies: Path, scheduler: str | None = None, workers: int | None = None,
+    root: Path, seeds: list[int] | None, policies: Path, scheduler: str | None = None, workers: int | None = None,
     promote: bool = False, reopen: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None,
     country_batch: int = 24,
 ) -> Pack:
-    """Run the full chain for every seed in parallel on a Dask cluster and write a pack."""
+    """Run the full chain for every seed (default: the gates' required seeds) in parallel on
+    a Dask cluster and write a pack."""
     from distributed import performance_report
 
     root = Path(root).resolve()
     bundle = load_bundle(policies, refdata_version())
+    seeds = list(seeds) if seeds else list(bundle.gates.required_seeds)
     discipline.check_locks(root, bundle.digests, reopen or {})
     folder = new_folder(root / "certification", time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}")
     pack_id = folder.name
@@ -197,10 +199,9 @@ def certify(
     for seed, result in results.items():  # every seed ran exactly the bundle this pack records
         if result.tokens.parameter_hash != bundle.parameter_hash:
             raise Seg1BError(E_TOKEN_MISMATCH, f"seed {seed} ran parameter_hash {result.tokens.parameter_hash[:12]}…, the pack certifies {bundle.parameter_hash[:12]}…", file=folder)
-    report = grading.grade(
-        {s: sc.card for s, sc in scored.items()}, bundle.gates, {s: sc.structural_ok for s, sc in scored.items()},
-        {s: sc.bootstrap for s, sc in scored.items()},
-    )
+    # score_run refuses any run whose structural checks failed (no 1B flag): all scored
+    # runs are structurally valid.
+    report = grading.grade({s: sc.card for s, sc in scored.items()}, bundle.gates, dict.fromkeys(scored, True), {s: sc.bootstrap for s, sc in scored.items()})
     _write_pack(folder, bundle, seeds, results, scored, report, wall)
     promoted = False
     if promote:
@@ -218,13 +219,13 @@ def _write_pack(folder: Path, bundle: PolicyBundle, seeds: list[int], results: d
         scoring.write_scorecard(sc.card, folder / "seeds" / f"seed={seed}")
     metric_names = [m for m, _, _ in grading.METRIC_GATES]
     pooled = {m: float(np.mean([scored[s].card["metrics"][m] for s in seeds])) for m in metric_names}
-    (folder / "pooled.json").write_text(json.dumps({"mean_over_seeds": pooled, "seeds": seeds}, indent=2, sort_keys=True) + "\n")
+    write_json(folder / "pooled.json", {"mean_over_seeds": pooled, "seeds": seeds})
     lines = ["metric," + ",".join(f"seed_{s}" for s in seeds) + ",mean,cv"]
     for m in metric_names:
         vals = [scored[s].card["metrics"][m] for s in seeds]
         lines.append(",".join([m, *(f"{v:.6f}" for v in vals), f"{pooled[m]:.6f}", f"{report.cv.get(m, float('nan')):.6f}"]))
     (folder / "cv.csv").write_text("\n".join(lines) + "\n")
-    (folder / "grade.json").write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True, default=float) + "\n")
+    write_json(folder / "grade.json", report.as_dict())
     baselines = [discipline.baseline_pointer(folder.parent.parent, s) for s in seeds]
     pack = {
         "seeds": seeds,
@@ -236,4 +237,4 @@ def _write_pack(folder: Path, bundle: PolicyBundle, seeds: list[int], results: d
         "grade": report.outcome,
         "wall_seconds": round(wall, 3),
     }
-    (folder / "pack.json").write_text(json.dumps(pack, indent=2, sort_keys=True) + "\n")
+    write_json(folder / "pack.json", pack)

@@ -147,10 +147,16 @@ def republish(source: Path, final: Path, dataset: str, tokens: dict[str, object]
     return final
 
 
+def _plain(value: object) -> object:
+    """numpy scalars as Python numbers; anything else (paths) as text."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
 def write_json(path: Path, payload: object) -> None:
     """Write JSON atomically (temporary sibling, then rename): readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_plain) + "\n")
     os.replace(tmp, path)
 
 

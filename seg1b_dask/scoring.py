@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from . import metrics
 from .errors import E_BUNDLE_FLAG_MISMATCH, E_TOKEN_MISMATCH, Seg1BError
 from .hashing import tree_digest, verify_bundle
-from .lineage import MANIFEST, check_tokens, read_manifest, safe_join
+from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json
 from .nearest import nearest_neighbour_km_chunked
 from .refdata import REGIONS
 from .tables import read_table
@@ -83,11 +83,7 @@ def compute_scorecard(
     figures, regions, shares = country_figures(sites, region_of, eligible_count)
     nn = nearest_neighbour_km_chunked(sites.lon, sites.lat, source=source)
     figures.update(metrics.nn_metrics(nn))
-    ratio = figures["nn_ratio"]
-    figures["nn_contraction"] = (
-        (baseline_nn_ratio - ratio) / baseline_nn_ratio if baseline_nn_ratio and not math.isnan(ratio) else float("nan")
-    )
-    figures["baseline_nn_ratio"] = baseline_nn_ratio if baseline_nn_ratio is not None else float("nan")
+    set_baseline(figures, baseline_nn_ratio)
     sentinels = {}
     for code, n, _ in shares[:10]:
         if n >= SENTINEL_MIN_SITES:
@@ -95,6 +91,14 @@ def compute_scorecard(
             sentinels[code] = sentinel(sites.lon[sel], sites.lat[sel])
     figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
     return {"metrics": figures, "region_share": regions, "country_shares": shares, "sentinel": sentinels}
+
+
+def set_baseline(figures: dict[str, Any], baseline_nn_ratio: float | None) -> None:
+    """``nn_contraction`` = (baseline ratio − ratio) / baseline ratio; undefined without a
+    baseline or a ratio (which fails its gate)."""
+    ratio = figures["nn_ratio"]
+    figures["baseline_nn_ratio"] = baseline_nn_ratio if baseline_nn_ratio is not None else float("nan")
+    figures["nn_contraction"] = (baseline_nn_ratio - ratio) / baseline_nn_ratio if baseline_nn_ratio and not math.isnan(ratio) else float("nan")
 
 
 def merchant_country_matrix(sites: SiteFrame) -> tuple[NDArray[np.int64], list[str]]:
@@ -126,29 +130,27 @@ def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
     return egress, bundle
 
 
+def _write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def write_scorecard(card: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    body = {k: v for k, v in card.items() if k != "country_shares"}
-    (folder / "scorecard.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=float) + "\n")
-    with open(folder / "country_shares.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["legal_country_iso", "sites", "share"])
-        w.writerows([(c, n, f"{s:.6f}") for c, n, s in card["country_shares"]])
-    with open(folder / "region_shares.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["region", "share"])
-        w.writerows([(r, f"{s:.6f}") for r, s in card["region_share"].items()])
-    if "nn_p50_km" not in card["metrics"]:
+    write_json(folder / "scorecard.json", {k: v for k, v in card.items() if k != "country_shares"})
+    _write_csv(folder / "country_shares.csv", ["legal_country_iso", "sites", "share"], [(c, n, f"{s:.6f}") for c, n, s in card["country_shares"]])
+    _write_csv(folder / "region_shares.csv", ["region", "share"], [(r, f"{s:.6f}") for r, s in card["region_share"].items()])
+    m = card["metrics"]
+    if "nn_p50_km" not in m:  # S9's bundle carries country figures only
         return
-    with open(folder / "nn_quantiles.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["quantile", "km"])
-        m = card["metrics"]
-        w.writerows([(q, f"{m[f'nn_{q}_km']:.6f}") for q in ("p50", "p75", "p90", "p95", "p99")])
-    with open(folder / "sentinel.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["legal_country_iso", "anisotropy", "unique_lat_share", "unique_lon_share", "flagged"])
-        w.writerows([(c, f"{s['anisotropy']:.3f}", f"{s['unique_lat_share']:.4f}", f"{s['unique_lon_share']:.4f}", s["flagged"]) for c, s in card["sentinel"].items()])
+    _write_csv(folder / "nn_quantiles.csv", ["quantile", "km"], [(q, f"{m[f'nn_{q}_km']:.6f}") for q in ("p50", "p75", "p90", "p95", "p99")])
+    _write_csv(
+        folder / "sentinel.csv",
+        ["legal_country_iso", "anisotropy", "unique_lat_share", "unique_lon_share", "flagged"],
+        [(c, f"{s['anisotropy']:.3f}", f"{s['unique_lat_share']:.4f}", f"{s['unique_lon_share']:.4f}", s["flagged"]) for c, s in card["sentinel"].items()],
+    )
 
 
 def load_sites(egress: Path) -> SiteFrame:

@@ -116,8 +116,9 @@ def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, tmp_path: Pat
 
 
 def test_baseline_certifies_red_with_exactly_its_failing_gates(root: Path) -> None:
-    pack = certify(root, [42, 7, 101, 202], DEFAULT_POLICIES, workers=2)
+    pack = certify(root, None, DEFAULT_POLICIES, workers=2)  # default: the gates' required seeds
     gates = load_bundle(DEFAULT_POLICIES, "v").gates
+    assert list(pack.results) == [42, 7, 101, 202] == list(gates.required_seeds)
     assert pack.report.outcome == "RED"
     expected = set()
     for seed, scored in pack.scored.items():

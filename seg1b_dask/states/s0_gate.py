@@ -3,7 +3,6 @@ catalogue, seal every input and compute the run's lineage tokens."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..errors import (
     Seg1BError,
 )
 from ..hashing import canonical_json, sha256_file, sha256_hex, verify_bundle
+from ..lineage import write_json
 from ..upstream import CATALOGUE
 
 REQUIRED = {
@@ -120,4 +120,4 @@ def write_receipt(gate: GateResult, seed: int, parameter_hash: str, folder: Path
         "sealed_inputs": gate.sealed_inputs,
         "outlets": gate.n_outlets,
     }
-    (folder / "gate_receipt.json").write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")
+    write_json(folder / "gate_receipt.json", receipt)

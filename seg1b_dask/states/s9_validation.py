@@ -4,7 +4,6 @@ structural check passes (fail-closed)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import dask
@@ -15,7 +14,7 @@ from .. import refdata, scoring
 from ..context import StateContext
 from ..execution import batches, compute
 from ..hashing import seal_bundle
-from ..lineage import check_tokens, read_manifest
+from ..lineage import check_tokens, read_manifest, write_json
 from ..tables import read_table
 from .s7_synthesis import inside_country
 
@@ -86,9 +85,9 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     card = {"metrics": figures, "region_share": regions, "country_shares": shares}
     passed = all(c["passed"] for c in checks.values())
     folder = out["validation_bundle"]
-    (folder / "checks.json").write_text(json.dumps(checks, indent=2, sort_keys=True) + "\n")
+    write_json(folder / "checks.json", checks)
     # The egress bytes this bundle vouches for: scorers refuse anything else.
-    (folder / "egress.json").write_text(json.dumps({"site_locations_sha256": read_manifest(egress)["content_sha256"]}, indent=2) + "\n")
+    write_json(folder / "egress.json", {"site_locations_sha256": read_manifest(egress)["content_sha256"]})
     scoring.write_scorecard(card, folder)
     if passed:
         seal_bundle(folder, {"segment": "1B", "seed": ctx.seed, "parameter_hash": ctx.tokens.parameter_hash, "manifest_fingerprint": ctx.tokens.manifest_fingerprint})
