@@ -39,6 +39,15 @@ def _fmt(v: float) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
+def _validation_line(stats: dict) -> str:
+    if not stats["passed"]:
+        return "FAIL (structural checks)"
+    if stats.get("sealed", True):
+        target = stats.get("target_grade", "none")
+        return "PASS (bundle sealed with _passed.flag" + ("" if target == "none" else f"; every per-seed {target.replace('_PLUS', '+')} gate passes") + ")"
+    return f"NOT SEALED: structure passes, {stats['target_grade'].replace('_PLUS', '+')} gates fail: {', '.join(stats['failed_gates'])}"
+
+
 def run_summary(result: RunResult) -> list[str]:
     lines = [f"seg1b run {result.run_id}  seed={result.seed}", f"  parameter_hash       {result.tokens.parameter_hash}", f"  manifest_fingerprint {result.tokens.manifest_fingerprint}", "", "  state              seconds  note"]
     for r in result.states:
@@ -47,7 +56,7 @@ def run_summary(result: RunResult) -> list[str]:
     m = result.validation["metrics"]
     lines += [
         "",
-        f"  validation: {'PASS (bundle sealed with _passed.flag)' if result.validation['passed'] else 'FAIL'}",
+        f"  validation: {_validation_line(result.validation)}",
         f"  sites {m['sites']:,}  active countries {m['active_countries']} of {m['eligible_countries']} eligible  ({m['eligible_country_nonzero_share']:.4f})",
         f"  country_gini {m['country_gini']:.4f}  top1/5/10 {m['top1_share']:.4f} / {m['top5_share']:.4f} / {m['top10_share']:.4f}  (k = {m['top1_k']} / {m['top5_k']} / {m['top10_k']})",
         f"  southern_hemisphere_share {m['southern_hemisphere_share']:.4f}",

@@ -19,6 +19,7 @@ class StateContext:
     execution: Execution
     inputs: dict[str, Path]  # dataset name -> published folder
     upstream: Path  # the verified 1A bundle
+    baseline_nn_ratio: float | None = None  # the seed's pinned baseline (S9 grades nn_contraction against it)
 
     @property
     def seed(self) -> int:

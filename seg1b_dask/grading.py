@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import metrics
-from .policies import GatesPolicy
+from .policies import GatesPolicy, PolicyBundle
 
 Level = Literal["B", "B_PLUS"]
 LEVELS: tuple[Level, ...] = ("B", "B_PLUS")
@@ -25,28 +25,50 @@ METRIC_GATES: tuple[tuple[str, str, str], ...] = (
     ("eligible_country_nonzero_share", "eligible_country_nonzero_share_min", "min"),
     ("southern_hemisphere_share", "southern_hemisphere_share_min", "min"),
     ("nn_contraction", "nn_contraction_min", "min"),
+    ("sentinel_flagged", "sentinel_flagged_max", "max"),
+    ("merchant_countries_median", "merchant_countries_median_max", "max"),
+    ("merchants_above_1a_max_share", "merchants_above_1a_max_share_max", "max"),
+    ("near_city_share", "near_city_share_min", "min"),
 )
 GATE_FIELD = {metric: gate_field for metric, gate_field, _ in METRIC_GATES}
 CONCENTRATION = ("country_gini", "top10_share", "top5_share", "top1_share")
-# The seed plan's failure triage map (§6), by gate family.
-TRIAGE = {
-    "concentration": "Gini/top-k: retune S2 caps and concentration penalty first",
-    "coverage": "coverage: retune S2 region floors and S4 country allocation",
-    "region_floor": "region floor: retune S4 residual redistribution",
-    "nn": "NN tail: retune S6 sparse-tail component and clamp",
-    "cv": "seed instability: reduce high-sensitivity knobs and tighten deterministic balancing",
-    "bootstrap": "concentration too close to the B+ line: retune S2 caps before claiming B+",
-    "structural": "structural contract: fix the implementation bug before further realism tuning",
-    "missing": "certify every required seed",
-}
+# The seed plan's failure triage map (§6), by gate family, naming the settings that move
+# each family in a bundle of the given modes.
+def triage_hints(bundle: PolicyBundle | None = None) -> dict[str, str]:
+    s2 = bundle.s2_tile_weights.tile_weights.mode if bundle else "blend_v2"
+    s4 = bundle.s4_alloc_plan.country_allocation.mode if bundle else "remass"
+    s6 = bundle.s6_jitter.jitter.mode if bundle else "mixture_v2"
+    fixed = "country counts come from 1A under s4_alloc_plan country_allocation.mode: legacy; switch it to remass (with s2 blend_v2)"
+    governed = s2 == "blend_v2" and s4 == "remass"
+    return {
+        "concentration": ("Gini/top-k: retune s2_tile_weights country_mass.country_cap_share_hard, topk_cap_share, concentration_penalty "
+                          "(or lower s4_alloc_plan country_allocation.fidelity_weight)") if governed else f"Gini/top-k: {fixed}",
+        "coverage": "coverage: retune s2_tile_weights country_mass.population_exponent, uniform_mix, southern_floor_share" if governed
+        else f"coverage: {fixed}",
+        "region_floor": "region floor: retune s2_tile_weights country_mass.region_floor_share" if governed else f"region floor: {fixed}",
+        "nn": ("NN tail: retune s6_jitter core_sigma_km_per_sqrt_site, sigma_min_km, tail_max_km and s4_alloc_plan min_sites_per_tile"
+               if s6 == "mixture_v2" else "NN tail: s6_jitter jitter.mode uniform_v1 has no tail control; switch to mixture_v2"),
+        "collapse": ("collapse: s4_alloc_plan tile_allocation.method/tie_break (systematic/keyed) and max_tile_share"
+                     if bundle is None or bundle.s4_alloc_plan.tile_allocation.tie_break == "keyed"
+                     else "collapse: s4_alloc_plan tile_allocation.tie_break tile_id lays stripes; use keyed or method systematic"),
+        "footprint": "merchant footprint: retune s4_alloc_plan country_allocation.max_new_countries, max_share_of_need" if s4 == "remass"
+        else "merchant footprint: set by 1A under country_allocation.mode legacy",
+        "urban": "urban share: retune s2_tile_weights population.rural_weight, min_place_population, basis_mix",
+        "cv": "seed instability: reduce high-sensitivity knobs and tighten deterministic balancing",
+        "bootstrap": "concentration too close to the B+ line: retune s2_tile_weights country_mass caps before claiming B+",
+        "structural": "structural contract: fix the implementation bug before further realism tuning",
+        "missing": "certify every required seed",
+    }
+
+
+TRIAGE = triage_hints()
 
 
 def _family(metric: str) -> str:
     if metric in CONCENTRATION:
         return "concentration"
-    if metric == "nn_contraction":
-        return "nn"
-    return "coverage"
+    return {"nn_contraction": "nn", "sentinel_flagged": "collapse", "merchant_countries_median": "footprint",
+            "merchants_above_1a_max_share": "footprint", "near_city_share": "urban"}.get(metric, "coverage")
 
 
 @dataclass(frozen=True)
@@ -93,19 +115,37 @@ def population_cv(values: list[float]) -> float:
     return float("inf") if arr.mean() == 0 else std / abs(float(arr.mean()))
 
 
+def concentration(counts: NDArray[np.float64]) -> dict[str, float]:
+    out = {"country_gini": metrics.country_gini(counts)}
+    for name, f in (("top1_share", 0.01), ("top5_share", 0.05), ("top10_share", 0.10)):
+        out[name] = metrics.top_share(counts, f)[0]
+    return out
+
+
 def bootstrap_upper(matrix: NDArray[np.int64], replicates: int, seed: int, quantile: float = 0.95) -> dict[str, float]:
-    """One-sided 95 % upper bound of each concentration metric, resampling merchants (the
-    unit 1A draws) with replacement: country counts = multinomial merchant weights @ matrix."""
+    """One-sided upper bound of each concentration metric, resampling merchants (the unit 1A
+    draws) with replacement: country counts = multinomial merchant weights @ matrix.
+
+    bound = estimate + (q95 − median of the replicates) + |median − estimate|: the spread of
+    the replicates above their own centre (the basic bootstrap's pivot), plus the size of the
+    resampling bias whichever way it points. Resampling merchants drops rare countries (Gini
+    biased down) and lets noise pick the top countries (top-k biased up); a plain percentile
+    bound inherits the bias, and with it the B+ bound of Gini fell below the estimate. This
+    bound is never below the estimate."""
     g = np.random.Generator(np.random.Philox(key=seed))
     n = matrix.shape[0]
-    weights = g.multinomial(n, np.full(n, 1.0 / n), size=replicates)
-    counts = weights @ matrix
+    weights = g.multinomial(n, np.full(n, 1.0 / n), size=replicates).astype(np.float64)
+    counts = weights @ matrix.astype(np.float64)
+    estimate = concentration(matrix.sum(axis=0).astype(np.float64))
     values: dict[str, list[float]] = {k: [] for k in CONCENTRATION}
     for row in counts:
-        values["country_gini"].append(metrics.country_gini(row))
-        for name, f in (("top1_share", 0.01), ("top5_share", 0.05), ("top10_share", 0.10)):
-            values[name].append(metrics.top_share(row, f)[0])
-    return {k: float(np.quantile(v, quantile)) for k, v in values.items()}
+        for k, v in concentration(row).items():
+            values[k].append(v)
+    out = {}
+    for k in CONCENTRATION:
+        upper, centre = np.quantile(values[k], [quantile, 0.5])
+        out[k] = float(estimate[k] + (upper - centre) + abs(centre - estimate[k]))
+    return out
 
 
 def grade(
@@ -114,8 +154,10 @@ def grade(
     structural_ok: dict[int, bool],
     bootstrap: dict[int, dict[str, float]] | None = None,
     required_seeds: tuple[int, ...] | None = None,
+    hints: dict[str, str] | None = None,
 ) -> GradeReport:
     """Grade scorecards keyed by seed. ``bootstrap`` holds per-seed upper bounds (B+ only)."""
+    hint = hints or TRIAGE
     seeds = sorted(cards)
     required = tuple(required_seeds if required_seeds is not None else gates.required_seeds)
     missing = sorted(set(required) - set(seeds))
@@ -124,23 +166,23 @@ def grade(
         for seed in seeds:
             m = cards[seed]["metrics"]
             if not structural_ok.get(seed, False):
-                failures[level].append(Failure("structural", level, seed, 1.0, 0.0, TRIAGE["structural"]))
+                failures[level].append(Failure("structural", level, seed, 1.0, 0.0, hint["structural"]))
             for metric, field_name, direction in METRIC_GATES:
                 threshold = getattr(getattr(gates, field_name), level)
                 if not _passes(m[metric], threshold, direction):
-                    failures[level].append(Failure(metric, level, seed, threshold, m[metric], TRIAGE[_family(metric)]))
+                    failures[level].append(Failure(metric, level, seed, threshold, m[metric], hint[_family(metric)]))
             for region, floor in gates.region_floor_share.items():
                 share = cards[seed]["region_share"].get(region, 0.0)
                 if share < floor:
-                    failures[level].append(Failure(f"region_floor:{region}", level, seed, floor, share, TRIAGE["region_floor"]))
+                    failures[level].append(Failure(f"region_floor:{region}", level, seed, floor, share, hint["region_floor"]))
             if level == "B_PLUS" and bootstrap is not None:
                 for metric in CONCENTRATION:
                     threshold = getattr(gates, GATE_FIELD[metric]).B_PLUS
                     upper = bootstrap[seed][metric]
                     if not upper <= threshold:
-                        failures[level].append(Failure(f"bootstrap_upper:{metric}", level, seed, threshold, upper, TRIAGE["bootstrap"]))
+                        failures[level].append(Failure(f"bootstrap_upper:{metric}", level, seed, threshold, upper, hint["bootstrap"]))
         for seed in missing:
-            failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, TRIAGE["missing"]))
+            failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, hint["missing"]))
     cv: dict[str, float] = {}
     if len(seeds) > 1:
         for metric, _, _ in METRIC_GATES:
@@ -148,7 +190,7 @@ def grade(
             for level in LEVELS:
                 threshold = getattr(gates.cross_seed_cv_max, level)
                 if not _passes(cv[metric], threshold, "max"):
-                    failures[level].append(Failure(f"cv:{metric}", level, None, threshold, cv[metric], TRIAGE["cv"]))
+                    failures[level].append(Failure(f"cv:{metric}", level, None, threshold, cv[metric], hint["cv"]))
     if not failures["B_PLUS"] and bootstrap is not None:
         outcome: Literal["GREEN_BPLUS", "GREEN_B", "RED"] = "GREEN_BPLUS"
     elif not failures["B"]:
@@ -156,11 +198,11 @@ def grade(
     else:
         outcome = "RED"
     report = GradeReport(outcome, seeds, missing, failures, cv, bootstrap or {})
-    report.next_action = triage(failures["B"] if outcome == "RED" else failures["B_PLUS"])
+    report.next_action = triage(failures["B"] if outcome == "RED" else failures["B_PLUS"], hint)
     return report
 
 
-TRIAGE_ORDER = ("structural", "missing", "concentration", "coverage", "region_floor", "nn", "cv", "bootstrap")
+TRIAGE_ORDER = ("structural", "missing", "concentration", "coverage", "region_floor", "collapse", "nn", "footprint", "urban", "cv", "bootstrap")
 
 
 def _failure_family(gate: str) -> str:
@@ -170,13 +212,13 @@ def _failure_family(gate: str) -> str:
     return {"region_floor": "region_floor", "cv": "cv", "bootstrap_upper": "bootstrap", "required_seed_missing": "missing"}.get(prefix, "structural")
 
 
-def triage(failures: list[Failure]) -> str:
+def triage(failures: list[Failure], hints: dict[str, str] | None = None) -> str:
     """The seed plan's state-first order: structure, concentration, coverage, regions, NN,
     stability — the first family that fails says where to look."""
     families = {_failure_family(f.gate) for f in failures}
     for family in TRIAGE_ORDER:
         if family in families:
-            return TRIAGE[family]
+            return (hints or TRIAGE)[family]
     return "none: every gate passes"
 
 
@@ -185,4 +227,27 @@ def failure_table(report: GradeReport, level: Level) -> list[str]:
     for f in report.failures[level]:
         seed = "all" if f.seed is None else str(f.seed)
         rows.append(f"  {f.gate:<36} {seed:>5} {f.threshold:>10.4f} {f.observed:>10.4f}  {f.hint}")
+    return rows
+
+
+def gate_table(card: dict[str, Any], gates: GatesPolicy, level: Level, bootstrap: dict[str, float] | None) -> list[dict[str, Any]]:
+    """Every per-seed gate of ``level`` with threshold, observed value, margin (positive =
+    room to spare) and, when it fails, why."""
+    rows: list[dict[str, Any]] = []
+
+    def add(gate: str, observed: float, threshold: float, direction: str) -> None:
+        passed = _passes(observed, threshold, direction)
+        undefined = observed is None or math.isnan(observed)
+        margin = float("nan") if undefined else (threshold - observed if direction == "max" else observed - threshold)
+        reason = "" if passed else ("undefined value" if undefined else f"{observed:.4f} {'>' if direction == 'max' else '<'} {threshold:.4f}")
+        rows.append({"gate": gate, "direction": direction, "threshold": threshold, "observed": observed, "margin": margin, "passed": passed, "breach": reason})
+
+    m = card["metrics"]
+    for metric, field_name, direction in METRIC_GATES:
+        add(metric, m[metric], getattr(getattr(gates, field_name), level), direction)
+    for region, floor in gates.region_floor_share.items():
+        add(f"region_floor:{region}", card["region_share"].get(region, 0.0), floor, "min")
+    if level == "B_PLUS" and bootstrap is not None:
+        for metric in CONCENTRATION:
+            add(f"bootstrap_upper:{metric}", bootstrap[metric], getattr(gates, GATE_FIELD[metric]).B_PLUS, "max")
     return rows

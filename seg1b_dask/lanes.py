@@ -3,6 +3,7 @@ lane on a Dask cluster, plus scoring a finished run against the policies sealed 
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Callable
@@ -15,10 +16,10 @@ import numpy as np
 from . import discipline, grading, plots, scoring
 from .errors import E_TOKEN_MISMATCH, Seg1BError
 from .execution import Execution
-from .lineage import new_folder, write_json
+from .lineage import new_folder, safe_join, write_json
 from .policies import PolicyBundle, bundle_from_canonical, load_bundle
 from .refdata import refdata_version
-from .runner import DEFAULT_POLICIES, Chain, RunResult, run_seed
+from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
 from .tables import read_table
 
 E_PROMOTION_REFUSED = "E_PROMOTION_REFUSED"
@@ -42,26 +43,59 @@ def sealed_bundle(run: dict[str, Any]) -> PolicyBundle:
     return bundle
 
 
+FIDELITY_KEYS = ("relocated_share", "relocated_share_minimum", "uniform_alternative_relocated_share", "countries_over_target",
+                 "countries_under_target", "lone_sites_moved")
+
+
+def _fidelity(meta: dict[str, Any]) -> dict[str, Any]:
+    """The price of realism, as S4 measured it: relocation and merchant footprints."""
+    s4 = next(s["stats"] for s in meta["states"] if s["id"] == "S4")
+    return {k: v for k, v in s4.items() if k in FIDELITY_KEYS or k.startswith(("countries_per_merchant", "merchants_above", "outside_home"))}
+
+
+def _unsealed_card(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """S9 refused to seal (a target-grade gate failed): its own record, never the egress."""
+    folder = safe_join(root, meta["outputs"]["validation_bundle"])
+    card = json.loads((folder / "scorecard.json").read_text())
+    with open(folder / "country_shares.csv") as fh:
+        card["country_shares"] = [(r["legal_country_iso"], int(r["sites"]), float(r["share"])) for r in csv.DictReader(fh)]
+    return card
+
+
 def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     """Score one run from every part of its egress; write ``scorecard/`` into the run.
     With ``pin_as_baseline`` the run becomes its seed's baseline authority in the same pass
-    (its contraction against itself is 0)."""
+    (its contraction against itself is 0). A run whose S9 refused to seal is reported from
+    S9's own record and grades RED on the gates it failed."""
     root = Path(root).resolve()
     meta = discipline.load_run(run)
-    egress, _ = scoring.verified_egress(meta, root)
-    gates = sealed_bundle(meta).gates
+    bundle = sealed_bundle(meta)
+    gates = bundle.gates
     tiles = read_table(root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"]).to_pydict()
     region_of = dict(zip(tiles["iso2"], tiles["region"], strict=True))
     baseline = discipline.baseline_pointer(root, meta["seed"])
     baseline_ratio = baseline["nn_ratio"] if baseline else None
-    sites = scoring.load_sites(egress)
-    card = scoring.compute_scorecard(sites, region_of, int(np.sum(tiles["eligible"])), baseline_ratio, source=str(egress))
+    s9 = next(s["stats"] for s in meta["states"] if s["id"] == "S9")
+    sealed = s9.get("sealed", True)
+    sites = None
+    if sealed:
+        egress, _ = scoring.verified_egress(meta, root)
+        sites = scoring.load_sites(egress)
+        cell_deg = bundle.grid.resolution_arcsec / 3600.0
+        card = scoring.compute_scorecard(sites, region_of, int(np.sum(tiles["eligible"])), baseline_ratio, gates, cell_deg, source=str(egress))
+    else:
+        card = _unsealed_card(root, meta)
+        scoring.set_baseline(card["metrics"], baseline_ratio)
     if pin_as_baseline:
         baseline = discipline.pin_baseline(root, run, card["metrics"]["nn_ratio"])
         scoring.set_baseline(card["metrics"], baseline["nn_ratio"])
-    matrix, _ = scoring.merchant_country_matrix(sites)
-    upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
-    report = grading.grade({meta["seed"]: card}, gates, {meta["seed"]: True}, {meta["seed"]: upper}, required_seeds=(meta["seed"],))
+    upper: dict[str, float] = card.get("bootstrap_upper_95", {})
+    if sites is not None:
+        matrix, _ = scoring.merchant_country_matrix(sites)
+        upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
+    hints = grading.triage_hints(bundle)
+    report = grading.grade({meta["seed"]: card}, gates, {meta["seed"]: True}, {meta["seed"]: upper} if upper else None, required_seeds=(meta["seed"],),
+                           hints=hints)
     delta: dict[str, float] = {}
     if baseline and baseline["run_id"] != meta["run_id"]:
         base_card = root / "runs" / baseline["run_id"] / "scorecard" / "scorecard.json"
@@ -72,21 +106,36 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     card["grade_single_seed"] = report.as_dict()
     card["bootstrap_upper_95"] = upper
     card["baseline"] = baseline
+    card["fidelity"] = _fidelity(meta)
+    card["sealed"] = sealed
+    card["target_grade"] = bundle.s9_validation.target_grade
     scoring.write_scorecard(card, run / "scorecard")
-    region = np.asarray([region_of[c] for c in sites.iso2], dtype="U16")
-    m = card["metrics"]
-    title = f"seed {meta['seed']} · {m['sites']:,} sites · {m['active_countries']} countries · gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
-    plots.site_map(sites.lon, sites.lat, region, card["country_shares"], title, run / "scorecard" / "site_map.png")
+    if sites is not None:
+        region = np.asarray([region_of[c] for c in sites.iso2], dtype="U16")
+        m = card["metrics"]
+        title = f"seed {meta['seed']} · {m['sites']:,} sites · {m['active_countries']} countries · gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
+        plots.site_map(sites.lon, sites.lat, region, card["country_shares"], title, run / "scorecard" / "site_map.png")
     return Scored(run, meta["seed"], card, report, upper, delta)
 
 
-def pin_baseline_run(root: Path, seed: int, execution: Execution, on_state: Callable[[str], None] | None = None) -> dict[str, Any]:
+def _baseline_ratio(root: Path, seed: int, bundle: PolicyBundle, upstream: Path | None, execution: Execution,
+                    on_state: Callable[[str], None] | None) -> float | None:
+    """The seed's pinned baseline NN ratio, pinning the baseline first when a bundle that
+    targets a grade needs it (S9 grades nn_contraction against it)."""
+    if bundle.s9_validation.target_grade == "none":
+        pin = discipline.baseline_pointer(root, seed)
+        return pin["nn_ratio"] if pin else None
+    return float(pin_baseline_run(root, seed, execution, on_state, upstream)["nn_ratio"])
+
+
+def pin_baseline_run(root: Path, seed: int, execution: Execution, on_state: Callable[[str], None] | None = None,
+                     upstream: Path | None = None) -> dict[str, Any]:
     """The pinned baseline of ``seed``: run the baseline bundle and pin it the first time,
     then return the pin (a pinned baseline refuses changes)."""
     existing = discipline.baseline_pointer(root, seed)
     if existing and (Path(root) / "runs" / existing["run_id"] / "scorecard" / "scorecard.json").is_file():
         return existing
-    result = run_seed(root=root, seed=seed, policies=DEFAULT_POLICIES, execution=execution, on_state=on_state)
+    result = run_seed(root=root, seed=seed, policies=BASELINE_POLICIES, upstream=upstream, execution=execution, on_state=on_state)
     return score_run(root, result.run_dir, pin_as_baseline=True).card["baseline"]
 
 
@@ -97,12 +146,13 @@ def fast_lane(
     root = Path(root).resolve()
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     discipline.check_locks(root, bundle.digests, reopen)
-    result = run_seed(root=root, seed=seed, policies=bundle, upstream=upstream, execution=execution, on_state=on_state)
+    ratio = _baseline_ratio(root, seed, bundle, upstream, execution, (lambda name: on_state(f"baseline {name}")) if on_state else None)
+    result = run_seed(root=root, seed=seed, policies=bundle, upstream=upstream, execution=execution, on_state=on_state, baseline_nn_ratio=ratio)
     # The first baseline run of a seed becomes its pinned authority.
     first_baseline = (
         upstream is None
         and discipline.baseline_pointer(root, seed) is None
-        and bundle.parameter_hash == load_bundle(DEFAULT_POLICIES, refdata_version()).parameter_hash
+        and bundle.parameter_hash == load_bundle(BASELINE_POLICIES, refdata_version()).parameter_hash
     )
     scored = score_run(root, result.run_dir, pin_as_baseline=first_baseline)
     discipline.set_pointer(root, "current_candidate", {"run_id": result.run_id, "seed": seed, "parameter_hash": result.tokens.parameter_hash})
@@ -151,9 +201,9 @@ def _certify_seed(root: str, seed: int, sealed: tuple[str, dict[str, Any]], coun
     def state(name: str) -> None:
         worker.log_event(PROGRESS_TOPIC, f"seed {seed} {name}")
 
-    pin_baseline_run(Path(root), seed, execution, lambda name: state(f"baseline {name}"))
+    pin = pin_baseline_run(Path(root), seed, execution, lambda name: state(f"baseline {name}"))
     bundle = bundle_from_canonical(sealed[0], sealed[1], refdata_version())
-    result = run_seed(root=Path(root), seed=seed, policies=bundle, execution=execution, on_state=state)
+    result = run_seed(root=Path(root), seed=seed, policies=bundle, execution=execution, on_state=state, baseline_nn_ratio=float(pin["nn_ratio"]))
     return result, score_run(Path(root), result.run_dir)
 
 
@@ -201,7 +251,9 @@ def certify(
             raise Seg1BError(E_TOKEN_MISMATCH, f"seed {seed} ran parameter_hash {result.tokens.parameter_hash[:12]}…, the pack certifies {bundle.parameter_hash[:12]}…", file=folder)
     # score_run refuses any run whose structural checks failed (no 1B flag): all scored
     # runs are structurally valid.
-    report = grading.grade({s: sc.card for s, sc in scored.items()}, bundle.gates, dict.fromkeys(scored, True), {s: sc.bootstrap for s, sc in scored.items()})
+    bootstrap = {s: sc.bootstrap for s, sc in scored.items()}
+    report = grading.grade({s: sc.card for s, sc in scored.items()}, bundle.gates, dict.fromkeys(scored, True),
+                           bootstrap if all(bootstrap.values()) else None, hints=grading.triage_hints(bundle))
     _write_pack(folder, bundle, seeds, results, scored, report, wall)
     promoted = False
     if promote:

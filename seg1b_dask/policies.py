@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import E_POLICY_INVALID, E_POLICY_MISSING, E_POLICY_UNKNOWN_KEY, Seg1BError
 from .hashing import canonical_json, sha256_hex
@@ -41,14 +41,82 @@ class GridPolicy(Strict):
 
 
 class S2Legacy(Strict):
+    """Per-country normalized weights from one basis (the old engine's posture)."""
+
     mode: Literal["legacy"]
     basis: Literal["uniform", "area_m2"]
-    area_quantum_m2: float = Field(gt=0.0, description="fixed-point unit of tile_weight for the area basis")
+    area_quantum_m2: float = Field(gt=1e-3, le=1e12, description="fixed-point unit of tile_weight for the area basis")
+
+
+class BasisMix(Strict):
+    """Weights of the three cell-mass bases; each basis sums to 1 within a country."""
+
+    uniform: Share
+    area_m2: Share
+    population: Share
+
+
+class PopulationBasis(Strict):
+    """Cell population from the vendored places: urban mass (places of at least
+    ``min_place_population``, spread over a small kernel of same-country cells and capped at
+    ``urban_cap_share`` of the country's table population) plus the rural remainder spread by
+    cell area and weighted by ``rural_weight`` (outlets live where people shop)."""
+
+    min_place_population: int = Field(ge=0, le=10_000_000)
+    urban_cap_share: Share
+    rural_weight: Share
+    kernel_radius_cells: int = Field(ge=0, le=4, description="Gaussian kernel radius around each place, in cells")
+
+
+def _known_regions(floors: dict[str, float]) -> dict[str, float]:
+    from .refdata import REGIONS
+
+    unknown = sorted(set(floors) - set(REGIONS))
+    if unknown:
+        raise ValueError(f"unknown region {unknown[0]!r} (regions: {', '.join(REGIONS)})")
+    if sum(floors.values()) >= 1.0:
+        raise ValueError("region floors add up to 1 or more")
+    return floors
+
+
+RegionFloors = Annotated[dict[str, Share], AfterValidator(_known_regions)]
+
+
+class TopKCaps(Strict):
+    """Caps on the share of the top k = ceil(f · eligible) countries (f = .01/.05/.10)."""
+
+    top1: Share
+    top5: Share
+    top10: Share
+
+
+class CountryMassPolicy(Strict):
+    """The governed country mass vector S4 allocates to (DESIGN §5)."""
+
+    population_exponent: float = Field(ge=0.0, le=2.0, description="base share ∝ population ** exponent")
+    uniform_mix: Share
+    concentration_penalty: Share = Field(description="tempering s ** (1 - penalty) of the base vector")
+    region_floor_share: RegionFloors
+    southern_floor_share: Share
+    country_cap_share_soft: Share
+    soft_cap_keep: Share = Field(description="share of the excess above the soft cap that is kept")
+    country_cap_share_hard: Share
+    max_population_share_multiple: float = Field(ge=0.0, le=1e6, description="hard cap ≤ this × the country's population share (0 = off)")
+    topk_cap_share: TopKCaps
+    max_iterations: int = Field(ge=1, le=100_000)
+    tolerance: float = Field(gt=0.0, le=1e-3)
+
+
+class S2BlendV2(Strict):
+    mode: Literal["blend_v2"]
+    basis_mix: BasisMix
+    population: PopulationBasis
+    country_mass: CountryMassPolicy
 
 
 class S2Policy(Strict):
     version: Literal[1]
-    tile_weights: S2Legacy
+    tile_weights: Annotated[S2Legacy | S2BlendV2, Field(discriminator="mode")]
 
 
 class S3Policy(Strict):
@@ -57,30 +125,73 @@ class S3Policy(Strict):
 
 
 class CountryAllocationLegacy(Strict):
+    """Exactly 1A's per-(merchant, country) counts."""
+
     mode: Literal["legacy"]
 
 
+class CountryAllocationRemass(Strict):
+    """Governed re-mass: per-country retention, mobile outlets by least-distance capped transport."""
+
+    mode: Literal["remass"]
+    fidelity_weight: Share = Field(description="mix of 1A's own country shares into the target before governance")
+    min_sites_per_country: int = Field(ge=0, le=1000, description="every eligible country's target is at least this")
+    max_share_of_need: Share = Field(description="no merchant fills more than this share of a country's need (cap per cell)")
+    max_new_countries: int = Field(ge=1, le=1000, description="a merchant's mobile outlets always fit in this many countries")
+
+
 class TileAllocation(Strict):
-    method: Literal["largest_remainder"]
+    method: Literal["largest_remainder", "systematic"]
     tie_break: Literal["tile_id", "keyed"]
     max_tile_share: Share = Field(description="guard: no tile above this share of a pair (1.0 = off)")
+    min_sites_per_tile: int = Field(ge=1, le=1000, description="a tile left with fewer sites hands them to the nearest fuller tile (1 = off)")
 
 
 class S4Policy(Strict):
     version: Literal[1]
-    country_allocation: CountryAllocationLegacy
+    country_allocation: Annotated[CountryAllocationLegacy | CountryAllocationRemass, Field(discriminator="mode")]
     tile_allocation: TileAllocation
+
+
+class S6UniformV1(Strict):
+    """Uniform in the cell."""
+
+    mode: Literal["uniform_v1"]
+    max_attempts: int = Field(ge=1, le=1024)
+
+
+class S6MixtureV2(Strict):
+    """A governed mixture inside the tile: a dense core around the tile's anchor (its
+    population centre) whose spread grows with √(sites in the tile), secondary clusters
+    around keyed points of the tile, and a sparse tail bounded to ``tail_max_km``."""
+
+    mode: Literal["mixture_v2"]
+    max_attempts: int = Field(ge=1, le=1024)
+    core_share: Share
+    secondary_share: Share
+    secondary_clusters: int = Field(ge=1, le=64)
+    core_sigma_km_per_sqrt_site: float = Field(gt=0.0, le=100.0)
+    sigma_min_km: float = Field(gt=0.0, le=100.0)
+    sigma_max_km: float = Field(gt=0.0, le=500.0)
+    tail_max_km: float = Field(gt=0.0, le=500.0)
 
 
 class S6Policy(Strict):
     version: Literal[1]
-    mode: Literal["uniform_v1"]
-    max_attempts: int = Field(ge=1, le=1024)
+    jitter: Annotated[S6UniformV1 | S6MixtureV2, Field(discriminator="mode")]
 
 
 class S8Policy(Strict):
     version: Literal[1]
     rows_per_part: int = Field(ge=1)
+
+
+class S9Policy(Strict):
+    """The grade a bundle targets: S9 seals it only when that grade's per-seed gates pass
+    (``none``: structural checks only, as the baseline)."""
+
+    version: Literal[1]
+    target_grade: Literal["none", "B", "B_PLUS"]
 
 
 class Gate(Strict):
@@ -98,9 +209,15 @@ class GatesPolicy(Strict):
     eligible_country_nonzero_share_min: Gate
     southern_hemisphere_share_min: Gate
     nn_contraction_min: Gate
+    sentinel_flagged_max: Gate
+    merchant_countries_median_max: Gate
+    merchants_above_1a_max_share_max: Gate
+    near_city_share_min: Gate
+    near_city_km: float = Field(gt=0.0, le=1000.0)
+    near_city_min_population: int = Field(ge=0)
     cross_seed_cv_max: Gate
-    region_floor_share: dict[str, Share]
-    bootstrap_replicates: int = Field(ge=100)
+    region_floor_share: RegionFloors
+    bootstrap_replicates: int = Field(ge=100, le=100_000)
     bootstrap_seed: int = Field(ge=0)
 
 
@@ -111,6 +228,7 @@ MODELS: dict[str, type[Strict]] = {
     "s4_alloc_plan": S4Policy,
     "s6_jitter": S6Policy,
     "s8_egress": S8Policy,
+    "s9_validation": S9Policy,
     "gates": GatesPolicy,
 }
 
@@ -125,6 +243,7 @@ class PolicyBundle(Strict):
     s4_alloc_plan: S4Policy
     s6_jitter: S6Policy
     s8_egress: S8Policy
+    s9_validation: S9Policy
     gates: GatesPolicy
     digests: dict[str, str]
     parameter_hash: str

@@ -104,3 +104,27 @@ def country_edges() -> EdgeTable:
         y1=y1[keep],
         country_id=np.concatenate(ids)[keep],
     )
+
+
+@cache
+def country_centres() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(lon, lat) of each country (in ``countries()`` order): the population-weighted centre
+    of its places on the unit sphere, or its polygon's representative point without places."""
+    from .metrics import unit_vectors
+
+    table = countries()
+    places = pq.read_table(REFDATA_DIR / "places.parquet", columns=["iso2", "lon_deg", "lat_deg", "population"]).to_pydict()
+    iso = np.asarray(places["iso2"], dtype="U2")
+    pos = np.minimum(np.searchsorted(table.iso2, iso), len(table.iso2) - 1)
+    known = table.iso2[pos] == iso
+    xyz = unit_vectors(np.asarray(places["lon_deg"])[known], np.asarray(places["lat_deg"])[known])
+    weight = np.asarray(places["population"], dtype=np.float64)[known]
+    summed = np.zeros((len(table.iso2), 3))
+    for axis in range(3):
+        summed[:, axis] = np.bincount(pos[known], weights=xyz[:, axis] * weight, minlength=len(table.iso2))
+    points = shapely.get_coordinates(shapely.point_on_surface(table.geometry))
+    norm = np.linalg.norm(summed, axis=1)
+    has = norm > 0
+    lon = np.where(has, np.degrees(np.arctan2(summed[:, 1], summed[:, 0])), points[:, 0])
+    lat = np.where(has, np.degrees(np.arcsin(np.clip(summed[:, 2] / np.where(has, norm, 1.0), -1.0, 1.0))), points[:, 1])
+    return lon, lat

@@ -19,6 +19,7 @@ class StateSpec:
     writes: tuple[str, ...]
     policies: tuple[str, ...]
     seeded: bool
+    graded: bool = False  # grades against the seed's pinned baseline (its NN ratio joins the cache key)
 
     def load(self) -> ModuleType:
         return import_module(f"seg1b_dask.states.{self.module}")
@@ -49,7 +50,7 @@ STATES: tuple[StateSpec, ...] = (
     StateSpec("S6", "jitter", "s6_jitter", ("s5_site_tile_assignment",), ("s6_site_jitter",), ("s6_jitter",), True),
     StateSpec("S7", "synthesis", "s7_synthesis", ("s5_site_tile_assignment", "s6_site_jitter"), ("s7_site_synthesis",), (), True),
     StateSpec("S8", "egress", "s8_egress", ("s7_site_synthesis",), ("site_locations",), ("s8_egress",), True),
-    StateSpec("S9", "validation", "s9_validation", ("site_locations", "s3_requirements", "s4_alloc_plan", "tile_grid"), ("validation_bundle",), ("gates",), True),
+    StateSpec("S9", "validation", "s9_validation", ("site_locations", "s3_requirements", "s4_alloc_plan", "tile_grid"), ("validation_bundle",), ("s9_validation", "gates"), True, graded=True),
 )
 BY_ID = {s.id: s for s in STATES}
 

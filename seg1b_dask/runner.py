@@ -27,7 +27,9 @@ from .states import s0_gate
 from .upstream import write_bundle
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_POLICIES = PACKAGE_DIR.parent / "policies" / "baseline"
+BUNDLES = PACKAGE_DIR / "bundles"
+DEFAULT_POLICIES = BUNDLES / "remediation"
+BASELINE_POLICIES = BUNDLES / "baseline"
 DEFAULT_ROOT = Path("runs/fix-data-engine/segment_1B")
 
 
@@ -78,13 +80,15 @@ def ensure_standin(root: Path, seed: int) -> Path:
     return final
 
 
-def _cache_keys(bundle: PolicyBundle, seed: int, upstream_flag: str) -> dict[str, str]:
+def _cache_keys(bundle: PolicyBundle, seed: int, upstream_flag: str, baseline_nn_ratio: float | None = None) -> dict[str, str]:
     prev = sha256_hex(canonical_json([code_digest(), refdata_version()]))
     keys = {}
     for spec in STATES[1:]:
         parts: list[Any] = [prev, spec.id, [bundle.digests[p] for p in spec.policies]]
         if spec.seeded:
             parts += [seed, upstream_flag]
+        if spec.graded:
+            parts.append(baseline_nn_ratio)
         keys[spec.id] = prev = sha256_hex(canonical_json(parts))
     return keys
 
@@ -98,7 +102,7 @@ def _peak_rss_mb() -> float:
 class Chain:
     """One seed's run of the chain under a run root."""
 
-    def __init__(self, root: Path, seed: int, bundle: PolicyBundle, upstream: Path, execution: Execution) -> None:
+    def __init__(self, root: Path, seed: int, bundle: PolicyBundle, upstream: Path, execution: Execution, baseline_nn_ratio: float | None = None) -> None:
         self.root = Path(root).resolve()
         self.data = self.root / "data"
         self.seed = seed
@@ -106,6 +110,7 @@ class Chain:
         self.upstream = upstream
         self.execution = execution
         self.grid = Grid(bundle.grid.resolution_arcsec)
+        self.baseline_nn_ratio = baseline_nn_ratio
         self.published: dict[str, Path] = {}
 
     def _final(self, dataset: str, tokens: Tokens) -> Path:
@@ -133,7 +138,8 @@ class Chain:
             staged[name] = stage_dir(final)
             shutil.rmtree(staged[name], ignore_errors=True)
             staged[name].mkdir()
-        ctx = StateContext(tokens=tokens, policies=self.bundle, grid=self.grid, execution=self.execution, inputs=dict(self.published), upstream=self.upstream)
+        ctx = StateContext(tokens=tokens, policies=self.bundle, grid=self.grid, execution=self.execution,
+                           inputs={n: self.published[n] for n in spec.reads}, upstream=self.upstream, baseline_nn_ratio=self.baseline_nn_ratio)
         try:
             stats = spec.load().run(ctx, staged)
         except BaseException:
@@ -177,7 +183,7 @@ class Chain:
         publish(final, "s0_gate_receipt", tokens.for_scope("plan"), lambda d: s0_gate.write_receipt(gate, self.seed, self.bundle.parameter_hash, d))
         self.published["s0_gate_receipt"] = final
         records = [StateRecord("S0", "gate", time.perf_counter() - t0, False, {"outlets": gate.n_outlets})]
-        keys = _cache_keys(self.bundle, self.seed, gate.upstream_flag)
+        keys = _cache_keys(self.bundle, self.seed, gate.upstream_flag, self.baseline_nn_ratio)
         return tokens, records + self._run_states(STATES[1:], keys, tokens, on_state)
 
 
@@ -188,12 +194,13 @@ def run_seed(
     upstream: Path | None = None,
     execution: Execution = Execution(),
     on_state: Callable[[str], None] | None = None,
+    baseline_nn_ratio: float | None = None,
 ) -> RunResult:
     start = time.perf_counter()
     root = Path(root).resolve()
     bundle = policies if isinstance(policies, PolicyBundle) else load_bundle(Path(policies), refdata_version())
     upstream_dir = Path(upstream) if upstream else ensure_standin(root, seed)
-    chain = Chain(root, seed, bundle, upstream_dir, execution)
+    chain = Chain(root, seed, bundle, upstream_dir, execution, baseline_nn_ratio)
     tokens, records = chain.run(on_state)
     run_dir = new_folder(safe_join(root, "runs"), time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}")
     run_id = run_dir.name
@@ -210,6 +217,7 @@ def run_seed(
         "package": {"version": __version__, "code_digest": code_digest()},
         "upstream": str(upstream_dir),
         "execution": execution.as_dict(),
+        "baseline_nn_ratio": baseline_nn_ratio,
         "states": [{"id": r.id, "name": r.name, "seconds": round(r.seconds, 3), "reused": r.reused, "stats": r.stats} for r in records],
         "outputs": {k: str(v.relative_to(root)) for k, v in result.outputs.items()},
         "wall_seconds": round(result.wall_seconds, 3),

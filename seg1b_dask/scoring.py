@@ -19,12 +19,21 @@ from .errors import E_BUNDLE_FLAG_MISMATCH, E_TOKEN_MISMATCH, Seg1BError
 from .hashing import tree_digest, verify_bundle
 from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json
 from .nearest import nearest_neighbour_km_chunked
+from .policies import GatesPolicy
 from .refdata import REGIONS
+from .states.s4_alloc_plan.remass import MAX_1A_COUNTRIES
 from .tables import read_table
 
 SENTINEL_MIN_SITES = 50
 SENTINEL_MAX_ANISOTROPY = 12.0
 SENTINEL_MIN_UNIQUE = 0.15
+# The old engine's thresholds were set on its 30″ grid, counting unique values at 4 dp: a
+# 30″ cell is 0.00833°, so 4 dp cut a cell into 83 levels. A one-row stripe then has at most
+# 83 distinct latitudes. On a grid of cell size c the same test counts values at the quantum
+# c / 83.3 (3 dp on 5′): "fewer than 15 % unique" keeps meaning "the sites sit on a handful
+# of cell rows or columns" at any resolution. Anisotropy is a ratio of lengths and needs no
+# scaling.
+SENTINEL_LEVELS_PER_CELL = (30.0 / 3600.0) / 1e-4
 
 
 @dataclass(frozen=True)
@@ -44,10 +53,11 @@ class SiteFrame:
         )
 
 
-def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> dict[str, float]:
+def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64], cell_deg: float = 30.0 / 3600.0) -> dict[str, float]:
     """Collapse diagnostics of one country's sites: anisotropy = ratio of the principal
     standard deviations of positions in local km (longitude unwrapped around the circular
-    mean, scaled by cos(lat)); unique shares of lat and lon at 4 dp."""
+    mean, scaled by cos(lat)); unique shares of lat and lon at the quantum cell_deg / 83.3
+    (4 dp on the 30″ grid, 3 dp on 5′)."""
     lam = np.radians(lon)
     centre = math.atan2(np.sin(lam).mean(), np.cos(lam).mean())
     dlon = (lam - centre + np.pi) % (2 * np.pi) - np.pi
@@ -56,10 +66,45 @@ def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> dict[str, fl
     y = (np.radians(lat) - phi0) * metrics.EARTH_RADIUS_KM
     eig = np.linalg.eigvalsh(np.cov(np.vstack([x, y])))
     anisotropy = float(np.sqrt(eig[1] / eig[0])) if eig[0] > 0 else float("inf")
-    unique_lat = len(np.unique(np.round(lat, 4))) / len(lat)
-    unique_lon = len(np.unique(np.round(lon, 4))) / len(lon)
+    quantum = cell_deg / SENTINEL_LEVELS_PER_CELL
+    unique_lat = len(np.unique(np.round(lat / quantum))) / len(lat)
+    unique_lon = len(np.unique(np.round(lon / quantum))) / len(lon)
     flagged = anisotropy > SENTINEL_MAX_ANISOTROPY or unique_lat < SENTINEL_MIN_UNIQUE or unique_lon < SENTINEL_MIN_UNIQUE
     return {"anisotropy": anisotropy, "unique_lat_share": unique_lat, "unique_lon_share": unique_lon, "flagged": bool(flagged)}
+
+
+def merchant_footprint(sites: SiteFrame) -> dict[str, float]:
+    """Countries per merchant, from the egress alone."""
+    pairs = np.unique(np.rec.fromarrays([sites.merchant_id, sites.iso2]))
+    _, per_merchant = np.unique(pairs["f0"], return_counts=True)
+    return {
+        "merchant_countries_median": float(np.median(per_merchant)),
+        "merchant_countries_p90": float(np.quantile(per_merchant, 0.9)),
+        "merchant_countries_max": int(per_merchant.max()),
+        "merchants_above_1a_max_share": float((per_merchant > MAX_1A_COUNTRIES).mean()),
+    }
+
+
+def near_city_share(sites: SiteFrame, km: float, min_population: int) -> float:
+    """Share of sites within ``km`` (great circle) of a vendored place of at least
+    ``min_population`` people."""
+    from sklearn.neighbors import BallTree
+
+    places = read_places(min_population)
+    if len(places[0]) == 0 or len(sites.lon) == 0:
+        return 0.0
+    chord, _ = BallTree(metrics.unit_vectors(*places)).query(metrics.unit_vectors(sites.lon, sites.lat), k=1)
+    arc_km = 2.0 * np.arcsin(np.clip(chord[:, 0] / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
+    return float((arc_km <= km).mean())
+
+
+def read_places(min_population: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    import pyarrow.parquet as pq
+
+    from .refdata import REFDATA_DIR
+
+    t = pq.read_table(REFDATA_DIR / "places.parquet", columns=["lon_deg", "lat_deg", "population"], filters=[("population", ">=", min_population)])
+    return t.column("lon_deg").to_numpy(), t.column("lat_deg").to_numpy()
 
 
 def country_figures(sites: SiteFrame, region_of: dict[str, str], eligible_count: int) -> tuple[dict[str, Any], dict[str, float], list[tuple[str, int, float]]]:
@@ -77,10 +122,13 @@ def country_figures(sites: SiteFrame, region_of: dict[str, str], eligible_count:
 
 
 def compute_scorecard(
-    sites: SiteFrame, region_of: dict[str, str], eligible_count: int, baseline_nn_ratio: float | None, source: str | None = None
+    sites: SiteFrame, region_of: dict[str, str], eligible_count: int, baseline_nn_ratio: float | None, gates: GatesPolicy,
+    cell_deg: float, source: str | None = None,
 ) -> dict[str, Any]:
-    """Every metric of DESIGN §6 for one seed."""
+    """Every metric of DESIGN §6 for one seed, plus merchant footprint and urban proximity."""
     figures, regions, shares = country_figures(sites, region_of, eligible_count)
+    figures.update(merchant_footprint(sites))
+    figures["near_city_share"] = near_city_share(sites, gates.near_city_km, gates.near_city_min_population)
     nn = nearest_neighbour_km_chunked(sites.lon, sites.lat, source=source)
     figures.update(metrics.nn_metrics(nn))
     set_baseline(figures, baseline_nn_ratio)
@@ -88,7 +136,7 @@ def compute_scorecard(
     for code, n, _ in shares[:10]:
         if n >= SENTINEL_MIN_SITES:
             sel = sites.iso2 == code
-            sentinels[code] = sentinel(sites.lon[sel], sites.lat[sel])
+            sentinels[code] = sentinel(sites.lon[sel], sites.lat[sel], cell_deg)
     figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
     return {"metrics": figures, "region_share": regions, "country_shares": shares, "sentinel": sentinels}
 

@@ -1,16 +1,20 @@
-"""S9 validation: structural parity and realism figures over every row of
-``site_locations``; the 1B bundle is sealed with ``_passed.flag`` only when every
-structural check passes (fail-closed)."""
+"""S9 validation: structural parity and realism over every row of ``site_locations``.
+
+The bundle declares the grade it targets (``s9_validation.yaml``); the 1B bundle is sealed
+with ``_passed.flag`` only when every structural check passes and, for a target grade, every
+per-seed gate of that grade (with the B+ bootstrap bounds) passes: fail-closed. Every gate
+is recorded in ``realism.json`` with threshold, observed value, margin and breach reason."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
 import pyarrow as pa
 
-from .. import refdata, scoring
+from .. import grading, refdata, scoring
 from ..context import StateContext
 from ..execution import batches, compute
 from ..hashing import seal_bundle
@@ -34,7 +38,8 @@ def structural_checks(sites: pa.Table, expected_pairs: pa.Table, merchant_totals
     starts = np.flatnonzero(np.r_[True, ~same_pair])
     sizes = np.diff(np.r_[starts, len(m)])
     runs_ok = bool(np.array_equal(s, np.arange(len(m)) - np.repeat(starts, sizes) + 1)) if len(m) else True
-    got = {(int(m[i]), str(iso[order][i])): int(n) for i, n in zip(starts, sizes, strict=True)}
+    iso_sorted = iso[order]
+    got = {(int(m[i]), str(iso_sorted[i])): int(n) for i, n in zip(starts, sizes, strict=True)}
     want = {
         (int(a), str(b)): int(n)
         for a, b, n in zip(expected_pairs.column("merchant_id").to_pylist(), expected_pairs.column("legal_country_iso").to_pylist(), expected_pairs.column("n_sites").to_pylist(), strict=True)
@@ -80,17 +85,29 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     country_table = read_table(ctx.inputs["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"])
     region_of = dict(zip(country_table.column("iso2").to_pylist(), country_table.column("region").to_pylist(), strict=True))
     eligible = int(np.asarray(country_table.column("eligible").to_pylist()).sum())
-    # Country, coverage and region figures; the scorer adds nearest neighbours and grades.
-    figures, regions, shares = scoring.country_figures(scoring.SiteFrame.from_table(sites), region_of, eligible)
-    card = {"metrics": figures, "region_share": regions, "country_shares": shares}
-    passed = all(c["passed"] for c in checks.values())
+    frame = scoring.SiteFrame.from_table(sites)
+    gates = ctx.policies.gates
+    card = scoring.compute_scorecard(frame, region_of, eligible, ctx.baseline_nn_ratio, gates, ctx.grid.deg, source=str(egress))
+    structural_ok = all(c["passed"] for c in checks.values())
+    target = ctx.policies.s9_validation.target_grade
+    realism: list[dict[str, Any]] = []
+    if target != "none":
+        bootstrap = None
+        if target == "B_PLUS":
+            matrix, _ = scoring.merchant_country_matrix(frame)
+            bootstrap = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + ctx.seed)
+            card["bootstrap_upper_95"] = bootstrap
+        realism = grading.gate_table(card, gates, target, bootstrap)
+    sealed = structural_ok and all(r["passed"] for r in realism)
     folder = out["validation_bundle"]
     write_json(folder / "checks.json", checks)
+    write_json(folder / "realism.json", {"target_grade": target, "baseline_nn_ratio": ctx.baseline_nn_ratio, "gates": realism})
     # The egress bytes this bundle vouches for: scorers refuse anything else.
     write_json(folder / "egress.json", {"site_locations_sha256": read_manifest(egress)["content_sha256"]})
     scoring.write_scorecard(card, folder)
-    if passed:
-        seal_bundle(folder, {"segment": "1B", "seed": ctx.seed, "parameter_hash": ctx.tokens.parameter_hash, "manifest_fingerprint": ctx.tokens.manifest_fingerprint})
+    if sealed:
+        seal_bundle(folder, {"segment": "1B", "seed": ctx.seed, "parameter_hash": ctx.tokens.parameter_hash, "manifest_fingerprint": ctx.tokens.manifest_fingerprint,
+                             "target_grade": target})
     failed = sorted(k for k, c in checks.items() if not c["passed"])
-    return {"passed": passed, "failed_checks": failed, "metrics": card["metrics"], "region_share": card["region_share"]}
-
+    return {"passed": structural_ok, "sealed": sealed, "target_grade": target, "failed_checks": failed,
+            "failed_gates": [r["gate"] for r in realism if not r["passed"]], "metrics": card["metrics"], "region_share": card["region_share"]}

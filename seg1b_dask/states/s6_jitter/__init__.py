@@ -1,10 +1,11 @@
 """S6 jitter: place each site inside its tile and inside its country polygon.
 
-``uniform_v1`` (legacy): uniform in the cell, redrawn with the next keyed counter until the
-point is inside the country and distinct from every other site. Sites still outside after
-``max_attempts`` (cells the border clips to a sliver) draw uniformly inside (cell ∩ country)
-through its constrained triangulation, with the same keyed counters: always inside, always
-deterministic, still distinct.
+The mode proposes points (``uniform_v1.py``: uniform in the cell, the legacy posture;
+``mixture_v2.py``: core, secondary clusters and a bounded tail); a proposal outside the
+tile or the country, or repeating another site's coordinates, is redrawn with the next
+keyed counter. Sites still pending after ``max_attempts`` (cells the border clips to a
+sliver) draw uniformly inside (cell ∩ country) through its constrained triangulation:
+always inside, always deterministic, still distinct.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import shapely
 import zarr
 from numpy.typing import NDArray
 
-from .. import refdata, rng
-from ..context import StateContext
-from ..errors import E_VALIDATION_FAILED, Seg1BError
-from ..execution import batches, compute
-from ..grid import Grid
+from ... import refdata, rng
+from ...context import StateContext
+from ...errors import E_VALIDATION_FAILED, Seg1BError
+from ...execution import batches, compute
+from ...grid import Grid
+from ...policies import S6MixtureV2, S6UniformV1
+from . import mixture_v2, uniform_v1
 
 ARRAYS = ("merchant_id", "country_id", "site_order", "tile_id", "lon_deg", "lat_deg", "attempts")
 SITE_CHUNK = 1 << 20
@@ -39,11 +42,17 @@ def _distinct(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.
     return ok
 
 
-def jitter_uniform(
-    tile_id: NDArray[np.int64], key_fields: tuple[NDArray[np.uint64], ...], geom: shapely.Geometry, grid: Grid,
-    key: np.uint64, max_attempts: int,
+def place_sites(
+    tile_id: NDArray[np.int64], key_fields: tuple[NDArray[np.uint64], ...], geom: shapely.Geometry, grid: Grid, key: np.uint64,
+    policy: S6UniformV1 | S6MixtureV2,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int16]]:
-    west, south, east, north = grid.tile_bounds(tile_id)
+    """A point for every site inside its tile and its country, distinct from every other:
+    the mode proposes, attempt after attempt with keyed counters; after ``max_attempts`` a
+    uniform point of (cell ∩ country) from its triangulation, which is always inside."""
+    max_attempts = policy.max_attempts
+    bounds = grid.tile_bounds(tile_id)
+    west, south, east, north = bounds
+    mix = mixture_v2.components(tile_id, key_fields, grid, key, policy) if isinstance(policy, S6MixtureV2) else None
     lon = np.full(len(tile_id), np.nan)
     lat = np.full(len(tile_id), np.nan)
     attempts = np.zeros(len(tile_id), dtype=np.int16)
@@ -56,17 +65,23 @@ def jitter_uniform(
         u = rng.uniform(key, *fields, np.uint64(2 * attempt))
         v = rng.uniform(key, *fields, np.uint64(2 * attempt + 1))
         if attempt < max_attempts:
-            lon[pending] = west[pending] + u * (east[pending] - west[pending])
-            lat[pending] = south[pending] + v * (north[pending] - south[pending])
+            sub = tuple(b[pending] for b in bounds)
+            if mix is None:
+                lon[pending], lat[pending] = uniform_v1.propose(sub, u, v)
+            else:
+                lon[pending], lat[pending] = mixture_v2.propose(mix, pending, sub, u, v)
         else:
             w = rng.uniform(key, *fields, np.uint64(1 << 20 | attempt))
             for tile in np.unique(tile_id[pending]).tolist():
                 if tile not in pieces:
-                    pieces[tile] = _triangles(geom, *(b[tile_id == tile][0] for b in (west, south, east, north)))
+                    pieces[tile] = _triangles(geom, *(b[tile_id == tile][0] for b in bounds))
                 sel = tile_id[pending] == tile
                 lon[pending[sel]], lat[pending[sel]] = _in_triangles(pieces[tile], w[sel], u[sel], v[sel])
         attempts[pending] = attempt + 1
-        ok = shapely.contains_xy(geom, lon[pending], lat[pending])
+        ok = (lon[pending] >= west[pending]) & (lon[pending] <= east[pending]) & (lat[pending] >= south[pending]) & (lat[pending] <= north[pending])
+        if mix is not None and attempt < max_attempts:
+            ok &= mixture_v2.within_tail(mix, pending, lon[pending], lat[pending], policy.tail_max_km)  # type: ignore[union-attr]
+        ok[ok] = shapely.contains_xy(geom, lon[pending[ok]], lat[pending[ok]])
         lon[pending[~ok]] = np.nan
         ok_all = ~np.isnan(lon)
         distinct = np.ones(len(lon), dtype=bool)
@@ -102,7 +117,7 @@ def _in_triangles(pieces: tuple[NDArray[np.float64], NDArray[np.float64]], w: ND
     return point[:, 0], point[:, 1]
 
 
-def _batch_task(assign_path: str, countries: list[str], grid: Grid, seed: int, max_attempts: int) -> dict[str, NDArray]:
+def _batch_task(assign_path: str, countries: list[str], grid: Grid, seed: int, policy: S6UniformV1 | S6MixtureV2) -> dict[str, NDArray]:
     table = pq.read_table(assign_path, filters=[("legal_country_iso", "in", countries)])
     table = table.sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("site_order", "ascending")])
     iso = np.asarray(table.column("legal_country_iso").to_pylist(), dtype="U2")
@@ -120,15 +135,15 @@ def _batch_task(assign_path: str, countries: list[str], grid: Grid, seed: int, m
         cid = ref.country_id(code)
         cids[sel] = cid
         fields = (merchant[sel].astype(np.uint64), rng.country_code_int(iso[sel]), site_order[sel].astype(np.uint64))
-        lon[sel], lat[sel], attempts[sel] = jitter_uniform(tile[sel], fields, ref.geometry[cid - 1], grid, key, max_attempts)
+        lon[sel], lat[sel], attempts[sel] = place_sites(tile[sel], fields, ref.geometry[cid - 1], grid, key, policy)
     return {"merchant_id": merchant, "country_id": cids, "site_order": site_order, "tile_id": tile, "lon_deg": lon, "lat_deg": lat, "attempts": attempts}
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     assign_path = str(ctx.inputs["s5_site_tile_assignment"] / "part-00000.parquet")
     countries = sorted(set(pq.read_table(assign_path, columns=["legal_country_iso"]).column(0).to_pylist()))
-    policy = ctx.policies.s6_jitter
-    tasks = [dask.delayed(_batch_task)(assign_path, b, ctx.grid, ctx.seed, policy.max_attempts) for b in batches(countries, ctx.execution.country_batch)]
+    policy = ctx.policies.s6_jitter.jitter
+    tasks = [dask.delayed(_batch_task)(assign_path, b, ctx.grid, ctx.seed, policy) for b in batches(countries, ctx.execution.country_batch)]
     parts = compute(tasks)
     cols = {name: np.concatenate([p[name] for p in parts]) for name in ARRAYS}
     # Canonical order: merchant, country code, site_order (country ids ascend with ISO code).

@@ -1,0 +1,120 @@
+"""S2 ``blend_v2``: cell mass from a mix of uniform, area and population.
+
+Each basis sums to 1 within its country, so the mix says how a country's sites spread over
+its cells; how much each country gets is the governed country mass vector
+(``country_mass.py``). Population per cell = urban mass (vendored places of at least
+``min_place_population``, each spread over a Gaussian kernel of its own country's cells
+within ``kernel_radius_cells``, capped at ``urban_cap_share`` of the country's table
+population) + the rural remainder (table population minus the urban mass) spread by cell
+area and weighted by ``rural_weight``.
+
+Two passes over row bands: the first sums, exactly in integers, each country's area and
+placed urban mass; the second writes fixed-point weights. A band reads a halo of
+``2 * radius`` rows, so every cell sees the same places whatever the band size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from ... import refdata
+from ...grid import Grid
+from ...policies import S2BlendV2
+
+WEIGHT_SCALE = float(1 << 40)  # a country's weights sum to about this (fixed point)
+
+
+@dataclass(frozen=True)
+class Places:
+    """Places of at least the policy's population with a polygon country, in file order."""
+
+    row: NDArray[np.int64]
+    col: NDArray[np.int64]
+    country_id: NDArray[np.int16]
+    population: NDArray[np.float64]
+
+
+@cache
+def places_on_grid(resolution_arcsec: int, min_population: int) -> Places:
+    table = pq.read_table(refdata.REFDATA_DIR / "places.parquet", columns=["iso2", "lon_deg", "lat_deg", "population"]).to_pydict()
+    grid = Grid(resolution_arcsec)
+    iso = np.asarray(table["iso2"], dtype="U2")
+    pop = np.asarray(table["population"], dtype=np.int64)
+    codes = refdata.countries().iso2
+    pos = np.minimum(np.searchsorted(codes, iso), len(codes) - 1)
+    keep = (codes[pos] == iso) & (pop >= min_population)
+    lon = np.asarray(table["lon_deg"])[keep]
+    lat = np.asarray(table["lat_deg"])[keep]
+    row = np.clip(np.floor((90.0 - lat) / grid.deg).astype(np.int64), 0, grid.nrows - 1)
+    col = np.clip(np.floor((lon + 180.0) / grid.deg).astype(np.int64), 0, grid.ncols - 1)
+    return Places(row, col, (pos[keep] + 1).astype(np.int16), pop[keep].astype(np.float64))
+
+
+def urban_band(places: Places, window: NDArray[np.int16], window_row0: int, row0: int, row1: int, radius: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Urban people per cell of rows [row0, row1) (rounded to whole people), and per
+    country the people of places with no cell of their own country within the kernel
+    (counted by the band holding the place's row; they join the rural remainder).
+
+    ``window`` holds the country ids of rows [window_row0, window_row0 + len(window)),
+    which must cover [row0 - 2 radius, row1 + 2 radius) within the grid."""
+    nrows_win, ncols = window.shape
+    near = (places.row >= row0 - radius) & (places.row < row1 + radius)
+    row, col, cid, pop = places.row[near], places.col[near], places.country_id[near], places.population[near]
+    dy, dx = np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1), indexing="ij")
+    dy, dx = dy.ravel(), dx.ravel()
+    kernel = np.exp(-(dy**2 + dx**2) / (2.0 * max(radius / 2.0, 0.5) ** 2))
+    rr = row[:, None] + dy[None, :]
+    cc = (col[:, None] + dx[None, :]) % ncols
+    wr = rr - window_row0
+    inside = (wr >= 0) & (wr < nrows_win)
+    same = np.zeros(rr.shape, dtype=bool)
+    same[inside] = window[wr[inside], cc[inside]] == np.broadcast_to(cid[:, None], rr.shape)[inside]
+    weight = np.where(same, kernel[None, :], 0.0)
+    norm = weight.sum(axis=1)
+    placed = norm > 0
+    share = np.divide(weight, norm[:, None], out=np.zeros_like(weight), where=placed[:, None])
+    mass = share * pop[:, None]
+    target = same & (rr >= row0) & (rr < row1)
+    cells = np.zeros((row1 - row0, ncols), dtype=np.float64)
+    np.add.at(cells, (rr[target] - row0, cc[target]), mass[target])
+    own = ~placed & (row >= row0) & (row < row1)
+    unplaced = np.bincount(cid[own].astype(np.intp), weights=pop[own], minlength=len(refdata.countries().iso2) + 1)
+    return np.rint(cells).astype(np.int64), unplaced
+
+
+@dataclass(frozen=True)
+class CountryTotals:
+    """Per country id (index 0 = none): cells, area and placed urban people (exact sums),
+    table population."""
+
+    cells: NDArray[np.int64]
+    area_m2: NDArray[np.float64]
+    urban: NDArray[np.float64]
+    population: NDArray[np.float64]
+
+
+def band_weights(
+    country_id: NDArray[np.int16], row_area_m2: NDArray[np.float64], urban: NDArray[np.int64], eligible: NDArray[np.bool_],
+    totals: CountryTotals, policy: S2BlendV2,
+) -> NDArray[np.uint64]:
+    """Fixed-point weight of every cell of a band: a pure function of the cell and its
+    country's totals, so identical whatever the banding."""
+    pp = policy.population
+    mix = policy.basis_mix
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(totals.urban > 0, np.minimum(1.0, pp.urban_cap_share * totals.population / totals.urban), 0.0)
+        rural = np.maximum(totals.population - factor * totals.urban, 0.0) * pp.rural_weight
+        pop_total = factor * totals.urban + rural
+        cid = country_id.astype(np.intp)
+        area = np.rint(row_area_m2)[:, None]
+        area_share = area / totals.area_m2[cid]
+        pop_cell = factor[cid] * urban + rural[cid] * area_share
+        pop_share = np.where(pop_total[cid] > 0, pop_cell / pop_total[cid], area_share)
+        blend = mix.uniform / totals.cells[cid] + mix.area_m2 * area_share + mix.population * pop_share
+    weight = np.rint(np.nan_to_num(blend) * WEIGHT_SCALE).astype(np.uint64)
+    return np.where(eligible[cid], weight, np.uint64(0)).astype(np.uint64)

@@ -1,0 +1,222 @@
+"""S4(a) ``remass``: the governed re-mass of country totals (DESIGN §5, §12).
+
+1. Targets: integer site counts per country from the S2 mass vector (optionally mixed with
+   1A's own country shares by ``fidelity_weight`` and governed again), ≥ ``min_sites_per_country``
+   for every eligible country, summing to the 1A total.
+2. Retention per country: a country above its target keeps exactly its target of 1A
+   outlets — its home merchants first, then the others in proportion — and one at or below
+   target keeps all. The rest are mobile: their number is the total variation between 1A's
+   counts and the targets, the least any allocation hitting the targets can move.
+3. Placement: the mobile outlets go to the under-target countries by least-distance
+   transport from each merchant's home (a min-cost flow, OR-Tools), with every
+   (merchant, country) cell capped so that a country's need is spread over several merchants
+   and a merchant fits in ``max_new_countries``. Dense entropic transport (IPF) sprays a
+   16-outlet merchant over ~15 countries; the min-cost optimum is integral and sparse, so
+   footprints stay near 1A's. Every merchant's total and every country's target are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ... import rng
+from ...errors import E_REMASS_INFEASIBLE, Seg1BError
+from ...metrics import EARTH_RADIUS_KM, unit_vectors
+from ...policies import CountryAllocationRemass
+
+MAX_1A_COUNTRIES = 11  # 1A's largest merchant footprint (FACTS §3): the realism bound on 1B's
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """1A's (merchant, country) counts, sorted by merchant then country index; ``home`` is
+    the merchant's home country index on every row."""
+
+    merchant: NDArray[np.uint64]
+    country: NDArray[np.int64]
+    n_sites: NDArray[np.int64]
+    home: NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Moves:
+    """One row per relocated 1A stub: its 1A key and its 1B key."""
+
+    merchant: NDArray[np.uint64]
+    src_country: NDArray[np.int64]
+    src_site_order: NDArray[np.int64]
+    dst_country: NDArray[np.int64]
+    dst_site_order: NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    merchant: NDArray[np.uint64]
+    country: NDArray[np.int64]
+    n_sites: NDArray[np.int64]
+    kept: NDArray[np.int64]  # per 1A pair: outlets kept in the 1A country (site_order 1..kept)
+    moves: Moves
+    stats: dict[str, Any]
+
+
+def no_moves() -> Moves:
+    empty = np.zeros(0, dtype=np.int64)
+    return Moves(np.zeros(0, dtype=np.uint64), empty, empty, empty, empty)
+
+
+def footprint(merchant: NDArray[np.uint64], country: NDArray[np.int64], n_sites: NDArray[np.int64], home: NDArray[np.int64], tag: str) -> dict[str, float]:
+    """Merchant footprint figures: countries per merchant and outlets outside home."""
+    live = n_sites > 0
+    _, per_merchant = np.unique(merchant[live], return_counts=True)
+    outside = float(n_sites[live & (country != home)].sum() / max(int(n_sites.sum()), 1))
+    return {
+        f"countries_per_merchant_median_{tag}": float(np.median(per_merchant)),
+        f"countries_per_merchant_p90_{tag}": float(np.quantile(per_merchant, 0.9)),
+        f"countries_per_merchant_max_{tag}": int(per_merchant.max()),
+        f"merchants_above_{MAX_1A_COUNTRIES}_countries_share_{tag}": float((per_merchant > MAX_1A_COUNTRIES).mean()),
+        f"outside_home_share_{tag}": round(outside, 6),
+    }
+
+
+def _proportional(budget: int, counts: NDArray[np.int64], tie: NDArray[np.uint64]) -> NDArray[np.int64]:
+    """Largest remainder of ``budget`` over ``counts`` (≤ each count), ties by ``tie``."""
+    total = int(counts.sum())
+    if budget >= total:
+        return counts.copy()
+    product = counts * budget
+    keep = product // total
+    remainder = product % total
+    short = budget - int(keep.sum())
+    order = np.lexsort((tie, -remainder))
+    keep[order[:short]] += 1
+    return keep
+
+
+def retain(pairs: Pairs, targets: NDArray[np.int64], key: np.uint64) -> NDArray[np.int64]:
+    """Outlets each pair keeps in its 1A country: over-target countries keep exactly their
+    target, home merchants first; others keep all."""
+    keep = pairs.n_sites.copy()
+    totals = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(targets)).astype(np.int64)
+    for c in np.flatnonzero(totals > targets).tolist():
+        rows = np.flatnonzero(pairs.country == c)
+        home = pairs.home[rows] == c
+        tie = rng.hash64(key, pairs.merchant[rows], np.uint64(c))
+        budget = int(targets[c])
+        kept_home = _proportional(budget, pairs.n_sites[rows[home]], tie[home])
+        keep[rows[home]] = kept_home
+        keep[rows[~home]] = _proportional(budget - int(kept_home.sum()), pairs.n_sites[rows[~home]], tie[~home])
+    return keep
+
+
+def transport(mobile: NDArray[np.int64], need: NDArray[np.int64], distance_km: NDArray[np.float64], tie: NDArray[np.uint64],
+              policy: CountryAllocationRemass) -> NDArray[np.int64] | None:
+    """Least-distance integer transport of every mover's mobile outlets (rows) onto the
+    countries' needs (columns), each cell capped at max(ceil(max_share_of_need · need),
+    ceil(mobile / max_new_countries)): a min-cost flow, whose optimum is integral and sparse
+    (few countries per merchant) while the cap spreads each country's need over several
+    merchants. Cost = great-circle km from the merchant's home (in metres), ties by key."""
+    from ortools.graph.python import min_cost_flow
+
+    rows, cols = len(mobile), len(need)
+    cap = np.maximum(np.ceil(policy.max_share_of_need * need)[None, :], np.ceil(mobile / policy.max_new_countries)[:, None])
+    cap = np.minimum(cap, mobile[:, None]).astype(np.int64)
+    cost = np.rint(distance_km * 1000.0).astype(np.int64) * 1000 + (tie % np.uint64(1000)).astype(np.int64)
+    flow = min_cost_flow.SimpleMinCostFlow()
+    arcs = flow.add_arcs_with_capacity_and_unit_cost(np.repeat(np.arange(rows), cols), rows + np.tile(np.arange(cols), rows), cap.ravel(),
+                                                     cost.ravel())
+    flow.set_nodes_supplies(np.arange(rows + cols), np.r_[mobile, -need])
+    if flow.solve() != flow.OPTIMAL:
+        return None
+    return np.asarray(flow.flows(arcs), dtype=np.int64).reshape(rows, cols)
+
+
+def country_distance_km(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.float64]:
+    xyz = unit_vectors(lon, lat)
+    cosine = np.clip(xyz @ xyz.T, -1.0, 1.0)
+    return np.arccos(cosine) * EARTH_RADIUS_KM
+
+
+def remass(pairs: Pairs, targets: NDArray[np.int64], distance_km: NDArray[np.float64], policy: CountryAllocationRemass, seed: int,
+           iso2: NDArray[np.str_]) -> Allocation:
+    """Re-mass 1A's pairs onto ``targets`` (per country index; sums to the 1A total)."""
+    n_countries = len(targets)
+    total = int(pairs.n_sites.sum())
+    if int(targets.sum()) != total:
+        raise Seg1BError(E_REMASS_INFEASIBLE, f"targets sum to {int(targets.sum())}, 1A has {total} outlets", key="country_allocation")
+    key = rng.stream_key(seed, "S4.remass")
+    keep = retain(pairs, targets, key)
+    merchants, m_index = np.unique(pairs.merchant, return_inverse=True)
+    mobile_all = np.bincount(m_index, weights=pairs.n_sites - keep, minlength=len(merchants)).astype(np.int64)
+    a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=n_countries).astype(np.int64)
+    need = np.maximum(targets - a_count, 0)
+    movers = np.flatnonzero(mobile_all > 0)
+    home_of = np.zeros(len(merchants), dtype=np.int64)
+    home_of[m_index] = pairs.home
+    stats: dict[str, Any] = {}
+    dest_m = dest_c = dest_n = np.zeros(0, dtype=np.int64)
+    if len(movers):
+        open_c = np.flatnonzero(need > 0)
+        tie = rng.hash64(key, merchants[movers][:, None], open_c.astype(np.uint64)[None, :])
+        x = transport(mobile_all[movers], need[open_c], distance_km[home_of[movers]][:, open_c], tie, policy)
+        if x is None:
+            capacity = np.minimum(np.maximum(np.ceil(policy.max_share_of_need * need[open_c]), 1) * len(movers), need[open_c].sum())
+            short = open_c[capacity < need[open_c]]
+            names = ", ".join(iso2[short[:10]].tolist()) or "(cell caps too tight for the mobile outlets)"
+            raise Seg1BError(E_REMASS_INFEASIBLE, f"targets cannot be met from the mobile outlets; countries short of supply: {names}",
+                             key="country_allocation.max_share_of_need")
+        r, c = np.nonzero(x)
+        dest_m, dest_c, dest_n = movers[r], open_c[c], x[r, c]
+    # Final pairs: kept counts plus arrivals, per (merchant, country).
+    mc = np.r_[m_index * n_countries + pairs.country, dest_m * n_countries + dest_c]
+    counts = np.r_[keep, dest_n]
+    cells, inverse = np.unique(mc, return_inverse=True)
+    final = np.bincount(inverse, weights=counts).astype(np.int64)
+    alive = final > 0
+    final_m, final_c = np.divmod(cells[alive], n_countries)
+    final_n = final[alive]
+    moves = _moves(pairs, keep, m_index, dest_m, dest_c, dest_n, n_countries)
+    final_home = home_of[final_m]
+    relocated = int((pairs.n_sites - keep).sum())
+    tv = int(np.abs(targets - a_count).sum()) // 2
+    uniform_keep = float(np.min(np.where(a_count > 0, targets / np.maximum(a_count, 1), np.inf)))
+    stats.update({
+        "relocated_share": round(relocated / total, 6),
+        "relocated_share_minimum": round(tv / total, 6),
+        "uniform_alternative_relocated_share": round(1.0 - min(1.0, uniform_keep), 6),
+        "countries_over_target": int((a_count > targets).sum()),
+        "countries_under_target": int((need > 0).sum()),
+        **footprint(pairs.merchant, pairs.country, pairs.n_sites, pairs.home, "1a"),
+        **footprint(merchants[final_m], final_c, final_n, final_home, "1b"),
+    })
+    return Allocation(merchants[final_m], final_c, final_n, keep, moves, stats)
+
+
+def _moves(pairs: Pairs, keep: NDArray[np.int64], m_index: NDArray[np.int64], dest_m: NDArray[np.int64], dest_c: NDArray[np.int64],
+           dest_n: NDArray[np.int64], n_countries: int) -> Moves:
+    """Pair each merchant's mobile stubs (by source country, site_order) with its arrival
+    slots (by destination country, slot): both sorted by merchant, equal counts each."""
+    leave = pairs.n_sites - keep
+    src_row = np.repeat(np.arange(len(leave)), leave)
+    src_order = keep[src_row] + _ranks(leave) + 1
+    src_m = m_index[src_row]
+    by_src = np.lexsort((src_order, pairs.country[src_row], src_m))
+    base = np.zeros(len(dest_m), dtype=np.int64)
+    if len(dest_m):
+        kept_cell = dict(zip((m_index * n_countries + pairs.country).tolist(), keep.tolist(), strict=True))
+        base = np.asarray([kept_cell.get(int(m) * n_countries + int(c), 0) for m, c in zip(dest_m, dest_c, strict=True)], dtype=np.int64)
+    dst_row = np.repeat(np.arange(len(dest_n)), dest_n)
+    dst_order = base[dst_row] + _ranks(dest_n) + 1
+    by_dst = np.lexsort((dst_order, dest_c[dst_row], dest_m[dst_row]))
+    merchants = pairs.merchant[np.unique(m_index, return_index=True)[1]]
+    return Moves(merchants[src_m[by_src]], pairs.country[src_row][by_src], src_order[by_src], dest_c[dst_row][by_dst], dst_order[by_dst])
+
+
+def _ranks(sizes: NDArray[np.int64]) -> NDArray[np.int64]:
+    """0..n-1 within each run of ``np.repeat(..., sizes)``."""
+    total = int(sizes.sum())
+    return np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
