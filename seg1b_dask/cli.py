@@ -75,6 +75,15 @@ def score_summary(scored: Scored) -> list[str]:
     lines.append(f"  nearest neighbour p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km")
     lines.append("  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
     lines.append(f"  collapse sentinel: {m['sentinel_flagged']} of the top-10 countries flagged")
+    lines.append(f"  sites within 20 km of a place of 100k+: {m['near_city_share']:.3f}   countries per merchant: median "
+                 f"{m['merchant_countries_median']:.0f}, p90 {m['merchant_countries_p90']:.0f}, above 11: {m['merchants_above_1a_max_share']:.2%}")
+    f = scored.card.get("fidelity", {})
+    if "relocated_share_minimum" in f:
+        lines.append(f"  price: relocated_share {f['relocated_share']:.4f} (minimum for the target {f['relocated_share_minimum']:.4f}; "
+                     f"uniform alternative {f['uniform_alternative_relocated_share']:.4f}); outside home {f['outside_home_share_1a']:.3f} -> "
+                     f"{f['outside_home_share_1b']:.3f}")
+    else:
+        lines.append(f"  price: relocated_share {f.get('relocated_share', 0.0):.4f} (country counts are 1A's)")
     if scored.card.get("baseline") is None:
         lines.append(f"  no baseline pinned for seed {scored.seed}: `seg1b baseline --seed {scored.seed}` pins one")
     report = scored.grade
@@ -172,9 +181,16 @@ def certify(seeds: str | None, policies: Path, root: Path, scheduler: str | None
     seed_list = list(pack.results)  # in certification order
     lines = [f"certification pack {pack.folder}", f"  seeds {', '.join(map(str, seed_list))}  wall {pack.wall_seconds:.1f} s", "",
              f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}"]
-    for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio", "nn_contraction"):
+    for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio",
+                "nn_contraction", "sentinel_flagged", "merchant_countries_median", "merchants_above_1a_max_share", "near_city_share"):
         vals = "".join(f"{_fmt(pack.scored[s].card['metrics'][key]):>11}" for s in seed_list)
         lines.append(f"  {key:<32}{vals}{_fmt(report.cv.get(key, float('nan'))):>9}")
+    for key in ("top1_share", "country_gini"):
+        vals = "".join(f"{_fmt(pack.scored[s].bootstrap.get(key, float('nan'))):>11}" for s in seed_list)
+        lines.append(f"  {'bootstrap_upper:' + key:<32}{vals}")
+    for key in ("relocated_share", "relocated_share_minimum", "uniform_alternative_relocated_share"):
+        vals = "".join(f"{_fmt(pack.scored[s].card['fidelity'].get(key, float('nan'))):>11}" for s in seed_list)
+        lines.append(f"  {key:<32}{vals}")
     lines += ["", f"  GRADE: {report.outcome}   next: {report.next_action}"]
     if report.outcome != "GREEN_BPLUS":
         level: Literal["B", "B_PLUS"] = "B" if report.outcome == "RED" else "B_PLUS"

@@ -137,13 +137,15 @@ def bootstrap_upper(matrix: NDArray[np.int64], replicates: int, seed: int, quant
     weights = g.multinomial(n, np.full(n, 1.0 / n), size=replicates).astype(np.float64)
     counts = weights @ matrix.astype(np.float64)
     estimate = concentration(matrix.sum(axis=0).astype(np.float64))
-    values: dict[str, list[float]] = {k: [] for k in CONCENTRATION}
+    values: dict[str, list[float]] = {k: [float("nan")] for k in CONCENTRATION}
     for row in counts:
+        if row.sum() == 0:
+            continue
         for k, v in concentration(row).items():
             values[k].append(v)
     out = {}
     for k in CONCENTRATION:
-        upper, centre = np.quantile(values[k], [quantile, 0.5])
+        upper, centre = np.nanquantile(values[k], [quantile, 0.5])  # a replicate with no sites is undefined
         out[k] = float(estimate[k] + (upper - centre) + abs(centre - estimate[k]))
     return out
 

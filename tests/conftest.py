@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.runner import BASELINE_POLICIES
 from seg1b_dask.upstream import write_bundle
 
-POLICIES = DEFAULT_POLICIES
+POLICIES = BASELINE_POLICIES
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 
 from seg1b_dask.lanes import certify
 from seg1b_dask.lineage import read_manifest
-from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.runner import BASELINE_POLICIES
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 SEEDS = [42, 7]
@@ -67,8 +67,8 @@ def dask_cluster() -> Iterator[tuple[str, list[subprocess.Popen]]]:
 def candidate(tmp_path: Path) -> Path:
     """A candidate bundle that differs from the baseline from S4 on (so S4-S9 compute)."""
     target = tmp_path / "policies" / "candidate"
-    shutil.copytree(DEFAULT_POLICIES, target)
-    shutil.copy(DEFAULT_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
+    shutil.copytree(BASELINE_POLICIES, target)
+    shutil.copy(BASELINE_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
     s4 = target / "s4_alloc_plan.yaml"
     s4.write_text(s4.read_text().replace("tie_break: tile_id", "tie_break: keyed").replace("max_tile_share: 1.0", "max_tile_share: 0.25"))
     return target

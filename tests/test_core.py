@@ -12,9 +12,10 @@ from seg1b_dask import metrics, rng
 from seg1b_dask.grid import Grid
 from seg1b_dask.refdata import EdgeTable
 from seg1b_dask.states.s1_tiles import rasterize_band, touched_cells
-from seg1b_dask.states.s4_alloc_plan import allocate_tiles
+from seg1b_dask.states.s4_alloc_plan.tiles import largest_remainder as allocate_tiles
 from seg1b_dask.states.s5_assignment import assign_sites
-from seg1b_dask.states.s6_jitter import jitter_uniform
+from seg1b_dask.policies import S6UniformV1
+from seg1b_dask.states.s6_jitter import place_sites
 
 
 def _edges(*geoms: shapely.Geometry) -> EdgeTable:
@@ -125,12 +126,13 @@ def test_jitter_stays_in_tile_and_country_and_is_distinct(country: shapely.Polyg
     shapely.prepare(country)
     tile = np.full(200, (90 - 41) * 360 + 190, dtype=np.int64)
     fields = (np.arange(200, dtype=np.uint64), np.full(200, 7, np.uint64), np.arange(200, dtype=np.uint64))
-    lon, lat, attempts = jitter_uniform(tile, fields, country, grid, rng.stream_key(1, "S6"), max_attempts)
+    policy = S6UniformV1(mode="uniform_v1", max_attempts=max_attempts)
+    lon, lat, attempts = place_sites(tile, fields, country, grid, rng.stream_key(1, "S6"), policy)
     assert shapely.contains_xy(country, lon, lat).all()
     assert ((lon >= 10) & (lon <= 11) & (lat >= 40) & (lat <= 41)).all()
     assert len(set(zip(lon.tolist(), lat.tolist(), strict=True))) == 200
     assert attempts.max() > 1
-    again = jitter_uniform(tile, fields, country, grid, rng.stream_key(1, "S6"), max_attempts)
+    again = place_sites(tile, fields, country, grid, rng.stream_key(1, "S6"), policy)
     np.testing.assert_array_equal(again[0], lon)
 
 

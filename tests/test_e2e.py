@@ -1,4 +1,4 @@
-"""End-to-end runs on the real vendored data: the baseline posture and determinism."""
+"""End-to-end runs on the real vendored data: the baseline posture, the remediation, determinism."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from seg1b_dask.execution import Execution
 from seg1b_dask.hashing import verify_bundle
 from seg1b_dask.lineage import read_manifest
 from seg1b_dask.registry import first_dirty_state, rerun_matrix
-from seg1b_dask.runner import RunResult, run_seed
+from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
 from seg1b_dask.tables import read_table
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +25,52 @@ def _digests(result: RunResult) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    return run_seed(root=tmp_path_factory.mktemp("ref"), seed=42, execution=Execution(scheduler="threads"))
+    return run_seed(root=tmp_path_factory.mktemp("ref"), seed=42, policies=BASELINE_POLICIES, execution=Execution(scheduler="threads"))
+
+
+BASELINE_NN_RATIO = 16.0  # a fixed stand-in for the pinned baseline, so S9 can grade contraction
+
+
+@pytest.fixture(scope="module")
+def remediation(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return run_seed(root=tmp_path_factory.mktemp("rem"), seed=42, policies=DEFAULT_POLICIES, execution=Execution(scheduler="threads"),
+                    baseline_nn_ratio=BASELINE_NN_RATIO)
+
+
+def _rows_digest(result: RunResult) -> str:
+    import hashlib
+
+    sites = read_table(result.outputs["site_locations"])
+    digest = hashlib.sha256()
+    for column in ("merchant_id", "site_order", "lon_deg", "lat_deg"):
+        digest.update(np.ascontiguousarray(sites.column(column).to_numpy()).tobytes())
+    digest.update("|".join(sites.column("legal_country_iso").to_pylist()).encode())
+    return digest.hexdigest()
+
+
+def test_baseline_rows_are_unchanged(reference: RunResult) -> None:
+    """Every key of baseline seed 42 keeps exactly its lon_deg and lat_deg."""
+    assert _rows_digest(reference) == "71a4e4b495dc5e0ec41b7ace96babd7865ed64fecfb7285a7666188ceb4e6396"
+
+
+def test_remediation_seals_b_plus_and_reports_its_price(remediation: RunResult) -> None:
+    v = remediation.validation
+    assert v["passed"] and v["sealed"] and v["target_grade"] == "B_PLUS" and v["failed_gates"] == []
+    realism = json.loads((remediation.outputs["validation_bundle"] / "realism.json").read_text())
+    assert {r["gate"] for r in realism["gates"]} >= {"country_gini", "top1_share", "bootstrap_upper:top1_share", "region_floor:Africa"}
+    assert all(r["margin"] >= 0 for r in realism["gates"])
+    m = v["metrics"]
+    assert m["active_countries"] == m["eligible_countries"] and m["sentinel_flagged"] == 0
+    assert m["merchant_countries_median"] <= 5 and m["near_city_share"] >= 0.75
+    s4 = next(s.stats for s in remediation.states if s.id == "S4")
+    assert s4["relocated_share"] == s4["relocated_share_minimum"] < s4["uniform_alternative_relocated_share"]
+    # The lineage maps every 1A stub once onto a distinct 1B key.
+    lineage = read_table(remediation.outputs["site_lineage"])
+    assert lineage.num_rows == 31257
+    keys = set(zip(*(lineage.column(c).to_pylist() for c in ("merchant_id", "legal_country_iso", "site_order")), strict=True))
+    assert len(keys) == 31257
+    moved = sum(a != b for a, b in zip(lineage.column("source_country_iso").to_pylist(), lineage.column("legal_country_iso").to_pylist(), strict=True))
+    assert moved / 31257 == pytest.approx(s4["relocated_share"], abs=1e-6)
 
 
 def test_standin_matches_facts_for_seed_42() -> None:
@@ -88,8 +133,9 @@ def test_baseline_keeps_the_legacy_stripes(reference: RunResult) -> None:
     ],
     ids=["threads-small-chunks", "sync-big-chunks", "processes-2", "distributed-1", "distributed-2"],
 )
-def test_outputs_are_byte_identical_across_schedulers_and_chunks(reference: RunResult, execution: Execution, tmp_path: Path) -> None:
-    other = run_seed(root=tmp_path, seed=42, execution=execution)
+def test_outputs_are_byte_identical_across_schedulers_and_chunks(remediation: RunResult, execution: Execution, tmp_path: Path) -> None:
+    reference = remediation
+    other = run_seed(root=tmp_path, seed=42, execution=execution, baseline_nn_ratio=BASELINE_NN_RATIO)
     assert other.tokens == reference.tokens
     assert not any(s.reused for s in other.states)
     assert _digests(other) == _digests(reference)
@@ -100,17 +146,15 @@ def test_outputs_are_byte_identical_across_schedulers_and_chunks(reference: RunR
 def test_cache_reuse_and_rerun_matrix(reference: RunResult, tmp_path: Path) -> None:
     import shutil
 
-    from seg1b_dask.runner import DEFAULT_POLICIES
-
     assert first_dirty_state({"s6_jitter"}) == "S6" and first_dirty_state({"gates"}) == "S9"
     assert rerun_matrix()["s2_tile_weights"] == ["S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"]
     root = reference.run_dir.parent.parent
-    again = run_seed(root=root, seed=42)
+    again = run_seed(root=root, seed=42, policies=BASELINE_POLICIES)
     assert all(s.reused for s in again.states[1:]) and _digests(again) == _digests(reference)
 
     policies = tmp_path / "policies" / "changed"
-    shutil.copytree(DEFAULT_POLICIES, policies)
-    shutil.copy(DEFAULT_POLICIES.parent / "gates.yaml", policies.parent / "gates.yaml")
+    shutil.copytree(BASELINE_POLICIES, policies)
+    shutil.copy(BASELINE_POLICIES.parent / "gates.yaml", policies.parent / "gates.yaml")
     (policies / "s6_jitter.yaml").write_text((policies / "s6_jitter.yaml").read_text().replace("max_attempts: 64", "max_attempts: 32"))
     changed = run_seed(root=root, seed=42, policies=policies)
     assert [s.id for s in changed.states if s.reused] == ["S1", "S2", "S3", "S4", "S5"]

@@ -16,7 +16,7 @@ from seg1b_dask.execution import Execution
 from seg1b_dask.hashing import FLAG_NAME
 from seg1b_dask.lanes import certify, fast_lane, pin_baseline_run, score_run
 from seg1b_dask.policies import load_bundle
-from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.runner import BASELINE_POLICIES
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +30,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _candidate(tmp_path: Path, edits: dict[str, tuple[str, str]]) -> Path:
     target = tmp_path / "policies" / "candidate"
-    shutil.copytree(DEFAULT_POLICIES, target)
-    shutil.copy(DEFAULT_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
+    shutil.copytree(BASELINE_POLICIES, target)
+    shutil.copy(BASELINE_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
     for name, (old, new) in edits.items():
         path = target / name if name != "gates.yaml" else target.parent / name
         assert old in path.read_text()
@@ -97,14 +97,16 @@ def test_the_readme_main_command_with_its_default_relative_root(tmp_path: Path, 
     result = CliRunner().invoke(main, ["run", "--quiet"])
     assert result.exit_code == 0, result.output
     root = tmp_path / "runs" / "fix-data-engine" / "segment_1B"
-    assert (root / "baseline_authority" / "seed=42.json").is_file()  # the first baseline run pins itself
-    assert "country_gini 0.7528" in result.output and "nn_contraction                      0.0000" in result.output
-    assert len(list((root / "runs").glob("*/run.json"))) == 1
+    assert (root / "baseline_authority" / "seed=42.json").is_file()  # the seed's baseline is run and pinned first
+    assert len(list((root / "runs").glob("*/run.json"))) == 2
+    # The default is the remediation bundle: sealed at B+, graded against the pinned baseline.
+    assert "every per-seed B+ gate passes" in result.output and "single-seed grade: GREEN_BPLUS" in result.output
+    assert "relocated_share" in result.output
 
 
 def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, tmp_path: Path) -> None:
     run_dir = sorted((root / "runs").iterdir())[0]
-    gates_file = DEFAULT_POLICIES.parent / "gates.yaml"
+    gates_file = BASELINE_POLICIES.parent / "gates.yaml"
     live = gates_file.read_text()
     try:
         gates_file.write_text(live.replace("country_gini_max: {B: 0.68", "country_gini_max: {B: 0.99"))
@@ -116,8 +118,8 @@ def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, tmp_path: Pat
 
 
 def test_baseline_certifies_red_with_exactly_its_failing_gates(root: Path) -> None:
-    pack = certify(root, None, DEFAULT_POLICIES, workers=2)  # default: the gates' required seeds
-    gates = load_bundle(DEFAULT_POLICIES, "v").gates
+    pack = certify(root, None, BASELINE_POLICIES, workers=2)  # default: the gates' required seeds
+    gates = load_bundle(BASELINE_POLICIES, "v").gates
     assert list(pack.results) == [42, 7, 101, 202] == list(gates.required_seeds)
     assert pack.report.outcome == "RED"
     expected = set()
@@ -137,9 +139,9 @@ def test_baseline_certifies_red_with_exactly_its_failing_gates(root: Path) -> No
     assert (round(m42["country_gini"], 4), round(m42["top1_share"], 4), round(m42["top5_share"], 4), round(m42["top10_share"], 4), m42["active_countries"]) == (0.7528, 0.1366, 0.3933, 0.5974, 77)
     assert (pack.folder / "dask-report.html").stat().st_size > 10_000
     cv_rows = (pack.folder / "cv.csv").read_text().splitlines()
-    assert cv_rows[0] == "metric,seed_42,seed_7,seed_101,seed_202,mean,cv" and len(cv_rows) == 8
+    assert cv_rows[0] == "metric,seed_42,seed_7,seed_101,seed_202,mean,cv" and len(cv_rows) == len(grading.METRIC_GATES) + 1
 
     with pytest.raises(Seg1BError) as err:
-        certify(root, [42, 7, 101, 202], DEFAULT_POLICIES, workers=2, promote=True)
+        certify(root, [42, 7, 101, 202], BASELINE_POLICIES, workers=2, promote=True)
     assert err.value.code == "E_PROMOTION_REFUSED"
     assert not (root / "last_good" / "pointer.json").exists()

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seg1b_dask import discipline, grading, metrics
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.policies import load_bundle
-from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.runner import BASELINE_POLICIES
 from seg1b_dask.scoring import sentinel
 
 
@@ -64,9 +66,10 @@ def test_duplicate_sites_give_zero_and_p50_zero_fails() -> None:
     figures = metrics.nn_metrics(nn)
     assert np.isnan(figures["nn_ratio"])
     card = {"metrics": {"country_gini": 0.5, "top10_share": 0.3, "top5_share": 0.2, "top1_share": 0.05, "eligible_country_nonzero_share": 0.95,
-                        "southern_hemisphere_share": 0.3, "nn_contraction": float("nan")},
+                        "southern_hemisphere_share": 0.3, "nn_contraction": float("nan"), "sentinel_flagged": 0, "merchant_countries_median": 2.0,
+                        "merchants_above_1a_max_share": 0.0, "near_city_share": 0.8},
             "region_share": {r: 0.2 for r in ("Africa", "Asia", "Europe", "North America", "South America", "Oceania")}}
-    gates = load_bundle(DEFAULT_POLICIES, "v").gates
+    gates = load_bundle(BASELINE_POLICIES, "v").gates
     report = grading.grade({1: card}, gates, {1: True}, required_seeds=(1,))
     assert report.outcome == "RED"
     assert [f.gate for f in report.failures["B"]] == ["nn_contraction"]
@@ -84,13 +87,14 @@ def test_sentinel_flags_stripes_and_handles_the_antimeridian() -> None:
 
 def _card(**over: float) -> dict:
     m = {"country_gini": 0.55, "top10_share": 0.40, "top5_share": 0.25, "top1_share": 0.07, "eligible_country_nonzero_share": 0.95,
-         "southern_hemisphere_share": 0.20, "nn_contraction": 0.40}
+         "southern_hemisphere_share": 0.20, "nn_contraction": 0.40, "sentinel_flagged": 0, "merchant_countries_median": 2.0,
+         "merchants_above_1a_max_share": 0.0, "near_city_share": 0.8}
     m.update(over)
     return {"metrics": m, "region_share": {"Africa": 0.1, "Asia": 0.3, "Europe": 0.25, "North America": 0.15, "South America": 0.1, "Oceania": 0.1}}
 
 
 def test_grading_outcomes_and_failure_rows() -> None:
-    gates = load_bundle(DEFAULT_POLICIES, "v").gates
+    gates = load_bundle(BASELINE_POLICIES, "v").gates
     ok = {s: True for s in gates.required_seeds}
     low = {s: {k: 0.0 for k in grading.CONCENTRATION} for s in gates.required_seeds}
     green = grading.grade({s: _card() for s in gates.required_seeds}, gates, ok, low)
@@ -118,19 +122,50 @@ def test_cross_seed_cv_is_population_std_over_mean() -> None:
     assert grading.population_cv([0.0, 0.0]) == 0.0
     assert grading.population_cv([-1.0, 1.0]) == float("inf")
     assert np.isnan(grading.population_cv([1.0, float("nan")]))
-    gates = load_bundle(DEFAULT_POLICIES, "v").gates
+    gates = load_bundle(BASELINE_POLICIES, "v").gates
     cards = {42: _card(top1_share=0.02), 7: _card(top1_share=0.07), 101: _card(top1_share=0.07), 202: _card(top1_share=0.07)}
     report = grading.grade(cards, gates, {s: True for s in cards})
     assert report.cv["top1_share"] > 0.3
     assert ("cv:top1_share", None) in [(f.gate, f.seed) for f in report.failures["B"]]
 
 
-def test_bootstrap_upper_bound_resamples_merchants() -> None:
+def test_bootstrap_upper_bound_equals_a_direct_computation() -> None:
     matrix = np.array([[10, 0, 0], [0, 10, 0], [0, 0, 10], [5, 5, 0]])
     upper = grading.bootstrap_upper(matrix, 500, 3)
+    g = np.random.Generator(np.random.Philox(key=3))
+    weights = g.multinomial(4, np.full(4, 0.25), size=500)
+    replicates = [metrics.country_gini(w @ matrix) for w in weights]
     point = metrics.country_gini(matrix.sum(axis=0))
-    assert upper["country_gini"] >= point
-    assert 0 <= upper["top1_share"] <= 1
+    q95, q50 = np.quantile(replicates, [0.95, 0.5])
+    assert upper["country_gini"] == pytest.approx(point + (q95 - q50) + abs(q50 - point), rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 40), st.integers(2, 12), st.integers(0, 2**32 - 1))
+def test_bootstrap_bound_is_never_below_the_estimate(merchants: int, countries: int, seed: int) -> None:
+    """Resampling merchants drops rare countries (Gini biased down): a plain percentile bound
+    fell below the estimate on every baseline seed. This one never does."""
+    g = np.random.default_rng(seed)
+    matrix = g.integers(0, 5, size=(merchants, countries)) * (g.random((merchants, countries)) < 0.3)
+    matrix[:, 0] += 1  # every merchant has outlets
+    upper = grading.bootstrap_upper(matrix, 100, seed)
+    counts = matrix.sum(axis=0)
+    assert upper["country_gini"] >= metrics.country_gini(counts) - 1e-12
+    for name, f in (("top1_share", 0.01), ("top5_share", 0.05), ("top10_share", 0.10)):
+        assert upper[name] >= metrics.top_share(counts, f)[0] - 1e-12
+
+
+def test_sentinel_quantum_scales_with_the_cell() -> None:
+    """A stripe one 5′ row tall is flagged on the 5′ grid (3 dp) though it has many unique
+    values at 4 dp; a spread cloud of the same size is not."""
+    g = np.random.default_rng(4)
+    cell = 300 / 3600
+    stripe_lat = 47.3 + g.uniform(0, cell, 2000)
+    stripe = sentinel(g.uniform(6.0, 9.0, 2000), stripe_lat, cell)
+    assert stripe["flagged"] and stripe["unique_lat_share"] < 0.15
+    assert len(np.unique(np.round(stripe_lat, 4))) / 2000 > 0.15  # the 30″ quantum would miss it
+    spread = sentinel(g.uniform(6.0, 14.0, 2000), g.uniform(47.3, 54.0, 2000), cell)
+    assert not spread["flagged"]
 
 
 def _fake_run(root: Path, run_id: str, seed: int, digest: str = "d2") -> Path:
