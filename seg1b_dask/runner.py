@@ -110,7 +110,8 @@ class Chain:
         self.upstream = upstream
         self.execution = execution
         self.grid = Grid(bundle.grid.resolution_arcsec)
-        self.baseline_nn_ratio = baseline_nn_ratio
+        # Only a bundle that targets a grade grades contraction against the pinned baseline.
+        self.baseline_nn_ratio = baseline_nn_ratio if bundle.s9_validation.target_grade != "none" else None
         self.published: dict[str, Path] = {}
 
     def _final(self, dataset: str, tokens: Tokens) -> Path:
@@ -217,7 +218,7 @@ def run_seed(
         "package": {"version": __version__, "code_digest": code_digest()},
         "upstream": str(upstream_dir),
         "execution": execution.as_dict(),
-        "baseline_nn_ratio": baseline_nn_ratio,
+        "baseline_nn_ratio": chain.baseline_nn_ratio,
         "states": [{"id": r.id, "name": r.name, "seconds": round(r.seconds, 3), "reused": r.reused, "stats": r.stats} for r in records],
         "outputs": {k: str(v.relative_to(root)) for k, v in result.outputs.items()},
         "wall_seconds": round(result.wall_seconds, 3),

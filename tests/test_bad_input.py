@@ -107,7 +107,7 @@ def test_bundle_for_another_seed(tmp_path: Path, bundle42: Path) -> None:
     [
         ("s4_alloc_plan.yaml", lambda s: s + "surprise: 1\n", "E_POLICY_UNKNOWN_KEY", "surprise"),
         ("s4_alloc_plan.yaml", lambda s: s.replace("max_tile_share: 1.0", "max_tile_shares: 1.0"), "E_POLICY_UNKNOWN_KEY", "tile_allocation.max_tile_shares"),
-        ("s6_jitter.yaml", lambda s: s.replace("max_attempts: 64", 'max_attempts: "64"'), "E_POLICY_INVALID", "max_attempts"),
+        ("s6_jitter.yaml", lambda s: s.replace("max_attempts: 64", 'max_attempts: "64"'), "E_POLICY_INVALID", "jitter.uniform_v1.max_attempts"),
         ("grid.yaml", lambda s: s.replace("resolution_arcsec: 300", "resolution_arcsec: 7"), "E_POLICY_INVALID", "resolution_arcsec"),
     ],
 )
