@@ -75,7 +75,7 @@ def score_summary(scored: Scored) -> list[str]:
     lines.append(f"  nearest neighbour p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km")
     lines.append("  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
     lines.append(f"  collapse sentinel: {m['sentinel_flagged']} of the top-10 countries flagged")
-    lines.append(f"  sites within 20 km of a place of 100k+: {m['near_city_share']:.3f}   countries per merchant: median "
+    lines.append(f"  near_city_share {m['near_city_share']:.3f}   countries per merchant: median "
                  f"{m['merchant_countries_median']:.0f}, p90 {m['merchant_countries_p90']:.0f}, above 11: {m['merchants_above_1a_max_share']:.2%}")
     f = scored.card.get("fidelity", {})
     if "relocated_share_minimum" in f:

@@ -115,13 +115,6 @@ def population_cv(values: list[float]) -> float:
     return float("inf") if arr.mean() == 0 else std / abs(float(arr.mean()))
 
 
-def concentration(counts: NDArray[np.float64]) -> dict[str, float]:
-    out = {"country_gini": metrics.country_gini(counts)}
-    for name, f in (("top1_share", 0.01), ("top5_share", 0.05), ("top10_share", 0.10)):
-        out[name] = metrics.top_share(counts, f)[0]
-    return out
-
-
 def bootstrap_upper(matrix: NDArray[np.int64], replicates: int, seed: int, quantile: float = 0.95) -> dict[str, float]:
     """One-sided upper bound of each concentration metric, resampling merchants (the unit 1A
     draws) with replacement: country counts = multinomial merchant weights @ matrix.
@@ -136,12 +129,12 @@ def bootstrap_upper(matrix: NDArray[np.int64], replicates: int, seed: int, quant
     n = matrix.shape[0]
     weights = g.multinomial(n, np.full(n, 1.0 / n), size=replicates).astype(np.float64)
     counts = weights @ matrix.astype(np.float64)
-    estimate = concentration(matrix.sum(axis=0).astype(np.float64))
+    estimate = metrics.concentration(matrix.sum(axis=0).astype(np.float64))
     values: dict[str, list[float]] = {k: [float("nan")] for k in CONCENTRATION}
     for row in counts:
         if row.sum() == 0:
             continue
-        for k, v in concentration(row).items():
+        for k, v in metrics.concentration(row).items():
             values[k].append(v)
     out = {}
     for k in CONCENTRATION:
@@ -166,23 +159,12 @@ def grade(
     failures: dict[str, list[Failure]] = {lvl: [] for lvl in LEVELS}
     for level in LEVELS:
         for seed in seeds:
-            m = cards[seed]["metrics"]
             if not structural_ok.get(seed, False):
                 failures[level].append(Failure("structural", level, seed, 1.0, 0.0, hint["structural"]))
-            for metric, field_name, direction in METRIC_GATES:
-                threshold = getattr(getattr(gates, field_name), level)
-                if not _passes(m[metric], threshold, direction):
-                    failures[level].append(Failure(metric, level, seed, threshold, m[metric], hint[_family(metric)]))
-            for region, floor in gates.region_floor_share.items():
-                share = cards[seed]["region_share"].get(region, 0.0)
-                if share < floor:
-                    failures[level].append(Failure(f"region_floor:{region}", level, seed, floor, share, hint["region_floor"]))
-            if level == "B_PLUS" and bootstrap is not None:
-                for metric in CONCENTRATION:
-                    threshold = getattr(gates, GATE_FIELD[metric]).B_PLUS
-                    upper = bootstrap[seed][metric]
-                    if not upper <= threshold:
-                        failures[level].append(Failure(f"bootstrap_upper:{metric}", level, seed, threshold, upper, hint["bootstrap"]))
+            bounds = bootstrap[seed] if bootstrap is not None else None
+            for row in gate_table(cards[seed], gates, level, bounds):
+                if not row["passed"]:
+                    failures[level].append(Failure(row["gate"], level, seed, row["threshold"], row["observed"], hint[_failure_family(row["gate"])]))
         for seed in missing:
             failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, hint["missing"]))
     cv: dict[str, float] = {}

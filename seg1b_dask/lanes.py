@@ -3,7 +3,6 @@ lane on a Dask cluster, plus scoring a finished run against the policies sealed 
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
@@ -50,52 +49,37 @@ FIDELITY_KEYS = ("relocated_share", "relocated_share_minimum", "uniform_alternat
 def _fidelity(meta: dict[str, Any]) -> dict[str, Any]:
     """The price of realism, as S4 measured it: relocation and merchant footprints."""
     s4 = next(s["stats"] for s in meta["states"] if s["id"] == "S4")
-    return {k: v for k, v in s4.items() if k in FIDELITY_KEYS or k.startswith(("countries_per_merchant", "merchants_above", "outside_home"))}
-
-
-def _unsealed_card(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """S9 refused to seal (a target-grade gate failed): its own record, never the egress."""
-    folder = safe_join(root, meta["outputs"]["validation_bundle"])
-    card = json.loads((folder / "scorecard.json").read_text())
-    with open(folder / "country_shares.csv") as fh:
-        card["country_shares"] = [(r["legal_country_iso"], int(r["sites"]), float(r["share"])) for r in csv.DictReader(fh)]
-    return card
+    return {k: v for k, v in s4.items() if k in FIDELITY_KEYS or k.endswith(("_1a", "_1b"))}
 
 
 def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
-    """Score one run from every part of its egress; write ``scorecard/`` into the run.
-    With ``pin_as_baseline`` the run becomes its seed's baseline authority in the same pass
-    (its contraction against itself is 0). A run whose S9 refused to seal is reported from
-    S9's own record and grades RED on the gates it failed."""
+    """Score one run and write ``scorecard/`` into it. The metrics are those S9 computed over
+    every part of the egress and sealed with the 1B flag: the flag and the egress digest are
+    verified first, and the rows are read again only for the site map and (when S9 did not
+    need it) the bootstrap. A run whose S9 refused to seal is reported from S9's own record,
+    never from its egress, and grades RED on the gates it failed. With ``pin_as_baseline``
+    the run becomes its seed's baseline authority in the same pass (contraction 0)."""
     root = Path(root).resolve()
     meta = discipline.load_run(run)
     bundle = sealed_bundle(meta)
     gates = bundle.gates
-    tiles = read_table(root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"]).to_pydict()
-    region_of = dict(zip(tiles["iso2"], tiles["region"], strict=True))
-    baseline = discipline.baseline_pointer(root, meta["seed"])
-    baseline_ratio = baseline["nn_ratio"] if baseline else None
     s9 = next(s["stats"] for s in meta["states"] if s["id"] == "S9")
-    sealed = s9.get("sealed", True)
+    sealed = bool(s9.get("sealed", True))
     sites = None
     if sealed:
         egress, _ = scoring.verified_egress(meta, root)
         sites = scoring.load_sites(egress)
-        cell_deg = bundle.grid.resolution_arcsec / 3600.0
-        card = scoring.compute_scorecard(sites, region_of, int(np.sum(tiles["eligible"])), baseline_ratio, gates, cell_deg, source=str(egress))
-    else:
-        card = _unsealed_card(root, meta)
-        scoring.set_baseline(card["metrics"], baseline_ratio)
+    card = scoring.read_scorecard(safe_join(root, meta["outputs"]["validation_bundle"]))
+    baseline = discipline.baseline_pointer(root, meta["seed"])
     if pin_as_baseline:
         baseline = discipline.pin_baseline(root, run, card["metrics"]["nn_ratio"])
-        scoring.set_baseline(card["metrics"], baseline["nn_ratio"])
+    scoring.set_baseline(card["metrics"], baseline["nn_ratio"] if baseline else None)
     upper: dict[str, float] = card.get("bootstrap_upper_95", {})
-    if sites is not None:
+    if not upper and sites is not None:
         matrix, _ = scoring.merchant_country_matrix(sites)
         upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
-    hints = grading.triage_hints(bundle)
-    report = grading.grade({meta["seed"]: card}, gates, {meta["seed"]: True}, {meta["seed"]: upper} if upper else None, required_seeds=(meta["seed"],),
-                           hints=hints)
+    report = grading.grade({meta["seed"]: card}, gates, {meta["seed"]: True}, {meta["seed"]: upper} if upper else None,
+                           required_seeds=(meta["seed"],), hints=grading.triage_hints(bundle))
     delta: dict[str, float] = {}
     if baseline and baseline["run_id"] != meta["run_id"]:
         base_card = root / "runs" / baseline["run_id"] / "scorecard" / "scorecard.json"
@@ -111,6 +95,8 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     card["target_grade"] = bundle.s9_validation.target_grade
     scoring.write_scorecard(card, run / "scorecard")
     if sites is not None:
+        tiles = read_table(root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region"]).to_pydict()
+        region_of = dict(zip(tiles["iso2"], tiles["region"], strict=True))
         region = np.asarray([region_of[c] for c in sites.iso2], dtype="U16")
         m = card["metrics"]
         title = f"seed {meta['seed']} · {m['sites']:,} sites · {m['active_countries']} countries · gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
@@ -123,8 +109,7 @@ def _baseline_ratio(root: Path, seed: int, bundle: PolicyBundle, upstream: Path 
     """The seed's pinned baseline NN ratio, pinning the baseline first when a bundle that
     targets a grade needs it (S9 grades nn_contraction against it)."""
     if bundle.s9_validation.target_grade == "none":
-        pin = discipline.baseline_pointer(root, seed)
-        return pin["nn_ratio"] if pin else None
+        return None
     return float(pin_baseline_run(root, seed, execution, on_state, upstream)["nn_ratio"])
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 EARTH_RADIUS_KM = 6371.0088
+MAX_1A_COUNTRIES = 11  # 1A's largest merchant footprint (FACTS §3): the realism bound on 1B's
+TOPK_FRACTIONS = {"top1": 0.01, "top5": 0.05, "top10": 0.10}
 
 
-def country_gini(counts: NDArray[np.int64]) -> float:
+def country_gini(counts: NDArray[Any]) -> float:
     """G = Σ(2i−n−1)x_i / (n Σx) over countries with ≥ 1 site, ascending."""
     x = np.sort(np.asarray(counts, dtype=np.float64)[np.asarray(counts) > 0])
     n = len(x)
@@ -20,7 +23,7 @@ def country_gini(counts: NDArray[np.int64]) -> float:
     return float(((2 * i - n - 1) * x).sum() / (n * x.sum()))
 
 
-def top_share(counts: NDArray[np.int64], fraction: float) -> tuple[float, int]:
+def top_share(counts: NDArray[Any], fraction: float) -> tuple[float, int]:
     """Share of the top k = max(1, ceil(f · n_active)) countries, and k."""
     x = np.sort(np.asarray(counts)[np.asarray(counts) > 0])[::-1]
     k = max(1, math.ceil(round(fraction * len(x), 9)))
@@ -41,16 +44,34 @@ def nearest_neighbour_km(lon_deg: NDArray[np.float64], lat_deg: NDArray[np.float
     return 2.0 * np.arcsin(np.clip(chord[:, 1] / 2.0, 0.0, 1.0)) * EARTH_RADIUS_KM
 
 
+def concentration(counts: NDArray[Any]) -> dict[str, float]:
+    """Gini and top-k shares of a count (or share) vector."""
+    out = {"country_gini": country_gini(counts)}
+    for name, f in TOPK_FRACTIONS.items():
+        out[f"{name}_share"] = top_share(counts, f)[0]
+    return out
+
+
 def country_metrics(counts_by_country: dict[str, int], eligible_count: int) -> dict[str, float]:
     counts = np.asarray(list(counts_by_country.values()), dtype=np.int64)
     active = int((counts > 0).sum())
-    out: dict[str, float] = {"country_gini": country_gini(counts), "active_countries": active, "eligible_countries": eligible_count}
-    for name, f in (("top1", 0.01), ("top5", 0.05), ("top10", 0.10)):
-        share, k = top_share(counts, f)
-        out[f"{name}_share"] = share
-        out[f"{name}_k"] = k
+    out: dict[str, float] = {**concentration(counts), "active_countries": active, "eligible_countries": eligible_count}
+    for name, f in TOPK_FRACTIONS.items():
+        out[f"{name}_k"] = top_share(counts, f)[1]
     out["eligible_country_nonzero_share"] = active / eligible_count
     return out
+
+
+def merchant_footprint(merchant: NDArray[Any], country: NDArray[Any]) -> dict[str, float]:
+    """Countries per merchant over distinct (merchant, country) pairs."""
+    pairs = np.unique(np.column_stack([merchant.astype(np.int64), country.astype(np.int64)]), axis=0)
+    _, per_merchant = np.unique(pairs[:, 0], return_counts=True)
+    return {
+        "merchant_countries_median": float(np.median(per_merchant)),
+        "merchant_countries_p90": float(np.quantile(per_merchant, 0.9)),
+        "merchant_countries_max": int(per_merchant.max()),
+        "merchants_above_1a_max_share": float((per_merchant > MAX_1A_COUNTRIES).mean()),
+    }
 
 
 def nn_metrics(nn_km: NDArray[np.float64]) -> dict[str, float]:

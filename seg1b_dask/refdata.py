@@ -106,6 +106,35 @@ def country_edges() -> EdgeTable:
     )
 
 
+@dataclass(frozen=True)
+class PlaceTable:
+    """Vendored GeoNames places of countries with a polygon, in file order."""
+
+    country_id: NDArray[np.int16]
+    lon: NDArray[np.float64]
+    lat: NDArray[np.float64]
+    population: NDArray[np.int64]
+
+    def at_least(self, min_population: int) -> PlaceTable:
+        keep = self.population >= min_population
+        return PlaceTable(self.country_id[keep], self.lon[keep], self.lat[keep], self.population[keep])
+
+
+@cache
+def places() -> PlaceTable:
+    table = pq.read_table(REFDATA_DIR / "places.parquet", columns=["iso2", "lon_deg", "lat_deg", "population"]).to_pydict()
+    codes = countries().iso2
+    iso = np.asarray(table["iso2"], dtype="U2")
+    pos = np.minimum(np.searchsorted(codes, iso), len(codes) - 1)
+    known = codes[pos] == iso
+    return PlaceTable(
+        (pos[known] + 1).astype(np.int16),
+        np.asarray(table["lon_deg"], dtype=np.float64)[known],
+        np.asarray(table["lat_deg"], dtype=np.float64)[known],
+        np.asarray(table["population"], dtype=np.int64)[known],
+    )
+
+
 @cache
 def country_centres() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """(lon, lat) of each country (in ``countries()`` order): the population-weighted centre
@@ -113,18 +142,13 @@ def country_centres() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     from .metrics import unit_vectors
 
     table = countries()
-    places = pq.read_table(REFDATA_DIR / "places.parquet", columns=["iso2", "lon_deg", "lat_deg", "population"]).to_pydict()
-    iso = np.asarray(places["iso2"], dtype="U2")
-    pos = np.minimum(np.searchsorted(table.iso2, iso), len(table.iso2) - 1)
-    known = table.iso2[pos] == iso
-    xyz = unit_vectors(np.asarray(places["lon_deg"])[known], np.asarray(places["lat_deg"])[known])
-    weight = np.asarray(places["population"], dtype=np.float64)[known]
-    summed = np.zeros((len(table.iso2), 3))
-    for axis in range(3):
-        summed[:, axis] = np.bincount(pos[known], weights=xyz[:, axis] * weight, minlength=len(table.iso2))
+    p = places()
+    xyz = unit_vectors(p.lon, p.lat) * p.population[:, None]
+    summed = np.column_stack([np.bincount(p.country_id - 1, weights=xyz[:, axis], minlength=len(table.iso2)) for axis in range(3)])
     points = shapely.get_coordinates(shapely.point_on_surface(table.geometry))
     norm = np.linalg.norm(summed, axis=1)
     has = norm > 0
+    safe = np.where(has, norm, 1.0)
     lon = np.where(has, np.degrees(np.arctan2(summed[:, 1], summed[:, 0])), points[:, 0])
-    lat = np.where(has, np.degrees(np.arcsin(np.clip(summed[:, 2] / np.where(has, norm, 1.0), -1.0, 1.0))), points[:, 1])
+    lat = np.where(has, np.degrees(np.arcsin(np.clip(summed[:, 2] / safe, -1.0, 1.0))), points[:, 1])
     return lon, lat

@@ -14,14 +14,13 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from . import metrics
+from . import metrics, refdata, rng
 from .errors import E_BUNDLE_FLAG_MISMATCH, E_TOKEN_MISMATCH, Seg1BError
 from .hashing import tree_digest, verify_bundle
 from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json
 from .nearest import nearest_neighbour_km_chunked
 from .policies import GatesPolicy
 from .refdata import REGIONS
-from .states.s4_alloc_plan.remass import MAX_1A_COUNTRIES
 from .tables import read_table
 
 SENTINEL_MIN_SITES = 50
@@ -73,38 +72,17 @@ def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64], cell_deg: float
     return {"anisotropy": anisotropy, "unique_lat_share": unique_lat, "unique_lon_share": unique_lon, "flagged": bool(flagged)}
 
 
-def merchant_footprint(sites: SiteFrame) -> dict[str, float]:
-    """Countries per merchant, from the egress alone."""
-    pairs = np.unique(np.rec.fromarrays([sites.merchant_id, sites.iso2]))
-    _, per_merchant = np.unique(pairs["f0"], return_counts=True)
-    return {
-        "merchant_countries_median": float(np.median(per_merchant)),
-        "merchant_countries_p90": float(np.quantile(per_merchant, 0.9)),
-        "merchant_countries_max": int(per_merchant.max()),
-        "merchants_above_1a_max_share": float((per_merchant > MAX_1A_COUNTRIES).mean()),
-    }
-
-
 def near_city_share(sites: SiteFrame, km: float, min_population: int) -> float:
     """Share of sites within ``km`` (great circle) of a vendored place of at least
     ``min_population`` people."""
     from sklearn.neighbors import BallTree
 
-    places = read_places(min_population)
-    if len(places[0]) == 0 or len(sites.lon) == 0:
+    places = refdata.places().at_least(min_population)
+    if len(places.lon) == 0 or len(sites.lon) == 0:
         return 0.0
-    chord, _ = BallTree(metrics.unit_vectors(*places)).query(metrics.unit_vectors(sites.lon, sites.lat), k=1)
+    chord, _ = BallTree(metrics.unit_vectors(places.lon, places.lat)).query(metrics.unit_vectors(sites.lon, sites.lat), k=1)
     arc_km = 2.0 * np.arcsin(np.clip(chord[:, 0] / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
     return float((arc_km <= km).mean())
-
-
-def read_places(min_population: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    import pyarrow.parquet as pq
-
-    from .refdata import REFDATA_DIR
-
-    t = pq.read_table(REFDATA_DIR / "places.parquet", columns=["lon_deg", "lat_deg", "population"], filters=[("population", ">=", min_population)])
-    return t.column("lon_deg").to_numpy(), t.column("lat_deg").to_numpy()
 
 
 def country_figures(sites: SiteFrame, region_of: dict[str, str], eligible_count: int) -> tuple[dict[str, Any], dict[str, float], list[tuple[str, int, float]]]:
@@ -127,7 +105,7 @@ def compute_scorecard(
 ) -> dict[str, Any]:
     """Every metric of DESIGN §6 for one seed, plus merchant footprint and urban proximity."""
     figures, regions, shares = country_figures(sites, region_of, eligible_count)
-    figures.update(merchant_footprint(sites))
+    figures.update(metrics.merchant_footprint(sites.merchant_id, rng.country_code_int(sites.iso2)))
     figures["near_city_share"] = near_city_share(sites, gates.near_city_km, gates.near_city_min_population)
     nn = nearest_neighbour_km_chunked(sites.lon, sites.lat, source=source)
     figures.update(metrics.nn_metrics(nn))
@@ -199,6 +177,17 @@ def write_scorecard(card: dict[str, Any], folder: Path) -> None:
         ["legal_country_iso", "anisotropy", "unique_lat_share", "unique_lon_share", "flagged"],
         [(c, f"{s['anisotropy']:.3f}", f"{s['unique_lat_share']:.4f}", f"{s['unique_lon_share']:.4f}", s["flagged"]) for c, s in card["sentinel"].items()],
     )
+
+
+def read_scorecard(folder: Path) -> dict[str, Any]:
+    """The inverse of ``write_scorecard``: JSON figures plus the country counts (shares are
+    recomputed exactly from the counts)."""
+    card = json.loads((folder / "scorecard.json").read_text())
+    with open(folder / "country_shares.csv", newline="") as fh:
+        rows = [(r["legal_country_iso"], int(r["sites"])) for r in csv.DictReader(fh)]
+    total = sum(n for _, n in rows)
+    card["country_shares"] = [(c, n, n / total) for c, n in rows]
+    return card
 
 
 def load_sites(egress: Path) -> SiteFrame:

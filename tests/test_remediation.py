@@ -38,7 +38,7 @@ def test_governed_vector_meets_every_floor_and_cap(seed: int) -> None:
     share = vector.share
     assert share.sum() == pytest.approx(1.0) and (share[~eligible] == 0).all()
     for region, floor in MASS.region_floor_share.items():
-        assert share[REGIONS == region].sum() >= floor - 1e-9
+        assert share[region == REGIONS].sum() >= floor - 1e-9
     assert (share * south).sum() >= MASS.southern_floor_share - 1e-9
     assert share.max() <= MASS.country_cap_share_hard + 1e-9
     top = np.sort(share)[::-1]
@@ -116,10 +116,16 @@ def test_no_lone_tiles_moves_singletons_to_the_nearest_full_tile() -> None:
     grid = Grid(300)
     tile = np.asarray([100_000, 100_001, 100_001, 500_000, 100_002], dtype=np.int64)
     n_sites = np.asarray([1, 2, 1, 1, 5], dtype=np.int64)
-    moved_tile, moved = tiles.no_lone_tiles(tile, n_sites, 2, grid, {})
+    country_tiles = np.asarray([100_000, 100_001, 100_002, 500_000], dtype=np.int64)
+    country_weight = np.asarray([5, 1, 1, 9], dtype=np.uint64)
+    moved_tile, moved = tiles.no_lone_tiles(tile, n_sites, 2, grid, country_tiles, country_weight)
     load = np.bincount(np.unique(moved_tile, return_inverse=True)[1], weights=n_sites)
     assert load.min() >= 2 and moved == 2
     assert moved_tile[0] in (100_001, 100_002) and moved_tile[3] in (100_001, 100_002)
+    # No tile holds two sites: all gather on the heaviest tile (most sites, then weight).
+    alone, moved = tiles.no_lone_tiles(np.asarray([100_000, 100_001, 500_000]), np.ones(3, dtype=np.int64), 2, grid, country_tiles,
+                                       country_weight)
+    assert moved == 3 and (alone == 500_000).all()
 
 
 def test_mixture_sites_stay_in_tile_and_country_and_are_distinct() -> None:

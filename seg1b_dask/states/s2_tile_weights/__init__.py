@@ -131,6 +131,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
             "iso2": pa.array(tiles["iso2"]),
             "region": pa.array(tiles["region"]),
             "eligible": pa.array(tiles["eligible"]),
+            "population": pa.array(tiles["population"], pa.int64()),
             "mass": pa.array([int(m) for m in mass], pa.uint64()),
             "south_fraction": pa.array(south),
             "base_share": pa.array(base),
@@ -145,10 +146,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
 
 def mass_diagnostics(share: NDArray[np.float64], region: NDArray[np.str_], south: NDArray[np.float64]) -> dict[str, Any]:
     """Top-k shares, Gini, southern and region shares of a country mass vector."""
-    live = share[share > 0]
-    out: dict[str, Any] = {"country_gini": round(metrics.country_gini(live), 4)}
-    for name, f in (("top1", 0.01), ("top5", 0.05), ("top10", 0.10)):
-        out[f"{name}_share"] = round(metrics.top_share(live, f)[0], 4)
+    out: dict[str, Any] = {k: round(v, 4) for k, v in metrics.concentration(share[share > 0]).items()}
     out["southern_share"] = round(float((share * south).sum()), 4)
     out["region_share"] = {r: round(float(share[region == r].sum()), 4) for r in sorted(set(region.tolist())) if r}
     return out

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from ... import refdata
@@ -31,7 +30,7 @@ WEIGHT_SCALE = float(1 << 40)  # a country's weights sum to about this (fixed po
 
 @dataclass(frozen=True)
 class Places:
-    """Places of at least the policy's population with a polygon country, in file order."""
+    """Places of at least the policy's population, with their grid cell."""
 
     row: NDArray[np.int64]
     col: NDArray[np.int64]
@@ -41,18 +40,9 @@ class Places:
 
 @cache
 def places_on_grid(resolution_arcsec: int, min_population: int) -> Places:
-    table = pq.read_table(refdata.REFDATA_DIR / "places.parquet", columns=["iso2", "lon_deg", "lat_deg", "population"]).to_pydict()
-    grid = Grid(resolution_arcsec)
-    iso = np.asarray(table["iso2"], dtype="U2")
-    pop = np.asarray(table["population"], dtype=np.int64)
-    codes = refdata.countries().iso2
-    pos = np.minimum(np.searchsorted(codes, iso), len(codes) - 1)
-    keep = (codes[pos] == iso) & (pop >= min_population)
-    lon = np.asarray(table["lon_deg"])[keep]
-    lat = np.asarray(table["lat_deg"])[keep]
-    row = np.clip(np.floor((90.0 - lat) / grid.deg).astype(np.int64), 0, grid.nrows - 1)
-    col = np.clip(np.floor((lon + 180.0) / grid.deg).astype(np.int64), 0, grid.ncols - 1)
-    return Places(row, col, (pos[keep] + 1).astype(np.int16), pop[keep].astype(np.float64))
+    p = refdata.places().at_least(min_population)
+    row, col = Grid(resolution_arcsec).cell_of(p.lon, p.lat)
+    return Places(row, col, p.country_id, p.population.astype(np.float64))
 
 
 def urban_band(places: Places, window: NDArray[np.int16], window_row0: int, row0: int, row1: int, radius: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
@@ -65,8 +55,8 @@ def urban_band(places: Places, window: NDArray[np.int16], window_row0: int, row0
     nrows_win, ncols = window.shape
     near = (places.row >= row0 - radius) & (places.row < row1 + radius)
     row, col, cid, pop = places.row[near], places.col[near], places.country_id[near], places.population[near]
-    dy, dx = np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1), indexing="ij")
-    dy, dx = dy.ravel(), dx.ravel()
+    offset_y, offset_x = np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1), indexing="ij")
+    dy, dx = offset_y.ravel(), offset_x.ravel()
     kernel = np.exp(-(dy**2 + dx**2) / (2.0 * max(radius / 2.0, 0.5) ** 2))
     rr = row[:, None] + dy[None, :]
     cc = (col[:, None] + dx[None, :]) % ncols
@@ -80,10 +70,10 @@ def urban_band(places: Places, window: NDArray[np.int16], window_row0: int, row0
     share = np.divide(weight, norm[:, None], out=np.zeros_like(weight), where=placed[:, None])
     mass = share * pop[:, None]
     target = same & (rr >= row0) & (rr < row1)
-    cells = np.zeros((row1 - row0, ncols), dtype=np.float64)
-    np.add.at(cells, (rr[target] - row0, cc[target]), mass[target])
+    flat = (rr[target] - row0) * ncols + cc[target]
+    cells = np.bincount(flat, weights=mass[target], minlength=(row1 - row0) * ncols).reshape(row1 - row0, ncols)
     own = ~placed & (row >= row0) & (row < row1)
-    unplaced = np.bincount(cid[own].astype(np.intp), weights=pop[own], minlength=len(refdata.countries().iso2) + 1)
+    unplaced = np.bincount(cid[own].astype(np.intp), weights=pop[own], minlength=len(refdata.countries().iso2) + 1).astype(np.float64)
     return np.rint(cells).astype(np.int64), unplaced
 
 

@@ -17,9 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ...errors import E_MASS_INFEASIBLE, Seg1BError
+from ...metrics import TOPK_FRACTIONS
 from ...policies import CountryMassPolicy
-
-TOPK_FRACTIONS = {"top1": 0.01, "top5": 0.05, "top10": 0.10}
 
 
 @dataclass(frozen=True)
@@ -133,11 +132,12 @@ def integer_targets(share: NDArray[np.float64], total: int, minimum: int, eligib
     """Integer site counts per country summing to ``total``: ``minimum`` for every eligible
     country, the rest by largest remainder of the shares (ties to the lower index)."""
     n = int(eligible.sum())
-    floor_total = minimum * n if minimum * n <= total else 0
+    minimum = minimum if minimum * n <= total else 0
+    floor_total = minimum * n
     quota = share * (total - floor_total)
     counts = np.floor(quota).astype(np.int64)
     short = total - floor_total - int(counts.sum())
     candidates = np.flatnonzero(eligible)
     order = candidates[np.lexsort((candidates, -(quota - counts)[candidates]))]
     counts[order[:short]] += 1
-    return counts + np.where(eligible, floor_total // max(n, 1), 0)
+    return counts + np.where(eligible, minimum, 0)

@@ -22,7 +22,7 @@ from ... import arrays, refdata, rng
 from ...context import StateContext
 from ...execution import batches, compute
 from ...grid import Grid
-from ...policies import CountryAllocationRemass, TileAllocation
+from ...policies import CountryAllocationRemass, S2BlendV2, TileAllocation
 from ...tables import read_table, write_table
 from ..s1_tiles import GRID_ARRAY
 from ..s2_tile_weights import WEIGHT_ARRAY
@@ -66,7 +66,7 @@ def _batch_task(paths: dict[str, str], countries: list[dict], policy: TileAlloca
             rows_n.append(counts[hit])
         m_arr, t_arr, n_arr = np.concatenate(rows_m), np.concatenate(rows_t), np.concatenate(rows_n).astype(np.int64)
         if policy.min_sites_per_tile > 1:
-            t_arr, k = tiles.no_lone_tiles(t_arr, n_arr, policy.min_sites_per_tile, grid, dict(zip(tile_ids.tolist(), weight.tolist(), strict=True)))
+            t_arr, k = tiles.no_lone_tiles(t_arr, n_arr, policy.min_sites_per_tile, grid, tile_ids, weight)
             moved += k
         out_m.append(m_arr)
         out_c.append(np.full(len(m_arr), c["iso2"], dtype="U2"))
@@ -102,13 +102,14 @@ def allocate_countries(ctx: StateContext, pairs: Pairs) -> Allocation:
     mass = read_table(ctx.inputs["country_mass"]).to_pydict()
     eligible = np.asarray(mass["eligible"], dtype=bool)
     total = int(pairs.n_sites.sum())
-    a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(eligible))
     share = np.asarray(mass["mass_share"], dtype=np.float64)
-    s2 = ctx.policies.s2_tile_weights.tile_weights
-    if mode.fidelity_weight > 0 and hasattr(s2, "country_mass"):
-        mixed = (1.0 - mode.fidelity_weight) * share + mode.fidelity_weight * a_count / total
-        population = read_table(ctx.inputs["tile_grid"] / "country_tiles", columns=["population"]).column(0).to_numpy().astype(np.float64)
-        share = govern(mixed, np.asarray(mass["region"], dtype="U16"), np.asarray(mass["south_fraction"]), eligible, population, s2.country_mass).share
+    if mode.fidelity_weight > 0:
+        a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(eligible))
+        share = (1.0 - mode.fidelity_weight) * share + mode.fidelity_weight * a_count / total
+        s2 = ctx.policies.s2_tile_weights.tile_weights
+        if isinstance(s2, S2BlendV2):  # the mixed vector obeys the same floors and caps
+            share = govern(share, np.asarray(mass["region"], dtype="U16"), np.asarray(mass["south_fraction"]), eligible,
+                           np.asarray(mass["population"], dtype=np.float64), s2.country_mass).share
     targets = integer_targets(share, total, mode.min_sites_per_country, eligible)
     lon, lat = refdata.country_centres()
     return remass.remass(pairs, targets, remass.country_distance_km(lon, lat), mode, ctx.seed, refdata.countries().iso2)

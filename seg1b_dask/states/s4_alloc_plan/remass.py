@@ -17,19 +17,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ... import rng
+from ... import metrics, rng
 from ...errors import E_REMASS_INFEASIBLE, Seg1BError
 from ...metrics import EARTH_RADIUS_KM, unit_vectors
 from ...policies import CountryAllocationRemass
-
-MAX_1A_COUNTRIES = 11  # 1A's largest merchant footprint (FACTS §3): the realism bound on 1B's
 
 
 @dataclass(frozen=True)
@@ -70,17 +67,12 @@ def no_moves() -> Moves:
 
 
 def footprint(merchant: NDArray[np.uint64], country: NDArray[np.int64], n_sites: NDArray[np.int64], home: NDArray[np.int64], tag: str) -> dict[str, float]:
-    """Merchant footprint figures: countries per merchant and outlets outside home."""
+    """Merchant footprint figures (``metrics.merchant_footprint``) and the share of outlets
+    outside the home country, suffixed ``_1a`` or ``_1b``."""
     live = n_sites > 0
-    _, per_merchant = np.unique(merchant[live], return_counts=True)
-    outside = float(n_sites[live & (country != home)].sum() / max(int(n_sites.sum()), 1))
-    return {
-        f"countries_per_merchant_median_{tag}": float(np.median(per_merchant)),
-        f"countries_per_merchant_p90_{tag}": float(np.quantile(per_merchant, 0.9)),
-        f"countries_per_merchant_max_{tag}": int(per_merchant.max()),
-        f"merchants_above_{MAX_1A_COUNTRIES}_countries_share_{tag}": float((per_merchant > MAX_1A_COUNTRIES).mean()),
-        f"outside_home_share_{tag}": round(outside, 6),
-    }
+    figures = metrics.merchant_footprint(merchant[live], country[live])
+    figures["outside_home_share"] = round(float(n_sites[live & (country != home)].sum() / max(int(n_sites.sum()), 1)), 6)
+    return {f"{k}_{tag}": v for k, v in figures.items()}
 
 
 def _proportional(budget: int, counts: NDArray[np.int64], tie: NDArray[np.uint64]) -> NDArray[np.int64]:
@@ -179,7 +171,7 @@ def remass(pairs: Pairs, targets: NDArray[np.int64], distance_km: NDArray[np.flo
     alive = final > 0
     final_m, final_c = np.divmod(cells[alive], n_countries)
     final_n = final[alive]
-    moves = _moves(pairs, keep, m_index, dest_m, dest_c, dest_n, n_countries)
+    moves = _moves(pairs, keep, merchants, m_index, dest_m, dest_c, dest_n, n_countries)
     final_home = home_of[final_m]
     relocated = int((pairs.n_sites - keep).sum())
     tv = int(np.abs(targets - a_count).sum()) // 2
@@ -196,8 +188,8 @@ def remass(pairs: Pairs, targets: NDArray[np.int64], distance_km: NDArray[np.flo
     return Allocation(merchants[final_m], final_c, final_n, keep, moves, stats)
 
 
-def _moves(pairs: Pairs, keep: NDArray[np.int64], m_index: NDArray[np.int64], dest_m: NDArray[np.int64], dest_c: NDArray[np.int64],
-           dest_n: NDArray[np.int64], n_countries: int) -> Moves:
+def _moves(pairs: Pairs, keep: NDArray[np.int64], merchants: NDArray[np.uint64], m_index: NDArray[np.int64], dest_m: NDArray[np.int64],
+           dest_c: NDArray[np.int64], dest_n: NDArray[np.int64], n_countries: int) -> Moves:
     """Pair each merchant's mobile stubs (by source country, site_order) with its arrival
     slots (by destination country, slot): both sorted by merchant, equal counts each."""
     leave = pairs.n_sites - keep
@@ -205,14 +197,14 @@ def _moves(pairs: Pairs, keep: NDArray[np.int64], m_index: NDArray[np.int64], de
     src_order = keep[src_row] + _ranks(leave) + 1
     src_m = m_index[src_row]
     by_src = np.lexsort((src_order, pairs.country[src_row], src_m))
-    base = np.zeros(len(dest_m), dtype=np.int64)
-    if len(dest_m):
-        kept_cell = dict(zip((m_index * n_countries + pairs.country).tolist(), keep.tolist(), strict=True))
-        base = np.asarray([kept_cell.get(int(m) * n_countries + int(c), 0) for m, c in zip(dest_m, dest_c, strict=True)], dtype=np.int64)
+    # Arrivals continue after the stubs the merchant kept in that country (pairs are sorted).
+    kept_key = m_index * n_countries + pairs.country
+    dest_key = dest_m * n_countries + dest_c
+    pos = np.minimum(np.searchsorted(kept_key, dest_key), max(len(kept_key) - 1, 0))
+    base = np.where(kept_key[pos] == dest_key, keep[pos], 0) if len(kept_key) else np.zeros(len(dest_key), dtype=np.int64)
     dst_row = np.repeat(np.arange(len(dest_n)), dest_n)
     dst_order = base[dst_row] + _ranks(dest_n) + 1
     by_dst = np.lexsort((dst_order, dest_c[dst_row], dest_m[dst_row]))
-    merchants = pairs.merchant[np.unique(m_index, return_index=True)[1]]
     return Moves(merchants[src_m[by_src]], pairs.country[src_row][by_src], src_order[by_src], dest_c[dst_row][by_dst], dst_order[by_dst])
 
 

@@ -100,11 +100,13 @@ def allocate_pair(policy: TileAllocation, n: int, weight: NDArray[np.uint64], ti
     return systematic(n, weight, offset, tie_key, policy.max_tile_share)
 
 
-def no_lone_tiles(tile: NDArray[np.int64], n_sites: NDArray[np.int64], minimum: int, grid: Grid, weight_of: dict[int, int]) -> tuple[NDArray[np.int64], int]:
+def no_lone_tiles(tile: NDArray[np.int64], n_sites: NDArray[np.int64], minimum: int, grid: Grid, country_tiles: NDArray[np.int64],
+                  country_weight: NDArray[np.uint64]) -> tuple[NDArray[np.int64], int]:
     """Within one country: move the sites of every tile holding fewer than ``minimum`` (of
     all merchants) to the nearest tile holding at least that many — or, if none does, to the
     tile holding most (ties: larger weight, then lower tile_id). Returns the new tile of
-    every plan row and the number of sites moved."""
+    every plan row and the number of sites moved. ``country_tiles`` (ascending) and
+    ``country_weight`` are the country's tiles and weights."""
     if minimum <= 1 or len(tile) == 0:
         return tile, 0
     tiles, inverse = np.unique(tile, return_inverse=True)
@@ -113,7 +115,7 @@ def no_lone_tiles(tile: NDArray[np.int64], n_sites: NDArray[np.int64], minimum: 
     if full.all():
         return tile, 0
     if not full.any():
-        weights = np.asarray([weight_of.get(int(t), 0) for t in tiles], dtype=np.float64)
+        weights = country_weight[np.searchsorted(country_tiles, tiles)].astype(np.float64)
         target = np.full(len(tiles), np.lexsort((tiles, -weights, -load))[0])
     else:
         row, col = np.divmod(tiles, grid.ncols)

@@ -65,7 +65,7 @@ def place_sites(
         u = rng.uniform(key, *fields, np.uint64(2 * attempt))
         v = rng.uniform(key, *fields, np.uint64(2 * attempt + 1))
         if attempt < max_attempts:
-            sub = tuple(b[pending] for b in bounds)
+            sub = (west[pending], south[pending], east[pending], north[pending])
             if mix is None:
                 lon[pending], lat[pending] = uniform_v1.propose(sub, u, v)
             else:
@@ -80,7 +80,7 @@ def place_sites(
         attempts[pending] = attempt + 1
         ok = (lon[pending] >= west[pending]) & (lon[pending] <= east[pending]) & (lat[pending] >= south[pending]) & (lat[pending] <= north[pending])
         if mix is not None and attempt < max_attempts:
-            ok &= mixture_v2.within_tail(mix, pending, lon[pending], lat[pending], policy.tail_max_km)  # type: ignore[union-attr]
+            ok &= mixture_v2.within_tail(mix, pending, lon[pending], lat[pending])
         ok[ok] = shapely.contains_xy(geom, lon[pending[ok]], lat[pending[ok]])
         lon[pending[~ok]] = np.nan
         ok_all = ~np.isnan(lon)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from ... import refdata, rng
@@ -29,27 +28,25 @@ _COMPONENT = np.uint64(1 << 22)
 
 
 @cache
-def _places() -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    table = pq.read_table(refdata.REFDATA_DIR / "places.parquet", columns=["lon_deg", "lat_deg", "population"]).to_pydict()
-    return np.asarray(table["lon_deg"]), np.asarray(table["lat_deg"]), np.asarray(table["population"], dtype=np.float64)
+def _place_anchors(resolution_arcsec: int) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Every tile holding vendored places (ascending) with the (population + 1)-weighted
+    centre of its places: computed once per grid and process."""
+    grid = Grid(resolution_arcsec)
+    p = refdata.places()
+    row, col = grid.cell_of(p.lon, p.lat)
+    tiles, inverse = np.unique(row * grid.ncols + col, return_inverse=True)
+    weight = p.population + 1.0
+    total = np.bincount(inverse, weights=weight)
+    return tiles, np.bincount(inverse, weights=p.lon * weight) / total, np.bincount(inverse, weights=p.lat * weight) / total
 
 
 def tile_anchors(tile_id: NDArray[np.int64], grid: Grid) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Population-weighted centre of the places inside each tile, or the tile centre."""
-    lon, lat, pop = _places()
-    place_tile = np.floor((90.0 - lat) / grid.deg).astype(np.int64) * grid.ncols + np.floor((lon + 180.0) / grid.deg).astype(np.int64)
-    tiles = np.unique(tile_id)
-    hit = np.isin(place_tile, tiles)
-    pos = np.searchsorted(tiles, place_tile[hit])
-    weight = np.bincount(pos, weights=pop[hit] + 1.0, minlength=len(tiles))
-    a_lon = np.bincount(pos, weights=lon[hit] * (pop[hit] + 1.0), minlength=len(tiles))
-    a_lat = np.bincount(pos, weights=lat[hit] * (pop[hit] + 1.0), minlength=len(tiles))
-    west, south, east, north = grid.tile_bounds(tiles)
-    has = weight > 0
-    anchor_lon = np.where(has, a_lon / np.where(has, weight, 1.0), (west + east) / 2.0)
-    anchor_lat = np.where(has, a_lat / np.where(has, weight, 1.0), (south + north) / 2.0)
-    at = np.searchsorted(tiles, tile_id)
-    return anchor_lon[at], anchor_lat[at]
+    tiles, lon, lat = _place_anchors(grid.resolution_arcsec)
+    pos = np.minimum(np.searchsorted(tiles, tile_id), len(tiles) - 1)
+    has = tiles[pos] == tile_id
+    west, south, east, north = grid.tile_bounds(tile_id)
+    return np.where(has, lon[pos], (west + east) / 2.0), np.where(has, lat[pos], (south + north) / 2.0)
 
 
 @dataclass(frozen=True)
@@ -62,10 +59,11 @@ class Mixture:
     tail: NDArray[np.bool_]
     anchor_lon: NDArray[np.float64]
     anchor_lat: NDArray[np.float64]
+    tail_max_km: float
 
 
 def components(tile_id: NDArray[np.int64], key_fields: tuple[NDArray[np.uint64], ...], grid: Grid, key: np.uint64, policy: S6MixtureV2) -> Mixture:
-    tiles, inverse, load = np.unique(tile_id, return_inverse=True, return_counts=True)
+    _, inverse, load = np.unique(tile_id, return_inverse=True, return_counts=True)
     sigma = np.clip(policy.core_sigma_km_per_sqrt_site * np.sqrt(load[inverse]), policy.sigma_min_km, policy.sigma_max_km)
     anchor_lon, anchor_lat = tile_anchors(tile_id, grid)
     pick = rng.uniform(key, *key_fields, _COMPONENT)
@@ -77,7 +75,7 @@ def components(tile_id: NDArray[np.int64], key_fields: tuple[NDArray[np.uint64],
     cv = rng.uniform(key, tile_id.astype(np.uint64), cluster, _COMPONENT + np.uint64(3))
     centre_lon = np.where(secondary, west + cu * (east - west), anchor_lon)
     centre_lat = np.where(secondary, south + cv * (north - south), anchor_lat)
-    return Mixture(centre_lon, centre_lat, sigma, ~core & ~secondary, anchor_lon, anchor_lat)
+    return Mixture(centre_lon, centre_lat, sigma, ~core & ~secondary, anchor_lon, anchor_lat, policy.tail_max_km)
 
 
 def propose(mix: Mixture, sel: NDArray[np.intp], bounds: Bounds, u: NDArray[np.float64], v: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -95,9 +93,9 @@ def propose(mix: Mixture, sel: NDArray[np.intp], bounds: Bounds, u: NDArray[np.f
     return lon, lat
 
 
-def within_tail(mix: Mixture, sel: NDArray[np.intp], lon: NDArray[np.float64], lat: NDArray[np.float64], tail_max_km: float) -> NDArray[np.bool_]:
+def within_tail(mix: Mixture, sel: NDArray[np.intp], lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:
     """Tail sites must stay within ``tail_max_km`` of the anchor (an equirectangular
     distance, exact enough at tile scale)."""
     dx = (lon - mix.anchor_lon[sel]) * np.cos(np.radians(mix.anchor_lat[sel])) * KM_PER_DEG
     dy = (lat - mix.anchor_lat[sel]) * KM_PER_DEG
-    return ~mix.tail[sel] | (np.hypot(dx, dy) <= tail_max_km)
+    return ~mix.tail[sel] | (np.hypot(dx, dy) <= mix.tail_max_km)
