@@ -86,13 +86,24 @@ def _chain_run(root: Path, execution: Execution) -> dict:
     return {
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(max(rss.peaks.values()), 1),
-        "states": {s.id: {"seconds": round(s.seconds, 3), "reused": s.reused, "peak_rss_mb": round(rss.peaks.get(s.id, 0.0), 1)} for s in result.states},
+        "states": {
+            s.id: {
+                "seconds": round(s.seconds, 3),
+                "reused": s.reused,
+                "peak_rss_mb": round(rss.peaks.get(s.id, 0.0), 1),
+            }
+            for s in result.states
+        },
     }
 
 
 def _median_runs(runs: list[dict]) -> dict:
-    out = {"runs": len(runs), "wall_seconds_median": round(statistics.median(r["wall_seconds"] for r in runs), 3),
-           "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs), "states": {}}
+    out = {
+        "runs": len(runs),
+        "wall_seconds_median": round(statistics.median(r["wall_seconds"] for r in runs), 3),
+        "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
+        "states": {},
+    }
     for sid in runs[0]["states"]:
         out["states"][sid] = {
             "seconds_median": round(statistics.median(r["states"][sid]["seconds"] for r in runs), 3),
@@ -125,7 +136,11 @@ def bench_grid30(work: Path, execution: Execution) -> dict:
     shutil.copytree(DEFAULT_POLICIES, policies)
     shutil.copy(DEFAULT_POLICIES.parent / "gates.yaml", policies.parent / "gates.yaml")
     grid = policies / "grid.yaml"
-    grid.write_text(grid.read_text().replace("resolution_arcsec: 300", "resolution_arcsec: 30").replace("chunk_cols: 1080", "chunk_cols: 5400"))
+    grid.write_text(
+        grid.read_text()
+        .replace("resolution_arcsec: 300", "resolution_arcsec: 30")
+        .replace("chunk_cols: 1080", "chunk_cols: 5400")
+    )
     bundle = load_bundle(policies, refdata_version())
     chain = Chain(work / "grid30", 42, bundle, Path("."), execution)
     with RssSampler() as rss:
@@ -137,7 +152,10 @@ def bench_grid30(work: Path, execution: Execution) -> dict:
         "cells": 21600 * 43200,
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(max(rss.peaks.values()), 1),
-        "states": {r.id: {"seconds": round(r.seconds, 3), "peak_rss_mb": round(rss.peaks.get(r.id, 0.0), 1), "stats": r.stats} for r in records},
+        "states": {
+            r.id: {"seconds": round(r.seconds, 3), "peak_rss_mb": round(rss.peaks.get(r.id, 0.0), 1), "stats": r.stats}
+            for r in records
+        },
         "stored_mb": round(size / 2**20, 1),
     }
     shutil.rmtree(work / "grid30")
@@ -187,7 +205,19 @@ def bench_certify(work: Path, repeat: int) -> dict:
         _drop_seeded(root)
         t = time.perf_counter()
         for seed in seeds:
-            cmd = [sys.executable, "-m", "seg1b_dask.cli", "run", "--seed", str(seed), "--policies", str(policies), "--root", str(root), "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "seg1b_dask.cli",
+                "run",
+                "--seed",
+                str(seed),
+                "--policies",
+                str(policies),
+                "--root",
+                str(root),
+                "--quiet",
+            ]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         sequential_cli.append(time.perf_counter() - t)
         # The same four runs inside this already-warm process (no start-up at all).
@@ -197,7 +227,11 @@ def bench_certify(work: Path, repeat: int) -> dict:
             result = run_seed(root=root, seed=seed, policies=policies, execution=Execution())
             score_run(root, result.run_dir)
         sequential_in_process.append(time.perf_counter() - t)
-    med_p, med_cli, med_in = statistics.median(parallel), statistics.median(sequential_cli), statistics.median(sequential_in_process)
+    med_p, med_cli, med_in = (
+        statistics.median(parallel),
+        statistics.median(sequential_cli),
+        statistics.median(sequential_in_process),
+    )
     return {
         "seeds": seeds,
         "parallel_wall_seconds": [round(x, 3) for x in parallel],
@@ -222,7 +256,9 @@ def bench_scorer(work: Path) -> dict:
     tiles = json.loads((result.run_dir / "run.json").read_text())
     from seg1b_dask.tables import read_table
 
-    ct = read_table(root / tiles["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"]).to_pydict()
+    ct = read_table(
+        root / tiles["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"]
+    ).to_pydict()
     region_of = dict(zip(ct["iso2"], ct["region"], strict=True))
     out = {}
     g = np.random.default_rng(0)
@@ -233,7 +269,12 @@ def bench_scorer(work: Path) -> dict:
             pick = g.integers(0, len(sites.lon), n)
             from seg1b_dask.scoring import SiteFrame
 
-            frame = SiteFrame(sites.merchant_id[pick], sites.iso2[pick], sites.lon[pick] + g.normal(0, 0.02, n), np.clip(sites.lat[pick] + g.normal(0, 0.02, n), -90, 90))
+            frame = SiteFrame(
+                sites.merchant_id[pick],
+                sites.iso2[pick],
+                sites.lon[pick] + g.normal(0, 0.02, n),
+                np.clip(sites.lat[pick] + g.normal(0, 0.02, n), -90, 90),
+            )
         t = time.perf_counter()
         compute_scorecard(frame, region_of, int(np.sum(ct["eligible"])), 10.0)
         card_s = time.perf_counter() - t
@@ -244,8 +285,11 @@ def bench_scorer(work: Path) -> dict:
         whole = np.sort(metrics.nearest_neighbour_km(frame.lon, frame.lat))
         global_s = time.perf_counter() - t
         out[label] = {
-            "sites": n, "scorecard_seconds": round(card_s, 3), "nn_chunked_seconds": round(chunked_s, 3),
-            "nn_global_tree_seconds": round(global_s, 3), "nn_identical": bool(np.array_equal(chunked, whole)),
+            "sites": n,
+            "scorecard_seconds": round(card_s, 3),
+            "nn_chunked_seconds": round(chunked_s, 3),
+            "nn_global_tree_seconds": round(global_s, 3),
+            "nn_identical": bool(np.array_equal(chunked, whole)),
         }
     return out
 
@@ -255,15 +299,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/benchmark.json"))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scheduler", default="threads")
-    parser.add_argument("--suite", default="engine,grid30,scorer,certify", help="comma-separated: engine, grid30, scorer, certify")
+    parser.add_argument(
+        "--suite", default="engine,grid30,scorer,certify", help="comma-separated: engine, grid30, scorer, certify"
+    )
     args = parser.parse_args(argv)
     suites = set(args.suite.split(","))
     execution = Execution(scheduler=args.scheduler)
     work = Path(tempfile.mkdtemp(prefix="seg1b-bench-"))
     report: dict = {
-        "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+        },
         "execution": execution.as_dict(),
-        "targets": {"warm_full_chain_s": 15, "cold_full_chain_s": 60, "grid30_s1_s2_s": 600, "grid30_peak_rss_mb": 4096},
+        "targets": {
+            "warm_full_chain_s": 15,
+            "cold_full_chain_s": 60,
+            "grid30_s1_s2_s": 600,
+            "grid30_peak_rss_mb": 4096,
+        },
     }
     try:
         if "engine" in suites:
@@ -280,14 +335,22 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if "seed42_default_grid" in report:
         chain = report["seed42_default_grid"]
-        print(f"cold full chain: {chain['cold']['wall_seconds_median']} s (median of {chain['cold']['runs']}), peak {chain['cold']['peak_rss_mb_max']} MiB")
-        print(f"warm full chain: {chain['warm']['wall_seconds_median']} s (median of {chain['warm']['runs']}), peak {chain['warm']['peak_rss_mb_max']} MiB")
+        for phase in ("cold", "warm"):
+            c = chain[phase]
+            median, runs, peak = c["wall_seconds_median"], c["runs"], c["peak_rss_mb_max"]
+            print(f"{phase} full chain: {median} s (median of {runs}), peak {peak} MiB")
     for label, r in report.get("scorer", {}).items():
-        print(f"scorer {label}: scorecard {r['scorecard_seconds']} s; NN chunked {r['nn_chunked_seconds']} s vs global tree {r['nn_global_tree_seconds']} s (identical: {r['nn_identical']})")
+        print(
+            f"scorer {label}: scorecard {r['scorecard_seconds']} s; NN chunked {r['nn_chunked_seconds']} s "
+            f"vs global tree {r['nn_global_tree_seconds']} s (identical: {r['nn_identical']})"
+        )
     if "certification" in report:
         c = report["certification"]
-        print(f"certify 4 seeds: parallel {c['parallel_median']} s vs 4 x `seg1b run` {c['sequential_cli_median']} s (ratio {c['ratio_parallel_over_sequential_cli']}); "
-              f"vs 4 runs in one warm process {c['sequential_in_process_median']} s (ratio {c['ratio_parallel_over_sequential_in_process']})")
+        print(
+            f"certify 4 seeds: parallel {c['parallel_median']} s vs 4 x `seg1b run` {c['sequential_cli_median']} s "
+            f"(ratio {c['ratio_parallel_over_sequential_cli']}); vs 4 runs in one warm process "
+            f"{c['sequential_in_process_median']} s (ratio {c['ratio_parallel_over_sequential_in_process']})"
+        )
     if "grid30_s1_s2" in report:
         g = report["grid30_s1_s2"]
         print(f"30\u2033 S1+S2: {g['wall_seconds']} s, peak {g['peak_rss_mb']} MiB, stored {g['stored_mb']} MiB")

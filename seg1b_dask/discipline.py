@@ -66,7 +66,12 @@ def pin_baseline(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
     if existing is not None:
         same = all(existing[k] == payload[k] for k in ("seed", "parameter_hash", "manifest_fingerprint"))
         if not same:
-            raise Seg1BError(E_BASELINE_PINNED, "the baseline authority of this seed is pinned and refuses modification", file=path, key=f"seed={meta['seed']}")
+            raise Seg1BError(
+                E_BASELINE_PINNED,
+                "the baseline authority of this seed is pinned and refuses modification",
+                file=path,
+                key=f"seed={meta['seed']}",
+            )
         return existing
     _write(path, payload)
     return payload
@@ -118,8 +123,19 @@ def check_locks(root: Path, digests: dict[str, str], reopen: dict[str, str]) -> 
             continue
         reason = reopen.get(phase, "").strip()
         if not reason:
-            raise Seg1BError(E_PHASE_LOCKED, f"{lock['policy']} is locked by {phase} (run {lock['run_id']}); reopen it with a reason", file=path, key=lock["policy"])
-        lock["reopened"].append({"policy_digest": digests[lock["policy"]], "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            raise Seg1BError(
+                E_PHASE_LOCKED,
+                f"{lock['policy']} is locked by {phase} (run {lock['run_id']}); reopen it with a reason",
+                file=path,
+                key=lock["policy"],
+            )
+        lock["reopened"].append(
+            {
+                "policy_digest": digests[lock["policy"]],
+                "reason": reason,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
         _write(path, lock)
     return in_force
 
@@ -157,7 +173,9 @@ def prune(root: Path, dry_run: bool = False) -> dict[str, Any]:
     entries only those runs used. Pinned, pointed-to, locked and packed runs stay."""
     root = Path(root)
     refs = referenced_runs(root)
-    runs = sorted(p for p in (root / "runs").glob("*") if (p / "run.json").is_file()) if (root / "runs").exists() else []
+    runs = (
+        sorted(p for p in (root / "runs").glob("*") if (p / "run.json").is_file()) if (root / "runs").exists() else []
+    )
     removed = [p.name for p in runs if p.name not in refs]
     kept = {p.name: refs[p.name] for p in runs if p.name in refs}
     in_use: set[str] = set()
@@ -169,7 +187,9 @@ def prune(root: Path, dry_run: bool = False) -> dict[str, Any]:
     data = root / "data"
     for manifest in sorted(data.rglob("_manifest.json")) if data.exists() else []:
         rel = manifest.parent.relative_to(root).as_posix()
-        if rel not in in_use and any(rel == v for p in runs if p.name in removed for v in load_run(p)["outputs"].values()):
+        if rel not in in_use and any(
+            rel == v for p in runs if p.name in removed for v in load_run(p)["outputs"].values()
+        ):
             stale.append(manifest.parent)
     if not dry_run:
         for name in removed:
@@ -181,4 +201,9 @@ def prune(root: Path, dry_run: bool = False) -> dict[str, Any]:
             entry = json.loads(index.read_text())
             if set(entry["datasets"].values()) & stale_rel:
                 index.unlink()
-    return {"removed_runs": removed, "kept_runs": kept, "removed_datasets": [s.relative_to(root).as_posix() for s in stale], "dry_run": dry_run}
+    return {
+        "removed_runs": removed,
+        "kept_runs": kept,
+        "removed_datasets": [s.relative_to(root).as_posix() for s in stale],
+        "dry_run": dry_run,
+    }

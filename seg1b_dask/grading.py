@@ -32,30 +32,53 @@ METRIC_GATES: tuple[tuple[str, str, str], ...] = (
 )
 GATE_FIELD = {metric: gate_field for metric, gate_field, _ in METRIC_GATES}
 CONCENTRATION = ("country_gini", "top10_share", "top5_share", "top1_share")
+
+
 # The seed plan's failure triage map (§6), by gate family, naming the settings that move
 # each family in a bundle of the given modes.
 def triage_hints(bundle: PolicyBundle | None = None) -> dict[str, str]:
     s2 = bundle.s2_tile_weights.tile_weights.mode if bundle else "blend_v2"
     s4 = bundle.s4_alloc_plan.country_allocation.mode if bundle else "remass"
     s6 = bundle.s6_jitter.jitter.mode if bundle else "mixture_v2"
-    fixed = "country counts come from 1A under s4_alloc_plan country_allocation.mode: legacy; switch it to remass (with s2 blend_v2)"
+    keyed = bundle is None or bundle.s4_alloc_plan.tile_allocation.tie_break == "keyed"
+    fixed = (
+        "country counts come from 1A under s4_alloc_plan country_allocation.mode legacy; switch to remass (S2 blend_v2)"
+    )
+    mass = "retune s2_tile_weights country_mass."
     governed = s2 == "blend_v2" and s4 == "remass"
     return {
-        "concentration": ("Gini/top-k: retune s2_tile_weights country_mass.country_cap_share_hard, topk_cap_share, concentration_penalty "
-                          "(or lower s4_alloc_plan country_allocation.fidelity_weight)") if governed else f"Gini/top-k: {fixed}",
-        "coverage": "coverage: retune s2_tile_weights country_mass.population_exponent, uniform_mix, southern_floor_share" if governed
-        else f"coverage: {fixed}",
-        "region_floor": "region floor: retune s2_tile_weights country_mass.region_floor_share" if governed else f"region floor: {fixed}",
-        "nn": ("NN tail: retune s6_jitter core_sigma_km_per_sqrt_site, sigma_min_km, tail_max_km and s4_alloc_plan min_sites_per_tile"
-               if s6 == "mixture_v2" else "NN tail: s6_jitter jitter.mode uniform_v1 has no tail control; switch to mixture_v2"),
-        "collapse": ("collapse: s4_alloc_plan tile_allocation.method/tie_break (systematic/keyed) and max_tile_share"
-                     if bundle is None or bundle.s4_alloc_plan.tile_allocation.tie_break == "keyed"
-                     else "collapse: s4_alloc_plan tile_allocation.tie_break tile_id lays stripes; use keyed or method systematic"),
-        "footprint": "merchant footprint: retune s4_alloc_plan country_allocation.max_new_countries, max_share_of_need" if s4 == "remass"
-        else "merchant footprint: set by 1A under country_allocation.mode legacy",
+        "concentration": "Gini/top-k: "
+        + (
+            f"{mass}country_cap_share_hard, topk_cap_share, concentration_penalty "
+            "(or lower s4_alloc_plan country_allocation.fidelity_weight)"
+            if governed
+            else fixed
+        ),
+        "coverage": "coverage: "
+        + (f"{mass}population_exponent, uniform_mix, southern_floor_share" if governed else fixed),
+        "region_floor": "region floor: " + (f"{mass}region_floor_share" if governed else fixed),
+        "nn": "NN tail: "
+        + (
+            "retune s6_jitter core_sigma_km_per_sqrt_site, sigma_min_km, tail_max_km "
+            "and s4_alloc_plan min_sites_per_tile"
+            if s6 == "mixture_v2"
+            else "s6_jitter jitter.mode uniform_v1 has no tail control; switch to mixture_v2"
+        ),
+        "collapse": "collapse: "
+        + (
+            "s4_alloc_plan tile_allocation.method/tie_break (systematic/keyed) and max_tile_share"
+            if keyed
+            else "s4_alloc_plan tile_allocation.tie_break tile_id lays stripes; use keyed or method systematic"
+        ),
+        "footprint": "merchant footprint: "
+        + (
+            "retune s4_alloc_plan country_allocation.max_new_countries, max_share_of_need"
+            if s4 == "remass"
+            else "set by 1A under country_allocation.mode legacy"
+        ),
         "urban": "urban share: retune s2_tile_weights population.rural_weight, min_place_population, basis_mix",
         "cv": "seed instability: reduce high-sensitivity knobs and tighten deterministic balancing",
-        "bootstrap": "concentration too close to the B+ line: retune s2_tile_weights country_mass caps before claiming B+",
+        "bootstrap": f"concentration too close to the B+ line: {mass}country_cap_share_hard, topk_cap_share",
         "structural": "structural contract: fix the implementation bug before further realism tuning",
         "missing": "certify every required seed",
     }
@@ -67,8 +90,13 @@ TRIAGE = triage_hints()
 def _family(metric: str) -> str:
     if metric in CONCENTRATION:
         return "concentration"
-    return {"nn_contraction": "nn", "sentinel_flagged": "collapse", "merchant_countries_median": "footprint",
-            "merchants_above_1a_max_share": "footprint", "near_city_share": "urban"}.get(metric, "coverage")
+    return {
+        "nn_contraction": "nn",
+        "sentinel_flagged": "collapse",
+        "merchant_countries_median": "footprint",
+        "merchants_above_1a_max_share": "footprint",
+        "near_city_share": "urban",
+    }.get(metric, "coverage")
 
 
 @dataclass(frozen=True)
@@ -164,7 +192,16 @@ def grade(
             bounds = bootstrap[seed] if bootstrap is not None else None
             for row in gate_table(cards[seed], gates, level, bounds):
                 if not row["passed"]:
-                    failures[level].append(Failure(row["gate"], level, seed, row["threshold"], row["observed"], hint[_failure_family(row["gate"])]))
+                    failures[level].append(
+                        Failure(
+                            row["gate"],
+                            level,
+                            seed,
+                            row["threshold"],
+                            row["observed"],
+                            hint[_failure_family(row["gate"])],
+                        )
+                    )
         for seed in missing:
             failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, hint["missing"]))
     cv: dict[str, float] = {}
@@ -186,14 +223,31 @@ def grade(
     return report
 
 
-TRIAGE_ORDER = ("structural", "missing", "concentration", "coverage", "region_floor", "collapse", "nn", "footprint", "urban", "cv", "bootstrap")
+TRIAGE_ORDER = (
+    "structural",
+    "missing",
+    "concentration",
+    "coverage",
+    "region_floor",
+    "collapse",
+    "nn",
+    "footprint",
+    "urban",
+    "cv",
+    "bootstrap",
+)
 
 
 def _failure_family(gate: str) -> str:
     prefix = gate.split(":")[0]
     if prefix in GATE_FIELD:
         return _family(prefix)
-    return {"region_floor": "region_floor", "cv": "cv", "bootstrap_upper": "bootstrap", "required_seed_missing": "missing"}.get(prefix, "structural")
+    return {
+        "region_floor": "region_floor",
+        "cv": "cv",
+        "bootstrap_upper": "bootstrap",
+        "required_seed_missing": "missing",
+    }.get(prefix, "structural")
 
 
 def triage(failures: list[Failure], hints: dict[str, str] | None = None) -> str:
@@ -214,7 +268,9 @@ def failure_table(report: GradeReport, level: Level) -> list[str]:
     return rows
 
 
-def gate_table(card: dict[str, Any], gates: GatesPolicy, level: Level, bootstrap: dict[str, float] | None) -> list[dict[str, Any]]:
+def gate_table(
+    card: dict[str, Any], gates: GatesPolicy, level: Level, bootstrap: dict[str, float] | None
+) -> list[dict[str, Any]]:
     """Every per-seed gate of ``level`` with threshold, observed value, margin (positive =
     room to spare) and, when it fails, why."""
     rows: list[dict[str, Any]] = []
@@ -223,8 +279,26 @@ def gate_table(card: dict[str, Any], gates: GatesPolicy, level: Level, bootstrap
         passed = _passes(observed, threshold, direction)
         undefined = observed is None or math.isnan(observed)
         margin = float("nan") if undefined else (threshold - observed if direction == "max" else observed - threshold)
-        reason = "" if passed else ("undefined value" if undefined else f"{observed:.4f} {'>' if direction == 'max' else '<'} {threshold:.4f}")
-        rows.append({"gate": gate, "direction": direction, "threshold": threshold, "observed": observed, "margin": margin, "passed": passed, "breach": reason})
+        reason = (
+            ""
+            if passed
+            else (
+                "undefined value"
+                if undefined
+                else f"{observed:.4f} {'>' if direction == 'max' else '<'} {threshold:.4f}"
+            )
+        )
+        rows.append(
+            {
+                "gate": gate,
+                "direction": direction,
+                "threshold": threshold,
+                "observed": observed,
+                "margin": margin,
+                "passed": passed,
+                "breach": reason,
+            }
+        )
 
     m = card["metrics"]
     for metric, field_name, direction in METRIC_GATES:

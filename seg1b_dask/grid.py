@@ -38,7 +38,9 @@ class Grid:
         edges = np.radians(90.0 - np.arange(self.nrows + 1, dtype=np.float64) * self.deg)
         return EARTH_RADIUS_M**2 * np.radians(self.deg) * (np.sin(edges[:-1]) - np.sin(edges[1:]))
 
-    def cell_of(self, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    def cell_of(
+        self, lon: NDArray[np.float64], lat: NDArray[np.float64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(row, col) of the cell holding each point (edges clipped into the grid)."""
         row = np.clip(np.floor((90.0 - np.asarray(lat)) / self.deg).astype(np.int64), 0, self.nrows - 1)
         col = np.clip(np.floor((np.asarray(lon) + 180.0) / self.deg).astype(np.int64), 0, self.ncols - 1)

@@ -59,7 +59,9 @@ def _concat_digest(root: Path, paths: list[str]) -> str:
 def seal_bundle(root: Path, meta: dict[str, Any]) -> str:
     """Write ``index.json`` (all files, itself included) and ``_passed.flag``; return the hex."""
     files = sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in _ENVELOPE
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix() not in _ENVELOPE
     )
     files = sorted(set(files) | {INDEX_NAME})
     index = dict(meta, files=[{"path": f} for f in files])
@@ -85,10 +87,14 @@ def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
     seen: set[str] = set()
     for rel in listed:
         if not isinstance(rel, str) or not rel:
-            raise Seg1BError(E_BUNDLE_INDEX, "index entry path is not a non-empty string", file=index_path, key=repr(rel))
+            raise Seg1BError(
+                E_BUNDLE_INDEX, "index entry path is not a non-empty string", file=index_path, key=repr(rel)
+            )
         pure = PurePosixPath(rel)
         if pure.as_posix() != rel:
-            raise Seg1BError(E_BUNDLE_INDEX, "index paths must be normalised (no './', no '//')", file=index_path, key=rel)
+            raise Seg1BError(
+                E_BUNDLE_INDEX, "index paths must be normalised (no './', no '//')", file=index_path, key=rel
+            )
         if pure.is_absolute() or ".." in pure.parts:
             raise Seg1BError(E_BUNDLE_INDEX, "index lists a path outside the bundle", file=index_path, key=rel)
         if rel in seen:
@@ -99,7 +105,9 @@ def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - _ENVELOPE
     unlisted = sorted(present - seen)
     if unlisted:
-        raise Seg1BError(E_BUNDLE_INDEX, "bundle holds a file the index does not list", file=index_path, key=unlisted[0])
+        raise Seg1BError(
+            E_BUNDLE_INDEX, "bundle holds a file the index does not list", file=index_path, key=unlisted[0]
+        )
     try:
         text = flag_path.read_bytes().decode("ascii").strip()
     except UnicodeDecodeError:

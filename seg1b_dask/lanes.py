@@ -42,8 +42,14 @@ def sealed_bundle(run: dict[str, Any]) -> PolicyBundle:
     return bundle
 
 
-FIDELITY_KEYS = ("relocated_share", "relocated_share_minimum", "uniform_alternative_relocated_share", "countries_over_target",
-                 "countries_under_target", "lone_sites_moved")
+FIDELITY_KEYS = (
+    "relocated_share",
+    "relocated_share_minimum",
+    "uniform_alternative_relocated_share",
+    "countries_over_target",
+    "countries_under_target",
+    "lone_sites_moved",
+)
 
 
 def _fidelity(meta: dict[str, Any]) -> dict[str, Any]:
@@ -78,14 +84,24 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     if not upper and sites is not None:
         matrix, _ = scoring.merchant_country_matrix(sites)
         upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
-    report = grading.grade({meta["seed"]: card}, gates, {meta["seed"]: True}, {meta["seed"]: upper} if upper else None,
-                           required_seeds=(meta["seed"],), hints=grading.triage_hints(bundle))
+    report = grading.grade(
+        {meta["seed"]: card},
+        gates,
+        {meta["seed"]: True},
+        {meta["seed"]: upper} if upper else None,
+        required_seeds=(meta["seed"],),
+        hints=grading.triage_hints(bundle),
+    )
     delta: dict[str, float] = {}
     if baseline and baseline["run_id"] != meta["run_id"]:
         base_card = root / "runs" / baseline["run_id"] / "scorecard" / "scorecard.json"
         if base_card.is_file():
             base = json.loads(base_card.read_text())["metrics"]
-            delta = {k: card["metrics"][k] - base[k] for k, _, _ in grading.METRIC_GATES if k in base and k != "nn_contraction"}
+            delta = {
+                k: card["metrics"][k] - base[k]
+                for k, _, _ in grading.METRIC_GATES
+                if k in base and k != "nn_contraction"
+            }
             delta["nn_ratio"] = card["metrics"]["nn_ratio"] - base["nn_ratio"]
     card["grade_single_seed"] = report.as_dict()
     card["bootstrap_upper_95"] = upper
@@ -95,17 +111,28 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     card["target_grade"] = bundle.s9_validation.target_grade
     scoring.write_scorecard(card, run / "scorecard")
     if sites is not None:
-        tiles = read_table(root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region"]).to_pydict()
+        tiles = read_table(
+            root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region"]
+        ).to_pydict()
         region_of = dict(zip(tiles["iso2"], tiles["region"], strict=True))
         region = np.asarray([region_of[c] for c in sites.iso2], dtype="U16")
         m = card["metrics"]
-        title = f"seed {meta['seed']} · {m['sites']:,} sites · {m['active_countries']} countries · gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
+        title = (
+            f"seed {meta['seed']} · {m['sites']:,} sites · {m['active_countries']} countries · "
+            f"gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
+        )
         plots.site_map(sites.lon, sites.lat, region, card["country_shares"], title, run / "scorecard" / "site_map.png")
     return Scored(run, meta["seed"], card, report, upper, delta)
 
 
-def _baseline_ratio(root: Path, seed: int, bundle: PolicyBundle, upstream: Path | None, execution: Execution,
-                    on_state: Callable[[str], None] | None) -> float | None:
+def _baseline_ratio(
+    root: Path,
+    seed: int,
+    bundle: PolicyBundle,
+    upstream: Path | None,
+    execution: Execution,
+    on_state: Callable[[str], None] | None,
+) -> float | None:
     """The seed's pinned baseline NN ratio, pinning the baseline first when a bundle that
     targets a grade needs it (S9 grades nn_contraction against it)."""
     if bundle.s9_validation.target_grade == "none":
@@ -113,26 +140,48 @@ def _baseline_ratio(root: Path, seed: int, bundle: PolicyBundle, upstream: Path 
     return float(pin_baseline_run(root, seed, execution, on_state, upstream)["nn_ratio"])
 
 
-def pin_baseline_run(root: Path, seed: int, execution: Execution, on_state: Callable[[str], None] | None = None,
-                     upstream: Path | None = None) -> dict[str, Any]:
+def pin_baseline_run(
+    root: Path,
+    seed: int,
+    execution: Execution,
+    on_state: Callable[[str], None] | None = None,
+    upstream: Path | None = None,
+) -> dict[str, Any]:
     """The pinned baseline of ``seed``: run the baseline bundle and pin it the first time,
     then return the pin (a pinned baseline refuses changes)."""
     existing = discipline.baseline_pointer(root, seed)
     if existing and (Path(root) / "runs" / existing["run_id"] / "scorecard" / "scorecard.json").is_file():
         return existing
-    result = run_seed(root=root, seed=seed, policies=BASELINE_POLICIES, upstream=upstream, execution=execution, on_state=on_state)
+    result = run_seed(
+        root=root, seed=seed, policies=BASELINE_POLICIES, upstream=upstream, execution=execution, on_state=on_state
+    )
     return score_run(root, result.run_dir, pin_as_baseline=True).card["baseline"]
 
 
 def fast_lane(
-    root: Path, seed: int, policies: Path, upstream: Path | None, execution: Execution, reopen: dict[str, str],
+    root: Path,
+    seed: int,
+    policies: Path,
+    upstream: Path | None,
+    execution: Execution,
+    reopen: dict[str, str],
     on_state: Callable[[str], None] | None = None,
 ) -> tuple[RunResult, Scored]:
     root = Path(root).resolve()
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     discipline.check_locks(root, bundle.digests, reopen)
-    ratio = _baseline_ratio(root, seed, bundle, upstream, execution, (lambda name: on_state(f"baseline {name}")) if on_state else None)
-    result = run_seed(root=root, seed=seed, policies=bundle, upstream=upstream, execution=execution, on_state=on_state, baseline_nn_ratio=ratio)
+    ratio = _baseline_ratio(
+        root, seed, bundle, upstream, execution, (lambda name: on_state(f"baseline {name}")) if on_state else None
+    )
+    result = run_seed(
+        root=root,
+        seed=seed,
+        policies=bundle,
+        upstream=upstream,
+        execution=execution,
+        on_state=on_state,
+        baseline_nn_ratio=ratio,
+    )
     # The first baseline run of a seed becomes its pinned authority.
     first_baseline = (
         upstream is None
@@ -140,7 +189,11 @@ def fast_lane(
         and bundle.parameter_hash == load_bundle(BASELINE_POLICIES, refdata_version()).parameter_hash
     )
     scored = score_run(root, result.run_dir, pin_as_baseline=first_baseline)
-    discipline.set_pointer(root, "current_candidate", {"run_id": result.run_id, "seed": seed, "parameter_hash": result.tokens.parameter_hash})
+    discipline.set_pointer(
+        root,
+        "current_candidate",
+        {"run_id": result.run_id, "seed": seed, "parameter_hash": result.tokens.parameter_hash},
+    )
     return result, scored
 
 
@@ -174,7 +227,9 @@ def _warm_worker() -> int:
     return len(refdata.countries().iso2)
 
 
-def _certify_seed(root: str, seed: int, sealed: tuple[str, dict[str, Any]], country_batch: int) -> tuple[RunResult, Scored]:
+def _certify_seed(
+    root: str, seed: int, sealed: tuple[str, dict[str, Any]], country_batch: int
+) -> tuple[RunResult, Scored]:
     """One seed's whole chain, as one task on a worker: its baseline (pinned once), the
     candidate run and its scorecard. Inside, the worker's own threads run the graphs; a
     lost worker means the task reruns elsewhere and reuses every state already published."""
@@ -188,13 +243,26 @@ def _certify_seed(root: str, seed: int, sealed: tuple[str, dict[str, Any]], coun
 
     pin = pin_baseline_run(Path(root), seed, execution, lambda name: state(f"baseline {name}"))
     bundle = bundle_from_canonical(sealed[0], sealed[1], refdata_version())
-    result = run_seed(root=Path(root), seed=seed, policies=bundle, execution=execution, on_state=state, baseline_nn_ratio=float(pin["nn_ratio"]))
+    result = run_seed(
+        root=Path(root),
+        seed=seed,
+        policies=bundle,
+        execution=execution,
+        on_state=state,
+        baseline_nn_ratio=float(pin["nn_ratio"]),
+    )
     return result, score_run(Path(root), result.run_dir)
 
 
 def certify(
-    root: Path, seeds: list[int] | None, policies: Path, scheduler: str | None = None, workers: int | None = None,
-    promote: bool = False, reopen: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None,
+    root: Path,
+    seeds: list[int] | None,
+    policies: Path,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    promote: bool = False,
+    reopen: dict[str, str] | None = None,
+    on_event: Callable[[str], None] | None = None,
     country_batch: int = 24,
 ) -> Pack:
     """Run the full chain for every seed (default: the gates' required seeds) in parallel on
@@ -205,7 +273,9 @@ def certify(
     bundle = load_bundle(policies, refdata_version())
     seeds = list(seeds) if seeds else list(bundle.gates.required_seeds)
     discipline.check_locks(root, bundle.digests, reopen or {})
-    folder = new_folder(root / "certification", time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}")
+    folder = new_folder(
+        root / "certification", time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
+    )
     pack_id = folder.name
     emit = on_event or (lambda _msg: None)
     cluster, client = _cluster(scheduler, workers)
@@ -218,9 +288,19 @@ def certify(
         with performance_report(filename=str(folder / "dask-report.html")):
             # Seed-free states once, their spatial chunks spread over the cluster; then one
             # task per seed (the seed's chain, its baseline and its scorecard).
-            Chain(root, seeds[0], bundle, Path("."), Execution(scheduler="attached", country_batch=country_batch)).run_global()
+            Chain(
+                root, seeds[0], bundle, Path("."), Execution(scheduler="attached", country_batch=country_batch)
+            ).run_global()
             futures = [
-                client.submit(_certify_seed, str(root), seed, (bundle.name, bundle.canonical()), country_batch, key=f"certify_seed-{seed}-{pack_id}", pure=False)
+                client.submit(
+                    _certify_seed,
+                    str(root),
+                    seed,
+                    (bundle.name, bundle.canonical()),
+                    country_batch,
+                    key=f"certify_seed-{seed}-{pack_id}",
+                    pure=False,
+                )
                 for seed in seeds
             ]
             done = dict(zip(seeds, client.gather(futures), strict=True))
@@ -233,25 +313,53 @@ def certify(
     scored = {s: d[1] for s, d in done.items()}
     for seed, result in results.items():  # every seed ran exactly the bundle this pack records
         if result.tokens.parameter_hash != bundle.parameter_hash:
-            raise Seg1BError(E_TOKEN_MISMATCH, f"seed {seed} ran parameter_hash {result.tokens.parameter_hash[:12]}…, the pack certifies {bundle.parameter_hash[:12]}…", file=folder)
+            raise Seg1BError(
+                E_TOKEN_MISMATCH,
+                f"seed {seed} ran parameter_hash {result.tokens.parameter_hash[:12]}…, "
+                f"the pack certifies {bundle.parameter_hash[:12]}…",
+                file=folder,
+            )
     # score_run refuses any run whose structural checks failed (no 1B flag): all scored
     # runs are structurally valid.
     bootstrap = {s: sc.bootstrap for s, sc in scored.items()}
-    report = grading.grade({s: sc.card for s, sc in scored.items()}, bundle.gates, dict.fromkeys(scored, True),
-                           bootstrap if all(bootstrap.values()) else None, hints=grading.triage_hints(bundle))
+    report = grading.grade(
+        {s: sc.card for s, sc in scored.items()},
+        bundle.gates,
+        dict.fromkeys(scored, True),
+        bootstrap if all(bootstrap.values()) else None,
+        hints=grading.triage_hints(bundle),
+    )
     _write_pack(folder, bundle, seeds, results, scored, report, wall)
     promoted = False
     if promote:
         if report.outcome == "RED":
-            raise Seg1BError(E_PROMOTION_REFUSED, "promotion refused: a required seed fails a hard gate", file=folder / "grade.json", key=", ".join(sorted({f.gate for f in report.failures["B"]})))
-        pointer = {"pack_id": pack_id, "grade": report.outcome, "run_ids": [r.run_id for r in results.values()], "parameter_hash": bundle.parameter_hash}
+            raise Seg1BError(
+                E_PROMOTION_REFUSED,
+                "promotion refused: a required seed fails a hard gate",
+                file=folder / "grade.json",
+                key=", ".join(sorted({f.gate for f in report.failures["B"]})),
+            )
+        pointer = {
+            "pack_id": pack_id,
+            "grade": report.outcome,
+            "run_ids": [r.run_id for r in results.values()],
+            "parameter_hash": bundle.parameter_hash,
+        }
         discipline.set_pointer(root, "last_good", pointer)
         discipline.set_pointer(root, "current_candidate", pointer)
         promoted = True
     return Pack(folder, report, scored, results, wall, dashboard, promoted)
 
 
-def _write_pack(folder: Path, bundle: PolicyBundle, seeds: list[int], results: dict[int, RunResult], scored: dict[int, Scored], report: grading.GradeReport, wall: float) -> None:
+def _write_pack(
+    folder: Path,
+    bundle: PolicyBundle,
+    seeds: list[int],
+    results: dict[int, RunResult],
+    scored: dict[int, Scored],
+    report: grading.GradeReport,
+    wall: float,
+) -> None:
     for seed, sc in scored.items():
         scoring.write_scorecard(sc.card, folder / "seeds" / f"seed={seed}")
     metric_names = [m for m, _, _ in grading.METRIC_GATES]
@@ -260,7 +368,9 @@ def _write_pack(folder: Path, bundle: PolicyBundle, seeds: list[int], results: d
     lines = ["metric," + ",".join(f"seed_{s}" for s in seeds) + ",mean,cv"]
     for m in metric_names:
         vals = [scored[s].card["metrics"][m] for s in seeds]
-        lines.append(",".join([m, *(f"{v:.6f}" for v in vals), f"{pooled[m]:.6f}", f"{report.cv.get(m, float('nan')):.6f}"]))
+        lines.append(
+            ",".join([m, *(f"{v:.6f}" for v in vals), f"{pooled[m]:.6f}", f"{report.cv.get(m, float('nan')):.6f}"])
+        )
     (folder / "cv.csv").write_text("\n".join(lines) + "\n")
     write_json(folder / "grade.json", report.as_dict())
     baselines = [discipline.baseline_pointer(folder.parent.parent, s) for s in seeds]

@@ -35,7 +35,11 @@ class Tokens:
             return {"parameter_hash": self.parameter_hash}
         if scope == "egress":
             return {"seed": self.seed, "manifest_fingerprint": self.manifest_fingerprint}
-        return {"seed": self.seed, "parameter_hash": self.parameter_hash, "manifest_fingerprint": self.manifest_fingerprint}
+        return {
+            "seed": self.seed,
+            "parameter_hash": self.parameter_hash,
+            "manifest_fingerprint": self.manifest_fingerprint,
+        }
 
 
 def partition(dataset: str, scope: Scope, tokens: Tokens) -> str:
@@ -61,7 +65,9 @@ def stage_dir(final: Path) -> Path:
 
 
 def _manifest(tokens: dict[str, object], digest: str, dataset: str) -> bytes:
-    return json.dumps({"dataset": dataset, "tokens": tokens, "content_sha256": digest}, indent=2, sort_keys=True).encode()
+    return json.dumps(
+        {"dataset": dataset, "tokens": tokens, "content_sha256": digest}, indent=2, sort_keys=True
+    ).encode()
 
 
 def read_manifest(folder: Path) -> dict:
@@ -74,7 +80,12 @@ def check_tokens(folder: Path) -> None:
     path_tokens = tokens_from_path(folder)
     for key, value in manifest["tokens"].items():
         if path_tokens.get(key) != str(value):
-            raise Seg1BError(E_TOKEN_MISMATCH, f"path says {key}={path_tokens.get(key)}, manifest says {value}", file=folder / MANIFEST, key=key)
+            raise Seg1BError(
+                E_TOKEN_MISMATCH,
+                f"path says {key}={path_tokens.get(key)}, manifest says {value}",
+                file=folder / MANIFEST,
+                key=key,
+            )
 
 
 def seal_and_commit(tmp: Path, final: Path, dataset: str, tokens: dict[str, object]) -> Path:
@@ -94,7 +105,9 @@ def _commit(tmp: Path, final: Path, digest: str) -> None:
         existing = read_manifest(final)["content_sha256"] if (final / MANIFEST).is_file() else None
         shutil.rmtree(tmp, ignore_errors=True)
         if existing != digest:
-            raise Seg1BError(E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final)
+            raise Seg1BError(
+                E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final
+            )
         return
     try:
         os.rename(tmp, final)
@@ -102,7 +115,9 @@ def _commit(tmp: Path, final: Path, digest: str) -> None:
         # Another writer won the race: same rule as above.
         shutil.rmtree(tmp, ignore_errors=True)
         if read_manifest(final)["content_sha256"] != digest:
-            raise Seg1BError(E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final) from None
+            raise Seg1BError(
+                E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final
+            ) from None
 
 
 def publish(final: Path, dataset: str, tokens: dict[str, object], write: Callable[[Path], None]) -> Path:

@@ -80,7 +80,11 @@ def nn_metrics(nn_km: NDArray[np.float64]) -> dict[str, float]:
     q = np.quantile(nn_km, [0.5, 0.75, 0.9, 0.95, 0.99])
     p50, p99 = float(q[0]), float(q[4])
     return {
-        "nn_p50_km": p50, "nn_p75_km": float(q[1]), "nn_p90_km": float(q[2]), "nn_p95_km": float(q[3]), "nn_p99_km": p99,
+        "nn_p50_km": p50,
+        "nn_p75_km": float(q[1]),
+        "nn_p90_km": float(q[2]),
+        "nn_p95_km": float(q[3]),
+        "nn_p99_km": p99,
         # p50 = 0 is a failure, never a perfect score: the ratio is undefined (NaN).
         "nn_ratio": p99 / p50 if p50 > 0 else float("nan"),
     }

@@ -23,7 +23,9 @@ def _chord_to_arc(chord: NDArray[np.float64]) -> NDArray[np.float64]:
     return 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
 
 
-def _band_nn(lon: NDArray[np.float64], lat: NDArray[np.float64], lo: float, hi: float, last: bool, whole: bool) -> NDArray[np.float64]:
+def _band_nn(
+    lon: NDArray[np.float64], lat: NDArray[np.float64], lo: float, hi: float, last: bool, whole: bool
+) -> NDArray[np.float64]:
     """Arc (radians) to the nearest other site for sites with lo <= lat < hi (<= on the
     last band). Only sites whose in-band neighbour is farther than the band's edge can
     have a closer neighbour outside: those alone are queried again with a halo."""
@@ -50,7 +52,9 @@ def _band_nn(lon: NDArray[np.float64], lat: NDArray[np.float64], lo: float, hi: 
     return arc
 
 
-def _band_task(source: str | tuple[NDArray[np.float64], NDArray[np.float64]], lo: float, hi: float, last: bool, whole: bool) -> NDArray[np.float64]:
+def _band_task(
+    source: str | tuple[NDArray[np.float64], NDArray[np.float64]], lo: float, hi: float, last: bool, whole: bool
+) -> NDArray[np.float64]:
     if isinstance(source, str):  # a site_locations folder: the task loads its own data
         from pathlib import Path
 

@@ -14,7 +14,12 @@ REGION_COLOURS = dict(zip(REGIONS, ("#c0392b", "#e67e22", "#2980b9", "#27ae60", 
 
 
 def site_map(
-    lon: NDArray[np.float64], lat: NDArray[np.float64], region: NDArray[np.str_], shares: list[tuple[str, int, float]], title: str, path: Path
+    lon: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    region: NDArray[np.str_],
+    shares: list[tuple[str, int, float]],
+    title: str,
+    path: Path,
 ) -> None:
     """World scatter of every site coloured by macro region, with the top-20 country shares."""
     import matplotlib
@@ -25,7 +30,9 @@ def site_map(
     fig, (ax_map, ax_bar) = plt.subplots(1, 2, figsize=(16, 6), gridspec_kw={"width_ratios": [3, 1]})
     for name, colour in REGION_COLOURS.items():
         sel = region == name
-        ax_map.scatter(lon[sel], lat[sel], s=0.5, c=colour, linewidths=0, label=f"{name} ({sel.mean():.1%})", rasterized=True)
+        ax_map.scatter(
+            lon[sel], lat[sel], s=0.5, c=colour, linewidths=0, label=f"{name} ({sel.mean():.1%})", rasterized=True
+        )
     ax_map.set_xlim(-180, 180)
     ax_map.set_ylim(-90, 90)
     ax_map.axhline(0, color="0.7", lw=0.5)

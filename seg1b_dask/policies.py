@@ -101,7 +101,9 @@ class CountryMassPolicy(Strict):
     country_cap_share_soft: Share
     soft_cap_keep: Share = Field(description="share of the excess above the soft cap that is kept")
     country_cap_share_hard: Share
-    max_population_share_multiple: float = Field(ge=0.0, le=1e6, description="hard cap ≤ this × the country's population share (0 = off)")
+    max_population_share_multiple: float = Field(
+        ge=0.0, le=1e6, description="hard cap ≤ this × the country's population share (0 = off)"
+    )
     topk_cap_share: TopKCaps
     max_iterations: int = Field(ge=1, le=100_000)
     tolerance: float = Field(gt=0.0, le=1e-3)
@@ -136,15 +138,21 @@ class CountryAllocationRemass(Strict):
     mode: Literal["remass"]
     fidelity_weight: Share = Field(description="mix of 1A's own country shares into the target before governance")
     min_sites_per_country: int = Field(ge=0, le=1000, description="every eligible country's target is at least this")
-    max_share_of_need: Share = Field(description="no merchant fills more than this share of a country's need (cap per cell)")
-    max_new_countries: int = Field(ge=1, le=1000, description="a merchant's mobile outlets always fit in this many countries")
+    max_share_of_need: Share = Field(
+        description="no merchant fills more than this share of a country's need (cap per cell)"
+    )
+    max_new_countries: int = Field(
+        ge=1, le=1000, description="a merchant's mobile outlets always fit in this many countries"
+    )
 
 
 class TileAllocation(Strict):
     method: Literal["largest_remainder", "systematic"]
     tie_break: Literal["tile_id", "keyed"]
     max_tile_share: Share = Field(description="guard: no tile above this share of a pair (1.0 = off)")
-    min_sites_per_tile: int = Field(ge=1, le=1000, description="a tile left with fewer sites hands them to the nearest fuller tile (1 = off)")
+    min_sites_per_tile: int = Field(
+        ge=1, le=1000, description="a tile left with fewer sites hands them to the nearest fuller tile (1 = off)"
+    )
 
 
 class S4Policy(Strict):
@@ -286,7 +294,9 @@ def load_bundle(directory: Path, refdata_version: str) -> PolicyBundle:
         parsed[name] = parse_policy(name, _load_yaml(path), path)
     digests = {name: sha256_hex(canonical_json(model.model_dump(mode="json"))) for name, model in parsed.items()}
     parameter_hash = sha256_hex(canonical_json({"policies": digests, "refdata": refdata_version}))
-    return PolicyBundle.model_validate({"name": directory.name, "digests": digests, "parameter_hash": parameter_hash, **parsed})
+    return PolicyBundle.model_validate(
+        {"name": directory.name, "digests": digests, "parameter_hash": parameter_hash, **parsed}
+    )
 
 
 def bundle_from_canonical(name: str, canonical: dict[str, Any], refdata_version: str) -> PolicyBundle:

@@ -122,7 +122,9 @@ class PlaceTable:
 
 @cache
 def places() -> PlaceTable:
-    table = pq.read_table(REFDATA_DIR / "places.parquet", columns=["iso2", "lon_deg", "lat_deg", "population"]).to_pydict()
+    table = pq.read_table(
+        REFDATA_DIR / "places.parquet", columns=["iso2", "lon_deg", "lat_deg", "population"]
+    ).to_pydict()
     codes = countries().iso2
     iso = np.asarray(table["iso2"], dtype="U2")
     pos = np.minimum(np.searchsorted(codes, iso), len(codes) - 1)
@@ -144,7 +146,9 @@ def country_centres() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     table = countries()
     p = places()
     xyz = unit_vectors(p.lon, p.lat) * p.population[:, None]
-    summed = np.column_stack([np.bincount(p.country_id - 1, weights=xyz[:, axis], minlength=len(table.iso2)) for axis in range(3)])
+    summed = np.column_stack(
+        [np.bincount(p.country_id - 1, weights=xyz[:, axis], minlength=len(table.iso2)) for axis in range(3)]
+    )
     points = shapely.get_coordinates(shapely.point_on_surface(table.geometry))
     norm = np.linalg.norm(summed, axis=1)
     has = norm > 0

@@ -19,7 +19,17 @@ from .errors import E_VALIDATION_FAILED, Seg1BError
 from .execution import Execution, executing
 from .grid import Grid
 from .hashing import FLAG_NAME, canonical_json, sha256_file, sha256_hex
-from .lineage import Tokens, new_folder, partition, publish, republish, safe_join, seal_and_commit, stage_dir, write_json
+from .lineage import (
+    Tokens,
+    new_folder,
+    partition,
+    publish,
+    republish,
+    safe_join,
+    seal_and_commit,
+    stage_dir,
+    write_json,
+)
 from .policies import PolicyBundle, load_bundle
 from .refdata import refdata_version
 from .registry import DATASETS, STATES, StateSpec
@@ -80,7 +90,9 @@ def ensure_standin(root: Path, seed: int) -> Path:
     return final
 
 
-def _cache_keys(bundle: PolicyBundle, seed: int, upstream_flag: str, baseline_nn_ratio: float | None = None) -> dict[str, str]:
+def _cache_keys(
+    bundle: PolicyBundle, seed: int, upstream_flag: str, baseline_nn_ratio: float | None = None
+) -> dict[str, str]:
     prev = sha256_hex(canonical_json([code_digest(), refdata_version()]))
     keys = {}
     for spec in STATES[1:]:
@@ -102,7 +114,15 @@ def _peak_rss_mb() -> float:
 class Chain:
     """One seed's run of the chain under a run root."""
 
-    def __init__(self, root: Path, seed: int, bundle: PolicyBundle, upstream: Path, execution: Execution, baseline_nn_ratio: float | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        seed: int,
+        bundle: PolicyBundle,
+        upstream: Path,
+        execution: Execution,
+        baseline_nn_ratio: float | None = None,
+    ) -> None:
         self.root = Path(root).resolve()
         self.data = self.root / "data"
         self.seed = seed
@@ -139,8 +159,15 @@ class Chain:
             staged[name] = stage_dir(final)
             shutil.rmtree(staged[name], ignore_errors=True)
             staged[name].mkdir()
-        ctx = StateContext(tokens=tokens, policies=self.bundle, grid=self.grid, execution=self.execution,
-                           inputs={n: self.published[n] for n in spec.reads}, upstream=self.upstream, baseline_nn_ratio=self.baseline_nn_ratio)
+        ctx = StateContext(
+            tokens=tokens,
+            policies=self.bundle,
+            grid=self.grid,
+            execution=self.execution,
+            inputs={n: self.published[n] for n in spec.reads},
+            upstream=self.upstream,
+            baseline_nn_ratio=self.baseline_nn_ratio,
+        )
         try:
             stats = spec.load().run(ctx, staged)
         except BaseException:
@@ -156,7 +183,9 @@ class Chain:
         write_json(index, entry)
         return stats
 
-    def _run_states(self, specs: tuple[StateSpec, ...], keys: dict[str, str], tokens: Tokens, on_state: Callable[[str], None] | None) -> list[StateRecord]:
+    def _run_states(
+        self, specs: tuple[StateSpec, ...], keys: dict[str, str], tokens: Tokens, on_state: Callable[[str], None] | None
+    ) -> list[StateRecord]:
         records = []
         with executing(self.execution):
             for spec in specs:
@@ -181,7 +210,12 @@ class Chain:
         gate = s0_gate.verify(self.upstream, self.seed, self.bundle.parameter_hash, code_digest())
         tokens = Tokens(self.seed, self.bundle.parameter_hash, gate.manifest_fingerprint)
         final = self._final("s0_gate_receipt", tokens)
-        publish(final, "s0_gate_receipt", tokens.for_scope("plan"), lambda d: s0_gate.write_receipt(gate, self.seed, self.bundle.parameter_hash, d))
+        publish(
+            final,
+            "s0_gate_receipt",
+            tokens.for_scope("plan"),
+            lambda d: s0_gate.write_receipt(gate, self.seed, self.bundle.parameter_hash, d),
+        )
         self.published["s0_gate_receipt"] = final
         records = [StateRecord("S0", "gate", time.perf_counter() - t0, False, {"outlets": gate.n_outlets})]
         keys = _cache_keys(self.bundle, self.seed, gate.upstream_flag, self.baseline_nn_ratio)
@@ -203,9 +237,14 @@ def run_seed(
     upstream_dir = Path(upstream) if upstream else ensure_standin(root, seed)
     chain = Chain(root, seed, bundle, upstream_dir, execution, baseline_nn_ratio)
     tokens, records = chain.run(on_state)
-    run_dir = new_folder(safe_join(root, "runs"), time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}")
+    run_dir = new_folder(
+        safe_join(root, "runs"),
+        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}",
+    )
     run_id = run_dir.name
-    result = RunResult(run_id, run_dir, seed, tokens, records, dict(chain.published), time.perf_counter() - start, _peak_rss_mb())
+    result = RunResult(
+        run_id, run_dir, seed, tokens, records, dict(chain.published), time.perf_counter() - start, _peak_rss_mb()
+    )
     receipt = {
         "run_id": run_id,
         "seed": seed,
@@ -219,7 +258,10 @@ def run_seed(
         "upstream": str(upstream_dir),
         "execution": execution.as_dict(),
         "baseline_nn_ratio": chain.baseline_nn_ratio,
-        "states": [{"id": r.id, "name": r.name, "seconds": round(r.seconds, 3), "reused": r.reused, "stats": r.stats} for r in records],
+        "states": [
+            {"id": r.id, "name": r.name, "seconds": round(r.seconds, 3), "reused": r.reused, "stats": r.stats}
+            for r in records
+        ],
         "outputs": {k: str(v.relative_to(root)) for k, v in result.outputs.items()},
         "wall_seconds": round(result.wall_seconds, 3),
         "peak_rss_mb": round(result.peak_rss_mb, 1),
@@ -227,6 +269,9 @@ def run_seed(
     write_json(run_dir / "run.json", receipt)
     validation = result.validation
     if not validation["passed"]:
-        raise Seg1BError(E_VALIDATION_FAILED, f"S9 structural checks failed: {', '.join(validation['failed_checks'])}", file=result.outputs["validation_bundle"] / "checks.json")
+        raise Seg1BError(
+            E_VALIDATION_FAILED,
+            f"S9 structural checks failed: {', '.join(validation['failed_checks'])}",
+            file=result.outputs["validation_bundle"] / "checks.json",
+        )
     return result
-

@@ -68,8 +68,15 @@ def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64], cell_deg: float
     quantum = cell_deg / SENTINEL_LEVELS_PER_CELL
     unique_lat = len(np.unique(np.round(lat / quantum))) / len(lat)
     unique_lon = len(np.unique(np.round(lon / quantum))) / len(lon)
-    flagged = anisotropy > SENTINEL_MAX_ANISOTROPY or unique_lat < SENTINEL_MIN_UNIQUE or unique_lon < SENTINEL_MIN_UNIQUE
-    return {"anisotropy": anisotropy, "unique_lat_share": unique_lat, "unique_lon_share": unique_lon, "flagged": bool(flagged)}
+    flagged = (
+        anisotropy > SENTINEL_MAX_ANISOTROPY or unique_lat < SENTINEL_MIN_UNIQUE or unique_lon < SENTINEL_MIN_UNIQUE
+    )
+    return {
+        "anisotropy": anisotropy,
+        "unique_lat_share": unique_lat,
+        "unique_lon_share": unique_lon,
+        "flagged": bool(flagged),
+    }
 
 
 def near_city_share(sites: SiteFrame, km: float, min_population: int) -> float:
@@ -80,15 +87,21 @@ def near_city_share(sites: SiteFrame, km: float, min_population: int) -> float:
     places = refdata.places().at_least(min_population)
     if len(places.lon) == 0 or len(sites.lon) == 0:
         return 0.0
-    chord, _ = BallTree(metrics.unit_vectors(places.lon, places.lat)).query(metrics.unit_vectors(sites.lon, sites.lat), k=1)
+    chord, _ = BallTree(metrics.unit_vectors(places.lon, places.lat)).query(
+        metrics.unit_vectors(sites.lon, sites.lat), k=1
+    )
     arc_km = 2.0 * np.arcsin(np.clip(chord[:, 0] / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
     return float((arc_km <= km).mean())
 
 
-def country_figures(sites: SiteFrame, region_of: dict[str, str], eligible_count: int) -> tuple[dict[str, Any], dict[str, float], list[tuple[str, int, float]]]:
+def country_figures(
+    sites: SiteFrame, region_of: dict[str, str], eligible_count: int
+) -> tuple[dict[str, Any], dict[str, float], list[tuple[str, int, float]]]:
     """Country concentration, coverage, hemisphere and region shares (cheap: counts only)."""
     codes, counts = np.unique(sites.iso2, return_counts=True)
-    figures: dict[str, Any] = metrics.country_metrics(dict(zip(codes.tolist(), counts.tolist(), strict=True)), eligible_count)
+    figures: dict[str, Any] = metrics.country_metrics(
+        dict(zip(codes.tolist(), counts.tolist(), strict=True)), eligible_count
+    )
     figures["sites"] = int(len(sites.lat))
     figures["southern_hemisphere_share"] = float((sites.lat < 0).mean())
     regions = {r: 0.0 for r in REGIONS}
@@ -100,8 +113,13 @@ def country_figures(sites: SiteFrame, region_of: dict[str, str], eligible_count:
 
 
 def compute_scorecard(
-    sites: SiteFrame, region_of: dict[str, str], eligible_count: int, baseline_nn_ratio: float | None, gates: GatesPolicy,
-    cell_deg: float, source: str | None = None,
+    sites: SiteFrame,
+    region_of: dict[str, str],
+    eligible_count: int,
+    baseline_nn_ratio: float | None,
+    gates: GatesPolicy,
+    cell_deg: float,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Every metric of DESIGN §6 for one seed, plus merchant footprint and urban proximity."""
     figures, regions, shares = country_figures(sites, region_of, eligible_count)
@@ -124,7 +142,9 @@ def set_baseline(figures: dict[str, Any], baseline_nn_ratio: float | None) -> No
     baseline or a ratio (which fails its gate)."""
     ratio = figures["nn_ratio"]
     figures["baseline_nn_ratio"] = baseline_nn_ratio if baseline_nn_ratio is not None else float("nan")
-    figures["nn_contraction"] = (baseline_nn_ratio - ratio) / baseline_nn_ratio if baseline_nn_ratio and not math.isnan(ratio) else float("nan")
+    figures["nn_contraction"] = (
+        (baseline_nn_ratio - ratio) / baseline_nn_ratio if baseline_nn_ratio and not math.isnan(ratio) else float("nan")
+    )
 
 
 def merchant_country_matrix(sites: SiteFrame) -> tuple[NDArray[np.int64], list[str]]:
@@ -145,14 +165,28 @@ def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
     check_tokens(egress)
     for token in ("seed", "parameter_hash", "manifest_fingerprint"):
         if str(index.get(token)) != str(run[token]):
-            raise Seg1BError(E_TOKEN_MISMATCH, f"the sealed bundle says {token}={index.get(token)}, run.json says {run[token]}", file=bundle / "index.json", key=token)
+            raise Seg1BError(
+                E_TOKEN_MISMATCH,
+                f"the sealed bundle says {token}={index.get(token)}, run.json says {run[token]}",
+                file=bundle / "index.json",
+                key=token,
+            )
     for token, value in read_manifest(egress)["tokens"].items():
         if str(value) != str(run[token]):
-            raise Seg1BError(E_TOKEN_MISMATCH, f"site_locations says {token}={value}, run.json says {run[token]}", file=egress, key=token)
+            raise Seg1BError(
+                E_TOKEN_MISMATCH,
+                f"site_locations says {token}={value}, run.json says {run[token]}",
+                file=egress,
+                key=token,
+            )
     sealed = json.loads((bundle / "egress.json").read_text())["site_locations_sha256"]
     actual = tree_digest(egress, exclude=frozenset({MANIFEST}))
     if sealed != actual or read_manifest(egress)["content_sha256"] != actual:
-        raise Seg1BError(E_BUNDLE_FLAG_MISMATCH, "site_locations bytes differ from those the 1B validation bundle sealed", file=egress)
+        raise Seg1BError(
+            E_BUNDLE_FLAG_MISMATCH,
+            "site_locations bytes differ from those the 1B validation bundle sealed",
+            file=egress,
+        )
     return egress, bundle
 
 
@@ -166,16 +200,29 @@ def _write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> No
 def write_scorecard(card: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "scorecard.json", {k: v for k, v in card.items() if k != "country_shares"})
-    _write_csv(folder / "country_shares.csv", ["legal_country_iso", "sites", "share"], [(c, n, f"{s:.6f}") for c, n, s in card["country_shares"]])
-    _write_csv(folder / "region_shares.csv", ["region", "share"], [(r, f"{s:.6f}") for r, s in card["region_share"].items()])
+    _write_csv(
+        folder / "country_shares.csv",
+        ["legal_country_iso", "sites", "share"],
+        [(c, n, f"{s:.6f}") for c, n, s in card["country_shares"]],
+    )
+    _write_csv(
+        folder / "region_shares.csv", ["region", "share"], [(r, f"{s:.6f}") for r, s in card["region_share"].items()]
+    )
     m = card["metrics"]
     if "nn_p50_km" not in m:  # S9's bundle carries country figures only
         return
-    _write_csv(folder / "nn_quantiles.csv", ["quantile", "km"], [(q, f"{m[f'nn_{q}_km']:.6f}") for q in ("p50", "p75", "p90", "p95", "p99")])
+    _write_csv(
+        folder / "nn_quantiles.csv",
+        ["quantile", "km"],
+        [(q, f"{m[f'nn_{q}_km']:.6f}") for q in ("p50", "p75", "p90", "p95", "p99")],
+    )
     _write_csv(
         folder / "sentinel.csv",
         ["legal_country_iso", "anisotropy", "unique_lat_share", "unique_lon_share", "flagged"],
-        [(c, f"{s['anisotropy']:.3f}", f"{s['unique_lat_share']:.4f}", f"{s['unique_lon_share']:.4f}", s["flagged"]) for c, s in card["sentinel"].items()],
+        [
+            (c, f"{s['anisotropy']:.3f}", f"{s['unique_lat_share']:.4f}", f"{s['unique_lon_share']:.4f}", s["flagged"])
+            for c, s in card["sentinel"].items()
+        ],
     )
 
 

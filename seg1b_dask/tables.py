@@ -7,7 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-WRITE_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True, store_schema=False)
+WRITE_OPTIONS = dict(
+    compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True, store_schema=False
+)
 
 
 def write_table(table: pa.Table, folder: Path, name: str = "part-00000.parquet") -> Path:

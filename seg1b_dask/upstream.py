@@ -88,7 +88,9 @@ def country_totals(seed: int) -> dict[str, int]:
     base = np.asarray([totals[c] for c in iso], dtype=np.float64)
     jittered = base * np.exp(rng.normal(0.0, 0.15, size=len(base)))
     grand = int(round(sum(totals.values()) * float(np.exp(rng.normal(0.0, 0.03)))))
-    counts = np.maximum(_largest_remainder(jittered / jittered.sum() * (grand - 2 * len(iso)), grand - 2 * len(iso)), 0) + 2
+    counts = (
+        np.maximum(_largest_remainder(jittered / jittered.sum() * (grand - 2 * len(iso)), grand - 2 * len(iso)), 0) + 2
+    )
     return dict(zip(iso, counts.tolist(), strict=True))
 
 
@@ -188,7 +190,9 @@ def synthesize(seed: int) -> Catalogue:
         rows = np.flatnonzero(member[:, col])
         quota = x[rows, col]
         extra = target[col] - len(rows)
-        counts[rows, col] = 1 + _largest_remainder(np.maximum(quota - 1, 0) / max(np.maximum(quota - 1, 0).sum(), 1e-12) * extra, extra)
+        counts[rows, col] = 1 + _largest_remainder(
+            np.maximum(quota - 1, 0) / max(np.maximum(quota - 1, 0).sum(), 1e-12) * extra, extra
+        )
     # Every merchant needs >= 2 outlets: take one from the largest pair of the same country.
     for m in np.flatnonzero(counts.sum(axis=1) < 2):
         country = int(np.flatnonzero(counts[m])[0])
@@ -263,4 +267,6 @@ def write_bundle(seed: int, out: Path) -> str:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out / rel, compression="zstd", store_schema=False)
     fingerprint = sha256_hex(canonical_json({"generator": GENERATOR_VERSION, "seed": seed}))
-    return seal_bundle(out, {"segment": "1A", "seed": seed, "manifest_fingerprint": fingerprint, "generator": GENERATOR_VERSION})
+    return seal_bundle(
+        out, {"segment": "1A", "seed": seed, "manifest_fingerprint": fingerprint, "generator": GENERATOR_VERSION}
+    )

@@ -30,10 +30,14 @@ def _rewrite_catalogue(bundle: Path, edit) -> None:
 def _set(table: pa.Table, column: str, row: int, value) -> pa.Table:
     values = table.column(column).to_pylist()
     values[row] = value
-    return table.set_column(table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type))
+    return table.set_column(
+        table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type)
+    )
 
 
-def _refused(tmp_path: Path, bundle: Path, code: str, policies: Path | None = None, allowed: tuple[str, ...] = ()) -> Seg1BError:
+def _refused(
+    tmp_path: Path, bundle: Path, code: str, policies: Path | None = None, allowed: tuple[str, ...] = ()
+) -> Seg1BError:
     root = tmp_path / "root"
     kwargs = {"policies": policies} if policies else {}
     with pytest.raises(Seg1BError) as err:
@@ -106,9 +110,24 @@ def test_bundle_for_another_seed(tmp_path: Path, bundle42: Path) -> None:
     ("file", "edit", "code", "key"),
     [
         ("s4_alloc_plan.yaml", lambda s: s + "surprise: 1\n", "E_POLICY_UNKNOWN_KEY", "surprise"),
-        ("s4_alloc_plan.yaml", lambda s: s.replace("max_tile_share: 1.0", "max_tile_shares: 1.0"), "E_POLICY_UNKNOWN_KEY", "tile_allocation.max_tile_shares"),
-        ("s6_jitter.yaml", lambda s: s.replace("max_attempts: 64", 'max_attempts: "64"'), "E_POLICY_INVALID", "jitter.uniform_v1.max_attempts"),
-        ("grid.yaml", lambda s: s.replace("resolution_arcsec: 300", "resolution_arcsec: 7"), "E_POLICY_INVALID", "resolution_arcsec"),
+        (
+            "s4_alloc_plan.yaml",
+            lambda s: s.replace("max_tile_share: 1.0", "max_tile_shares: 1.0"),
+            "E_POLICY_UNKNOWN_KEY",
+            "tile_allocation.max_tile_shares",
+        ),
+        (
+            "s6_jitter.yaml",
+            lambda s: s.replace("max_attempts: 64", 'max_attempts: "64"'),
+            "E_POLICY_INVALID",
+            "jitter.uniform_v1.max_attempts",
+        ),
+        (
+            "grid.yaml",
+            lambda s: s.replace("resolution_arcsec: 300", "resolution_arcsec: 7"),
+            "E_POLICY_INVALID",
+            "resolution_arcsec",
+        ),
     ],
 )
 def test_policy_schema_is_strict(policies_copy: Path, file: str, edit, code: str, key: str) -> None:

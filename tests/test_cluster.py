@@ -35,9 +35,39 @@ def dask_cluster() -> Iterator[tuple[str, list[subprocess.Popen]]]:
 
     address = f"tcp://127.0.0.1:{_free_port()}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"], **quiet)
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            address.rsplit(":", 1)[1],
+            "--no-dashboard",
+        ],
+        **quiet,
+    )
     workers = [
-        subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}", "--death-timeout", "60"], **quiet)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--name",
+                f"w{i}",
+                "--death-timeout",
+                "60",
+            ],
+            **quiet,
+        )
         for i in range(2)
     ]
     try:
@@ -70,15 +100,24 @@ def candidate(tmp_path: Path) -> Path:
     shutil.copytree(BASELINE_POLICIES, target)
     shutil.copy(BASELINE_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
     s4 = target / "s4_alloc_plan.yaml"
-    s4.write_text(s4.read_text().replace("tie_break: tile_id", "tie_break: keyed").replace("max_tile_share: 1.0", "max_tile_share: 0.25"))
+    s4.write_text(
+        s4.read_text()
+        .replace("tie_break: tile_id", "tie_break: keyed")
+        .replace("max_tile_share: 1.0", "max_tile_share: 0.25")
+    )
     return target
 
 
 def _digests(pack) -> dict[int, dict[str, str]]:  # noqa: ANN001
-    return {seed: {name: read_manifest(path)["content_sha256"] for name, path in result.outputs.items()} for seed, result in pack.results.items()}
+    return {
+        seed: {name: read_manifest(path)["content_sha256"] for name, path in result.outputs.items()}
+        for seed, result in pack.results.items()
+    }
 
 
-def test_certify_through_scheduler_and_worker_processes(dask_cluster, candidate: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_certify_through_scheduler_and_worker_processes(  # noqa: ANN001
+    dask_cluster, candidate: Path, tmp_path: Path
+) -> None:
     from distributed import Client
 
     address, _ = dask_cluster
@@ -97,7 +136,9 @@ def test_certify_through_scheduler_and_worker_processes(dask_cluster, candidate:
     assert len(executed) == 2 and all(v > 0 for v in executed.values())
 
 
-def test_losing_a_worker_mid_run_gives_the_same_pack(dask_cluster, candidate: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_losing_a_worker_mid_run_gives_the_same_pack(  # noqa: ANN001
+    dask_cluster, candidate: Path, tmp_path: Path
+) -> None:
     address, workers = dask_cluster
     reference = certify(tmp_path / "undisturbed", SEEDS, candidate, workers=2)
     killed: list[str] = []

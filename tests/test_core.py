@@ -32,7 +32,9 @@ def _edges(*geoms: shapely.Geometry) -> EdgeTable:
 
 def test_rasterize_matches_shapely_centres() -> None:
     grid = Grid(3600)
-    donut = shapely.Polygon([(-40, -30), (40, -30), (40, 30), (-40, 30)], [[(-10, -10), (10, -10), (10, 10), (-10, 10)]])
+    donut = shapely.Polygon(
+        [(-40, -30), (40, -30), (40, 30), (-40, 30)], [[(-10, -10), (10, -10), (10, 10), (-10, 10)]]
+    )
     tri = shapely.Polygon([(100.3, 0.2), (170.1, 5.3), (120.7, 60.2)])  # no centre on an edge
     band = rasterize_band(_edges(donut, tri), grid, 0, grid.nrows)
     rows, cols = np.meshgrid(np.arange(grid.nrows), np.arange(grid.ncols), indexing="ij")
@@ -52,7 +54,11 @@ def test_touched_cells_for_tiny_polygon() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(n=st.integers(1, 500), weights=st.lists(st.integers(1, 10**9), min_size=1, max_size=60), share=st.sampled_from([1.0, 0.3, 0.05]))
+@given(
+    n=st.integers(1, 500),
+    weights=st.lists(st.integers(1, 10**9), min_size=1, max_size=60),
+    share=st.sampled_from([1.0, 0.3, 0.05]),
+)
 def test_largest_remainder_properties(n: int, weights: list[int], share: float) -> None:
     w = np.asarray(weights, dtype=np.uint64)
     counts = allocate_tiles(n, w, lambda idx: idx.astype(np.uint64), share)
@@ -118,7 +124,10 @@ def test_assignment_is_a_permutation_within_pairs() -> None:
     ("country", "max_attempts"),
     [
         (shapely.Polygon([(10.0, 40.0), (10.9, 40.0), (10.05, 40.9)]), 8),  # half the cell
-        (shapely.Polygon([(9.5, 40.2), (10.003, 40.2), (10.003, 40.21), (9.5, 40.21)]), 1),  # a sliver: triangulated phase
+        (
+            shapely.Polygon([(9.5, 40.2), (10.003, 40.2), (10.003, 40.21), (9.5, 40.21)]),
+            1,
+        ),  # a sliver: triangulated phase
     ],
 )
 def test_jitter_stays_in_tile_and_country_and_is_distinct(country: shapely.Polygon, max_attempts: int) -> None:
@@ -157,4 +166,6 @@ def test_nearest_neighbour_is_great_circle_and_exact() -> None:
     xyz = metrics.unit_vectors(lon, lat)
     arc = np.arccos(np.clip(xyz @ xyz.T, -1, 1))
     np.fill_diagonal(arc, np.inf)
-    np.testing.assert_allclose(metrics.nearest_neighbour_km(lon, lat), arc.min(axis=1) * metrics.EARTH_RADIUS_KM, rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.nearest_neighbour_km(lon, lat), arc.min(axis=1) * metrics.EARTH_RADIUS_KM, rtol=1e-6
+    )

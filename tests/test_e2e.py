@@ -25,7 +25,12 @@ def _digests(result: RunResult) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    return run_seed(root=tmp_path_factory.mktemp("ref"), seed=42, policies=BASELINE_POLICIES, execution=Execution(scheduler="threads"))
+    return run_seed(
+        root=tmp_path_factory.mktemp("ref"),
+        seed=42,
+        policies=BASELINE_POLICIES,
+        execution=Execution(scheduler="threads"),
+    )
 
 
 BASELINE_NN_RATIO = 16.0  # a fixed stand-in for the pinned baseline, so S9 can grade contraction
@@ -33,8 +38,13 @@ BASELINE_NN_RATIO = 16.0  # a fixed stand-in for the pinned baseline, so S9 can 
 
 @pytest.fixture(scope="module")
 def remediation(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    return run_seed(root=tmp_path_factory.mktemp("rem"), seed=42, policies=DEFAULT_POLICIES, execution=Execution(scheduler="threads"),
-                    baseline_nn_ratio=BASELINE_NN_RATIO)
+    return run_seed(
+        root=tmp_path_factory.mktemp("rem"),
+        seed=42,
+        policies=DEFAULT_POLICIES,
+        execution=Execution(scheduler="threads"),
+        baseline_nn_ratio=BASELINE_NN_RATIO,
+    )
 
 
 def _rows_digest(result: RunResult) -> str:
@@ -57,7 +67,12 @@ def test_remediation_seals_b_plus_and_reports_its_price(remediation: RunResult) 
     v = remediation.validation
     assert v["passed"] and v["sealed"] and v["target_grade"] == "B_PLUS" and v["failed_gates"] == []
     realism = json.loads((remediation.outputs["validation_bundle"] / "realism.json").read_text())
-    assert {r["gate"] for r in realism["gates"]} >= {"country_gini", "top1_share", "bootstrap_upper:top1_share", "region_floor:Africa"}
+    assert {r["gate"] for r in realism["gates"]} >= {
+        "country_gini",
+        "top1_share",
+        "bootstrap_upper:top1_share",
+        "region_floor:Africa",
+    }
     assert all(r["margin"] >= 0 for r in realism["gates"])
     m = v["metrics"]
     assert m["active_countries"] == m["eligible_countries"] and m["sentinel_flagged"] == 0
@@ -67,9 +82,18 @@ def test_remediation_seals_b_plus_and_reports_its_price(remediation: RunResult) 
     # The lineage maps every 1A stub once onto a distinct 1B key.
     lineage = read_table(remediation.outputs["site_lineage"])
     assert lineage.num_rows == 31257
-    keys = set(zip(*(lineage.column(c).to_pylist() for c in ("merchant_id", "legal_country_iso", "site_order")), strict=True))
+    keys = set(
+        zip(*(lineage.column(c).to_pylist() for c in ("merchant_id", "legal_country_iso", "site_order")), strict=True)
+    )
     assert len(keys) == 31257
-    moved = sum(a != b for a, b in zip(lineage.column("source_country_iso").to_pylist(), lineage.column("legal_country_iso").to_pylist(), strict=True))
+    moved = sum(
+        a != b
+        for a, b in zip(
+            lineage.column("source_country_iso").to_pylist(),
+            lineage.column("legal_country_iso").to_pylist(),
+            strict=True,
+        )
+    )
     assert moved / 31257 == pytest.approx(s4["relocated_share"], abs=1e-6)
 
 
@@ -95,7 +119,11 @@ def test_baseline_reproduces_old_engine_country_metrics(reference: RunResult) ->
     assert reference.validation["passed"]
     assert m["active_countries"] == 77 and m["sites"] == 31257
     assert round(m["country_gini"], 4) == 0.7528
-    assert (round(m["top1_share"], 4), round(m["top5_share"], 4), round(m["top10_share"], 4)) == (0.1366, 0.3933, 0.5974)
+    assert (round(m["top1_share"], 4), round(m["top5_share"], 4), round(m["top10_share"], 4)) == (
+        0.1366,
+        0.3933,
+        0.5974,
+    )
     assert (m["top1_k"], m["top5_k"], m["top10_k"]) == (1, 4, 8)
     assert 0.05 <= m["southern_hemisphere_share"] <= 0.07
     assert 220 <= m["eligible_countries"] <= 240
@@ -133,7 +161,9 @@ def test_baseline_keeps_the_legacy_stripes(reference: RunResult) -> None:
     ],
     ids=["threads-small-chunks", "sync-big-chunks", "processes-2", "distributed-1", "distributed-2"],
 )
-def test_outputs_are_byte_identical_across_schedulers_and_chunks(remediation: RunResult, execution: Execution, tmp_path: Path) -> None:
+def test_outputs_are_byte_identical_across_schedulers_and_chunks(
+    remediation: RunResult, execution: Execution, tmp_path: Path
+) -> None:
     reference = remediation
     other = run_seed(root=tmp_path, seed=42, execution=execution, baseline_nn_ratio=BASELINE_NN_RATIO)
     assert other.tokens == reference.tokens
@@ -155,7 +185,9 @@ def test_cache_reuse_and_rerun_matrix(reference: RunResult, tmp_path: Path) -> N
     policies = tmp_path / "policies" / "changed"
     shutil.copytree(BASELINE_POLICIES, policies)
     shutil.copy(BASELINE_POLICIES.parent / "gates.yaml", policies.parent / "gates.yaml")
-    (policies / "s6_jitter.yaml").write_text((policies / "s6_jitter.yaml").read_text().replace("max_attempts: 64", "max_attempts: 32"))
+    (policies / "s6_jitter.yaml").write_text(
+        (policies / "s6_jitter.yaml").read_text().replace("max_attempts: 64", "max_attempts: 32")
+    )
     changed = run_seed(root=root, seed=42, policies=policies)
     assert [s.id for s in changed.states if s.reused] == ["S1", "S2", "S3", "S4", "S5"]
     assert changed.tokens.parameter_hash != reference.tokens.parameter_hash

@@ -45,7 +45,9 @@ def test_fast_lane_reruns_from_first_dirty_state_and_compares_to_baseline(root: 
     assert [s.id for s in result.states if s.reused] == ["S1", "S2", "S3"]
     assert scored.card["baseline"]["seed"] == 42
     m = scored.card["metrics"]
-    assert m["nn_contraction"] == pytest.approx((scored.card["baseline"]["nn_ratio"] - m["nn_ratio"]) / scored.card["baseline"]["nn_ratio"])
+    assert m["nn_contraction"] == pytest.approx(
+        (scored.card["baseline"]["nn_ratio"] - m["nn_ratio"]) / scored.card["baseline"]["nn_ratio"]
+    )
     assert scored.delta["country_gini"] == 0.0  # legacy country allocation: 1A counts
     pointer = json.loads((root / "current_candidate" / "pointer.json").read_text())
     assert pointer["run_id"] == result.run_id
@@ -88,7 +90,9 @@ def test_score_refuses_a_run_receipt_that_disagrees_with_the_sealed_bundle(root:
     assert err.value.code == "E_TOKEN_MISMATCH"
 
 
-def test_the_readme_main_command_with_its_default_relative_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_readme_main_command_with_its_default_relative_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from seg1b_dask.cli import main
@@ -134,12 +138,29 @@ def test_baseline_certifies_red_with_exactly_its_failing_gates(root: Path) -> No
                 expected.add((f"region_floor:{region}", seed))
     got = {(f.gate, f.seed) for f in pack.report.failures["B"]}
     assert got == expected
-    assert {g for g, _ in got} >= {"country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share", "southern_hemisphere_share", "nn_contraction"}
+    assert {g for g, _ in got} >= {
+        "country_gini",
+        "top1_share",
+        "top5_share",
+        "top10_share",
+        "eligible_country_nonzero_share",
+        "southern_hemisphere_share",
+        "nn_contraction",
+    }
     m42 = pack.scored[42].card["metrics"]
-    assert (round(m42["country_gini"], 4), round(m42["top1_share"], 4), round(m42["top5_share"], 4), round(m42["top10_share"], 4), m42["active_countries"]) == (0.7528, 0.1366, 0.3933, 0.5974, 77)
+    assert (
+        round(m42["country_gini"], 4),
+        round(m42["top1_share"], 4),
+        round(m42["top5_share"], 4),
+        round(m42["top10_share"], 4),
+        m42["active_countries"],
+    ) == (0.7528, 0.1366, 0.3933, 0.5974, 77)
     assert (pack.folder / "dask-report.html").stat().st_size > 10_000
     cv_rows = (pack.folder / "cv.csv").read_text().splitlines()
-    assert cv_rows[0] == "metric,seed_42,seed_7,seed_101,seed_202,mean,cv" and len(cv_rows) == len(grading.METRIC_GATES) + 1
+    assert (
+        cv_rows[0] == "metric,seed_42,seed_7,seed_101,seed_202,mean,cv"
+        and len(cv_rows) == len(grading.METRIC_GATES) + 1
+    )
 
     with pytest.raises(Seg1BError) as err:
         certify(root, [42, 7, 101, 202], BASELINE_POLICIES, workers=2, promote=True)

@@ -74,7 +74,9 @@ def _pairs(seed: int, n_merchants: int = 300, n_countries: int = 40) -> remass.P
         for c in countries:
             rows.append((m + 1, c, int(g.integers(2, 40)), home))
     a = np.asarray(rows)
-    return remass.Pairs(a[:, 0].astype(np.uint64), a[:, 1].astype(np.int64), a[:, 2].astype(np.int64), a[:, 3].astype(np.int64))
+    return remass.Pairs(
+        a[:, 0].astype(np.uint64), a[:, 1].astype(np.int64), a[:, 2].astype(np.int64), a[:, 3].astype(np.int64)
+    )
 
 
 @pytest.mark.parametrize("seed", [5, 6])
@@ -86,7 +88,14 @@ def test_remass_hits_targets_keeps_totals_and_moves_the_minimum(seed: int) -> No
     g = np.random.default_rng(seed)
     lon, lat = g.uniform(-180, 180, n_countries), g.uniform(-60, 70, n_countries)
     policy = BUNDLE.s4_alloc_plan.country_allocation
-    out = remass.remass(pairs, targets, remass.country_distance_km(lon, lat), policy, seed, np.asarray([f"C{i}" for i in range(n_countries)]))  # type: ignore[arg-type]
+    out = remass.remass(
+        pairs,
+        targets,
+        remass.country_distance_km(lon, lat),
+        policy,
+        seed,
+        np.asarray([f"C{i}" for i in range(n_countries)]),
+    )  # type: ignore[arg-type]
     assert np.array_equal(np.bincount(out.country, weights=out.n_sites, minlength=n_countries).astype(int), targets)
     before = np.bincount(np.searchsorted(np.unique(pairs.merchant), pairs.merchant), weights=pairs.n_sites)
     after = np.bincount(np.searchsorted(np.unique(out.merchant), out.merchant), weights=out.n_sites)
@@ -96,9 +105,18 @@ def test_remass_hits_targets_keeps_totals_and_moves_the_minimum(seed: int) -> No
     assert out.stats["relocated_share"] == pytest.approx(minimum, abs=1e-6)
     assert out.stats["uniform_alternative_relocated_share"] > out.stats["relocated_share"]
     # Every moved stub leaves a kept 1A slot and lands on a new, distinct 1B key.
-    keys = set(zip(out.moves.merchant.tolist(), out.moves.dst_country.tolist(), out.moves.dst_site_order.tolist(), strict=True))
+    keys = set(
+        zip(out.moves.merchant.tolist(), out.moves.dst_country.tolist(), out.moves.dst_site_order.tolist(), strict=True)
+    )
     assert len(keys) == len(out.moves.merchant) == int((pairs.n_sites - out.kept).sum())
-    again = remass.remass(pairs, targets, remass.country_distance_km(lon, lat), policy, seed, np.asarray([f"C{i}" for i in range(n_countries)]))  # type: ignore[arg-type]
+    again = remass.remass(
+        pairs,
+        targets,
+        remass.country_distance_km(lon, lat),
+        policy,
+        seed,
+        np.asarray([f"C{i}" for i in range(n_countries)]),
+    )  # type: ignore[arg-type]
     assert np.array_equal(again.n_sites, out.n_sites) and np.array_equal(again.country, out.country)
 
 
@@ -123,8 +141,9 @@ def test_no_lone_tiles_moves_singletons_to_the_nearest_full_tile() -> None:
     assert load.min() >= 2 and moved == 2
     assert moved_tile[0] in (100_001, 100_002) and moved_tile[3] in (100_001, 100_002)
     # No tile holds two sites: all gather on the heaviest tile (most sites, then weight).
-    alone, moved = tiles.no_lone_tiles(np.asarray([100_000, 100_001, 500_000]), np.ones(3, dtype=np.int64), 2, grid, country_tiles,
-                                       country_weight)
+    alone, moved = tiles.no_lone_tiles(
+        np.asarray([100_000, 100_001, 500_000]), np.ones(3, dtype=np.int64), 2, grid, country_tiles, country_weight
+    )
     assert moved == 3 and (alone == 500_000).all()
 
 

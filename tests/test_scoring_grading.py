@@ -34,7 +34,9 @@ def _clouds(kind: str, n: int = 1500) -> tuple[np.ndarray, np.ndarray]:
     if kind == "clustered":
         centres = g.uniform([-170, -60], [170, 60], size=(12, 2))
         pick = g.integers(0, 12, n)
-        return ((centres[pick, 0] + g.normal(0, 0.05, n) + 180) % 360) - 180, np.clip(centres[pick, 1] + g.normal(0, 0.05, n), -89, 89)
+        return ((centres[pick, 0] + g.normal(0, 0.05, n) + 180) % 360) - 180, np.clip(
+            centres[pick, 1] + g.normal(0, 0.05, n), -89, 89
+        )
     if kind == "polar":
         return g.uniform(-180, 180, n), np.concatenate([g.uniform(88.5, 90, n // 2), g.uniform(-90, -88.5, n - n // 2)])
     if kind == "antimeridian":
@@ -65,10 +67,22 @@ def test_duplicate_sites_give_zero_and_p50_zero_fails() -> None:
     assert (nn[:4] == 0).all()
     figures = metrics.nn_metrics(nn)
     assert np.isnan(figures["nn_ratio"])
-    card = {"metrics": {"country_gini": 0.5, "top10_share": 0.3, "top5_share": 0.2, "top1_share": 0.05, "eligible_country_nonzero_share": 0.95,
-                        "southern_hemisphere_share": 0.3, "nn_contraction": float("nan"), "sentinel_flagged": 0, "merchant_countries_median": 2.0,
-                        "merchants_above_1a_max_share": 0.0, "near_city_share": 0.8},
-            "region_share": {r: 0.2 for r in ("Africa", "Asia", "Europe", "North America", "South America", "Oceania")}}
+    card = {
+        "metrics": {
+            "country_gini": 0.5,
+            "top10_share": 0.3,
+            "top5_share": 0.2,
+            "top1_share": 0.05,
+            "eligible_country_nonzero_share": 0.95,
+            "southern_hemisphere_share": 0.3,
+            "nn_contraction": float("nan"),
+            "sentinel_flagged": 0,
+            "merchant_countries_median": 2.0,
+            "merchants_above_1a_max_share": 0.0,
+            "near_city_share": 0.8,
+        },
+        "region_share": {r: 0.2 for r in ("Africa", "Asia", "Europe", "North America", "South America", "Oceania")},
+    }
     gates = load_bundle(BASELINE_POLICIES, "v").gates
     report = grading.grade({1: card}, gates, {1: True}, required_seeds=(1,))
     assert report.outcome == "RED"
@@ -86,11 +100,31 @@ def test_sentinel_flags_stripes_and_handles_the_antimeridian() -> None:
 
 
 def _card(**over: float) -> dict:
-    m = {"country_gini": 0.55, "top10_share": 0.40, "top5_share": 0.25, "top1_share": 0.07, "eligible_country_nonzero_share": 0.95,
-         "southern_hemisphere_share": 0.20, "nn_contraction": 0.40, "sentinel_flagged": 0, "merchant_countries_median": 2.0,
-         "merchants_above_1a_max_share": 0.0, "near_city_share": 0.8}
+    m = {
+        "country_gini": 0.55,
+        "top10_share": 0.40,
+        "top5_share": 0.25,
+        "top1_share": 0.07,
+        "eligible_country_nonzero_share": 0.95,
+        "southern_hemisphere_share": 0.20,
+        "nn_contraction": 0.40,
+        "sentinel_flagged": 0,
+        "merchant_countries_median": 2.0,
+        "merchants_above_1a_max_share": 0.0,
+        "near_city_share": 0.8,
+    }
     m.update(over)
-    return {"metrics": m, "region_share": {"Africa": 0.1, "Asia": 0.3, "Europe": 0.25, "North America": 0.15, "South America": 0.1, "Oceania": 0.1}}
+    return {
+        "metrics": m,
+        "region_share": {
+            "Africa": 0.1,
+            "Asia": 0.3,
+            "Europe": 0.25,
+            "North America": 0.15,
+            "South America": 0.1,
+            "Oceania": 0.1,
+        },
+    }
 
 
 def test_grading_outcomes_and_failure_rows() -> None:
@@ -123,7 +157,12 @@ def test_cross_seed_cv_is_population_std_over_mean() -> None:
     assert grading.population_cv([-1.0, 1.0]) == float("inf")
     assert np.isnan(grading.population_cv([1.0, float("nan")]))
     gates = load_bundle(BASELINE_POLICIES, "v").gates
-    cards = {42: _card(top1_share=0.02), 7: _card(top1_share=0.07), 101: _card(top1_share=0.07), 202: _card(top1_share=0.07)}
+    cards = {
+        42: _card(top1_share=0.02),
+        7: _card(top1_share=0.07),
+        101: _card(top1_share=0.07),
+        202: _card(top1_share=0.07),
+    }
     report = grading.grade(cards, gates, {s: True for s in cards})
     assert report.cv["top1_share"] > 0.3
     assert ("cv:top1_share", None) in [(f.gate, f.seed) for f in report.failures["B"]]
@@ -175,7 +214,18 @@ def _fake_run(root: Path, run_id: str, seed: int, digest: str = "d2") -> Path:
     (root / out["site_locations"]).mkdir(parents=True)
     (root / out["site_locations"] / "_manifest.json").write_text("{}")
     digests = {"s2_tile_weights": digest, "s4_alloc_plan": "d4", "s6_jitter": "d6"}
-    (run / "run.json").write_text(json.dumps({"run_id": run_id, "seed": seed, "parameter_hash": run_id, "manifest_fingerprint": run_id, "policy_digests": digests, "outputs": out}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "seed": seed,
+                "parameter_hash": run_id,
+                "manifest_fingerprint": run_id,
+                "policy_digests": digests,
+                "outputs": out,
+            }
+        )
+    )
     return run
 
 
@@ -202,7 +252,10 @@ def test_prune_keeps_everything_referenced(tmp_path: Path) -> None:
     assert dry["removed_runs"] == ["old1", "old2"] and (tmp_path / "runs" / "old1").exists()
     out = discipline.prune(tmp_path)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["base", "cand", "good", "locked", "packed"]
-    assert out["removed_datasets"] == ["data/site_locations/seed=42/manifest_fingerprint=old1", "data/site_locations/seed=42/manifest_fingerprint=old2"]
+    assert out["removed_datasets"] == [
+        "data/site_locations/seed=42/manifest_fingerprint=old1",
+        "data/site_locations/seed=42/manifest_fingerprint=old2",
+    ]
     assert (tmp_path / "data/site_locations/seed=42/manifest_fingerprint=base").exists()
 
 

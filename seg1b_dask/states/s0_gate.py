@@ -48,7 +48,12 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
         if name not in table.column_names:
             raise Seg1BError(E_UPSTREAM_SCHEMA, "required column is missing", file=path, key=name)
         if not table.schema.field(name).type.equals(dtype):
-            raise Seg1BError(E_UPSTREAM_SCHEMA, f"column type is {table.schema.field(name).type}, expected {dtype}", file=path, key=name)
+            raise Seg1BError(
+                E_UPSTREAM_SCHEMA,
+                f"column type is {table.schema.field(name).type}, expected {dtype}",
+                file=path,
+                key=name,
+            )
         if table.column(name).null_count:
             row = int(np.flatnonzero(table.column(name).is_null().to_numpy(zero_copy_only=False))[0])
             raise Seg1BError(E_UPSTREAM_SCHEMA, "null value", file=path, key=f"row {row}, column {name}")
@@ -57,14 +62,21 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
         unknown = np.flatnonzero(~np.isin(values, list(known_iso)))
         if len(unknown):
             row = int(unknown[0])
-            raise Seg1BError(E_UNKNOWN_ISO, f"unknown ISO code {values[row]!r}", file=path, key=f"row {row}, column {col}")
+            raise Seg1BError(
+                E_UNKNOWN_ISO, f"unknown ISO code {values[row]!r}", file=path, key=f"row {row}, column {col}"
+            )
     count = table.column("final_country_outlet_count").to_numpy()
     site_order = table.column("site_order").to_numpy()
     bad = np.flatnonzero((count <= 0) | (site_order <= 0))
     if len(bad):
         row = int(bad[0])
         col = "final_country_outlet_count" if count[row] <= 0 else "site_order"
-        raise Seg1BError(E_NONPOSITIVE_COUNT, f"{col} must be positive, got {min(count[row], site_order[row])}", file=path, key=f"row {row}")
+        raise Seg1BError(
+            E_NONPOSITIVE_COUNT,
+            f"{col} must be positive, got {min(count[row], site_order[row])}",
+            file=path,
+            key=f"row {row}",
+        )
     merchant = table.column("merchant_id").to_numpy()
     _, country = np.unique(np.asarray(table.column("legal_country_iso").to_pylist(), dtype="U2"), return_inverse=True)
     order = np.lexsort((site_order, country, merchant))
@@ -73,7 +85,9 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
     dup = np.flatnonzero(same_pair & (s[1:] == s[:-1]))
     if len(dup):
         row = int(order[dup[0] + 1])
-        raise Seg1BError(E_DUPLICATE_KEY, "duplicate (merchant_id, legal_country_iso, site_order)", file=path, key=f"row {row}")
+        raise Seg1BError(
+            E_DUPLICATE_KEY, "duplicate (merchant_id, legal_country_iso, site_order)", file=path, key=f"row {row}"
+        )
     starts = np.flatnonzero(np.r_[True, ~same_pair])
     sizes = np.diff(np.r_[starts, len(m)])
     expected = np.arange(len(m)) - np.repeat(starts, sizes) + 1
@@ -83,32 +97,52 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
         raise Seg1BError(
             E_SITE_ORDER_GAP,
             "site_order must run 1..n within each (merchant, country) and n must equal final_country_outlet_count",
-            file=path, key=f"row {row} (merchant_id {m[gap[0]]})",
+            file=path,
+            key=f"row {row} (merchant_id {m[gap[0]]})",
         )
     homes = table.group_by("merchant_id").aggregate([("home_country_iso", "count_distinct")])
     many = np.flatnonzero(homes.column(1).to_numpy() > 1)
     if len(many):
         merchant_id = homes.column("merchant_id")[int(many[0])].as_py()
-        raise Seg1BError(E_UPSTREAM_SCHEMA, "a merchant has more than one home country", file=path, key=f"merchant_id {merchant_id}")
+        raise Seg1BError(
+            E_UPSTREAM_SCHEMA, "a merchant has more than one home country", file=path, key=f"merchant_id {merchant_id}"
+        )
 
 
 def verify(upstream: Path, seed: int, parameter_hash: str, code_digest: str) -> GateResult:
     index, flag = verify_bundle(upstream)
     if int(index.get("seed", -1)) != int(seed):
-        raise Seg1BError(E_TOKEN_MISMATCH, f"1A bundle is for seed {index.get('seed')}, run asks for seed {seed}", file=upstream / "index.json", key="seed")
+        raise Seg1BError(
+            E_TOKEN_MISMATCH,
+            f"1A bundle is for seed {index.get('seed')}, run asks for seed {seed}",
+            file=upstream / "index.json",
+            key="seed",
+        )
     path = upstream / CATALOGUE
     table = pq.read_table(path)
     for token, expected in (("seed", seed), ("manifest_fingerprint", index.get("manifest_fingerprint"))):
         if token in table.column_names:
             values = set(table.column(token).to_pylist())
             if values != {expected}:
-                raise Seg1BError(E_TOKEN_MISMATCH, f"rows carry {token} values {sorted(map(str, values))[:3]}, bundle says {expected}", file=path, key=token)
+                raise Seg1BError(
+                    E_TOKEN_MISMATCH,
+                    f"rows carry {token} values {sorted(map(str, values))[:3]}, bundle says {expected}",
+                    file=path,
+                    key=token,
+                )
     validate_catalogue(table, refdata.known_iso_codes(), path)
     sealed = [{"name": "1A:_passed.flag", "sha256": flag}]
-    sealed += [{"name": f"refdata:{p.name}", "sha256": sha256_file(p)} for p in sorted(refdata.REFDATA_DIR.glob("*.parquet"))]
-    sealed += [{"name": "parameter_hash", "sha256": parameter_hash}, {"name": f"package:{__version__}", "sha256": code_digest}]
+    sealed += [
+        {"name": f"refdata:{p.name}", "sha256": sha256_file(p)} for p in sorted(refdata.REFDATA_DIR.glob("*.parquet"))
+    ]
+    sealed += [
+        {"name": "parameter_hash", "sha256": parameter_hash},
+        {"name": f"package:{__version__}", "sha256": code_digest},
+    ]
     fingerprint = sha256_hex(canonical_json(sorted(d["sha256"] for d in sealed)))
-    return GateResult(manifest_fingerprint=fingerprint, upstream_flag=flag, sealed_inputs=sealed, n_outlets=table.num_rows)
+    return GateResult(
+        manifest_fingerprint=fingerprint, upstream_flag=flag, sealed_inputs=sealed, n_outlets=table.num_rows
+    )
 
 
 def write_receipt(gate: GateResult, seed: int, parameter_hash: str, folder: Path) -> None:

@@ -84,7 +84,9 @@ def touched_cells(geom: shapely.Geometry, grid: Grid) -> NDArray[np.int64]:
     west, south, east, north = geom.bounds
     c0, c1 = int(np.floor((west + 180.0) / d)), int(np.ceil((east + 180.0) / d))
     r0, r1 = int(np.floor((90.0 - north) / d)), int(np.ceil((90.0 - south) / d))
-    row_grid, col_grid = np.meshgrid(np.arange(max(r0, 0), min(r1, grid.nrows)), np.arange(max(c0, 0), min(c1, grid.ncols)), indexing="ij")
+    row_grid, col_grid = np.meshgrid(
+        np.arange(max(r0, 0), min(r1, grid.nrows)), np.arange(max(c0, 0), min(c1, grid.ncols)), indexing="ij"
+    )
     rows, cols = row_grid.ravel(), col_grid.ravel()
     boxes = shapely.box(-180.0 + cols * d, 90.0 - (rows + 1) * d, -180.0 + (cols + 1) * d, 90.0 - rows * d)
     hit = shapely.intersects(geom, boxes) & ~shapely.touches(geom, boxes)
@@ -110,7 +112,9 @@ def band_stats(band: NDArray[np.int16], row0: int, n_countries: int) -> NDArray[
 
 def _merge_stats(parts: list[NDArray[np.int64]]) -> NDArray[np.int64]:
     s = np.stack(parts)
-    return np.column_stack([s[:, :, 0].sum(0), s[:, :, 1].min(0), s[:, :, 2].max(0), s[:, :, 3].min(0), s[:, :, 4].max(0)])
+    return np.column_stack(
+        [s[:, :, 0].sum(0), s[:, :, 1].min(0), s[:, :, 2].max(0), s[:, :, 3].min(0), s[:, :, 4].max(0)]
+    )
 
 
 def _band_task(store: str, grid: Grid, row0: int, row1: int) -> NDArray[np.int64]:
@@ -124,12 +128,19 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     grid, gp = ctx.grid, ctx.policies.grid
     folder = out["tile_grid"]
     group = zarr.open_group(folder / "grid.zarr", mode="w", zarr_format=3)
-    group.attrs.update({"resolution_arcsec": grid.resolution_arcsec, "tile_id": "row * ncols + col, rows from the north"})
+    group.attrs.update(
+        {"resolution_arcsec": grid.resolution_arcsec, "tile_id": "row * ncols + col, rows from the north"}
+    )
     shard_rows = min(gp.shard_rows, grid.nrows)
     chunk_cols = min(gp.chunk_cols, grid.ncols)
     arr = group.create_array(
-        GRID_ARRAY, shape=(grid.nrows, grid.ncols), dtype="int16", chunks=(shard_rows, chunk_cols),
-        shards=(shard_rows, grid.ncols), fill_value=0, compressors=zarr.codecs.ZstdCodec(level=3),
+        GRID_ARRAY,
+        shape=(grid.nrows, grid.ncols),
+        dtype="int16",
+        chunks=(shard_rows, chunk_cols),
+        shards=(shard_rows, grid.ncols),
+        fill_value=0,
+        compressors=zarr.codecs.ZstdCodec(level=3),
     )
     group.create_array(AREA_ARRAY, data=grid.row_area_m2(), chunks=(grid.nrows,))
     band = shard_rows * ctx.execution.band_shards
@@ -178,5 +189,11 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         ),
         folder / "country_tiles",
     )
-    return {"cells": grid.ncells, "land_cells": int(stats[1:, 0].sum()), "countries_with_tiles": int((stats[1:, 0] > 0).sum()),
-            "eligible_countries": int(eligible.sum()), "touched_only": int(touched_only.sum()), "tasks": len(tasks)}
+    return {
+        "cells": grid.ncells,
+        "land_cells": int(stats[1:, 0].sum()),
+        "countries_with_tiles": int((stats[1:, 0] > 0).sum()),
+        "eligible_countries": int(eligible.sum()),
+        "touched_only": int(touched_only.sum()),
+        "tasks": len(tasks),
+    }

@@ -18,17 +18,28 @@ from ..upstream import CATALOGUE
 
 def requirements(catalogue: pa.Table, denylist: frozenset[str], eligible: frozenset[str], path: Path) -> pa.Table:
     """One row per (merchant, legal country), sorted by merchant then country."""
-    pairs = catalogue.group_by(["merchant_id", "legal_country_iso", "home_country_iso"]).aggregate([("site_order", "count")])
+    pairs = catalogue.group_by(["merchant_id", "legal_country_iso", "home_country_iso"]).aggregate(
+        [("site_order", "count")]
+    )
     pairs = pairs.rename_columns(["merchant_id", "legal_country_iso", "home_country_iso", "n_sites"])
     pairs = pairs.sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending")])
     countries = np.asarray(pairs.column("legal_country_iso").to_pylist(), dtype=object)
     for code, bad, message in (
         (E_DENYLISTED, np.isin(countries, list(denylist)), "1A places outlets in a denylisted country"),
-        (E_INELIGIBLE_COUNTRY, ~np.isin(countries, list(eligible)), "1A places outlets in a country with no eligible tiles"),
+        (
+            E_INELIGIBLE_COUNTRY,
+            ~np.isin(countries, list(eligible)),
+            "1A places outlets in a country with no eligible tiles",
+        ),
     ):
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise Seg1BError(code, message, file=path, key=f"merchant_id {pairs.column('merchant_id')[row].as_py()}, country {countries[row]}")
+            raise Seg1BError(
+                code,
+                message,
+                file=path,
+                key=f"merchant_id {pairs.column('merchant_id')[row].as_py()}, country {countries[row]}",
+            )
     totals = pairs.group_by("merchant_id").aggregate([("n_sites", "sum")])
     lookup = dict(zip(totals.column(0).to_pylist(), totals.column(1).to_pylist(), strict=True))
     merchant_total = [lookup[m] for m in pairs.column("merchant_id").to_pylist()]
@@ -50,4 +61,8 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     eligible = frozenset(i for i, e in zip(tiles["iso2"], tiles["eligible"], strict=True) if e)
     table = requirements(catalogue, frozenset(ctx.policies.s3_requirements.denylist_iso), eligible, path)
     write_table(table, out["s3_requirements"])
-    return {"pairs": table.num_rows, "merchants": len(set(table.column("merchant_id").to_pylist())), "sites": int(pc.sum(table.column("n_sites")).as_py())}
+    return {
+        "pairs": table.num_rows,
+        "merchants": len(set(table.column("merchant_id").to_pylist())),
+        "sites": int(pc.sum(table.column("n_sites")).as_py()),
+    }

@@ -18,7 +18,11 @@ from ..tables import write_table
 
 
 def assign_sites(
-    merchant_id: NDArray[np.uint64], country: NDArray[np.uint64], tile_id: NDArray[np.int64], n_sites: NDArray[np.int64], key: np.uint64
+    merchant_id: NDArray[np.uint64],
+    country: NDArray[np.uint64],
+    tile_id: NDArray[np.int64],
+    n_sites: NDArray[np.int64],
+    key: np.uint64,
 ) -> tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int64]]:
     """Plan rows (sorted by pair, tile) -> per site (pair index, site_order, tile_id).
 
@@ -46,7 +50,10 @@ def _batch_task(plan_path: str, countries: list[str], seed: int) -> pa.Table:
     iso = np.asarray(plan.column("legal_country_iso").to_pylist(), dtype="U2")
     merchant = plan.column("merchant_id").to_numpy()
     pair, site_order, tile = assign_sites(
-        merchant, rng.country_code_int(iso), plan.column("tile_id").to_numpy(), plan.column("n_sites").to_numpy(),
+        merchant,
+        rng.country_code_int(iso),
+        plan.column("tile_id").to_numpy(),
+        plan.column("n_sites").to_numpy(),
         rng.stream_key(seed, "S5.assign"),
     )
     first = np.flatnonzero(np.r_[True, (merchant[1:] != merchant[:-1]) | (iso[1:] != iso[:-1])])
@@ -64,6 +71,8 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     plan_path = str(ctx.inputs["s4_alloc_plan"] / "part-00000.parquet")
     countries = sorted(set(pq.read_table(plan_path, columns=["legal_country_iso"]).column(0).to_pylist()))
     tasks = [dask.delayed(_batch_task)(plan_path, b, ctx.seed) for b in batches(countries, ctx.execution.country_batch)]
-    table = pa.concat_tables(compute(tasks)).sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("site_order", "ascending")])
+    table = pa.concat_tables(compute(tasks)).sort_by(
+        [("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("site_order", "ascending")]
+    )
     write_table(table, out["s5_site_tile_assignment"])
     return {"sites": table.num_rows, "distinct_tiles": len(pc.unique(table.column("tile_id"))), "tasks": len(tasks)}

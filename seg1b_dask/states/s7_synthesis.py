@@ -23,12 +23,16 @@ from ..tables import write_table
 SITES_PER_TASK = 1 << 18
 
 
-def inside_tile(lon: NDArray[np.float64], lat: NDArray[np.float64], tile_id: NDArray[np.int64], grid: Grid) -> NDArray[np.bool_]:
+def inside_tile(
+    lon: NDArray[np.float64], lat: NDArray[np.float64], tile_id: NDArray[np.int64], grid: Grid
+) -> NDArray[np.bool_]:
     west, south, east, north = grid.tile_bounds(tile_id)
     return (lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)
 
 
-def inside_country(lon: NDArray[np.float64], lat: NDArray[np.float64], country_id: NDArray[np.int16]) -> NDArray[np.bool_]:
+def inside_country(
+    lon: NDArray[np.float64], lat: NDArray[np.float64], country_id: NDArray[np.int16]
+) -> NDArray[np.bool_]:
     geoms = refdata.countries().geometry
     ok = np.zeros(len(lon), dtype=bool)
     for cid in np.unique(country_id):
@@ -39,7 +43,10 @@ def inside_country(lon: NDArray[np.float64], lat: NDArray[np.float64], country_i
 
 def _batch_task(jitter_store: str, lo: int, hi: int, grid: Grid) -> dict[str, NDArray]:
     group = zarr.open_group(jitter_store, mode="r")
-    cols = {name: arrays.read(arrays.member(group, name), slice(lo, hi)) for name in ("merchant_id", "country_id", "site_order", "tile_id", "lon_deg", "lat_deg")}
+    cols = {
+        name: arrays.read(arrays.member(group, name), slice(lo, hi))
+        for name in ("merchant_id", "country_id", "site_order", "tile_id", "lon_deg", "lat_deg")
+    }
     cols["inside_tile"] = inside_tile(cols["lon_deg"], cols["lat_deg"], cols["tile_id"], grid)
     cols["inside_country"] = inside_country(cols["lon_deg"], cols["lat_deg"], cols["country_id"])
     return cols
@@ -70,6 +77,11 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     bad = np.flatnonzero(~(cols["inside_tile"] & cols["inside_country"]))
     if len(bad):
         i = int(bad[0])
-        raise Seg1BError(E_VALIDATION_FAILED, f"{len(bad)} sites outside their tile or country", file=store, key=f"merchant_id {cols['merchant_id'][i]}, {iso[i]}, site_order {cols['site_order'][i]}")
+        raise Seg1BError(
+            E_VALIDATION_FAILED,
+            f"{len(bad)} sites outside their tile or country",
+            file=store,
+            key=f"merchant_id {cols['merchant_id'][i]}, {iso[i]}, site_order {cols['site_order'][i]}",
+        )
     write_table(table, out["s7_site_synthesis"])
     return {"sites": n, "inside_tile": 1.0, "inside_country": 1.0}

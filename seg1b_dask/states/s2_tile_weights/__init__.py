@@ -44,10 +44,14 @@ def country_sums(country_id: NDArray[np.int16], weight: NDArray[np.uint64], n_co
 
 def _read_band(grid_store: str, row0: int, row1: int) -> tuple[NDArray[np.int16], NDArray[np.float64]]:
     group = zarr.open_group(grid_store, mode="r")
-    return arrays.read(arrays.member(group, GRID_ARRAY), slice(row0, row1), slice(None)), arrays.read(arrays.member(group, AREA_ARRAY), slice(row0, row1))
+    return arrays.read(arrays.member(group, GRID_ARRAY), slice(row0, row1), slice(None)), arrays.read(
+        arrays.member(group, AREA_ARRAY), slice(row0, row1)
+    )
 
 
-def _urban(grid_store: str, grid: Grid, policy: S2BlendV2, row0: int, row1: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+def _urban(
+    grid_store: str, grid: Grid, policy: S2BlendV2, row0: int, row1: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     radius = policy.population.kernel_radius_cells
     lo, hi = max(row0 - 2 * radius, 0), min(row1 + 2 * radius, grid.nrows)
     window, _ = _read_band(grid_store, lo, hi)
@@ -55,7 +59,9 @@ def _urban(grid_store: str, grid: Grid, policy: S2BlendV2, row0: int, row1: int)
     return blend_v2.urban_band(places, window, lo, row0, row1, radius)
 
 
-def _totals_task(grid_store: str, grid: Grid, policy: S2BlendV2, row0: int, row1: int, n: int) -> tuple[list[int], list[int], list[int], NDArray[np.float64]]:
+def _totals_task(
+    grid_store: str, grid: Grid, policy: S2BlendV2, row0: int, row1: int, n: int
+) -> tuple[list[int], list[int], list[int], NDArray[np.float64]]:
     """Pass 1 of ``blend_v2``: exact per-country cells, area and placed urban people."""
     cid, area = _read_band(grid_store, row0, row1)
     urban, unplaced = _urban(grid_store, grid, policy, row0, row1)
@@ -64,8 +70,16 @@ def _totals_task(grid_store: str, grid: Grid, policy: S2BlendV2, row0: int, row1
     return cells, area_sum, country_sums(cid, urban.astype(np.uint64), n), unplaced
 
 
-def _weights_task(grid_store: str, weight_store: str, grid: Grid, eligible: NDArray[np.bool_], policy: S2Legacy | S2BlendV2,
-                  totals: blend_v2.CountryTotals | None, row0: int, row1: int) -> tuple[list[int], list[int]]:
+def _weights_task(
+    grid_store: str,
+    weight_store: str,
+    grid: Grid,
+    eligible: NDArray[np.bool_],
+    policy: S2Legacy | S2BlendV2,
+    totals: blend_v2.CountryTotals | None,
+    row0: int,
+    row1: int,
+) -> tuple[list[int], list[int]]:
     """Write a band's weights; return its exact per-country mass, all and south of the equator."""
     cid, area = _read_band(grid_store, row0, row1)
     if isinstance(policy, S2Legacy):
@@ -94,10 +108,23 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     src = arrays.open_array(grid_store + "/" + GRID_ARRAY)
     folder = out["tile_weights"]
     group = zarr.open_group(folder / "weights.zarr", mode="w", zarr_format=3)
-    group.attrs.update({"mode": policy.mode, "unit": "fixed-point share of the country's mass" if policy.mode == "blend_v2" else
-                        ("area_quantum_m2" if policy.basis == "area_m2" else "cell")})
-    group.create_array(WEIGHT_ARRAY, shape=src.shape, dtype="uint64", chunks=src.chunks, shards=src.shards, fill_value=0,
-                       compressors=zarr.codecs.ZstdCodec(level=3))
+    group.attrs.update(
+        {
+            "mode": policy.mode,
+            "unit": "fixed-point share of the country's mass"
+            if policy.mode == "blend_v2"
+            else ("area_quantum_m2" if policy.basis == "area_m2" else "cell"),
+        }
+    )
+    group.create_array(
+        WEIGHT_ARRAY,
+        shape=src.shape,
+        dtype="uint64",
+        chunks=src.chunks,
+        shards=src.shards,
+        fill_value=0,
+        compressors=zarr.codecs.ZstdCodec(level=3),
+    )
     band = (src.shards or src.chunks)[0] * ctx.execution.band_shards
     bands = [(r, min(r + band, grid.nrows)) for r in range(0, grid.nrows, band)]
     store = str(folder / "weights.zarr" / WEIGHT_ARRAY)
@@ -107,11 +134,17 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         parts = compute([dask.delayed(_totals_task)(grid_store, grid, policy, r0, r1, n) for r0, r1 in bands])
         urban = np.asarray(_sum_lists([p[2] for p in parts]), dtype=np.float64)
         population = np.r_[0.0, np.asarray(tiles["population"], dtype=np.float64)]
-        totals = blend_v2.CountryTotals(np.asarray(_sum_lists([p[0] for p in parts]), dtype=np.int64),
-                                        np.asarray(_sum_lists([p[1] for p in parts]), dtype=np.float64), urban, population)
+        totals = blend_v2.CountryTotals(
+            np.asarray(_sum_lists([p[0] for p in parts]), dtype=np.int64),
+            np.asarray(_sum_lists([p[1] for p in parts]), dtype=np.float64),
+            urban,
+            population,
+        )
         unplaced = np.sum([p[3] for p in parts], axis=0)
         stats["urban_people_placed_share"] = round(float(urban.sum() / max(urban.sum() + unplaced.sum(), 1.0)), 4)
-    sums = compute([dask.delayed(_weights_task)(grid_store, store, grid, eligible, policy, totals, r0, r1) for r0, r1 in bands])
+    sums = compute(
+        [dask.delayed(_weights_task)(grid_store, store, grid, eligible, policy, totals, r0, r1) for r0, r1 in bands]
+    )
     mass = np.asarray(_sum_lists([s[0] for s in sums])[1:], dtype=object)
     south_mass = np.asarray(_sum_lists([s[1] for s in sums])[1:], dtype=object)
     total = int(mass.sum())
@@ -119,24 +152,32 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     south = np.asarray([int(s) / int(m) if m else 0.0 for s, m in zip(south_mass, mass, strict=True)], dtype=np.float64)
     region = np.asarray(tiles["region"], dtype="U16")
     if isinstance(policy, S2BlendV2):
-        vector = country_mass.govern(np.asarray(tiles["population"], dtype=np.float64) ** policy.country_mass.population_exponent,
-                                     region, south, eligible[1:], np.asarray(tiles["population"], dtype=np.float64), policy.country_mass)
+        vector = country_mass.govern(
+            np.asarray(tiles["population"], dtype=np.float64) ** policy.country_mass.population_exponent,
+            region,
+            south,
+            eligible[1:],
+            np.asarray(tiles["population"], dtype=np.float64),
+            policy.country_mass,
+        )
         share, base = vector.share, vector.base_share
         stats["iterations"] = vector.iterations
     else:
         share, base = tile_share, tile_share
     write_table(
-        pa.table({
-            "country_id": pa.array(tiles["country_id"], pa.int16()),
-            "iso2": pa.array(tiles["iso2"]),
-            "region": pa.array(tiles["region"]),
-            "eligible": pa.array(tiles["eligible"]),
-            "population": pa.array(tiles["population"], pa.int64()),
-            "mass": pa.array([int(m) for m in mass], pa.uint64()),
-            "south_fraction": pa.array(south),
-            "base_share": pa.array(base),
-            "mass_share": pa.array(share),
-        }),
+        pa.table(
+            {
+                "country_id": pa.array(tiles["country_id"], pa.int16()),
+                "iso2": pa.array(tiles["iso2"]),
+                "region": pa.array(tiles["region"]),
+                "eligible": pa.array(tiles["eligible"]),
+                "population": pa.array(tiles["population"], pa.int64()),
+                "mass": pa.array([int(m) for m in mass], pa.uint64()),
+                "south_fraction": pa.array(south),
+                "base_share": pa.array(base),
+                "mass_share": pa.array(share),
+            }
+        ),
         out["country_mass"],
     )
     stats.update(mass_diagnostics(share, region, south))
@@ -144,7 +185,9 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     return stats
 
 
-def mass_diagnostics(share: NDArray[np.float64], region: NDArray[np.str_], south: NDArray[np.float64]) -> dict[str, Any]:
+def mass_diagnostics(
+    share: NDArray[np.float64], region: NDArray[np.str_], south: NDArray[np.float64]
+) -> dict[str, Any]:
     """Top-k shares, Gini, southern and region shares of a country mass vector."""
     out: dict[str, Any] = {k: round(v, 4) for k, v in metrics.concentration(share[share > 0]).items()}
     out["southern_share"] = round(float((share * south).sum()), 4)

@@ -45,7 +45,9 @@ def places_on_grid(resolution_arcsec: int, min_population: int) -> Places:
     return Places(row, col, p.country_id, p.population.astype(np.float64))
 
 
-def urban_band(places: Places, window: NDArray[np.int16], window_row0: int, row0: int, row1: int, radius: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+def urban_band(
+    places: Places, window: NDArray[np.int16], window_row0: int, row0: int, row1: int, radius: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """Urban people per cell of rows [row0, row1) (rounded to whole people), and per
     country the people of places with no cell of their own country within the kernel
     (counted by the band holding the place's row; they join the rural remainder).
@@ -73,7 +75,9 @@ def urban_band(places: Places, window: NDArray[np.int16], window_row0: int, row0
     flat = (rr[target] - row0) * ncols + cc[target]
     cells = np.bincount(flat, weights=mass[target], minlength=(row1 - row0) * ncols).reshape(row1 - row0, ncols)
     own = ~placed & (row >= row0) & (row < row1)
-    unplaced = np.bincount(cid[own].astype(np.intp), weights=pop[own], minlength=len(refdata.countries().iso2) + 1).astype(np.float64)
+    unplaced = np.bincount(
+        cid[own].astype(np.intp), weights=pop[own], minlength=len(refdata.countries().iso2) + 1
+    ).astype(np.float64)
     return np.rint(cells).astype(np.int64), unplaced
 
 
@@ -89,8 +93,12 @@ class CountryTotals:
 
 
 def band_weights(
-    country_id: NDArray[np.int16], row_area_m2: NDArray[np.float64], urban: NDArray[np.int64], eligible: NDArray[np.bool_],
-    totals: CountryTotals, policy: S2BlendV2,
+    country_id: NDArray[np.int16],
+    row_area_m2: NDArray[np.float64],
+    urban: NDArray[np.int64],
+    eligible: NDArray[np.bool_],
+    totals: CountryTotals,
+    policy: S2BlendV2,
 ) -> NDArray[np.uint64]:
     """Fixed-point weight of every cell of a band: a pure function of the cell and its
     country's totals, so identical whatever the banding."""

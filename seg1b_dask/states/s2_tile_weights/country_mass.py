@@ -49,7 +49,9 @@ def _southern_floor(share: NDArray[np.float64], south: NDArray[np.float64], floo
     return share * (a * south + b * (1.0 - south))
 
 
-def _water_fill(share: NDArray[np.float64], cap: NDArray[np.float64], eligible: NDArray[np.bool_]) -> NDArray[np.float64]:
+def _water_fill(
+    share: NDArray[np.float64], cap: NDArray[np.float64], eligible: NDArray[np.bool_]
+) -> NDArray[np.float64]:
     """Cap every share at its ``cap``, handing the excess to the uncapped in proportion."""
     out = share.copy()
     for _ in range(len(out)):
@@ -90,8 +92,12 @@ def _topk_cap(share: NDArray[np.float64], k: int, cap: float, eligible: NDArray[
 
 
 def govern(
-    base: NDArray[np.float64], region: NDArray[np.str_], south: NDArray[np.float64], eligible: NDArray[np.bool_],
-    population: NDArray[np.float64], policy: CountryMassPolicy,
+    base: NDArray[np.float64],
+    region: NDArray[np.str_],
+    south: NDArray[np.float64],
+    eligible: NDArray[np.bool_],
+    population: NDArray[np.float64],
+    policy: CountryMassPolicy,
 ) -> MassVector:
     """Apply the policy's floors and caps to ``base`` (any non-negative vector) until
     convergence. ``south`` is each country's southern fraction of its tile mass. The hard
@@ -100,8 +106,11 @@ def govern(
     60 000 people holds 1.6 % of the world's outlets)."""
     n = int(eligible.sum())
     if n == 0 or policy.country_cap_share_hard * n < 1.0:
-        raise Seg1BError(E_MASS_INFEASIBLE, f"a hard cap of {policy.country_cap_share_hard} over {n} eligible countries cannot hold all mass",
-                         key="country_mass.country_cap_share_hard")
+        raise Seg1BError(
+            E_MASS_INFEASIBLE,
+            f"a hard cap of {policy.country_cap_share_hard} over {n} eligible countries cannot hold all mass",
+            key="country_mass.country_cap_share_hard",
+        )
     raw = np.where(eligible, np.maximum(base, 0.0), 0.0)
     if raw.sum() == 0.0:
         raw = eligible.astype(np.float64)
@@ -124,11 +133,16 @@ def govern(
             share = _topk_cap(share, topk[name], cap, eligible)
         if float(np.abs(share - before).max()) <= policy.tolerance:
             return MassVector(share / share.sum(), base_share, iteration)
-    raise Seg1BError(E_MASS_INFEASIBLE, f"floors and caps did not converge in {policy.max_iterations} iterations (they contradict each other)",
-                     key="country_mass")
+    raise Seg1BError(
+        E_MASS_INFEASIBLE,
+        f"floors and caps did not converge in {policy.max_iterations} iterations (they contradict each other)",
+        key="country_mass",
+    )
 
 
-def integer_targets(share: NDArray[np.float64], total: int, minimum: int, eligible: NDArray[np.bool_]) -> NDArray[np.int64]:
+def integer_targets(
+    share: NDArray[np.float64], total: int, minimum: int, eligible: NDArray[np.bool_]
+) -> NDArray[np.int64]:
     """Integer site counts per country summing to ``total``: ``minimum`` for every eligible
     country, the rest by largest remainder of the shares (ties to the lower index)."""
     n = int(eligible.sum())

@@ -31,7 +31,9 @@ from . import legacy, remass, tiles
 from .remass import Allocation, Pairs
 
 
-def country_tiles(grid: Any, weights: Any, country_id: int, rows: tuple[int, int], cols: tuple[int, int], ncols: int) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
+def country_tiles(
+    grid: Any, weights: Any, country_id: int, rows: tuple[int, int], cols: tuple[int, int], ncols: int
+) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
     """Tile ids (ascending) and weights of a country's cells with positive weight."""
     window = (slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1))
     cid = arrays.read(grid, *window)
@@ -40,8 +42,12 @@ def country_tiles(grid: Any, weights: Any, country_id: int, rows: tuple[int, int
     return ((rr + rows[0]) * ncols + cc + cols[0]).astype(np.int64), weight[rr, cc]
 
 
-def _batch_task(paths: dict[str, str], countries: list[dict], policy: TileAllocation, seed: int, grid: Grid) -> tuple[pa.Table, int]:
-    pairs = read_table(Path(paths["country_pairs"]), filters=[("legal_country_iso", "in", [c["iso2"] for c in countries])])
+def _batch_task(
+    paths: dict[str, str], countries: list[dict], policy: TileAllocation, seed: int, grid: Grid
+) -> tuple[pa.Table, int]:
+    pairs = read_table(
+        Path(paths["country_pairs"]), filters=[("legal_country_iso", "in", [c["iso2"] for c in countries])]
+    )
     key = rng.stream_key(seed, "S4.tile_tie")
     out_m, out_c, out_t, out_n = [], [], [], []
     iso_col = np.asarray(pairs.column("legal_country_iso").to_pylist(), dtype="U2")
@@ -54,7 +60,9 @@ def _batch_task(paths: dict[str, str], countries: list[dict], policy: TileAlloca
         sel = np.flatnonzero(iso_col == c["iso2"])
         if not len(sel):
             continue
-        tile_ids, weight = country_tiles(grid_array, weights, c["country_id"], (c["row_min"], c["row_max"]), (c["col_min"], c["col_max"]), grid.ncols)
+        tile_ids, weight = country_tiles(
+            grid_array, weights, c["country_id"], (c["row_min"], c["row_max"]), (c["col_min"], c["col_max"]), grid.ncols
+        )
         code = rng.country_code_int(np.asarray([c["iso2"]]))[0]
         rows_m, rows_t, rows_n = [], [], []
         for i in sel:
@@ -72,14 +80,30 @@ def _batch_task(paths: dict[str, str], countries: list[dict], policy: TileAlloca
         out_c.append(np.full(len(m_arr), c["iso2"], dtype="U2"))
         out_t.append(t_arr)
         out_n.append(n_arr)
-    schema = pa.schema([("merchant_id", pa.uint64()), ("legal_country_iso", pa.string()), ("tile_id", pa.int64()), ("n_sites", pa.int64())])
+    schema = pa.schema(
+        [
+            ("merchant_id", pa.uint64()),
+            ("legal_country_iso", pa.string()),
+            ("tile_id", pa.int64()),
+            ("n_sites", pa.int64()),
+        ]
+    )
     if not out_m:
         return schema.empty_table(), moved
-    table = pa.table({"merchant_id": np.concatenate(out_m), "legal_country_iso": pa.array(np.concatenate(out_c).tolist(), pa.string()),
-                      "tile_id": np.concatenate(out_t), "n_sites": np.concatenate(out_n)}, schema=schema)
+    table = pa.table(
+        {
+            "merchant_id": np.concatenate(out_m),
+            "legal_country_iso": pa.array(np.concatenate(out_c).tolist(), pa.string()),
+            "tile_id": np.concatenate(out_t),
+            "n_sites": np.concatenate(out_n),
+        },
+        schema=schema,
+    )
     # Lone-tile moves can put one merchant's sites on a tile twice: merge them.
     merged = table.group_by(["merchant_id", "legal_country_iso", "tile_id"]).aggregate([("n_sites", "sum")])
-    return merged.rename_columns(["merchant_id", "legal_country_iso", "tile_id", "n_sites"]).select(schema.names).cast(schema), moved
+    return merged.rename_columns(["merchant_id", "legal_country_iso", "tile_id", "n_sites"]).select(schema.names).cast(
+        schema
+    ), moved
 
 
 def country_batches(tile_grid: Path, wanted: set[str], size: int) -> list[list[dict]]:
@@ -89,9 +113,16 @@ def country_batches(tile_grid: Path, wanted: set[str], size: int) -> list[list[d
 
 def _pairs(req: pa.Table) -> Pairs:
     codes = refdata.countries().iso2
-    country = np.searchsorted(codes, np.asarray(req.column("legal_country_iso").to_pylist(), dtype="U2")).astype(np.int64)
+    country = np.searchsorted(codes, np.asarray(req.column("legal_country_iso").to_pylist(), dtype="U2")).astype(
+        np.int64
+    )
     home = np.searchsorted(codes, np.asarray(req.column("home_country_iso").to_pylist(), dtype="U2")).astype(np.int64)
-    return Pairs(req.column("merchant_id").to_numpy().astype(np.uint64), country, req.column("n_sites").to_numpy().astype(np.int64), home)
+    return Pairs(
+        req.column("merchant_id").to_numpy().astype(np.uint64),
+        country,
+        req.column("n_sites").to_numpy().astype(np.int64),
+        home,
+    )
 
 
 def allocate_countries(ctx: StateContext, pairs: Pairs) -> Allocation:
@@ -108,8 +139,14 @@ def allocate_countries(ctx: StateContext, pairs: Pairs) -> Allocation:
         share = (1.0 - mode.fidelity_weight) * share + mode.fidelity_weight * a_count / total
         s2 = ctx.policies.s2_tile_weights.tile_weights
         if isinstance(s2, S2BlendV2):  # the mixed vector obeys the same floors and caps
-            share = govern(share, np.asarray(mass["region"], dtype="U16"), np.asarray(mass["south_fraction"]), eligible,
-                           np.asarray(mass["population"], dtype=np.float64), s2.country_mass).share
+            share = govern(
+                share,
+                np.asarray(mass["region"], dtype="U16"),
+                np.asarray(mass["south_fraction"]),
+                eligible,
+                np.asarray(mass["population"], dtype=np.float64),
+                s2.country_mass,
+            ).share
     targets = integer_targets(share, total, mode.min_sites_per_country, eligible)
     lon, lat = refdata.country_centres()
     return remass.remass(pairs, targets, remass.country_distance_km(lon, lat), mode, ctx.seed, refdata.countries().iso2)
@@ -129,13 +166,15 @@ def _lineage(pairs: Pairs, allocation: Allocation) -> pa.Table:
     dst_c = np.r_[pairs.country[row][stay], moves.dst_country]
     dst_o = np.r_[order[stay], moves.dst_site_order]
     sort = np.lexsort((src_o, src_c, merchant))
-    return pa.table({
-        "merchant_id": pa.array(merchant[sort]),
-        "source_country_iso": pa.array(codes[src_c[sort]].tolist(), pa.string()),
-        "source_site_order": pa.array(src_o[sort].astype(np.int32)),
-        "legal_country_iso": pa.array(codes[dst_c[sort]].tolist(), pa.string()),
-        "site_order": pa.array(dst_o[sort].astype(np.int32)),
-    })
+    return pa.table(
+        {
+            "merchant_id": pa.array(merchant[sort]),
+            "source_country_iso": pa.array(codes[src_c[sort]].tolist(), pa.string()),
+            "source_site_order": pa.array(src_o[sort].astype(np.int32)),
+            "legal_country_iso": pa.array(codes[dst_c[sort]].tolist(), pa.string()),
+            "site_order": pa.array(dst_o[sort].astype(np.int32)),
+        }
+    )
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
@@ -143,8 +182,13 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     pairs = _pairs(req)
     allocation = allocate_countries(ctx, pairs)
     codes = refdata.countries().iso2
-    country_pairs = pa.table({"merchant_id": pa.array(allocation.merchant), "legal_country_iso": pa.array(codes[allocation.country].tolist(), pa.string()),
-                              "n_sites": pa.array(allocation.n_sites)})
+    country_pairs = pa.table(
+        {
+            "merchant_id": pa.array(allocation.merchant),
+            "legal_country_iso": pa.array(codes[allocation.country].tolist(), pa.string()),
+            "n_sites": pa.array(allocation.n_sites),
+        }
+    )
     write_table(country_pairs, out["s4_alloc_plan"] / "country_pairs")
     write_table(_lineage(pairs, allocation), out["site_lineage"])
     paths = {
@@ -154,16 +198,25 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     }
     policy = ctx.policies.s4_alloc_plan.tile_allocation
     wanted = set(country_pairs.column("legal_country_iso").to_pylist())
-    tasks = [dask.delayed(_batch_task)(paths, batch, policy, ctx.seed, ctx.grid) for batch in country_batches(ctx.inputs["tile_grid"], wanted, ctx.execution.country_batch)]
+    tasks = [
+        dask.delayed(_batch_task)(paths, batch, policy, ctx.seed, ctx.grid)
+        for batch in country_batches(ctx.inputs["tile_grid"], wanted, ctx.execution.country_batch)
+    ]
     results = compute(tasks)
-    plan = pa.concat_tables([r[0] for r in results]).sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("tile_id", "ascending")])
+    plan = pa.concat_tables([r[0] for r in results]).sort_by(
+        [("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("tile_id", "ascending")]
+    )
     write_table(plan, out["s4_alloc_plan"])
     per_pair = plan.group_by(["merchant_id", "legal_country_iso"]).aggregate([("n_sites", "max"), ("n_sites", "sum")])
     max_share = float(np.max(per_pair.column("n_sites_max").to_numpy() / per_pair.column("n_sites_sum").to_numpy()))
     tile_load = plan.group_by("tile_id").aggregate([("n_sites", "sum")]).column("n_sites_sum")
     stats: dict[str, object] = {
-        "plan_rows": plan.num_rows, **allocation.stats, "max_tile_share_of_pair": round(max_share, 4),
-        "lone_sites_moved": int(sum(r[1] for r in results)), "tiles_used": len(tile_load), "max_sites_per_tile": int(pc.max(tile_load).as_py()),
+        "plan_rows": plan.num_rows,
+        **allocation.stats,
+        "max_tile_share_of_pair": round(max_share, 4),
+        "lone_sites_moved": int(sum(r[1] for r in results)),
+        "tiles_used": len(tile_load),
+        "max_sites_per_tile": int(pc.max(tile_load).as_py()),
         "tasks": len(tasks),
     }
     return stats

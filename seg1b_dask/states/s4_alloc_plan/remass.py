@@ -66,12 +66,20 @@ def no_moves() -> Moves:
     return Moves(np.zeros(0, dtype=np.uint64), empty, empty, empty, empty)
 
 
-def footprint(merchant: NDArray[np.uint64], country: NDArray[np.int64], n_sites: NDArray[np.int64], home: NDArray[np.int64], tag: str) -> dict[str, float]:
+def footprint(
+    merchant: NDArray[np.uint64],
+    country: NDArray[np.int64],
+    n_sites: NDArray[np.int64],
+    home: NDArray[np.int64],
+    tag: str,
+) -> dict[str, float]:
     """Merchant footprint figures (``metrics.merchant_footprint``) and the share of outlets
     outside the home country, suffixed ``_1a`` or ``_1b``."""
     live = n_sites > 0
     figures = metrics.merchant_footprint(merchant[live], country[live])
-    figures["outside_home_share"] = round(float(n_sites[live & (country != home)].sum() / max(int(n_sites.sum()), 1)), 6)
+    figures["outside_home_share"] = round(
+        float(n_sites[live & (country != home)].sum() / max(int(n_sites.sum()), 1)), 6
+    )
     return {f"{k}_{tag}": v for k, v in figures.items()}
 
 
@@ -105,8 +113,13 @@ def retain(pairs: Pairs, targets: NDArray[np.int64], key: np.uint64) -> NDArray[
     return keep
 
 
-def transport(mobile: NDArray[np.int64], need: NDArray[np.int64], distance_km: NDArray[np.float64], tie: NDArray[np.uint64],
-              policy: CountryAllocationRemass) -> NDArray[np.int64] | None:
+def transport(
+    mobile: NDArray[np.int64],
+    need: NDArray[np.int64],
+    distance_km: NDArray[np.float64],
+    tie: NDArray[np.uint64],
+    policy: CountryAllocationRemass,
+) -> NDArray[np.int64] | None:
     """Least-distance integer transport of every mover's mobile outlets (rows) onto the
     countries' needs (columns), each cell capped at max(ceil(max_share_of_need · need),
     ceil(mobile / max_new_countries)): a min-cost flow, whose optimum is integral and sparse
@@ -115,12 +128,15 @@ def transport(mobile: NDArray[np.int64], need: NDArray[np.int64], distance_km: N
     from ortools.graph.python import min_cost_flow
 
     rows, cols = len(mobile), len(need)
-    cap = np.maximum(np.ceil(policy.max_share_of_need * need)[None, :], np.ceil(mobile / policy.max_new_countries)[:, None])
+    cap = np.maximum(
+        np.ceil(policy.max_share_of_need * need)[None, :], np.ceil(mobile / policy.max_new_countries)[:, None]
+    )
     cap = np.minimum(cap, mobile[:, None]).astype(np.int64)
     cost = np.rint(distance_km * 1000.0).astype(np.int64) * 1000 + (tie % np.uint64(1000)).astype(np.int64)
     flow = min_cost_flow.SimpleMinCostFlow()
-    arcs = flow.add_arcs_with_capacity_and_unit_cost(np.repeat(np.arange(rows), cols), rows + np.tile(np.arange(cols), rows), cap.ravel(),
-                                                     cost.ravel())
+    arcs = flow.add_arcs_with_capacity_and_unit_cost(
+        np.repeat(np.arange(rows), cols), rows + np.tile(np.arange(cols), rows), cap.ravel(), cost.ravel()
+    )
     flow.set_nodes_supplies(np.arange(rows + cols), np.r_[mobile, -need])
     if flow.solve() != flow.OPTIMAL:
         return None
@@ -133,13 +149,23 @@ def country_distance_km(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> N
     return np.arccos(cosine) * EARTH_RADIUS_KM
 
 
-def remass(pairs: Pairs, targets: NDArray[np.int64], distance_km: NDArray[np.float64], policy: CountryAllocationRemass, seed: int,
-           iso2: NDArray[np.str_]) -> Allocation:
+def remass(
+    pairs: Pairs,
+    targets: NDArray[np.int64],
+    distance_km: NDArray[np.float64],
+    policy: CountryAllocationRemass,
+    seed: int,
+    iso2: NDArray[np.str_],
+) -> Allocation:
     """Re-mass 1A's pairs onto ``targets`` (per country index; sums to the 1A total)."""
     n_countries = len(targets)
     total = int(pairs.n_sites.sum())
     if int(targets.sum()) != total:
-        raise Seg1BError(E_REMASS_INFEASIBLE, f"targets sum to {int(targets.sum())}, 1A has {total} outlets", key="country_allocation")
+        raise Seg1BError(
+            E_REMASS_INFEASIBLE,
+            f"targets sum to {int(targets.sum())}, 1A has {total} outlets",
+            key="country_allocation",
+        )
     key = rng.stream_key(seed, "S4.remass")
     keep = retain(pairs, targets, key)
     merchants, m_index = np.unique(pairs.merchant, return_inverse=True)
@@ -156,11 +182,16 @@ def remass(pairs: Pairs, targets: NDArray[np.int64], distance_km: NDArray[np.flo
         tie = rng.hash64(key, merchants[movers][:, None], open_c.astype(np.uint64)[None, :])
         x = transport(mobile_all[movers], need[open_c], distance_km[home_of[movers]][:, open_c], tie, policy)
         if x is None:
-            capacity = np.minimum(np.maximum(np.ceil(policy.max_share_of_need * need[open_c]), 1) * len(movers), need[open_c].sum())
+            capacity = np.minimum(
+                np.maximum(np.ceil(policy.max_share_of_need * need[open_c]), 1) * len(movers), need[open_c].sum()
+            )
             short = open_c[capacity < need[open_c]]
             names = ", ".join(iso2[short[:10]].tolist()) or "(cell caps too tight for the mobile outlets)"
-            raise Seg1BError(E_REMASS_INFEASIBLE, f"targets cannot be met from the mobile outlets; countries short of supply: {names}",
-                             key="country_allocation.max_share_of_need")
+            raise Seg1BError(
+                E_REMASS_INFEASIBLE,
+                f"targets cannot be met from the mobile outlets; countries short of supply: {names}",
+                key="country_allocation.max_share_of_need",
+            )
         r, c = np.nonzero(x)
         dest_m, dest_c, dest_n = movers[r], open_c[c], x[r, c]
     # Final pairs: kept counts plus arrivals, per (merchant, country).
@@ -176,20 +207,30 @@ def remass(pairs: Pairs, targets: NDArray[np.int64], distance_km: NDArray[np.flo
     relocated = int((pairs.n_sites - keep).sum())
     tv = int(np.abs(targets - a_count).sum()) // 2
     uniform_keep = float(np.min(np.where(a_count > 0, targets / np.maximum(a_count, 1), np.inf)))
-    stats.update({
-        "relocated_share": round(relocated / total, 6),
-        "relocated_share_minimum": round(tv / total, 6),
-        "uniform_alternative_relocated_share": round(1.0 - min(1.0, uniform_keep), 6),
-        "countries_over_target": int((a_count > targets).sum()),
-        "countries_under_target": int((need > 0).sum()),
-        **footprint(pairs.merchant, pairs.country, pairs.n_sites, pairs.home, "1a"),
-        **footprint(merchants[final_m], final_c, final_n, final_home, "1b"),
-    })
+    stats.update(
+        {
+            "relocated_share": round(relocated / total, 6),
+            "relocated_share_minimum": round(tv / total, 6),
+            "uniform_alternative_relocated_share": round(1.0 - min(1.0, uniform_keep), 6),
+            "countries_over_target": int((a_count > targets).sum()),
+            "countries_under_target": int((need > 0).sum()),
+            **footprint(pairs.merchant, pairs.country, pairs.n_sites, pairs.home, "1a"),
+            **footprint(merchants[final_m], final_c, final_n, final_home, "1b"),
+        }
+    )
     return Allocation(merchants[final_m], final_c, final_n, keep, moves, stats)
 
 
-def _moves(pairs: Pairs, keep: NDArray[np.int64], merchants: NDArray[np.uint64], m_index: NDArray[np.int64], dest_m: NDArray[np.int64],
-           dest_c: NDArray[np.int64], dest_n: NDArray[np.int64], n_countries: int) -> Moves:
+def _moves(
+    pairs: Pairs,
+    keep: NDArray[np.int64],
+    merchants: NDArray[np.uint64],
+    m_index: NDArray[np.int64],
+    dest_m: NDArray[np.int64],
+    dest_c: NDArray[np.int64],
+    dest_n: NDArray[np.int64],
+    n_countries: int,
+) -> Moves:
     """Pair each merchant's mobile stubs (by source country, site_order) with its arrival
     slots (by destination country, slot): both sorted by merchant, equal counts each."""
     leave = pairs.n_sites - keep
@@ -201,11 +242,19 @@ def _moves(pairs: Pairs, keep: NDArray[np.int64], merchants: NDArray[np.uint64],
     kept_key = m_index * n_countries + pairs.country
     dest_key = dest_m * n_countries + dest_c
     pos = np.minimum(np.searchsorted(kept_key, dest_key), max(len(kept_key) - 1, 0))
-    base = np.where(kept_key[pos] == dest_key, keep[pos], 0) if len(kept_key) else np.zeros(len(dest_key), dtype=np.int64)
+    base = (
+        np.where(kept_key[pos] == dest_key, keep[pos], 0) if len(kept_key) else np.zeros(len(dest_key), dtype=np.int64)
+    )
     dst_row = np.repeat(np.arange(len(dest_n)), dest_n)
     dst_order = base[dst_row] + _ranks(dest_n) + 1
     by_dst = np.lexsort((dst_order, dest_c[dst_row], dest_m[dst_row]))
-    return Moves(merchants[src_m[by_src]], pairs.country[src_row][by_src], src_order[by_src], dest_c[dst_row][by_dst], dst_order[by_dst])
+    return Moves(
+        merchants[src_m[by_src]],
+        pairs.country[src_row][by_src],
+        src_order[by_src],
+        dest_c[dst_row][by_dst],
+        dst_order[by_dst],
+    )
 
 
 def _ranks(sizes: NDArray[np.int64]) -> NDArray[np.int64]:

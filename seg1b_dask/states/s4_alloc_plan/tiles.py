@@ -40,7 +40,9 @@ def _best(r: int, remainder: NDArray[np.uint64], tie_key: TieKey) -> NDArray[np.
     return np.concatenate([above, at])
 
 
-def _cap(counts: NDArray[np.int64], remainder: NDArray[np.uint64], total: np.uint64, n: int, share: float, tie_key: TieKey) -> NDArray[np.int64]:
+def _cap(
+    counts: NDArray[np.int64], remainder: NDArray[np.uint64], total: np.uint64, n: int, share: float, tie_key: TieKey
+) -> NDArray[np.int64]:
     """No tile above ``share`` of the pair where the country has room: the excess goes to
     the next tiles by remainder, then tie key."""
     cap = max(int(np.ceil(share * n)), int(np.ceil(n / len(counts))))
@@ -66,7 +68,9 @@ def largest_remainder(n: int, weight: NDArray[np.uint64], tie_key: TieKey, max_t
     return counts if max_tile_share >= 1.0 else _cap(counts, remainder, total, n, max_tile_share, tie_key)
 
 
-def systematic(n: int, weight: NDArray[np.uint64], offset: float, tie_key: TieKey, max_tile_share: float) -> NDArray[np.int64]:
+def systematic(
+    n: int, weight: NDArray[np.uint64], offset: float, tie_key: TieKey, max_tile_share: float
+) -> NDArray[np.int64]:
     """Systematic sampling of ``n`` points over the cumulative integer weights from
     ``offset`` ∈ [0, 1): count_i = #{k : offset·W + k·W ∈ [n·C_{i-1}, n·C_i)}, exact."""
     shift = max(0, int(weight.sum(dtype=np.uint64)).bit_length() + max(n, 1).bit_length() - 62)
@@ -91,8 +95,15 @@ def tie_key_for(policy: TileAllocation, key: np.uint64, merchant: np.uint64, til
     return lambda idx: rng.hash64(key, merchant, tiles[idx])
 
 
-def allocate_pair(policy: TileAllocation, n: int, weight: NDArray[np.uint64], tiles: NDArray[np.int64], key: np.uint64,
-                  merchant: np.uint64, country_code: np.uint64) -> NDArray[np.int64]:
+def allocate_pair(
+    policy: TileAllocation,
+    n: int,
+    weight: NDArray[np.uint64],
+    tiles: NDArray[np.int64],
+    key: np.uint64,
+    merchant: np.uint64,
+    country_code: np.uint64,
+) -> NDArray[np.int64]:
     tie_key = tie_key_for(policy, key, merchant, tiles)
     if policy.method == "largest_remainder":
         return largest_remainder(n, weight, tie_key, policy.max_tile_share)
@@ -100,8 +111,14 @@ def allocate_pair(policy: TileAllocation, n: int, weight: NDArray[np.uint64], ti
     return systematic(n, weight, offset, tie_key, policy.max_tile_share)
 
 
-def no_lone_tiles(tile: NDArray[np.int64], n_sites: NDArray[np.int64], minimum: int, grid: Grid, country_tiles: NDArray[np.int64],
-                  country_weight: NDArray[np.uint64]) -> tuple[NDArray[np.int64], int]:
+def no_lone_tiles(
+    tile: NDArray[np.int64],
+    n_sites: NDArray[np.int64],
+    minimum: int,
+    grid: Grid,
+    country_tiles: NDArray[np.int64],
+    country_weight: NDArray[np.uint64],
+) -> tuple[NDArray[np.int64], int]:
     """Within one country: move the sites of every tile holding fewer than ``minimum`` (of
     all merchants) to the nearest tile holding at least that many — or, if none does, to the
     tile holding most (ties: larger weight, then lower tile_id). Returns the new tile of

@@ -43,7 +43,11 @@ def _distinct(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.
 
 
 def place_sites(
-    tile_id: NDArray[np.int64], key_fields: tuple[NDArray[np.uint64], ...], geom: shapely.Geometry, grid: Grid, key: np.uint64,
+    tile_id: NDArray[np.int64],
+    key_fields: tuple[NDArray[np.uint64], ...],
+    geom: shapely.Geometry,
+    grid: Grid,
+    key: np.uint64,
     policy: S6UniformV1 | S6MixtureV2,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int16]]:
     """A point for every site inside its tile and its country, distinct from every other:
@@ -78,7 +82,12 @@ def place_sites(
                 sel = tile_id[pending] == tile
                 lon[pending[sel]], lat[pending[sel]] = _in_triangles(pieces[tile], w[sel], u[sel], v[sel])
         attempts[pending] = attempt + 1
-        ok = (lon[pending] >= west[pending]) & (lon[pending] <= east[pending]) & (lat[pending] >= south[pending]) & (lat[pending] <= north[pending])
+        ok = (
+            (lon[pending] >= west[pending])
+            & (lon[pending] <= east[pending])
+            & (lat[pending] >= south[pending])
+            & (lat[pending] <= north[pending])
+        )
         if mix is not None and attempt < max_attempts:
             ok &= mixture_v2.within_tail(mix, pending, lon[pending], lat[pending])
         ok[ok] = shapely.contains_xy(geom, lon[pending[ok]], lat[pending[ok]])
@@ -90,11 +99,17 @@ def place_sites(
         lon[redo] = np.nan
         pending = np.flatnonzero(redo)
     if len(pending):
-        raise Seg1BError(E_VALIDATION_FAILED, f"{len(pending)} sites found no distinct point inside their tile and country", key=f"tile {tile_id[pending[0]]}")
+        raise Seg1BError(
+            E_VALIDATION_FAILED,
+            f"{len(pending)} sites found no distinct point inside their tile and country",
+            key=f"tile {tile_id[pending[0]]}",
+        )
     return lon, lat, attempts
 
 
-def _triangles(geom: shapely.Geometry, west: float, south: float, east: float, north: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _triangles(
+    geom: shapely.Geometry, west: float, south: float, east: float, north: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Triangles covering (cell ∩ country) and their cumulative area shares."""
     piece = shapely.intersection(geom, shapely.box(west, south, east, north))
     tris = shapely.get_parts(shapely.constrained_delaunay_triangles(piece))
@@ -103,7 +118,12 @@ def _triangles(geom: shapely.Geometry, west: float, south: float, east: float, n
     return corners, np.cumsum(area) / area.sum()
 
 
-def _in_triangles(pieces: tuple[NDArray[np.float64], NDArray[np.float64]], w: NDArray[np.float64], u: NDArray[np.float64], v: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _in_triangles(
+    pieces: tuple[NDArray[np.float64], NDArray[np.float64]],
+    w: NDArray[np.float64],
+    u: NDArray[np.float64],
+    v: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Uniform points in the union of triangles: pick one by area with ``w``, then fold
     (u, v) into it."""
     corners, cumulative = pieces
@@ -117,9 +137,13 @@ def _in_triangles(pieces: tuple[NDArray[np.float64], NDArray[np.float64]], w: ND
     return point[:, 0], point[:, 1]
 
 
-def _batch_task(assign_path: str, countries: list[str], grid: Grid, seed: int, policy: S6UniformV1 | S6MixtureV2) -> dict[str, NDArray]:
+def _batch_task(
+    assign_path: str, countries: list[str], grid: Grid, seed: int, policy: S6UniformV1 | S6MixtureV2
+) -> dict[str, NDArray]:
     table = pq.read_table(assign_path, filters=[("legal_country_iso", "in", countries)])
-    table = table.sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("site_order", "ascending")])
+    table = table.sort_by(
+        [("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("site_order", "ascending")]
+    )
     iso = np.asarray(table.column("legal_country_iso").to_pylist(), dtype="U2")
     merchant = table.column("merchant_id").to_numpy()
     site_order = table.column("site_order").to_numpy()
@@ -136,14 +160,25 @@ def _batch_task(assign_path: str, countries: list[str], grid: Grid, seed: int, p
         cids[sel] = cid
         fields = (merchant[sel].astype(np.uint64), rng.country_code_int(iso[sel]), site_order[sel].astype(np.uint64))
         lon[sel], lat[sel], attempts[sel] = place_sites(tile[sel], fields, ref.geometry[cid - 1], grid, key, policy)
-    return {"merchant_id": merchant, "country_id": cids, "site_order": site_order, "tile_id": tile, "lon_deg": lon, "lat_deg": lat, "attempts": attempts}
+    return {
+        "merchant_id": merchant,
+        "country_id": cids,
+        "site_order": site_order,
+        "tile_id": tile,
+        "lon_deg": lon,
+        "lat_deg": lat,
+        "attempts": attempts,
+    }
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     assign_path = str(ctx.inputs["s5_site_tile_assignment"] / "part-00000.parquet")
     countries = sorted(set(pq.read_table(assign_path, columns=["legal_country_iso"]).column(0).to_pylist()))
     policy = ctx.policies.s6_jitter.jitter
-    tasks = [dask.delayed(_batch_task)(assign_path, b, ctx.grid, ctx.seed, policy) for b in batches(countries, ctx.execution.country_batch)]
+    tasks = [
+        dask.delayed(_batch_task)(assign_path, b, ctx.grid, ctx.seed, policy)
+        for b in batches(countries, ctx.execution.country_batch)
+    ]
     parts = compute(tasks)
     cols = {name: np.concatenate([p[name] for p in parts]) for name in ARRAYS}
     # Canonical order: merchant, country code, site_order (country ids ascend with ISO code).
@@ -152,5 +187,12 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     group.attrs.update({"mode": policy.mode, "order": "merchant_id, legal_country_iso, site_order"})
     for name in ARRAYS:
         data = cols[name][order]
-        group.create_array(name, data=data, chunks=(min(SITE_CHUNK, max(len(data), 1)),), compressors=zarr.codecs.ZstdCodec(level=3))
-    return {"sites": len(order), "mean_attempts": round(float(cols["attempts"].mean()), 3), "max_attempts_used": int(cols["attempts"].max()), "tasks": len(tasks)}
+        group.create_array(
+            name, data=data, chunks=(min(SITE_CHUNK, max(len(data), 1)),), compressors=zarr.codecs.ZstdCodec(level=3)
+        )
+    return {
+        "sites": len(order),
+        "mean_attempts": round(float(cols["attempts"].mean()), 3),
+        "max_attempts_used": int(cols["attempts"].max()),
+        "tasks": len(tasks),
+    }

@@ -37,7 +37,11 @@ def _place_anchors(resolution_arcsec: int) -> tuple[NDArray[np.int64], NDArray[n
     tiles, inverse = np.unique(row * grid.ncols + col, return_inverse=True)
     weight = p.population + 1.0
     total = np.bincount(inverse, weights=weight)
-    return tiles, np.bincount(inverse, weights=p.lon * weight) / total, np.bincount(inverse, weights=p.lat * weight) / total
+    return (
+        tiles,
+        np.bincount(inverse, weights=p.lon * weight) / total,
+        np.bincount(inverse, weights=p.lat * weight) / total,
+    )
 
 
 def tile_anchors(tile_id: NDArray[np.int64], grid: Grid) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -62,9 +66,17 @@ class Mixture:
     tail_max_km: float
 
 
-def components(tile_id: NDArray[np.int64], key_fields: tuple[NDArray[np.uint64], ...], grid: Grid, key: np.uint64, policy: S6MixtureV2) -> Mixture:
+def components(
+    tile_id: NDArray[np.int64],
+    key_fields: tuple[NDArray[np.uint64], ...],
+    grid: Grid,
+    key: np.uint64,
+    policy: S6MixtureV2,
+) -> Mixture:
     _, inverse, load = np.unique(tile_id, return_inverse=True, return_counts=True)
-    sigma = np.clip(policy.core_sigma_km_per_sqrt_site * np.sqrt(load[inverse]), policy.sigma_min_km, policy.sigma_max_km)
+    sigma = np.clip(
+        policy.core_sigma_km_per_sqrt_site * np.sqrt(load[inverse]), policy.sigma_min_km, policy.sigma_max_km
+    )
     anchor_lon, anchor_lat = tile_anchors(tile_id, grid)
     pick = rng.uniform(key, *key_fields, _COMPONENT)
     core = pick < policy.core_share
@@ -78,7 +90,9 @@ def components(tile_id: NDArray[np.int64], key_fields: tuple[NDArray[np.uint64],
     return Mixture(centre_lon, centre_lat, sigma, ~core & ~secondary, anchor_lon, anchor_lat, policy.tail_max_km)
 
 
-def propose(mix: Mixture, sel: NDArray[np.intp], bounds: Bounds, u: NDArray[np.float64], v: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def propose(
+    mix: Mixture, sel: NDArray[np.intp], bounds: Bounds, u: NDArray[np.float64], v: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """One proposal for the sites ``sel``: Gaussian (Box–Muller on the keyed u, v) around
     the component centre, or for tail sites uniform in the tile."""
     west, south, east, north = bounds
@@ -93,7 +107,9 @@ def propose(mix: Mixture, sel: NDArray[np.intp], bounds: Bounds, u: NDArray[np.f
     return lon, lat
 
 
-def within_tail(mix: Mixture, sel: NDArray[np.intp], lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:
+def within_tail(
+    mix: Mixture, sel: NDArray[np.intp], lon: NDArray[np.float64], lat: NDArray[np.float64]
+) -> NDArray[np.bool_]:
     """Tail sites must stay within ``tail_max_km`` of the anchor (an equirectangular
     distance, exact enough at tile scale)."""
     dx = (lon - mix.anchor_lon[sel]) * np.cos(np.radians(mix.anchor_lat[sel])) * KM_PER_DEG

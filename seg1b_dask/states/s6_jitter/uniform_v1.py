@@ -8,6 +8,8 @@ from numpy.typing import NDArray
 Bounds = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]
 
 
-def propose(bounds: Bounds, u: NDArray[np.float64], v: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def propose(
+    bounds: Bounds, u: NDArray[np.float64], v: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     west, south, east, north = bounds
     return west + u * (east - west), south + v * (north - south)
