@@ -2,12 +2,14 @@
 
 Suites (``--suite``, default all):
   * ``engine``  — seed 42 full chain cold (empty cache) and warm (S1/S2 reused, S3..S9
-    recomputed); medians over ``--repeat`` runs;
-  * ``grid30``  — S1+S2 alone on the 30″ world grid (21,600 x 43,200 cells);
+    recomputed), for the baseline and the remediation bundle; medians over ``--repeat`` runs;
+  * ``grid30``  — S1+S2 alone on the 30″ world grid (21,600 x 43,200 cells), for both
+    bundles (the remediation's S2 is the population basis, ``blend_v2``);
   * ``scorer``  — the scorecard at 31 k and 1 M sites, nearest neighbours per latitude
     band with a halo side by side with one global tree;
-  * ``certify`` — the certification lane, 4 seeds in parallel on a LocalCluster, against
-    4 x one seed in the fast lane, warm cache (S1/S2 and baselines present).
+  * ``certify`` — the certification lane (remediation bundle), 4 seeds in parallel on a
+    LocalCluster, against 4 x one seed in the fast lane, warm cache (S1/S2 and baselines
+    present).
 
 Usage::
 
@@ -39,7 +41,7 @@ from seg1b_dask.lanes import certify, pin_baseline_run, score_run
 from seg1b_dask.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.policies import load_bundle
 from seg1b_dask.refdata import refdata_version
-from seg1b_dask.runner import DEFAULT_POLICIES, Chain, run_seed
+from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, Chain, run_seed
 
 
 class RssSampler:
@@ -77,15 +79,23 @@ class RssSampler:
         self._thread.join()
 
 
-def _chain_run(root: Path, execution: Execution) -> dict:
+def _chain_run(root: Path, execution: Execution, policies: Path, baseline_nn_ratio: float | None) -> dict:
     with RssSampler() as rss:
         t = time.perf_counter()
         rss.mark("S0")
-        result = run_seed(root=root, seed=42, execution=execution, on_state=rss.mark)
+        result = run_seed(
+            root=root,
+            seed=42,
+            policies=policies,
+            execution=execution,
+            on_state=rss.mark,
+            baseline_nn_ratio=baseline_nn_ratio,
+        )
         wall = time.perf_counter() - t
     return {
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(max(rss.peaks.values()), 1),
+        "sealed": bool(result.validation.get("sealed", True)),
         "states": {
             s.id: {
                 "seconds": round(s.seconds, 3),
@@ -102,6 +112,7 @@ def _median_runs(runs: list[dict]) -> dict:
         "runs": len(runs),
         "wall_seconds_median": round(statistics.median(r["wall_seconds"] for r in runs), 3),
         "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
+        "sealed": all(r["sealed"] for r in runs),
         "states": {},
     }
     for sid in runs[0]["states"]:
@@ -113,11 +124,11 @@ def _median_runs(runs: list[dict]) -> dict:
     return out
 
 
-def bench_chain(work: Path, repeat: int, execution: Execution) -> dict:
+def bench_chain(work: Path, repeat: int, execution: Execution, policies: Path, baseline_nn_ratio: float | None) -> dict:
     cold, warm = [], []
     for i in range(repeat):
         root = work / f"chain{i}"
-        cold.append(_chain_run(root, execution))
+        cold.append(_chain_run(root, execution, policies, baseline_nn_ratio))
         # Warm: keep the seed-free cache (S1/S2) and the 1A bundle, drop everything seeded.
         for sub in ("runs",):
             shutil.rmtree(root / sub, ignore_errors=True)
@@ -126,15 +137,15 @@ def bench_chain(work: Path, repeat: int, execution: Execution) -> dict:
         for ds in (root / "data").iterdir():
             if ds.name not in ("tile_grid", "tile_weights", "country_mass"):
                 shutil.rmtree(ds)
-        warm.append(_chain_run(root, execution))
+        warm.append(_chain_run(root, execution, policies, baseline_nn_ratio))
         shutil.rmtree(root)
     return {"cold": _median_runs(cold), "warm": _median_runs(warm)}
 
 
-def bench_grid30(work: Path, execution: Execution) -> dict:
-    policies = work / "policies" / "grid30"
-    shutil.copytree(DEFAULT_POLICIES, policies)
-    shutil.copy(DEFAULT_POLICIES.parent / "gates.yaml", policies.parent / "gates.yaml")
+def bench_grid30(work: Path, execution: Execution, source: Path) -> dict:
+    policies = work / "policies" / f"grid30-{source.name}"
+    shutil.copytree(source, policies)
+    shutil.copy(source.parent / "gates.yaml", policies.parent / "gates.yaml")
     grid = policies / "grid.yaml"
     grid.write_text(
         grid.read_text()
@@ -178,22 +189,13 @@ def _drop_seeded(root: Path) -> None:
     shutil.rmtree(root / "certification", ignore_errors=True)
 
 
-def _candidate_policies(work: Path) -> Path:
-    target = work / "policies" / "candidate"
-    if not target.exists():
-        shutil.copytree(DEFAULT_POLICIES, target)
-        shutil.copy(DEFAULT_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
-        s4 = target / "s4_alloc_plan.yaml"
-        s4.write_text(s4.read_text().replace("tie_break: tile_id", "tie_break: keyed"))
-    return target
-
-
 def bench_certify(work: Path, repeat: int) -> dict:
     root = work / "certify"
     seeds = [42, 7, 101, 202]
-    policies = _candidate_policies(work)
-    for seed in seeds:  # warm: baselines pinned, S1/S2 built
-        pin_baseline_run(root, seed, Execution())
+    policies = DEFAULT_POLICIES
+    ratios = {
+        seed: float(pin_baseline_run(root, seed, Execution())["nn_ratio"]) for seed in seeds
+    }  # warm: baselines pinned
     parallel, parallel_in_pack, sequential_cli, sequential_in_process = [], [], [], []
     for _ in range(repeat):
         _drop_seeded(root)
@@ -224,7 +226,9 @@ def bench_certify(work: Path, repeat: int) -> dict:
         _drop_seeded(root)
         t = time.perf_counter()
         for seed in seeds:
-            result = run_seed(root=root, seed=seed, policies=policies, execution=Execution())
+            result = run_seed(
+                root=root, seed=seed, policies=policies, execution=Execution(), baseline_nn_ratio=ratios[seed]
+            )
             score_run(root, result.run_dir)
         sequential_in_process.append(time.perf_counter() - t)
     med_p, med_cli, med_in = (
@@ -251,7 +255,8 @@ def bench_scorer(work: Path) -> dict:
     from seg1b_dask.scoring import compute_scorecard, load_sites
 
     root = work / "scorer"
-    result = run_seed(root=root, seed=42, execution=Execution())
+    result = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, execution=Execution(), baseline_nn_ratio=10.0)
+    bundle = load_bundle(DEFAULT_POLICIES, refdata_version())
     sites = load_sites(result.outputs["site_locations"])
     tiles = json.loads((result.run_dir / "run.json").read_text())
     from seg1b_dask.tables import read_table
@@ -276,7 +281,9 @@ def bench_scorer(work: Path) -> dict:
                 np.clip(sites.lat[pick] + g.normal(0, 0.02, n), -90, 90),
             )
         t = time.perf_counter()
-        compute_scorecard(frame, region_of, int(np.sum(ct["eligible"])), 10.0)
+        compute_scorecard(
+            frame, region_of, int(np.sum(ct["eligible"])), 10.0, bundle.gates, bundle.grid.resolution_arcsec / 3600
+        )
         card_s = time.perf_counter() - t
         t = time.perf_counter()
         chunked = nearest_neighbour_km_chunked(frame.lon, frame.lat)
@@ -315,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         "execution": execution.as_dict(),
         "targets": {
             "warm_full_chain_s": 15,
+            "warm_remediation_run_s": 10,
+            "certify_4_seeds_s": 120,
             "cold_full_chain_s": 60,
             "grid30_s1_s2_s": 600,
             "grid30_peak_rss_mb": 4096,
@@ -322,9 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         if "engine" in suites:
-            report["seed42_default_grid"] = bench_chain(work, args.repeat, execution)
+            # The remediation grades contraction against the seed's pinned baseline: pin it once.
+            ratio = float(pin_baseline_run(work / "pin", 42, execution)["nn_ratio"])
+            report["seed42_default_grid"] = {
+                "baseline": bench_chain(work, args.repeat, execution, BASELINE_POLICIES, None),
+                "remediation": bench_chain(work, args.repeat, execution, DEFAULT_POLICIES, ratio),
+            }
         if "grid30" in suites:
-            report["grid30_s1_s2"] = bench_grid30(work, execution)
+            report["grid30_s1_s2"] = {
+                p.name: bench_grid30(work, execution, p) for p in (BASELINE_POLICIES, DEFAULT_POLICIES)
+            }
         if "scorer" in suites:
             report["scorer"] = bench_scorer(work)
         if "certify" in suites:
@@ -333,12 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if "seed42_default_grid" in report:
-        chain = report["seed42_default_grid"]
+    for bundle, chain in report.get("seed42_default_grid", {}).items():
         for phase in ("cold", "warm"):
             c = chain[phase]
             median, runs, peak = c["wall_seconds_median"], c["runs"], c["peak_rss_mb_max"]
-            print(f"{phase} full chain: {median} s (median of {runs}), peak {peak} MiB")
+            print(f"{bundle} {phase} full chain: {median} s (median of {runs}), peak {peak} MiB")
+    for bundle, g in report.get("grid30_s1_s2", {}).items():
+        print(f"{bundle} S1+S2 at 30″: {g['wall_seconds']} s, peak {g['peak_rss_mb']} MiB")
     for label, r in report.get("scorer", {}).items():
         print(
             f"scorer {label}: scorecard {r['scorecard_seconds']} s; NN chunked {r['nn_chunked_seconds']} s "

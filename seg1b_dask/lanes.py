@@ -111,18 +111,47 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     card["target_grade"] = bundle.s9_validation.target_grade
     scoring.write_scorecard(card, run / "scorecard")
     if sites is not None:
-        tiles = read_table(
-            root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region"]
-        ).to_pydict()
-        region_of = dict(zip(tiles["iso2"], tiles["region"], strict=True))
-        region = np.asarray([region_of[c] for c in sites.iso2], dtype="U16")
-        m = card["metrics"]
-        title = (
-            f"seed {meta['seed']} · {m['sites']:,} sites · {m['active_countries']} countries · "
-            f"gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
-        )
-        plots.site_map(sites.lon, sites.lat, region, card["country_shares"], title, run / "scorecard" / "site_map.png")
+        _write_maps(root, run, meta, card, sites, baseline)
     return Scored(run, meta["seed"], card, report, upper, delta)
+
+
+def _map_title(seed: int, m: dict[str, Any], label: str = "") -> str:
+    return (
+        f"{label}seed {seed} · {m['sites']:,} sites · {m['active_countries']} countries · "
+        f"gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
+    )
+
+
+def _write_maps(
+    root: Path,
+    run: Path,
+    meta: dict[str, Any],
+    card: dict[str, Any],
+    sites: scoring.SiteFrame,
+    baseline: dict[str, Any] | None,
+) -> None:
+    """``site_map.png``, and beside the seed's pinned baseline ``site_map_vs_baseline.png``."""
+    tiles = read_table(root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region"]).to_pydict()
+    region_of = dict(zip(tiles["iso2"], tiles["region"], strict=True))
+
+    def regions(frame: scoring.SiteFrame) -> np.ndarray:
+        codes, inverse = np.unique(frame.iso2, return_inverse=True)
+        return np.asarray([region_of[c] for c in codes.tolist()], dtype="U16")[inverse]
+
+    folder = run / "scorecard"
+    title = _map_title(meta["seed"], card["metrics"])
+    plots.site_map(sites.lon, sites.lat, regions(sites), card["country_shares"], title, folder / "site_map.png")
+    base_dir = root / "runs" / baseline["run_id"] if baseline else None
+    if base_dir is None or base_dir == run or not (base_dir / "scorecard" / "scorecard.json").is_file():
+        return
+    base_meta = discipline.load_run(base_dir)
+    base_sites = scoring.load_sites(scoring.verified_egress(base_meta, root)[0])
+    base_metrics = json.loads((base_dir / "scorecard" / "scorecard.json").read_text())["metrics"]
+    plots.site_map_pair(
+        (sites.lon, sites.lat, regions(sites), _map_title(meta["seed"], card["metrics"], "candidate · ")),
+        (base_sites.lon, base_sites.lat, regions(base_sites), _map_title(meta["seed"], base_metrics, "baseline · ")),
+        folder / "site_map_vs_baseline.png",
+    )
 
 
 def _baseline_ratio(
