@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             median, runs, peak = c["wall_seconds_median"], c["runs"], c["peak_rss_mb_max"]
             print(f"{bundle} {phase} full chain: {median} s (median of {runs}), peak {peak} MiB")
     for bundle, g in report.get("grid30_s1_s2", {}).items():
-        print(f"{bundle} S1+S2 at 30″: {g['wall_seconds']} s, peak {g['peak_rss_mb']} MiB")
+        print(f"{bundle} S1+S2 at 30″: {g['wall_seconds']} s, peak {g['peak_rss_mb']} MiB, stored {g['stored_mb']} MiB")
     for label, r in report.get("scorer", {}).items():
         print(
             f"scorer {label}: scorecard {r['scorecard_seconds']} s; NN chunked {r['nn_chunked_seconds']} s "
@@ -368,9 +368,6 @@ def main(argv: list[str] | None = None) -> int:
             f"(ratio {c['ratio_parallel_over_sequential_cli']}); vs 4 runs in one warm process "
             f"{c['sequential_in_process_median']} s (ratio {c['ratio_parallel_over_sequential_in_process']})"
         )
-    if "grid30_s1_s2" in report:
-        g = report["grid30_s1_s2"]
-        print(f"30\u2033 S1+S2: {g['wall_seconds']} s, peak {g['peak_rss_mb']} MiB, stored {g['stored_mb']} MiB")
     print(f"written {args.out}")
     return 0
 
