@@ -31,6 +31,18 @@ METRIC_GATES: tuple[tuple[str, str, str], ...] = (
     ("near_city_share", "near_city_share_min", "min"),
 )
 GATE_FIELD = {metric: gate_field for metric, gate_field, _ in METRIC_GATES}
+# The seed plan's stability target is a CV limit on its core metrics (§3): concentration,
+# coverage, hemisphere and NN tail. The sentinel, footprint and urban gates hold per seed;
+# a CV of a count near 0 (flagged countries, a 0.5 % share) measures nothing.
+CV_METRICS = (
+    "country_gini",
+    "top10_share",
+    "top5_share",
+    "top1_share",
+    "eligible_country_nonzero_share",
+    "southern_hemisphere_share",
+    "nn_contraction",
+)
 CONCENTRATION = ("country_gini", "top10_share", "top5_share", "top1_share")
 
 
@@ -206,7 +218,7 @@ def grade(
             failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, hint["missing"]))
     cv: dict[str, float] = {}
     if len(seeds) > 1:
-        for metric, _, _ in METRIC_GATES:
+        for metric in CV_METRICS:
             cv[metric] = population_cv([cards[s]["metrics"][metric] for s in seeds])
             for level in LEVELS:
                 threshold = getattr(gates.cross_seed_cv_max, level)

@@ -165,6 +165,7 @@ def test_cross_seed_cv_is_population_std_over_mean() -> None:
     }
     report = grading.grade(cards, gates, {s: True for s in cards})
     assert report.cv["top1_share"] > 0.3
+    assert set(report.cv) == set(grading.CV_METRICS)  # the seed plan's core metrics
     assert ("cv:top1_share", None) in [(f.gate, f.seed) for f in report.failures["B"]]
 
 
