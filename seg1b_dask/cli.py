@@ -43,6 +43,20 @@ policies_option = click.option(
 )
 
 
+# What a run's and a pack's summary show, in this order.
+CORE_METRICS = (
+    "country_gini",
+    "top1_share",
+    "top5_share",
+    "top10_share",
+    "eligible_country_nonzero_share",
+    "southern_hemisphere_share",
+    "nn_ratio",
+    "nn_contraction",
+)
+REALISM_METRICS = ("sentinel_flagged", "merchant_countries_median", "merchants_above_1a_max_share", "near_city_share")
+
+
 def _fmt(v: float) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
@@ -94,16 +108,7 @@ def score_summary(scored: Scored) -> list[str]:
 
     m = scored.card["metrics"]
     lines = ["", f"  scorecard ({scored.run_dir / 'scorecard'})", f"  {'metric':<32} {'value':>9} {'vs baseline':>12}"]
-    for key in (
-        "country_gini",
-        "top1_share",
-        "top5_share",
-        "top10_share",
-        "eligible_country_nonzero_share",
-        "southern_hemisphere_share",
-        "nn_ratio",
-        "nn_contraction",
-    ):
+    for key in CORE_METRICS:
         delta = scored.delta.get(key)
         lines.append(f"  {key:<32} {_fmt(m[key]):>9} {f'{delta:+.4f}' if delta is not None else '':>12}")
     lines.append(f"  nearest neighbour p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km")
@@ -265,20 +270,7 @@ def certify(
         "",
         f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}",
     ]
-    for key in (
-        "country_gini",
-        "top1_share",
-        "top5_share",
-        "top10_share",
-        "eligible_country_nonzero_share",
-        "southern_hemisphere_share",
-        "nn_ratio",
-        "nn_contraction",
-        "sentinel_flagged",
-        "merchant_countries_median",
-        "merchants_above_1a_max_share",
-        "near_city_share",
-    ):
+    for key in (*CORE_METRICS, *REALISM_METRICS):
         vals = "".join(f"{_fmt(pack.scored[s].card['metrics'][key]):>11}" for s in seed_list)
         lines.append(f"  {key:<32}{vals}{_fmt(report.cv.get(key, float('nan'))):>9}")
     for key in ("top1_share", "country_gini"):
