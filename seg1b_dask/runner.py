@@ -207,7 +207,9 @@ class Chain:
 
     def run(self, on_state: Callable[[str], None] | None = None) -> tuple[Tokens, list[StateRecord]]:
         t0 = time.perf_counter()
-        gate = s0_gate.verify(self.upstream, self.seed, self.bundle.parameter_hash, code_digest())
+        gate = s0_gate.verify(
+            self.upstream, self.seed, self.bundle.parameter_hash, code_digest(), self.baseline_nn_ratio
+        )
         tokens = Tokens(self.seed, self.bundle.parameter_hash, gate.manifest_fingerprint)
         final = self._final("s0_gate_receipt", tokens)
         publish(

@@ -97,6 +97,26 @@ def test_remediation_seals_b_plus_and_reports_its_price(remediation: RunResult) 
     assert moved / 31257 == pytest.approx(s4["relocated_share"], abs=1e-6)
 
 
+def test_a_failing_target_grade_is_not_sealed_and_grades_red(remediation: RunResult) -> None:
+    """Fail-closed: against a baseline ratio the remediation cannot beat, S9 (the only state
+    whose cache key moves) records the breach and writes no flag; the scorer reports S9's
+    record and grades RED on that gate. The ratio is a sealed input: a new fingerprint, no conflict."""
+    from seg1b_dask.hashing import FLAG_NAME
+    from seg1b_dask.lanes import score_run
+
+    root = remediation.run_dir.parent.parent
+    failing = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, baseline_nn_ratio=1.0)
+    assert [s.id for s in failing.states if not s.reused] == ["S0", "S9"]  # the gate always runs
+    v = failing.validation
+    assert v["passed"] and not v["sealed"] and v["failed_gates"] == ["nn_contraction"]
+    assert not (failing.outputs["validation_bundle"] / FLAG_NAME).exists()
+    realism = json.loads((failing.outputs["validation_bundle"] / "realism.json").read_text())
+    breach = next(r for r in realism["gates"] if r["gate"] == "nn_contraction")
+    assert breach["margin"] < 0 and breach["breach"].startswith("-")
+    scored = score_run(root, failing.run_dir)
+    assert scored.grade.outcome == "RED" and scored.card["sealed"] is False
+
+
 def test_standin_matches_facts_for_seed_42() -> None:
     cat = upstream.synthesize(42)
     assert len(np.unique(cat.merchant_id)) == 1238

@@ -161,3 +161,31 @@ def test_mixture_sites_stay_in_tile_and_country_and_are_distinct() -> None:
     assert ((lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)).all()
     assert shapely.contains_xy(country, lon, lat).all()
     assert len(set(zip(lon.tolist(), lat.tolist(), strict=True))) == 400
+
+
+def test_targets_the_mobile_outlets_cannot_meet_are_a_coded_refusal() -> None:
+    """Two merchants with 5 mobile outlets each cannot fill a need of 10 when no merchant may
+    fill more than 1 % of a country's need and both must fit in 10 countries (1 per cell)."""
+    pairs = remass.Pairs(
+        np.asarray([1, 2], dtype=np.uint64),
+        np.asarray([0, 0], dtype=np.int64),
+        np.asarray([5, 5], dtype=np.int64),
+        np.asarray([0, 0], dtype=np.int64),
+    )
+    targets = np.asarray([0, 10], dtype=np.int64)
+    policy = BUNDLE.s4_alloc_plan.country_allocation.model_copy(update={"max_share_of_need": 0.01})  # type: ignore[union-attr]
+    with pytest.raises(Seg1BError) as err:
+        remass.remass(pairs, targets, np.zeros((2, 2)), policy, 1, np.asarray(["AA", "BB"]))
+    assert err.value.code == "E_REMASS_INFEASIBLE" and "BB" in str(err.value)
+
+
+def test_triage_names_the_settings_of_the_bundle_that_failed() -> None:
+    from seg1b_dask import grading
+    from seg1b_dask.runner import BASELINE_POLICIES
+
+    legacy = grading.triage_hints(load_bundle(BASELINE_POLICIES, "v"))
+    governed = grading.triage_hints(BUNDLE)
+    assert "country_allocation.mode legacy" in legacy["concentration"]
+    assert "country_cap_share_hard" in governed["concentration"] and "legacy" not in governed["concentration"]
+    assert "uniform_v1" in legacy["nn"] and "core_sigma_km_per_sqrt_site" in governed["nn"]
+    assert "tie_break tile_id" in legacy["collapse"]

@@ -109,7 +109,12 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
         )
 
 
-def verify(upstream: Path, seed: int, parameter_hash: str, code_digest: str) -> GateResult:
+def verify(
+    upstream: Path, seed: int, parameter_hash: str, code_digest: str, baseline_nn_ratio: float | None = None
+) -> GateResult:
+    """Verify the 1A bundle and seal every input. A bundle that targets a grade is graded
+    against the seed's pinned baseline, whose NN ratio is then a sealed input too: another
+    baseline means another ``manifest_fingerprint``, never a conflicting republish."""
     index, flag = verify_bundle(upstream)
     if int(index.get("seed", -1)) != int(seed):
         raise Seg1BError(
@@ -139,6 +144,8 @@ def verify(upstream: Path, seed: int, parameter_hash: str, code_digest: str) -> 
         {"name": "parameter_hash", "sha256": parameter_hash},
         {"name": f"package:{__version__}", "sha256": code_digest},
     ]
+    if baseline_nn_ratio is not None:
+        sealed.append({"name": "baseline:nn_ratio", "sha256": sha256_hex(canonical_json(baseline_nn_ratio))})
     fingerprint = sha256_hex(canonical_json(sorted(d["sha256"] for d in sealed)))
     return GateResult(
         manifest_fingerprint=fingerprint, upstream_flag=flag, sealed_inputs=sealed, n_outlets=table.num_rows
