@@ -273,10 +273,17 @@ def triage(failures: list[Failure], hints: dict[str, str] | None = None) -> str:
 
 
 def failure_table(report: GradeReport, level: Level) -> list[str]:
-    rows = [f"  {'gate':<36} {'seed':>5} {'threshold':>10} {'observed':>10}  triage"]
+    """One row per failing gate (seeds listed once, the observed range), its hint below it."""
+    by_gate: dict[str, list[Failure]] = {}
     for f in report.failures[level]:
-        seed = "all" if f.seed is None else str(f.seed)
-        rows.append(f"  {f.gate:<36} {seed:>5} {f.threshold:>10.4f} {f.observed:>10.4f}  {f.hint}")
+        by_gate.setdefault(f.gate, []).append(f)
+    rows = [f"  {'gate':<36} {'seeds':<22} {'threshold':>10} {'observed':>17}"]
+    for gate, fs in by_gate.items():
+        seeds = ",".join("all" if f.seed is None else str(f.seed) for f in fs)
+        seen = [f.observed for f in fs]
+        observed = f"{min(seen):.4f}" if len(set(seen)) == 1 else f"{min(seen):.4f}–{max(seen):.4f}"
+        rows.append(f"  {gate:<36} {seeds:<22} {fs[0].threshold:>10.4f} {observed:>17}")
+        rows.append(f"      → {fs[0].hint}")
     return rows
 
 
