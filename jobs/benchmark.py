@@ -7,6 +7,7 @@ Suites (``--suite``, default all):
     bundles (the remediation's S2 is the population basis, ``blend_v2``);
   * ``scorer``  — the scorecard at 31 k and 1 M sites, nearest neighbours per latitude
     band with a halo side by side with one global tree;
+  * ``report``  — the HTML report at 31 k sites, and its costly parts at 10 M sites;
   * ``certify`` — the certification lane (remediation bundle), 4 seeds in parallel on a
     LocalCluster, against 4 x one seed in the fast lane, warm cache (S1/S2 and baselines
     present).
@@ -301,13 +302,68 @@ def bench_scorer(work: Path) -> dict:
     return out
 
 
+def bench_report(work: Path) -> dict:
+    """The run report at 31 k sites (a real run beside its baseline), and its costly parts at
+    10 M sites: reading lon/lat, the datashader map, the top moves over 10 M lineage rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seg1b_dask import report
+
+    root = work / "report"
+    ratio = float(pin_baseline_run(root, 42, Execution())["nn_ratio"])
+    result = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, execution=Execution(), baseline_nn_ratio=ratio)
+    score_run(root, result.run_dir)
+    t = time.perf_counter()
+    report.run_report(root, result.run_dir)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    report.run_report(root, result.run_dir)
+    again = time.perf_counter() - t
+    n = 10_000_000
+    g = np.random.default_rng(0)
+    sites = pq.read_table(result.outputs["site_locations"], columns=["lon_deg", "lat_deg", "legal_country_iso"])
+    pick = g.integers(0, sites.num_rows, n)
+    lon = sites.column("lon_deg").to_numpy()[pick] + g.normal(0, 0.02, n)
+    lat = np.clip(sites.column("lat_deg").to_numpy()[pick] + g.normal(0, 0.02, n), -90, 90)
+    iso = sites.column("legal_country_iso").take(pa.array(pick))
+    path = work / "report-10m.parquet"
+    pq.write_table(pa.table({"lon_deg": lon, "lat_deg": lat}), path)
+    lineage = pa.table({"source_country_iso": iso.take(pa.array(g.permutation(n))), "legal_country_iso": iso})
+    with RssSampler() as rss:
+        t = time.perf_counter()
+        coords = pq.read_table(path)
+        read_s = time.perf_counter() - t
+        t = time.perf_counter()
+        report.map_figure(
+            [("10M", coords.column("lon_deg").to_numpy(), coords.column("lat_deg").to_numpy())] * 2
+        )  # a candidate and a baseline panel
+        map_s = time.perf_counter() - t
+        t = time.perf_counter()
+        report.flows(lineage, 15)
+        moves_s = time.perf_counter() - t
+    return {
+        "run_31k_first_seconds": round(first, 3),
+        "run_31k_again_seconds": round(again, 3),
+        "sites_10m": {
+            "read_lon_lat_seconds": round(read_s, 3),
+            "map_two_panels_seconds": round(map_s, 3),
+            "top_moves_seconds": round(moves_s, 3),
+            "total_seconds": round(read_s + map_s + moves_s, 3),
+            "peak_rss_mb": round(max(rss.peaks.values()), 1),
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/benchmark.json"))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scheduler", default="threads")
     parser.add_argument(
-        "--suite", default="engine,grid30,scorer,certify", help="comma-separated: engine, grid30, scorer, certify"
+        "--suite",
+        default="engine,grid30,scorer,certify,report",
+        help="comma-separated: engine, grid30, scorer, certify, report",
     )
     args = parser.parse_args(argv)
     suites = set(args.suite.split(","))
@@ -345,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             report["scorer"] = bench_scorer(work)
         if "certify" in suites:
             report["certification"] = bench_certify(work, args.repeat)
+        if "report" in suites:
+            report["report"] = bench_report(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -367,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             f"certify 4 seeds: parallel {c['parallel_median']} s vs 4 x `seg1b run` {c['sequential_cli_median']} s "
             f"(ratio {c['ratio_parallel_over_sequential_cli']}); vs 4 runs in one warm process "
             f"{c['sequential_in_process_median']} s (ratio {c['ratio_parallel_over_sequential_in_process']})"
+        )
+    if "report" in report:
+        r = report["report"]
+        print(
+            f"report at 31 k sites: {r['run_31k_first_seconds']} s (again {r['run_31k_again_seconds']} s); "
+            f"10 M sites: {r['sites_10m']['total_seconds']} s, peak {r['sites_10m']['peak_rss_mb']} MiB"
         )
     print(f"written {args.out}")
     return 0

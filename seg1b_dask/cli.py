@@ -192,6 +192,7 @@ def run(
         f"  site_locations     {result.outputs['site_locations']}",
         f"  validation bundle  {result.outputs['validation_bundle']}",
         f"  run receipt        {result.run_dir / 'run.json'}",
+        f"  report             {result.run_dir / 'report.html'}",
         f"  wall {result.wall_seconds:.2f} s   peak RSS {result.peak_rss_mb:.0f} MiB",
     ]
     click.echo("\n".join(lines))
@@ -290,7 +291,18 @@ def certify(
         promotion = "refused: RED" if report.outcome == "RED" else "not requested"
     lines.append(f"  promotion: {promotion}")
     lines.append(f"  Dask performance report: {pack.folder / 'dask-report.html'}")
+    lines.append(f"  report: {pack.folder / 'report.html'}")
     click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("ref")
+@root_option
+def report(ref: str, root: Path) -> None:
+    """Write the HTML report of REF (a run or a certification pack, by id or folder)."""
+    from .report import report as write_report
+
+    click.echo(f"report: {write_report(root, ref)}")
 
 
 @main.command()

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from . import discipline, grading, plots, scoring
+from . import discipline, grading, scoring
 from .errors import E_TOKEN_MISMATCH, Seg1BError
 from .execution import Execution
 from .lineage import new_folder, safe_join, write_json
 from .policies import PolicyBundle, bundle_from_canonical, load_bundle
 from .refdata import refdata_version
+from .report import pack_report, run_report
 from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
-from .tables import read_table
 
 E_PROMOTION_REFUSED = "E_PROMOTION_REFUSED"
 
@@ -61,8 +61,8 @@ def _fidelity(meta: dict[str, Any]) -> dict[str, Any]:
 def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     """Score one run and write ``scorecard/`` into it. The metrics are those S9 computed over
     every part of the egress and sealed with the 1B flag: the flag and the egress digest are
-    verified first, and the rows are read again only for the site map and (when S9 did not
-    need it) the bootstrap. A run whose S9 refused to seal is reported from S9's own record,
+    verified first, and the rows are read again only for the bootstrap when S9 did not need
+    it (a bundle without a B+ target). A run whose S9 refused to seal is reported from S9's own record,
     never from its egress, and grades RED on the gates it failed. With ``pin_as_baseline``
     the run becomes its seed's baseline authority in the same pass (contraction 0)."""
     root = Path(root).resolve()
@@ -71,18 +71,15 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     gates = bundle.gates
     s9 = next(s["stats"] for s in meta["states"] if s["id"] == "S9")
     sealed = bool(s9.get("sealed", True))
-    sites = None
-    if sealed:
-        egress, _ = scoring.verified_egress(meta, root)
-        sites = scoring.load_sites(egress)
+    egress = scoring.verified_egress(meta, root)[0] if sealed else None
     card = scoring.read_scorecard(safe_join(root, meta["outputs"]["validation_bundle"]))
     baseline = discipline.baseline_pointer(root, meta["seed"])
     if pin_as_baseline:
         baseline = discipline.pin_baseline(root, run, card["metrics"]["nn_ratio"])
     scoring.set_baseline(card["metrics"], baseline["nn_ratio"] if baseline else None)
     upper: dict[str, float] = card.get("bootstrap_upper_95", {})
-    if not upper and sites is not None:
-        matrix, _ = scoring.merchant_country_matrix(sites)
+    if not upper and egress is not None:
+        matrix, _ = scoring.merchant_country_matrix(scoring.load_sites(egress))
         upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
     report = grading.grade(
         {meta["seed"]: card},
@@ -110,48 +107,7 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     card["sealed"] = sealed
     card["target_grade"] = bundle.s9_validation.target_grade
     scoring.write_scorecard(card, run / "scorecard")
-    if sites is not None:
-        _write_maps(root, run, meta, card, sites, baseline)
     return Scored(run, meta["seed"], card, report, upper, delta)
-
-
-def _map_title(seed: int, m: dict[str, Any], label: str = "") -> str:
-    return (
-        f"{label}seed {seed} · {m['sites']:,} sites · {m['active_countries']} countries · "
-        f"gini {m['country_gini']:.3f} · NN ratio {m['nn_ratio']:.2f}"
-    )
-
-
-def _write_maps(
-    root: Path,
-    run: Path,
-    meta: dict[str, Any],
-    card: dict[str, Any],
-    sites: scoring.SiteFrame,
-    baseline: dict[str, Any] | None,
-) -> None:
-    """``site_map.png``, and beside the seed's pinned baseline ``site_map_vs_baseline.png``."""
-    tiles = read_table(root / meta["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region"]).to_pydict()
-    region_of = dict(zip(tiles["iso2"], tiles["region"], strict=True))
-
-    def regions(frame: scoring.SiteFrame) -> np.ndarray:
-        codes, inverse = np.unique(frame.iso2, return_inverse=True)
-        return np.asarray([region_of[c] for c in codes.tolist()], dtype="U16")[inverse]
-
-    folder = run / "scorecard"
-    title = _map_title(meta["seed"], card["metrics"])
-    plots.site_map(sites.lon, sites.lat, regions(sites), card["country_shares"], title, folder / "site_map.png")
-    base_dir = root / "runs" / baseline["run_id"] if baseline else None
-    if base_dir is None or base_dir == run or not (base_dir / "scorecard" / "scorecard.json").is_file():
-        return
-    base_meta = discipline.load_run(base_dir)
-    base_sites = scoring.load_sites(scoring.verified_egress(base_meta, root)[0])
-    base_metrics = json.loads((base_dir / "scorecard" / "scorecard.json").read_text())["metrics"]
-    plots.site_map_pair(
-        (sites.lon, sites.lat, regions(sites), _map_title(meta["seed"], card["metrics"], "candidate · ")),
-        (base_sites.lon, base_sites.lat, regions(base_sites), _map_title(meta["seed"], base_metrics, "baseline · ")),
-        folder / "site_map_vs_baseline.png",
-    )
 
 
 def _baseline_ratio(
@@ -223,6 +179,7 @@ def fast_lane(
         "current_candidate",
         {"run_id": result.run_id, "seed": seed, "parameter_hash": result.tokens.parameter_hash},
     )
+    run_report(root, result.run_dir)
     return result, scored
 
 
@@ -280,7 +237,9 @@ def _certify_seed(
         on_state=state,
         baseline_nn_ratio=float(pin["nn_ratio"]),
     )
-    return result, score_run(Path(root), result.run_dir)
+    scored = score_run(Path(root), result.run_dir)
+    run_report(Path(root), result.run_dir)
+    return result, scored
 
 
 def certify(
@@ -359,6 +318,7 @@ def certify(
         hints=grading.triage_hints(bundle),
     )
     _write_pack(folder, bundle, seeds, results, scored, report, wall)
+    pack_report(root, folder)
     promoted = False
     if promote:
         if report.outcome == "RED":

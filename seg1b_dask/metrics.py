@@ -74,6 +74,16 @@ def merchant_footprint(merchant: NDArray[Any], country: NDArray[Any]) -> dict[st
     }
 
 
+NN_HISTOGRAM_EDGES_KM = np.logspace(-4, 4, 81)  # 10 cm to 10 000 km, 10 bins a decade
+
+
+def nn_histogram(nn_km: NDArray[np.float64]) -> dict[str, list[float]]:
+    """Counts of nearest-neighbour distances on log bins (clipped into the outer bins), so a
+    report can draw the distribution without recomputing it."""
+    counts, _ = np.histogram(np.clip(nn_km, 1e-4, 1e4), bins=NN_HISTOGRAM_EDGES_KM)
+    return {"edges_km": NN_HISTOGRAM_EDGES_KM.tolist(), "counts": counts.tolist()}
+
+
 def nn_metrics(nn_km: NDArray[np.float64]) -> dict[str, float]:
     if len(nn_km) == 0:  # fewer than two sites: undefined, which fails closed
         return {k: float("nan") for k in ("nn_p50_km", "nn_p75_km", "nn_p90_km", "nn_p95_km", "nn_p99_km", "nn_ratio")}

@@ -127,6 +127,7 @@ def compute_scorecard(
     figures["near_city_share"] = near_city_share(sites, gates.near_city_km, gates.near_city_min_population)
     nn = nearest_neighbour_km_chunked(sites.lon, sites.lat, source=source)
     figures.update(metrics.nn_metrics(nn))
+    figures["nn_histogram"] = metrics.nn_histogram(nn)
     set_baseline(figures, baseline_nn_ratio)
     sentinels = {}
     for code, n, _ in shares[:10]:
