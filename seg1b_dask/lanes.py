@@ -16,7 +16,7 @@ from . import discipline, grading, scoring
 from .errors import E_TOKEN_MISMATCH, Seg1BError
 from .execution import Execution
 from .lineage import new_folder, safe_join, write_json
-from .policies import PolicyBundle, bundle_from_canonical, load_bundle
+from .policies import PolicyBundle, bundle_from_canonical, load_bundle, sealed_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
 from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
@@ -32,14 +32,6 @@ class Scored:
     grade: grading.GradeReport
     bootstrap: dict[str, float]
     delta: dict[str, float] = field(default_factory=dict)
-
-
-def sealed_bundle(run: dict[str, Any]) -> PolicyBundle:
-    """The policies sealed with a run, never the live files."""
-    bundle = bundle_from_canonical(run["policy_bundle"], run["policies"], run["refdata_version"])
-    if bundle.parameter_hash != run["parameter_hash"]:
-        raise Seg1BError(E_TOKEN_MISMATCH, "sealed policies do not hash to the run's parameter_hash", key="policies")
-    return bundle
 
 
 FIDELITY_KEYS = (

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import E_POLICY_INVALID, E_POLICY_MISSING, E_POLICY_UNKNOWN_KEY, Seg1BError
+from .errors import E_POLICY_INVALID, E_POLICY_MISSING, E_POLICY_UNKNOWN_KEY, E_TOKEN_MISMATCH, Seg1BError
 from .hashing import canonical_json, sha256_hex
 
 
@@ -305,3 +305,11 @@ def bundle_from_canonical(name: str, canonical: dict[str, Any], refdata_version:
     digests = {k: sha256_hex(canonical_json(m.model_dump(mode="json"))) for k, m in parsed.items()}
     parameter_hash = sha256_hex(canonical_json({"policies": digests, "refdata": refdata_version}))
     return PolicyBundle.model_validate({"name": name, "digests": digests, "parameter_hash": parameter_hash, **parsed})
+
+
+def sealed_bundle(run: dict[str, Any]) -> PolicyBundle:
+    """The policies sealed with a run, never the live files."""
+    bundle = bundle_from_canonical(run["policy_bundle"], run["policies"], run["refdata_version"])
+    if bundle.parameter_hash != run["parameter_hash"]:
+        raise Seg1BError(E_TOKEN_MISMATCH, "sealed policies do not hash to the run's parameter_hash", key="policies")
+    return bundle

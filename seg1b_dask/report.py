@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from . import discipline, grading, metrics, refdata, scoring
 from .lineage import safe_join
-from .policies import PolicyBundle
+from .policies import PolicyBundle, sealed_bundle
 from .refdata import REGIONS
 from .tables import read_table
 
@@ -53,8 +53,6 @@ class RunView:
 
 
 def load_run(root: Path, run: Path) -> RunView:
-    from .lanes import sealed_bundle
-
     meta = discipline.load_run(run)
     card_path = run / "scorecard"
     card = scoring.read_scorecard(card_path if (card_path / "scorecard.json").is_file() else _bundle_dir(root, meta))
