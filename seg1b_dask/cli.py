@@ -11,6 +11,7 @@ import click
 
 from .errors import Seg1BError
 from .execution import Execution
+from .metrics import COUNTRY_METRICS
 from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult
 
 if TYPE_CHECKING:
@@ -44,16 +45,7 @@ policies_option = click.option(
 
 
 # What a run's and a pack's summary show, in this order.
-CORE_METRICS = (
-    "country_gini",
-    "top1_share",
-    "top5_share",
-    "top10_share",
-    "eligible_country_nonzero_share",
-    "southern_hemisphere_share",
-    "nn_ratio",
-    "nn_contraction",
-)
+CORE_METRICS = (*COUNTRY_METRICS, "nn_ratio", "nn_contraction")
 REALISM_METRICS = ("sentinel_flagged", "merchant_countries_median", "merchants_above_1a_max_share", "near_city_share")
 
 

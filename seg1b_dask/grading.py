@@ -34,15 +34,7 @@ GATE_FIELD = {metric: gate_field for metric, gate_field, _ in METRIC_GATES}
 # The seed plan's stability target is a CV limit on its core metrics (§3): concentration,
 # coverage, hemisphere and NN tail. The sentinel, footprint and urban gates hold per seed;
 # a CV of a count near 0 (flagged countries, a 0.5 % share) measures nothing.
-CV_METRICS = (
-    "country_gini",
-    "top10_share",
-    "top5_share",
-    "top1_share",
-    "eligible_country_nonzero_share",
-    "southern_hemisphere_share",
-    "nn_contraction",
-)
+CV_METRICS = (*metrics.COUNTRY_METRICS, "nn_contraction")
 CONCENTRATION = ("country_gini", "top10_share", "top5_share", "top1_share")
 
 

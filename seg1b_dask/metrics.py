@@ -11,6 +11,15 @@ from numpy.typing import NDArray
 EARTH_RADIUS_KM = 6371.0088
 MAX_1A_COUNTRIES = 11  # 1A's largest merchant footprint (FACTS §3): the realism bound on 1B's
 TOPK_FRACTIONS = {"top1": 0.01, "top5": 0.05, "top10": 0.10}
+# The country-level figures of DESIGN §6, in the order summaries show them.
+COUNTRY_METRICS = (
+    "country_gini",
+    "top1_share",
+    "top5_share",
+    "top10_share",
+    "eligible_country_nonzero_share",
+    "southern_hemisphere_share",
+)
 
 
 def country_gini(counts: NDArray[Any]) -> float:

@@ -441,14 +441,7 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
 
 
 def _concentration_table(views: list[tuple[str, RunView]]) -> str:
-    keys = (
-        "country_gini",
-        "top1_share",
-        "top5_share",
-        "top10_share",
-        "eligible_country_nonzero_share",
-        "southern_hemisphere_share",
-    )
+    keys = metrics.COUNTRY_METRICS
     return _table(["", *keys], [[label, *(_fmt(v.card["metrics"][k]) for k in keys)] for label, v in views])
 
 
