@@ -171,9 +171,14 @@ def run(
     from .lanes import fast_lane
 
     execution = Execution(scheduler=scheduler, workers=workers, country_batch=country_batch)
-    with tqdm(total=9, desc="S0 gate", unit="state", disable=quiet, leave=False, file=sys.stderr) as bar:
+    from .registry import STATES
+
+    chain = len(STATES) - 1  # states reported after the gate
+    with tqdm(total=chain, desc="S0 gate", unit="state", disable=quiet, leave=False, file=sys.stderr) as bar:
 
         def on_state(name: str) -> None:
+            if name.startswith("baseline") and bar.total == chain:  # the seed's baseline runs first
+                bar.total += chain
             bar.set_description(name)
             bar.update(1)
 
