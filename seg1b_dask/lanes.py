@@ -15,7 +15,7 @@ import numpy as np
 from . import discipline, grading, scoring
 from .errors import E_TOKEN_MISMATCH, Seg1BError
 from .execution import Execution
-from .lineage import new_folder, safe_join, write_json
+from .lineage import new_folder, safe_join, write_json, write_text
 from .policies import PolicyBundle, bundle_from_canonical, load_bundle, sealed_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
@@ -352,7 +352,7 @@ def _write_pack(
         lines.append(
             ",".join([m, *(f"{v:.6f}" for v in vals), f"{pooled[m]:.6f}", f"{report.cv.get(m, float('nan')):.6f}"])
         )
-    (folder / "cv.csv").write_text("\n".join(lines) + "\n")
+    write_text(folder / "cv.csv", "\n".join(lines) + "\n")
     write_json(folder / "grade.json", report.as_dict())
     baselines = [discipline.baseline_pointer(folder.parent.parent, s) for s in seeds]
     pack = {

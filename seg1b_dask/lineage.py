@@ -168,11 +168,15 @@ def _plain(value: object) -> object:
     return item() if callable(item) else str(value)
 
 
-def write_json(path: Path, payload: object) -> None:
-    """Write JSON atomically (temporary sibling, then rename): readers never see half a file."""
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically (temporary sibling, then rename): readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_plain) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: object) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_plain) + "\n")
 
 
 def new_folder(parent: Path, stem: str) -> Path:

@@ -27,7 +27,7 @@ import shapely
 from numpy.typing import NDArray
 
 from . import discipline, grading, metrics, refdata, scoring
-from .lineage import safe_join
+from .lineage import safe_join, write_text
 from .policies import PolicyBundle, sealed_bundle
 from .refdata import REGIONS
 from .tables import read_table
@@ -485,7 +485,7 @@ def run_report(root: Path, run: Path) -> Path:
     if pin and pin["run_id"] != view.meta["run_id"] and (root / "runs" / pin["run_id"] / "run.json").is_file():
         baseline = load_run(root, root / "runs" / pin["run_id"])
     path = run / REPORT_NAME
-    path.write_text(render_run(view, baseline))
+    write_text(path, render_run(view, baseline))
     return path
 
 
@@ -565,8 +565,8 @@ def pack_report(root: Path, pack: Path) -> Path:
     )
     sections.append(_section("performance", "Performance", perf))
     path = pack / REPORT_NAME
-    path.write_text(
-        _page(f"seg1b certification pack · {meta['policy_bundle']} · {grade['outcome']}", sections, PACK_SECTIONS)
+    write_text(
+        path, _page(f"seg1b certification pack · {meta['policy_bundle']} · {grade['outcome']}", sections, PACK_SECTIONS)
     )
     return path
 
