@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             median, runs, peak = c["wall_seconds_median"], c["runs"], c["peak_rss_mb_max"]
             print(f"{bundle} {phase} full chain: {median} s (median of {runs}), peak {peak} MiB")
     for bundle, g in report.get("grid30_s1_s2", {}).items():
-        print(f"{bundle} S1+S2 at 30″: {g['wall_seconds']} s, peak {g['peak_rss_mb']} MiB, stored {g['stored_mb']} MiB")
+        seconds, peak, stored = g["wall_seconds"], g["peak_rss_mb"], g["stored_mb"]
+        print(f"{bundle} S1+S2 at 30″: {seconds} s, peak {peak} MiB, {stored} MiB stored")
     for label, r in report.get("scorer", {}).items():
         print(
             f"scorer {label}: scorecard {r['scorecard_seconds']} s; NN chunked {r['nn_chunked_seconds']} s "

@@ -253,7 +253,7 @@ table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
 td:first-child, th:first-child { text-align: left; }
 .pass { background: #e3f4e1; } .fail { background: #f9dcdc; } .na { color: #888; }
-.grade { font-size: 20px; font-weight: 600; } img { max-width: 100%; } .row { display: flex; flex-wrap: wrap; gap: 16px; }
+.grade { font-size: 20px; font-weight: 600; } img { max-width: 100%; }
 .note { color: #555; font-size: 13px; } code { background: #f4f4f4; padding: 0 3px; }
 """
 
@@ -262,7 +262,8 @@ td:first-child, th:first-child { text-align: left; }
 GUARD = """<script>
 window.seg1bErrors = 0;
 window.addEventListener("error", function () { window.seg1bErrors += 1; }, true);
-var seg1bError = console.error; console.error = function () { window.seg1bErrors += 1; seg1bError.apply(console, arguments); };
+var seg1bError = console.error;
+console.error = function () { window.seg1bErrors += 1; seg1bError.apply(console, arguments); };
 </script>"""
 CHECK = """<script>
 (function () {
@@ -565,9 +566,8 @@ def pack_report(root: Path, pack: Path) -> Path:
     )
     sections.append(_section("performance", "Performance", perf))
     path = pack / REPORT_NAME
-    write_text(
-        path, _page(f"seg1b certification pack · {meta['policy_bundle']} · {grade['outcome']}", sections, PACK_SECTIONS)
-    )
+    title = f"seg1b certification pack · {meta['policy_bundle']} · {grade['outcome']}"
+    write_text(path, _page(title, sections, PACK_SECTIONS))
     return path
 
 

@@ -173,7 +173,8 @@ def test_targets_the_mobile_outlets_cannot_meet_are_a_coded_refusal() -> None:
         np.asarray([0, 0], dtype=np.int64),
     )
     targets = np.asarray([0, 10], dtype=np.int64)
-    policy = BUNDLE.s4_alloc_plan.country_allocation.model_copy(update={"max_share_of_need": 0.01})  # type: ignore[union-attr]
+    remass_policy = BUNDLE.s4_alloc_plan.country_allocation
+    policy = remass_policy.model_copy(update={"max_share_of_need": 0.01})  # type: ignore[union-attr]
     with pytest.raises(Seg1BError) as err:
         remass.remass(pairs, targets, np.zeros((2, 2)), policy, 1, np.asarray(["AA", "BB"]))
     assert err.value.code == "E_REMASS_INFEASIBLE" and "BB" in str(err.value)
