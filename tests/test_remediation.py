@@ -12,14 +12,23 @@ from hypothesis import strategies as st
 from seg1b_dask import rng
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.grid import Grid
-from seg1b_dask.policies import load_bundle
+from seg1b_dask.policies import CountryAllocationRemass, S2BlendV2, load_bundle
 from seg1b_dask.runner import DEFAULT_POLICIES
 from seg1b_dask.states.s2_tile_weights.country_mass import govern, integer_targets
 from seg1b_dask.states.s4_alloc_plan import remass, tiles
 from seg1b_dask.states.s6_jitter import place_sites
 
 BUNDLE = load_bundle(DEFAULT_POLICIES, "v")
-MASS = BUNDLE.s2_tile_weights.tile_weights.country_mass  # type: ignore[union-attr]
+
+
+def _modes() -> tuple[S2BlendV2, CountryAllocationRemass]:
+    s2, s4 = BUNDLE.s2_tile_weights.tile_weights, BUNDLE.s4_alloc_plan.country_allocation
+    assert isinstance(s2, S2BlendV2) and isinstance(s4, CountryAllocationRemass)
+    return s2, s4
+
+
+S2, REMASS = _modes()
+MASS = S2.country_mass
 REGIONS = np.asarray(["Africa", "Asia", "Europe", "North America", "South America", "Oceania"] * 40, dtype="U16")
 
 
@@ -87,15 +96,10 @@ def test_remass_hits_targets_keeps_totals_and_moves_the_minimum(seed: int) -> No
     targets = integer_targets(np.full(n_countries, 1 / n_countries), total, 3, np.ones(n_countries, dtype=bool))
     g = np.random.default_rng(seed)
     lon, lat = g.uniform(-180, 180, n_countries), g.uniform(-60, 70, n_countries)
-    policy = BUNDLE.s4_alloc_plan.country_allocation
-    out = remass.remass(
-        pairs,
-        targets,
-        remass.country_distance_km(lon, lat),
-        policy,
-        seed,
-        np.asarray([f"C{i}" for i in range(n_countries)]),
-    )  # type: ignore[arg-type]
+    policy = REMASS
+    names = np.asarray([f"C{i}" for i in range(n_countries)])
+    args = (pairs, targets, remass.country_distance_km(lon, lat), policy, seed, names)
+    out = remass.remass(*args)
     assert np.array_equal(np.bincount(out.country, weights=out.n_sites, minlength=n_countries).astype(int), targets)
     before = np.bincount(np.searchsorted(np.unique(pairs.merchant), pairs.merchant), weights=pairs.n_sites)
     after = np.bincount(np.searchsorted(np.unique(out.merchant), out.merchant), weights=out.n_sites)
@@ -109,14 +113,7 @@ def test_remass_hits_targets_keeps_totals_and_moves_the_minimum(seed: int) -> No
         zip(out.moves.merchant.tolist(), out.moves.dst_country.tolist(), out.moves.dst_site_order.tolist(), strict=True)
     )
     assert len(keys) == len(out.moves.merchant) == int((pairs.n_sites - out.kept).sum())
-    again = remass.remass(
-        pairs,
-        targets,
-        remass.country_distance_km(lon, lat),
-        policy,
-        seed,
-        np.asarray([f"C{i}" for i in range(n_countries)]),
-    )  # type: ignore[arg-type]
+    again = remass.remass(*args)
     assert np.array_equal(again.n_sites, out.n_sites) and np.array_equal(again.country, out.country)
 
 
@@ -156,7 +153,7 @@ def test_mixture_sites_stay_in_tile_and_country_and_are_distinct() -> None:
     tile[300:] += 1
     fields = (np.arange(400, dtype=np.uint64), np.zeros(400, dtype=np.uint64), np.arange(400, dtype=np.uint64))
     policy = BUNDLE.s6_jitter.jitter
-    lon, lat, _ = place_sites(tile, fields, country, grid, rng.stream_key(3, "S6"), policy)  # type: ignore[arg-type]
+    lon, lat, _ = place_sites(tile, fields, country, grid, rng.stream_key(3, "S6"), policy)
     west, south, east, north = grid.tile_bounds(tile)
     assert ((lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)).all()
     assert shapely.contains_xy(country, lon, lat).all()
@@ -173,8 +170,7 @@ def test_targets_the_mobile_outlets_cannot_meet_are_a_coded_refusal() -> None:
         np.asarray([0, 0], dtype=np.int64),
     )
     targets = np.asarray([0, 10], dtype=np.int64)
-    remass_policy = BUNDLE.s4_alloc_plan.country_allocation
-    policy = remass_policy.model_copy(update={"max_share_of_need": 0.01})  # type: ignore[union-attr]
+    policy = REMASS.model_copy(update={"max_share_of_need": 0.01})
     with pytest.raises(Seg1BError) as err:
         remass.remass(pairs, targets, np.zeros((2, 2)), policy, 1, np.asarray(["AA", "BB"]))
     assert err.value.code == "E_REMASS_INFEASIBLE" and "BB" in str(err.value)
