@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from .errors import Seg1BError
+from .errors import Code, Seg1BError
 from .execution import Execution
 from .metrics import COUNTRY_METRICS
 from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult
@@ -342,7 +342,7 @@ def synth(seed: int, out: Path) -> None:
     from .upstream import write_bundle
 
     if out.exists() and any(out.iterdir()):
-        raise Seg1BError("E_OUT_NOT_EMPTY", "output folder is not empty", file=out)
+        raise Seg1BError(Code.E_OUT_NOT_EMPTY, "output folder is not empty", file=out)
     flag = write_bundle(seed, out)
     click.echo(f"1A bundle for seed {seed} written to {out} (sha256_hex = {flag})")
 

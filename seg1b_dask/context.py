@@ -12,6 +12,16 @@ from .policies import PolicyBundle
 
 
 @dataclass(frozen=True)
+class GateResult:
+    """What S0's verification of the 1A bundle established: the run's lineage tokens."""
+
+    manifest_fingerprint: str
+    upstream_flag: str
+    sealed_inputs: list[dict[str, str]]
+    n_outlets: int
+
+
+@dataclass(frozen=True)
 class StateContext:
     tokens: Tokens
     policies: PolicyBundle
@@ -19,6 +29,7 @@ class StateContext:
     execution: Execution
     inputs: dict[str, Path]  # dataset name -> published folder
     upstream: Path  # the verified 1A bundle
+    gate: GateResult
     baseline_nn_ratio: float | None = None  # the seed's pinned baseline (S9 grades nn_contraction against it)
 
     @property

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import Seg1BError
+from .errors import Code, InternalError, Seg1BError
 from .lineage import safe_join, write_json
+from .runroot import RunRoot
 
-E_BASELINE_PINNED = "E_BASELINE_PINNED"
-E_PHASE_LOCKED = "E_PHASE_LOCKED"
-E_UNKNOWN_RUN = "E_UNKNOWN_RUN"
+E_BASELINE_PINNED = Code.E_BASELINE_PINNED
+E_PHASE_LOCKED = Code.E_PHASE_LOCKED
+E_UNKNOWN_RUN = Code.E_UNKNOWN_RUN
 PHASES = {"P1": "s2_tile_weights", "P2": "s4_alloc_plan", "P3": "s6_jitter"}
 POINTERS = ("current_candidate", "last_good")
 
@@ -25,8 +26,19 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
     write_json(path, payload)
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON record of the run root; a damaged one is one coded line naming it."""
+    try:
+        payload = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Seg1BError(Code.E_CORRUPT_FILE, f"not valid JSON ({exc})", file=path) from None
+    if not isinstance(payload, dict):
+        raise Seg1BError(Code.E_CORRUPT_FILE, "expected a JSON object", file=path)
+    return payload
+
+
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def run_dir(root: Path, run: str) -> Path:
@@ -41,7 +53,7 @@ def run_dir(root: Path, run: str) -> Path:
 
 
 def load_run(path: Path) -> dict[str, Any]:
-    return json.loads((path / "run.json").read_text())
+    return read_json(path / "run.json")
 
 
 # -- baseline authority -------------------------------------------------------------
@@ -51,8 +63,17 @@ def baseline_pointer(root: Path, seed: int) -> dict[str, Any] | None:
     return _read(Path(root) / "baseline_authority" / f"seed={seed}.json")
 
 
+def baseline_payload(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
+    """The pin ``pin_baseline`` would write, refused now if the seed is pinned otherwise."""
+    return _pin(root, run, nn_ratio, write=False)
+
+
 def pin_baseline(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
     """Pin a run as the baseline of its seed. A pinned baseline is never replaced."""
+    return _pin(root, run, nn_ratio, write=True)
+
+
+def _pin(root: Path, run: Path, nn_ratio: float, write: bool) -> dict[str, Any]:
     meta = load_run(run)
     path = Path(root) / "baseline_authority" / f"seed={meta['seed']}.json"
     payload = {
@@ -73,7 +94,8 @@ def pin_baseline(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
                 key=f"seed={meta['seed']}",
             )
         return existing
-    _write(path, payload)
+    if write:
+        _write(path, payload)
     return payload
 
 
@@ -81,7 +103,8 @@ def pin_baseline(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
 
 
 def set_pointer(root: Path, name: str, payload: dict[str, Any]) -> None:
-    assert name in POINTERS
+    if name not in POINTERS:
+        raise InternalError(Code.E_INTERNAL, f"unknown pointer {name}")
     _write(Path(root) / name / "pointer.json", dict(payload, set_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
 
 
@@ -94,7 +117,7 @@ def get_pointer(root: Path, name: str) -> dict[str, Any] | None:
 
 def lock_phase(root: Path, phase: str, run: Path) -> dict[str, Any]:
     if phase not in PHASES:
-        raise Seg1BError("E_UNKNOWN_PHASE", f"phases are {', '.join(PHASES)}", key=phase)
+        raise Seg1BError(Code.E_UNKNOWN_PHASE, f"phases are {', '.join(PHASES)}", key=phase)
     meta = load_run(run)
     score = _read(run / "scorecard" / "scorecard.json") or {}
     record = {
@@ -153,16 +176,16 @@ def referenced_runs(root: Path) -> dict[str, list[str]]:
             refs.setdefault(run_id, []).append(why)
 
     for path in sorted((root / "baseline_authority").glob("seed=*.json")):
-        keep(json.loads(path.read_text())["run_id"], f"baseline_authority/{path.name}")
+        keep(read_json(path)["run_id"], f"baseline_authority/{path.name}")
     for name in POINTERS:
         pointer = get_pointer(root, name) or {}
         keep(pointer.get("run_id"), name)
         for run_id in pointer.get("run_ids", []):
             keep(run_id, name)
     for path in sorted((root / "locks").glob("*.json")):
-        keep(json.loads(path.read_text())["run_id"], f"locks/{path.name}")
+        keep(read_json(path)["run_id"], f"locks/{path.name}")
     for path in sorted((root / "certification").glob("*/pack.json")):
-        pack = json.loads(path.read_text())
+        pack = read_json(path)
         for run_id in pack["run_ids"] + pack.get("baseline_run_ids", []):
             keep(run_id, f"certification/{path.parent.name}")
     return refs
@@ -170,8 +193,23 @@ def referenced_runs(root: Path) -> dict[str, list[str]]:
 
 def prune(root: Path, dry_run: bool = False) -> dict[str, Any]:
     """Remove every run folder nothing references, then the data partitions and cache
-    entries only those runs used. Pinned, pointed-to, locked and packed runs stay."""
-    root = Path(root)
+    entries only those runs used, and the staging leftovers of killed processes. Pinned,
+    pointed-to, locked and packed runs stay. Refused while any run is in flight."""
+    run_root = RunRoot.open(root)
+    with run_root.exclusive():
+        leftovers = run_root.stale_staging()
+        report = _prune(run_root.path, dry_run)
+        if not dry_run:
+            for path in leftovers:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        report["removed_staging"] = [p.relative_to(run_root.path).as_posix() for p in leftovers]
+        return report
+
+
+def _prune(root: Path, dry_run: bool) -> dict[str, Any]:
     refs = referenced_runs(root)
     runs = (
         sorted(p for p in (root / "runs").glob("*") if (p / "run.json").is_file()) if (root / "runs").exists() else []
@@ -198,8 +236,11 @@ def prune(root: Path, dry_run: bool = False) -> dict[str, Any]:
         for s in stale:
             shutil.rmtree(s)
         for index in sorted((root / "cache").rglob("*.json")) if (root / "cache").exists() else []:
-            entry = json.loads(index.read_text())
-            if set(entry["datasets"].values()) & stale_rel:
+            try:
+                used = set(read_json(index).get("datasets", {}).values())
+            except Seg1BError:  # a damaged entry is only a lost shortcut
+                used = stale_rel
+            if used & stale_rel:
                 index.unlink()
     return {
         "removed_runs": removed,

@@ -4,6 +4,8 @@ lane on a Dask cluster, plus scoring a finished run against the policies sealed 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,15 +15,16 @@ from typing import Any
 import numpy as np
 
 from . import discipline, grading, scoring
-from .errors import E_TOKEN_MISMATCH, Seg1BError
+from .errors import E_TOKEN_MISMATCH, Code, Seg1BError
 from .execution import Execution
-from .lineage import new_folder, safe_join, write_json, write_text
+from .lineage import safe_join, write_json, write_text
 from .policies import PolicyBundle, bundle_from_canonical, load_bundle, sealed_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
 from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
+from .runroot import RunRoot
 
-E_PROMOTION_REFUSED = "E_PROMOTION_REFUSED"
+E_PROMOTION_REFUSED = Code.E_PROMOTION_REFUSED
 
 
 @dataclass
@@ -66,12 +69,12 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     egress = scoring.verified_egress(meta, root)[0] if sealed else None
     card = scoring.read_scorecard(safe_join(root, meta["outputs"]["validation_bundle"]))
     baseline = discipline.baseline_pointer(root, meta["seed"])
-    if pin_as_baseline:
-        baseline = discipline.pin_baseline(root, run, card["metrics"]["nn_ratio"])
+    if pin_as_baseline:  # checked now, committed only once the scorecard is on disk
+        baseline = discipline.baseline_payload(root, run, card["metrics"]["nn_ratio"])
     scoring.set_baseline(card["metrics"], baseline["nn_ratio"] if baseline else None)
     upper: dict[str, float] = card.get("bootstrap_upper_95", {})
     if not upper and egress is not None:
-        matrix, _ = scoring.merchant_country_matrix(scoring.load_sites(egress))
+        matrix, _ = scoring.merchant_country_matrix(*scoring.egress_pairs(egress))
         upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
     report = grading.grade(
         {meta["seed"]: card},
@@ -99,6 +102,8 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     card["sealed"] = sealed
     card["target_grade"] = bundle.s9_validation.target_grade
     scoring.write_scorecard(card, run / "scorecard")
+    if pin_as_baseline:
+        discipline.pin_baseline(root, run, card["metrics"]["nn_ratio"])
     return Scored(run, meta["seed"], card, report, upper, delta)
 
 
@@ -127,8 +132,17 @@ def pin_baseline_run(
     """The pinned baseline of ``seed``: run the baseline bundle and pin it the first time,
     then return the pin (a pinned baseline refuses changes)."""
     existing = discipline.baseline_pointer(root, seed)
-    if existing and (Path(root) / "runs" / existing["run_id"] / "scorecard" / "scorecard.json").is_file():
-        return existing
+    if existing:
+        pinned = Path(root) / "runs" / existing["run_id"]
+        if (pinned / "scorecard" / "scorecard.json").is_file():
+            return existing
+        if (pinned / "run.json").is_file():  # pinned, but interrupted before its scorecard: finish it
+            return score_run(root, pinned, pin_as_baseline=True).card["baseline"]
+        raise Seg1BError(
+            Code.E_CORRUPT_FILE,
+            f"the pinned baseline run {existing['run_id']} is missing from the run root",
+            file=Path(root) / "baseline_authority" / f"seed={seed}.json",
+        )
     result = run_seed(
         root=root, seed=seed, policies=BASELINE_POLICIES, upstream=upstream, execution=execution, on_state=on_state
     )
@@ -144,7 +158,20 @@ def fast_lane(
     reopen: dict[str, str],
     on_state: Callable[[str], None] | None = None,
 ) -> tuple[RunResult, Scored]:
-    root = Path(root).resolve()
+    run_root = RunRoot.open(root)
+    with run_root.shared():
+        return _fast_lane(run_root.path, seed, policies, upstream, execution, reopen, on_state)
+
+
+def _fast_lane(
+    root: Path,
+    seed: int,
+    policies: Path,
+    upstream: Path | None,
+    execution: Execution,
+    reopen: dict[str, str],
+    on_state: Callable[[str], None] | None,
+) -> tuple[RunResult, Scored]:
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     discipline.check_locks(root, bundle.digests, reopen)
     ratio = _baseline_ratio(
@@ -246,17 +273,40 @@ def certify(
     country_batch: int = 24,
 ) -> Pack:
     """Run the full chain for every seed (default: the gates' required seeds) in parallel on
-    a Dask cluster and write a pack."""
-    from distributed import performance_report
-
-    root = Path(root).resolve()
+    a Dask cluster and write a pack (whole or not at all)."""
+    run_root = RunRoot.open(root)
     bundle = load_bundle(policies, refdata_version())
     seeds = list(seeds) if seeds else list(bundle.gates.required_seeds)
-    discipline.check_locks(root, bundle.digests, reopen or {})
-    folder = new_folder(
-        root / "certification", time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
-    )
-    pack_id = folder.name
+    discipline.check_locks(run_root.path, bundle.digests, reopen or {})
+    pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
+    staging = run_root.path / "certification" / f".{pack_id}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with run_root.shared():
+            return _certify(
+                run_root, staging, pack_id, bundle, seeds, scheduler, workers, promote, on_event, country_batch
+            )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _certify(
+    run_root: RunRoot,
+    folder: Path,
+    pack_id: str,
+    bundle: PolicyBundle,
+    seeds: list[int],
+    scheduler: str | None,
+    workers: int | None,
+    promote: bool,
+    on_event: Callable[[str], None] | None,
+    country_batch: int,
+) -> Pack:
+    """The pack is written into the staging ``folder`` and renamed into place whole."""
+    from distributed import performance_report
+
+    root = run_root.path
     emit = on_event or (lambda _msg: None)
     cluster, client = _cluster(scheduler, workers)
     start = time.perf_counter()
@@ -269,7 +319,7 @@ def certify(
             # Seed-free states once, their spatial chunks spread over the cluster; then one
             # task per seed (the seed's chain, its baseline and its scorecard).
             Chain(
-                root, seeds[0], bundle, Path("."), Execution(scheduler="attached", country_batch=country_batch)
+                run_root, seeds[0], bundle, Path("."), Execution(scheduler="attached", country_batch=country_batch)
             ).run_global()
             futures = [
                 client.submit(
@@ -309,8 +359,11 @@ def certify(
         bootstrap if all(bootstrap.values()) else None,
         hints=grading.triage_hints(bundle),
     )
-    _write_pack(folder, bundle, seeds, results, scored, report, wall)
-    pack_report(root, folder)
+    _write_pack(root, folder, bundle, seeds, results, scored, report, wall)
+    final = root / "certification" / pack_id
+    pack_report(root, folder, final)
+    os.rename(folder, final)
+    folder = final
     promoted = False
     if promote:
         if report.outcome == "RED":
@@ -333,6 +386,7 @@ def certify(
 
 
 def _write_pack(
+    root: Path,
     folder: Path,
     bundle: PolicyBundle,
     seeds: list[int],
@@ -354,7 +408,7 @@ def _write_pack(
         )
     write_text(folder / "cv.csv", "\n".join(lines) + "\n")
     write_json(folder / "grade.json", report.as_dict())
-    baselines = [discipline.baseline_pointer(folder.parent.parent, s) for s in seeds]
+    baselines = [discipline.baseline_pointer(root, s) for s in seeds]
     pack = {
         "seeds": seeds,
         "policy_bundle": bundle.name,

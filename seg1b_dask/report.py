@@ -27,10 +27,10 @@ import shapely
 from numpy.typing import NDArray
 
 from . import discipline, grading, metrics, refdata, scoring
+from .datasets import SITE_LINEAGE, SITE_LOCATIONS
 from .lineage import safe_join, write_text
 from .policies import PolicyBundle, sealed_bundle
 from .refdata import REGIONS
-from .tables import read_table
 
 RUN_SECTIONS = ("summary", "map", "choropleth", "lorenz", "nn", "regions", "gates", "sentinel", "fidelity")
 PACK_SECTIONS = ("summary", "seeds", "fidelity", "grade", "performance")
@@ -59,7 +59,7 @@ def load_run(root: Path, run: Path) -> RunView:
     lon = lat = None
     if card.get("sealed", True) and (_bundle_dir(root, meta) / "_passed.flag").is_file():
         egress, _ = scoring.verified_egress(meta, root)
-        coords = read_table(egress, columns=["lon_deg", "lat_deg"])
+        coords = SITE_LOCATIONS.read(egress, columns=["lon_deg", "lat_deg"])
         lon, lat = coords.column("lon_deg").to_numpy(), coords.column("lat_deg").to_numpy()
     return RunView(run, meta, sealed_bundle(meta), card, lon, lat, top_moves(root, meta))
 
@@ -71,7 +71,7 @@ def _bundle_dir(root: Path, meta: dict[str, Any]) -> Path:
 def top_moves(root: Path, meta: dict[str, Any], limit: int = 15) -> list[tuple[str, str, int]]:
     """The largest flows of 1A stubs from their 1A country to another 1B country."""
     columns = ["source_country_iso", "legal_country_iso"]
-    return flows(read_table(safe_join(root, meta["outputs"]["site_lineage"]), columns=columns), limit)
+    return flows(SITE_LINEAGE.read(safe_join(root, meta["outputs"]["site_lineage"]), columns=columns), limit)
 
 
 def flows(lineage: pa.Table, limit: int) -> list[tuple[str, str, int]]:
@@ -490,8 +490,9 @@ def run_report(root: Path, run: Path) -> Path:
     return path
 
 
-def pack_report(root: Path, pack: Path) -> Path:
-    """Write ``report.html`` into a certification pack: per-seed table, CV, grade, links."""
+def pack_report(root: Path, pack: Path, final: Path | None = None) -> Path:
+    """Write ``report.html`` into a certification pack: per-seed table, CV, grade, links
+    (``final``: where a staged pack will be renamed to)."""
     root = Path(root).resolve()
     meta = json.loads((pack / "pack.json").read_text())
     grade = json.loads((pack / "grade.json").read_text())
@@ -517,7 +518,7 @@ def pack_report(root: Path, pack: Path) -> Path:
     summary = _table(
         ["", ""],
         [
-            ["pack", html.escape(pack.name)],
+            ["pack", html.escape((final or pack).name)],
             ["policy bundle", html.escape(meta["policy_bundle"])],
             ["parameter_hash", f"<code>{meta['parameter_hash']}</code>"],
             ["seeds", ", ".join(map(str, seeds))],

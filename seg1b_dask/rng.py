@@ -50,3 +50,10 @@ def country_code_int(iso2: ArrayLike) -> NDArray[np.uint64]:
     codes = np.asarray(iso2, dtype="U2")
     b = np.char.encode(codes, "ascii").view(np.uint8).reshape(-1, 2) if codes.size else np.zeros((0, 2), np.uint8)
     return (b[:, 0].astype(np.uint64) << np.uint64(8)) | b[:, 1].astype(np.uint64)
+
+
+def country_code_str(code: ArrayLike) -> NDArray[np.str_]:
+    """The inverse of ``country_code_int``."""
+    c = np.asarray(code, dtype=np.uint64)
+    pairs = np.column_stack([(c >> np.uint64(8)).astype(np.uint8), (c & np.uint64(0xFF)).astype(np.uint8)])
+    return np.ascontiguousarray(pairs).view("S2").ravel().astype("U2")

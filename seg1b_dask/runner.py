@@ -3,9 +3,12 @@ holds (by content key), compute the rest on Dask, publish atomically, and report
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,25 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .context import StateContext
-from .errors import E_VALIDATION_FAILED, Seg1BError
+from .context import GateResult, StateContext
+from .errors import E_VALIDATION_FAILED, Code, InternalError, Seg1BError
 from .execution import Execution, executing
 from .grid import Grid
-from .hashing import FLAG_NAME, canonical_json, sha256_file, sha256_hex
-from .lineage import (
-    Tokens,
-    new_folder,
-    partition,
-    publish,
-    republish,
-    safe_join,
-    seal_and_commit,
-    stage_dir,
-    write_json,
-)
+from .hashing import FLAG_NAME, canonical_json, sha256_file, sha256_hex, tree_digest
+from .lineage import MANIFEST, Tokens, read_manifest, republish, safe_join, write_json
 from .policies import PolicyBundle, load_bundle
 from .refdata import refdata_version
-from .registry import DATASETS, STATES, StateSpec
+from .registry import DATASETS, STATES, StateSpec, state_code_digest
+from .runroot import RunRoot, environment_error
 from .states import s0_gate
 from .upstream import write_bundle
 
@@ -45,7 +39,8 @@ DEFAULT_ROOT = Path("runs/fix-data-engine/segment_1B")
 
 @cache
 def code_digest() -> str:
-    """Digest of the engine's source: cached results never outlive a code change."""
+    """Digest of the whole engine's source, sealed into every run's manifest_fingerprint
+    (cache keys use each state's own code digest instead)."""
     files = sorted(PACKAGE_DIR.rglob("*.py"))
     return sha256_hex(canonical_json([[p.relative_to(PACKAGE_DIR).as_posix(), sha256_file(p)] for p in files]))
 
@@ -57,6 +52,7 @@ class StateRecord:
     seconds: float
     reused: bool
     stats: dict[str, Any]
+    note: str = ""  # e.g. a cache entry that failed verification and was recomputed
 
 
 @dataclass
@@ -75,28 +71,35 @@ class RunResult:
         return next(s.stats for s in self.states if s.id == "S9")
 
 
-def ensure_standin(root: Path, seed: int) -> Path:
+def ensure_standin(root: RunRoot, seed: int) -> Path:
     """The 1A stand-in bundle for ``seed`` under the run root (written once)."""
-    final = root / "upstream" / "1A" / f"seed={seed}"
+    final = root.upstream(seed)
     if (final / FLAG_NAME).is_file():
         return final
-    tmp = stage_dir(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_bundle(seed, tmp)
-    if final.exists():
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(final)
+    try:
+        write_bundle(seed, tmp)
+        if final.exists():
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
-def _cache_keys(
+def cache_keys(
     bundle: PolicyBundle, seed: int, upstream_flag: str, baseline_nn_ratio: float | None = None
 ) -> dict[str, str]:
-    prev = sha256_hex(canonical_json([code_digest(), refdata_version()]))
+    """Each state's key chains the previous state's key with its own code, policies and,
+    for seeded states, the seed and the 1A bundle's flag."""
+    prev = sha256_hex(canonical_json([refdata_version()]))
     keys = {}
-    for spec in STATES[1:]:
-        parts: list[Any] = [prev, spec.id, [bundle.digests[p] for p in spec.policies]]
+    for spec in STATES:
+        parts: list[Any] = [prev, spec.id, state_code_digest(spec.id), [bundle.digests[p] for p in spec.policies]]
         if spec.seeded:
             parts += [seed, upstream_flag]
         if spec.graded:
@@ -111,20 +114,30 @@ def _peak_rss_mb() -> float:
     return max(own, children) / 1024.0
 
 
+def _intact(folder: Path) -> str | None:
+    """None if a published dataset's bytes still match its manifest, else what is wrong."""
+    if not (folder / MANIFEST).is_file():
+        return "missing"
+    try:
+        sealed = read_manifest(folder)["content_sha256"]
+    except (ValueError, KeyError):
+        return "unreadable manifest"
+    return None if tree_digest(folder, exclude=frozenset({MANIFEST})) == sealed else "bytes differ from the manifest"
+
+
 class Chain:
     """One seed's run of the chain under a run root."""
 
     def __init__(
         self,
-        root: Path,
+        root: RunRoot,
         seed: int,
         bundle: PolicyBundle,
         upstream: Path,
         execution: Execution,
         baseline_nn_ratio: float | None = None,
     ) -> None:
-        self.root = Path(root).resolve()
-        self.data = self.root / "data"
+        self.root = root
         self.seed = seed
         self.bundle = bundle
         self.upstream = upstream
@@ -135,30 +148,38 @@ class Chain:
         self.published: dict[str, Path] = {}
 
     def _final(self, dataset: str, tokens: Tokens) -> Path:
-        return safe_join(self.data, partition(dataset, DATASETS[dataset], tokens))
+        return self.root.dataset(dataset, DATASETS[dataset], tokens)
 
-    def _from_cache(self, spec: StateSpec, key: str, tokens: Tokens) -> dict[str, Any] | None:
-        index = self.root / "cache" / spec.id / f"{key}.json"
-        if not index.is_file():
-            return None
-        entry = json.loads(index.read_text())
-        sources = {name: self.data / rel for name, rel in entry["datasets"].items()}
-        if not all((p / "_manifest.json").is_file() for p in sources.values()):
-            return None
+    def _from_cache(self, spec: StateSpec, key: str, tokens: Tokens) -> tuple[dict[str, Any] | None, str]:
+        """Reuse a cached result after verifying every byte of it; a damaged entry is
+        dropped (and its datasets removed) so the state recomputes."""
+        index = self.root.cache_entry(spec.id, key)
+        if not spec.cached or not index.is_file():
+            return None, ""
+        try:
+            entry = json.loads(index.read_text())
+            sources = {name: safe_join(self.root.data, rel) for name, rel in entry["datasets"].items()}
+        except (ValueError, KeyError, TypeError):
+            index.unlink()
+            return None, f"cache entry {index} was unreadable: recomputed"
+        for name, source in sources.items():
+            problem = _intact(source)
+            if problem:
+                index.unlink()
+                if source.exists():
+                    shutil.rmtree(source)
+                final = self._final(name, tokens)
+                if final.exists() and _intact(final):
+                    shutil.rmtree(final)
+                return None, f"cached {name} failed verification ({problem}): recomputed"
         for name, source in sources.items():
             final = self._final(name, tokens)
             republish(source, final, name, tokens.for_scope(DATASETS[name]))
             self.published[name] = final
-        return entry["stats"]
+        return entry["stats"], ""
 
-    def _compute(self, spec: StateSpec, key: str, tokens: Tokens) -> dict[str, Any]:
+    def _compute(self, spec: StateSpec, key: str, tokens: Tokens, gate: GateResult) -> dict[str, Any]:
         finals = {name: self._final(name, tokens) for name in spec.writes}
-        staged = {}
-        for name, final in finals.items():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staged[name] = stage_dir(final)
-            shutil.rmtree(staged[name], ignore_errors=True)
-            staged[name].mkdir()
         ctx = StateContext(
             tokens=tokens,
             policies=self.bundle,
@@ -166,25 +187,33 @@ class Chain:
             execution=self.execution,
             inputs={n: self.published[n] for n in spec.reads},
             upstream=self.upstream,
+            gate=gate,
             baseline_nn_ratio=self.baseline_nn_ratio,
         )
-        try:
-            stats = spec.load().run(ctx, staged)
-        except BaseException:
-            for tmp in staged.values():
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for name, final in finals.items():
-            seal_and_commit(staged[name], final, name, tokens.for_scope(DATASETS[name]))
-            self.published[name] = final
-        index = self.root / "cache" / spec.id / f"{key}.json"
-        index.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"datasets": {n: p.relative_to(self.data).as_posix() for n, p in finals.items()}, "stats": stats}
-        write_json(index, entry)
+        with contextlib.ExitStack() as stack:
+            staged = {
+                name: stack.enter_context(self.root.staged(final, name, tokens.for_scope(DATASETS[name])))
+                for name, final in finals.items()
+            }
+            stats = spec.run(ctx, staged)
+        self.published.update(finals)
+        if spec.cached:
+            entry = {
+                "datasets": {n: p.relative_to(self.root.data).as_posix() for n, p in finals.items()},
+                "stats": stats,
+            }
+            index = self.root.cache_entry(spec.id, key)
+            index.parent.mkdir(parents=True, exist_ok=True)
+            write_json(index, entry)
         return stats
 
     def _run_states(
-        self, specs: tuple[StateSpec, ...], keys: dict[str, str], tokens: Tokens, on_state: Callable[[str], None] | None
+        self,
+        specs: tuple[StateSpec, ...],
+        keys: dict[str, str],
+        tokens: Tokens,
+        gate: GateResult,
+        on_state: Callable[[str], None] | None,
     ) -> list[StateRecord]:
         records = []
         with executing(self.execution):
@@ -192,40 +221,33 @@ class Chain:
                 if on_state:
                     on_state(f"{spec.id} {spec.name}")
                 t = time.perf_counter()
-                stats = self._from_cache(spec, keys[spec.id], tokens)
+                stats, note = self._from_cache(spec, keys[spec.id], tokens)
                 reused = stats is not None
                 if stats is None:
-                    stats = self._compute(spec, keys[spec.id], tokens)
-                records.append(StateRecord(spec.id, spec.name, time.perf_counter() - t, reused, stats))
+                    stats = self._compute(spec, keys[spec.id], tokens, gate)
+                records.append(StateRecord(spec.id, spec.name, time.perf_counter() - t, reused, stats, note))
         return records
 
     def run_global(self, on_state: Callable[[str], None] | None = None) -> list[StateRecord]:
         """Only the seed-free states (S1, S2): build the grid and weights once per policy."""
         tokens = Tokens(self.seed, self.bundle.parameter_hash, "")
-        keys = _cache_keys(self.bundle, self.seed, "")
-        return self._run_states(tuple(s for s in STATES if not s.seeded), keys, tokens, on_state)
+        keys = cache_keys(self.bundle, self.seed, "")
+        no_gate = GateResult("", "", [], 0)
+        return self._run_states(tuple(s for s in STATES if not s.seeded), keys, tokens, no_gate, on_state)
 
     def run(self, on_state: Callable[[str], None] | None = None) -> tuple[Tokens, list[StateRecord]]:
-        t0 = time.perf_counter()
+        """Verify the 1A bundle (its flag and the sealed inputs give the run's tokens), then
+        run every state of the registry in order."""
         gate = s0_gate.verify(
             self.upstream, self.seed, self.bundle.parameter_hash, code_digest(), self.baseline_nn_ratio
         )
         tokens = Tokens(self.seed, self.bundle.parameter_hash, gate.manifest_fingerprint)
-        final = self._final("s0_gate_receipt", tokens)
-        publish(
-            final,
-            "s0_gate_receipt",
-            tokens.for_scope("plan"),
-            lambda d: s0_gate.write_receipt(gate, self.seed, self.bundle.parameter_hash, d),
-        )
-        self.published["s0_gate_receipt"] = final
-        records = [StateRecord("S0", "gate", time.perf_counter() - t0, False, {"outlets": gate.n_outlets})]
-        keys = _cache_keys(self.bundle, self.seed, gate.upstream_flag, self.baseline_nn_ratio)
-        return tokens, records + self._run_states(STATES[1:], keys, tokens, on_state)
+        keys = cache_keys(self.bundle, self.seed, gate.upstream_flag, self.baseline_nn_ratio)
+        return tokens, self._run_states(STATES, keys, tokens, gate, on_state)
 
 
 def run_seed(
-    root: Path = DEFAULT_ROOT,
+    root: Path | RunRoot = DEFAULT_ROOT,
     seed: int = 42,
     policies: Path | PolicyBundle = DEFAULT_POLICIES,
     upstream: Path | None = None,
@@ -233,22 +255,38 @@ def run_seed(
     on_state: Callable[[str], None] | None = None,
     baseline_nn_ratio: float | None = None,
 ) -> RunResult:
+    """Run one seed under the run root's shared lock. Disk errors become one coded line;
+    an interrupted run leaves no partial dataset and no run folder."""
+    run_root = root if isinstance(root, RunRoot) else RunRoot.open(root)
+    try:
+        with run_root.shared():
+            return _run_seed(run_root, seed, policies, upstream, execution, on_state, baseline_nn_ratio)
+    except OSError as exc:
+        raise environment_error(exc, run_root.path) from None
+
+
+def _run_seed(
+    root: RunRoot,
+    seed: int,
+    policies: Path | PolicyBundle,
+    upstream: Path | None,
+    execution: Execution,
+    on_state: Callable[[str], None] | None,
+    baseline_nn_ratio: float | None,
+) -> RunResult:
     start = time.perf_counter()
-    root = Path(root).resolve()
     bundle = policies if isinstance(policies, PolicyBundle) else load_bundle(Path(policies), refdata_version())
     upstream_dir = Path(upstream) if upstream else ensure_standin(root, seed)
     chain = Chain(root, seed, bundle, upstream_dir, execution, baseline_nn_ratio)
     tokens, records = chain.run(on_state)
-    run_dir = new_folder(
-        safe_join(root, "runs"),
-        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}",
-    )
-    run_id = run_dir.name
-    result = RunResult(
-        run_id, run_dir, seed, tokens, records, dict(chain.published), time.perf_counter() - start, _peak_rss_mb()
-    )
+    missing = [name for name, path in chain.published.items() if not (path / MANIFEST).is_file()]
+    if missing:
+        raise Seg1BError(
+            Code.E_CORRUPT_FILE, f"published datasets vanished during the run: {', '.join(missing)}", file=root.data
+        )
+    stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}"
+    outputs = dict(chain.published)
     receipt = {
-        "run_id": run_id,
         "seed": seed,
         "parameter_hash": tokens.parameter_hash,
         "manifest_fingerprint": tokens.manifest_fingerprint,
@@ -262,13 +300,17 @@ def run_seed(
         "baseline_nn_ratio": chain.baseline_nn_ratio,
         "states": [
             {"id": r.id, "name": r.name, "seconds": round(r.seconds, 3), "reused": r.reused, "stats": r.stats}
+            | ({"note": r.note} if r.note else {})
             for r in records
         ],
-        "outputs": {k: str(v.relative_to(root)) for k, v in result.outputs.items()},
-        "wall_seconds": round(result.wall_seconds, 3),
-        "peak_rss_mb": round(result.peak_rss_mb, 1),
+        "outputs": {k: str(v.relative_to(root.path)) for k, v in outputs.items()},
+        "wall_seconds": round(time.perf_counter() - start, 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
-    write_json(run_dir / "run.json", receipt)
+    run_dir = publish_run(root, stem, receipt)
+    result = RunResult(
+        run_dir.name, run_dir, seed, tokens, records, outputs, receipt["wall_seconds"], receipt["peak_rss_mb"]
+    )
     validation = result.validation
     if not validation["passed"]:
         raise Seg1BError(
@@ -277,3 +319,25 @@ def run_seed(
             file=result.outputs["validation_bundle"] / "checks.json",
         )
     return result
+
+
+def publish_run(root: RunRoot, stem: str, receipt: dict[str, Any]) -> Path:
+    """Write ``run.json`` in a staged folder and rename it to a free run id (``stem``,
+    ``stem-2``…): a run folder exists whole or not at all."""
+    root.runs.mkdir(parents=True, exist_ok=True)
+    tmp = root.runs / f".{stem}.tmp-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for n in range(1, 10_000):
+            run_id = stem if n == 1 else f"{stem}-{n}"
+            write_json(tmp / "run.json", {"run_id": run_id, **receipt})
+            try:
+                os.rename(tmp, root.runs / run_id)  # refuses a non-empty existing folder
+                return root.runs / run_id
+            except OSError:
+                if not (root.runs / run_id).exists():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise InternalError(Code.E_INTERNAL, f"no free run id for {stem}")

@@ -15,13 +15,13 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from . import metrics, refdata, rng
+from .datasets import SITE_LOCATIONS
 from .errors import E_BUNDLE_FLAG_MISMATCH, E_TOKEN_MISMATCH, Seg1BError
 from .hashing import tree_digest, verify_bundle
 from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json
-from .nearest import nearest_neighbour_km_chunked
+from .nearest import LAT_BINS, nearest_neighbour_km_chunked
 from .policies import GatesPolicy
 from .refdata import REGIONS
-from .tables import read_table
 
 SENTINEL_MIN_SITES = 50
 SENTINEL_MAX_ANISOTROPY = 12.0
@@ -79,37 +79,100 @@ def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64], cell_deg: float
     }
 
 
-def near_city_share(sites: SiteFrame, km: float, min_population: int) -> float:
-    """Share of sites within ``km`` (great circle) of a vendored place of at least
-    ``min_population`` people."""
+def near_city_count(sites: SiteFrame, km: float, min_population: int) -> int:
+    """Sites within ``km`` (great circle) of a vendored place of at least ``min_population``
+    people."""
     from sklearn.neighbors import BallTree
 
     places = refdata.places().at_least(min_population)
     if len(places.lon) == 0 or len(sites.lon) == 0:
-        return 0.0
+        return 0
     chord, _ = BallTree(metrics.unit_vectors(places.lon, places.lat)).query(
         metrics.unit_vectors(sites.lon, sites.lat), k=1
     )
     arc_km = 2.0 * np.arcsin(np.clip(chord[:, 0] / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
-    return float((arc_km <= km).mean())
+    return int((arc_km <= km).sum())
 
 
-def country_figures(
-    sites: SiteFrame, region_of: dict[str, str], eligible_count: int
-) -> tuple[dict[str, Any], dict[str, float], list[tuple[str, int, float]]]:
-    """Country concentration, coverage, hemisphere and region shares (cheap: counts only)."""
+@dataclass
+class SiteFigures:
+    """What a set of whole countries' sites adds to the scorecard: sums, per-country
+    figures and the (merchant, country) pair counts, never one value per site. Parts of
+    disjoint countries merge exactly."""
+
+    sites: int
+    south: int
+    near_city: int
+    country_counts: dict[str, int]
+    pair_merchant: NDArray[np.uint64]
+    pair_country: NDArray[np.str_]
+    pair_sites: NDArray[np.int64]
+    sentinels: dict[str, dict[str, float]]
+    lat_histogram: NDArray[np.int64]
+
+    @classmethod
+    def merge(cls, parts: list[SiteFigures]) -> SiteFigures:
+        return cls(
+            sum(p.sites for p in parts),
+            sum(p.south for p in parts),
+            sum(p.near_city for p in parts),
+            {c: n for p in parts for c, n in p.country_counts.items()},
+            np.concatenate([p.pair_merchant for p in parts]) if parts else np.zeros(0, np.uint64),
+            np.concatenate([p.pair_country for p in parts]) if parts else np.zeros(0, "U2"),
+            np.concatenate([p.pair_sites for p in parts]) if parts else np.zeros(0, np.int64),
+            {c: v for p in parts for c, v in p.sentinels.items()},
+            np.sum([p.lat_histogram for p in parts], axis=0) if parts else np.zeros(len(LAT_BINS) - 1, np.int64),
+        )
+
+
+def site_figures(sites: SiteFrame, gates: GatesPolicy, cell_deg: float) -> SiteFigures:
+    """The scorecard's share of ``sites``, which must hold every site of its countries."""
     codes, counts = np.unique(sites.iso2, return_counts=True)
-    figures: dict[str, Any] = metrics.country_metrics(
-        dict(zip(codes.tolist(), counts.tolist(), strict=True)), eligible_count
-    )
-    figures["sites"] = int(len(sites.lat))
-    figures["southern_hemisphere_share"] = float((sites.lat < 0).mean())
-    regions = {r: 0.0 for r in REGIONS}
+    key = np.column_stack([sites.merchant_id.astype(np.uint64), rng.country_code_int(sites.iso2)])
+    pairs, pair_n = np.unique(key, axis=0, return_counts=True) if len(key) else (key, np.zeros(0, np.int64))
+    sentinels = {}
     for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
-        regions[region_of[code]] += n / len(sites.lat)
-    order = np.lexsort((codes, -counts))
-    shares = [(str(codes[i]), int(counts[i]), float(counts[i] / len(sites.lat))) for i in order]
-    return figures, regions, shares
+        if n >= SENTINEL_MIN_SITES:
+            sel = sites.iso2 == code
+            sentinels[code] = sentinel(sites.lon[sel], sites.lat[sel], cell_deg)
+    histogram, _ = np.histogram(sites.lat, bins=LAT_BINS)
+    return SiteFigures(
+        sites=len(sites.lat),
+        south=int((sites.lat < 0).sum()),
+        near_city=near_city_count(sites, gates.near_city_km, gates.near_city_min_population),
+        country_counts=dict(zip(codes.tolist(), counts.tolist(), strict=True)),
+        pair_merchant=pairs[:, 0].astype(np.uint64),
+        pair_country=rng.country_code_str(pairs[:, 1]),
+        pair_sites=pair_n.astype(np.int64),
+        sentinels=sentinels,
+        lat_histogram=histogram.astype(np.int64),
+    )
+
+
+def assemble_scorecard(
+    figures_in: SiteFigures,
+    nn_km: NDArray[np.float64],
+    region_of: dict[str, str],
+    eligible_count: int,
+    baseline_nn_ratio: float | None,
+) -> dict[str, Any]:
+    """Every metric of DESIGN §6 for one seed, plus merchant footprint and urban proximity."""
+    f = figures_in
+    figures: dict[str, Any] = metrics.country_metrics(f.country_counts, eligible_count)
+    figures["sites"] = f.sites
+    figures["southern_hemisphere_share"] = f.south / f.sites if f.sites else float("nan")
+    regions = {r: 0.0 for r in REGIONS}
+    for code, n in f.country_counts.items():
+        regions[region_of[code]] += n / f.sites
+    shares = sorted(((c, n, n / f.sites) for c, n in f.country_counts.items()), key=lambda t: (-t[1], t[0]))
+    figures.update(metrics.merchant_footprint(f.pair_merchant, rng.country_code_int(f.pair_country)))
+    figures["near_city_share"] = f.near_city / f.sites if f.sites else 0.0
+    figures.update(metrics.nn_metrics(nn_km))
+    figures["nn_histogram"] = metrics.nn_histogram(nn_km)
+    set_baseline(figures, baseline_nn_ratio)
+    sentinels = {c: f.sentinels[c] for c, n, _ in shares[:10] if c in f.sentinels}
+    figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
+    return {"metrics": figures, "region_share": regions, "country_shares": shares, "sentinel": sentinels}
 
 
 def compute_scorecard(
@@ -119,23 +182,11 @@ def compute_scorecard(
     baseline_nn_ratio: float | None,
     gates: GatesPolicy,
     cell_deg: float,
-    source: str | None = None,
 ) -> dict[str, Any]:
-    """Every metric of DESIGN §6 for one seed, plus merchant footprint and urban proximity."""
-    figures, regions, shares = country_figures(sites, region_of, eligible_count)
-    figures.update(metrics.merchant_footprint(sites.merchant_id, rng.country_code_int(sites.iso2)))
-    figures["near_city_share"] = near_city_share(sites, gates.near_city_km, gates.near_city_min_population)
-    nn = nearest_neighbour_km_chunked(sites.lon, sites.lat, source=source)
-    figures.update(metrics.nn_metrics(nn))
-    figures["nn_histogram"] = metrics.nn_histogram(nn)
-    set_baseline(figures, baseline_nn_ratio)
-    sentinels = {}
-    for code, n, _ in shares[:10]:
-        if n >= SENTINEL_MIN_SITES:
-            sel = sites.iso2 == code
-            sentinels[code] = sentinel(sites.lon[sel], sites.lat[sel], cell_deg)
-    figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
-    return {"metrics": figures, "region_share": regions, "country_shares": shares, "sentinel": sentinels}
+    """The scorecard of sites held in memory (S9 computes the same per country batch)."""
+    figures = site_figures(sites, gates, cell_deg)
+    nn = nearest_neighbour_km_chunked(sites.lon, sites.lat)
+    return assemble_scorecard(figures, nn, region_of, eligible_count, baseline_nn_ratio)
 
 
 def set_baseline(figures: dict[str, Any], baseline_nn_ratio: float | None) -> None:
@@ -148,13 +199,30 @@ def set_baseline(figures: dict[str, Any], baseline_nn_ratio: float | None) -> No
     )
 
 
-def merchant_country_matrix(sites: SiteFrame) -> tuple[NDArray[np.int64], list[str]]:
+def merchant_country_matrix(
+    merchant: NDArray[np.uint64], iso2: NDArray[np.str_], n_sites: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], list[str]]:
     """Sites per (merchant, country): the unit the bootstrap resamples."""
-    _, m_idx = np.unique(sites.merchant_id, return_inverse=True)
-    codes, c_idx = np.unique(sites.iso2, return_inverse=True)
+    _, m_idx = np.unique(merchant, return_inverse=True)
+    codes, c_idx = np.unique(iso2, return_inverse=True)
     mat = np.zeros((m_idx.max() + 1, len(codes)), dtype=np.int64)
-    np.add.at(mat, (m_idx, c_idx), 1)
+    np.add.at(mat, (m_idx, c_idx), n_sites)
     return mat, codes.tolist()
+
+
+def egress_pairs(egress: Path) -> tuple[NDArray[np.uint64], NDArray[np.str_], NDArray[np.int64]]:
+    """Sites per (merchant, country) of a ``site_locations``, read one country at a time."""
+    merchant, iso2, n = [], [], []
+    for code in SITE_LOCATIONS.countries(egress):
+        ids, counts = np.unique(
+            SITE_LOCATIONS.read(egress, [code], ["merchant_id"]).column(0).to_numpy(), return_counts=True
+        )
+        merchant.append(ids)
+        iso2.append(np.full(len(ids), code, dtype="U2"))
+        n.append(counts)
+    if not merchant:
+        return np.zeros(0, np.uint64), np.zeros(0, "U2"), np.zeros(0, np.int64)
+    return np.concatenate(merchant), np.concatenate(iso2), np.concatenate(n).astype(np.int64)
 
 
 def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
@@ -239,4 +307,7 @@ def read_scorecard(folder: Path) -> dict[str, Any]:
 
 
 def load_sites(egress: Path) -> SiteFrame:
-    return SiteFrame.from_table(read_table(egress, columns=["merchant_id", "legal_country_iso", "lon_deg", "lat_deg"]))
+    """Every site of a ``site_locations`` in memory (benchmarks and tests; S9 never does this)."""
+    return SiteFrame.from_table(
+        SITE_LOCATIONS.read(egress, columns=["merchant_id", "legal_country_iso", "lon_deg", "lat_deg"])
+    )

@@ -3,7 +3,6 @@ catalogue, seal every input and compute the run's lineage tokens."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__, refdata
+from ..context import GateResult, StateContext
 from ..errors import (
     E_DUPLICATE_KEY,
     E_NONPOSITIVE_COUNT,
@@ -31,14 +31,6 @@ REQUIRED = {
     "site_order": pa.int32(),
     "final_country_outlet_count": pa.int32(),
 }
-
-
-@dataclass(frozen=True)
-class GateResult:
-    manifest_fingerprint: str
-    upstream_flag: str
-    sealed_inputs: list[dict[str, str]]
-    n_outlets: int
 
 
 def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -> None:
@@ -152,13 +144,16 @@ def verify(
     )
 
 
-def write_receipt(gate: GateResult, seed: int, parameter_hash: str, folder: Path) -> None:
+def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
+    """Write the gate receipt: the sealed inputs behind this run's tokens."""
+    gate = ctx.gate
     receipt = {
-        "seed": seed,
-        "parameter_hash": parameter_hash,
+        "seed": ctx.seed,
+        "parameter_hash": ctx.tokens.parameter_hash,
         "manifest_fingerprint": gate.manifest_fingerprint,
         "upstream_flag_sha256": gate.upstream_flag,
         "sealed_inputs": gate.sealed_inputs,
         "outlets": gate.n_outlets,
     }
-    write_json(folder / "gate_receipt.json", receipt)
+    write_json(out["s0_gate_receipt"] / "gate_receipt.json", receipt)
+    return {"outlets": gate.n_outlets}

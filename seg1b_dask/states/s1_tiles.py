@@ -14,18 +14,14 @@ import dask
 import numpy as np
 import pyarrow as pa
 import shapely
-import zarr
 from numpy.typing import NDArray
 
-from .. import arrays, refdata
+from .. import refdata
 from ..context import StateContext
+from ..datasets import TILE_GRID
 from ..execution import compute
 from ..grid import Grid
 from ..refdata import EdgeTable
-from ..tables import write_table
-
-GRID_ARRAY = "country_id"
-AREA_ARRAY = "cell_area_m2"
 
 
 def rasterize_band(edges: EdgeTable, grid: Grid, row0: int, row1: int) -> NDArray[np.int16]:
@@ -117,35 +113,33 @@ def _merge_stats(parts: list[NDArray[np.int64]]) -> NDArray[np.int64]:
     )
 
 
-def _band_task(store: str, grid: Grid, row0: int, row1: int) -> NDArray[np.int64]:
+def _band_task(folder: Path, grid: Grid, row0: int, row1: int) -> NDArray[np.int64]:
     edges = refdata.country_edges()
     band = rasterize_band(edges, grid, row0, row1)
-    arrays.open_array(store, mode="r+")[row0:row1, :] = band
+    TILE_GRID.write_band(folder, row0, band)
     return band_stats(band, row0, len(refdata.countries().iso2))
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     grid, gp = ctx.grid, ctx.policies.grid
     folder = out["tile_grid"]
-    group = zarr.open_group(folder / "grid.zarr", mode="w", zarr_format=3)
-    group.attrs.update(
-        {"resolution_arcsec": grid.resolution_arcsec, "tile_id": "row * ncols + col, rows from the north"}
-    )
     shard_rows = min(gp.shard_rows, grid.nrows)
-    chunk_cols = min(gp.chunk_cols, grid.ncols)
-    arr = group.create_array(
-        GRID_ARRAY,
-        shape=(grid.nrows, grid.ncols),
-        dtype="int16",
-        chunks=(shard_rows, chunk_cols),
-        shards=(shard_rows, grid.ncols),
-        fill_value=0,
-        compressors=zarr.codecs.ZstdCodec(level=3),
+    TILE_GRID.create(
+        folder,
+        grid,
+        shard_rows,
+        gp.chunk_cols,
+        {
+            "title": "seg1b tile grid",
+            "resolution_arcsec": grid.resolution_arcsec,
+            "tile_id": "row * ncols + col, rows from the north",
+            "policy": "grid.yaml",
+            "policy_sha256": ctx.policies.digests["grid"],
+        },
     )
-    group.create_array(AREA_ARRAY, data=grid.row_area_m2(), chunks=(grid.nrows,))
+    arr = TILE_GRID.array(folder, "r+")
     band = shard_rows * ctx.execution.band_shards
-    store = str(folder / "grid.zarr" / GRID_ARRAY)
-    tasks = [dask.delayed(_band_task)(store, grid, r, min(r + band, grid.nrows)) for r in range(0, grid.nrows, band)]
+    tasks = [dask.delayed(_band_task)(folder, grid, r, min(r + band, grid.nrows)) for r in range(0, grid.nrows, band)]
     stats = _merge_stats(compute(tasks))
 
     table = refdata.countries()
@@ -156,7 +150,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         taken = []
         for tile in touched_cells(table.geometry[cid - 1], grid).tolist():
             rr, cc = divmod(tile, grid.ncols)
-            owner = int(arrays.read(arr, slice(rr, rr + 1), slice(cc, cc + 1))[0, 0])
+            owner = int(arr[rr, cc])
             # Never take another small country's cell, nor any country's last cell.
             if tile in claimed or (owner and stats[owner, 0] <= 1):
                 continue
@@ -171,7 +165,8 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         touched_only[cid] = True
         stats[cid] = [len(taken), rows.min(), rows.max(), cols.min(), cols.max()]
     eligible = table.eligible(gp.eligibility.min_population) & (stats[1:, 0] > 0)
-    write_table(
+    TILE_GRID.write_countries(
+        folder,
         pa.table(
             {
                 "country_id": pa.array(np.arange(1, n + 1, dtype=np.int16)),
@@ -187,7 +182,6 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
                 "touched_only": pa.array(touched_only[1:]),
             }
         ),
-        folder / "country_tiles",
     )
     return {
         "cells": grid.ncells,

@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..context import StateContext
+from ..datasets import S3_REQUIREMENTS, TILE_GRID
 from ..errors import E_DENYLISTED, E_INELIGIBLE_COUNTRY, Seg1BError
-from ..tables import read_table, write_table
 from ..upstream import CATALOGUE
 
 
@@ -57,10 +57,10 @@ def requirements(catalogue: pa.Table, denylist: frozenset[str], eligible: frozen
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     path = ctx.upstream / CATALOGUE
     catalogue = pq.read_table(path, columns=["merchant_id", "legal_country_iso", "home_country_iso", "site_order"])
-    tiles = read_table(ctx.inputs["tile_grid"] / "country_tiles", columns=["iso2", "eligible"]).to_pydict()
+    tiles = TILE_GRID.countries(ctx.inputs["tile_grid"], ["iso2", "eligible"]).to_pydict()
     eligible = frozenset(i for i, e in zip(tiles["iso2"], tiles["eligible"], strict=True) if e)
     table = requirements(catalogue, frozenset(ctx.policies.s3_requirements.denylist_iso), eligible, path)
-    write_table(table, out["s3_requirements"])
+    S3_REQUIREMENTS.write(out["s3_requirements"], table)
     return {
         "pairs": table.num_rows,
         "merchants": len(set(table.column("merchant_id").to_pylist())),

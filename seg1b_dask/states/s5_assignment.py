@@ -7,14 +7,12 @@ from pathlib import Path
 import dask
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from .. import rng
 from ..context import StateContext
+from ..datasets import ALLOC_PLAN, SITE_TILE_ASSIGNMENT
 from ..execution import batches, compute
-from ..tables import write_table
 
 
 def assign_sites(
@@ -44,35 +42,41 @@ def assign_sites(
     return pair, site_order, assigned
 
 
-def _batch_task(plan_path: str, countries: list[str], seed: int) -> pa.Table:
-    plan = pq.read_table(plan_path, filters=[("legal_country_iso", "in", countries)])
-    plan = plan.sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("tile_id", "ascending")])
-    iso = np.asarray(plan.column("legal_country_iso").to_pylist(), dtype="U2")
-    merchant = plan.column("merchant_id").to_numpy()
-    pair, site_order, tile = assign_sites(
-        merchant,
-        rng.country_code_int(iso),
-        plan.column("tile_id").to_numpy(),
-        plan.column("n_sites").to_numpy(),
-        rng.stream_key(seed, "S5.assign"),
-    )
-    first = np.flatnonzero(np.r_[True, (merchant[1:] != merchant[:-1]) | (iso[1:] != iso[:-1])])
-    return pa.table(
-        {
-            "merchant_id": pa.array(merchant[first][pair]),
-            "legal_country_iso": pa.array(iso[first][pair].tolist(), pa.string()),
-            "site_order": pa.array(site_order),
-            "tile_id": pa.array(tile),
-        }
-    )
+def _batch_task(plan: Path, out: Path, countries: list[str], seed: int) -> tuple[int, int]:
+    """Assign the sites of a batch of countries, country by country; (sites, tiles)."""
+    key = rng.stream_key(seed, "S5.assign")
+    sites = tiles = 0
+    for iso2 in countries:
+        rows = ALLOC_PLAN.read(plan, [iso2])  # sorted by (merchant, tile)
+        merchant = rows.column("merchant_id").to_numpy()
+        code = rng.country_code_int(np.asarray([iso2] * len(merchant), dtype="U2"))
+        pair, site_order, tile = assign_sites(
+            merchant, code, rows.column("tile_id").to_numpy(), rows.column("n_sites").to_numpy(), key
+        )
+        first = np.flatnonzero(np.r_[True, merchant[1:] != merchant[:-1]])
+        SITE_TILE_ASSIGNMENT.write(
+            out,
+            iso2,
+            pa.table(
+                {
+                    "merchant_id": merchant[first][pair],
+                    "legal_country_iso": pa.array([iso2] * len(pair), pa.string()),
+                    "site_order": site_order,
+                    "tile_id": tile,
+                }
+            ),
+        )
+        sites += len(pair)
+        tiles += len(np.unique(tile))
+    return sites, tiles
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
-    plan_path = str(ctx.inputs["s4_alloc_plan"] / "part-00000.parquet")
-    countries = sorted(set(pq.read_table(plan_path, columns=["legal_country_iso"]).column(0).to_pylist()))
-    tasks = [dask.delayed(_batch_task)(plan_path, b, ctx.seed) for b in batches(countries, ctx.execution.country_batch)]
-    table = pa.concat_tables(compute(tasks)).sort_by(
-        [("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("site_order", "ascending")]
-    )
-    write_table(table, out["s5_site_tile_assignment"])
-    return {"sites": table.num_rows, "distinct_tiles": len(pc.unique(table.column("tile_id"))), "tasks": len(tasks)}
+    plan = ctx.inputs["s4_alloc_plan"]
+    countries = ALLOC_PLAN.countries(plan)
+    target = out["s5_site_tile_assignment"]
+    tasks = [
+        dask.delayed(_batch_task)(plan, target, b, ctx.seed) for b in batches(countries, ctx.execution.country_batch)
+    ]
+    done = compute(tasks)
+    return {"sites": sum(d[0] for d in done), "distinct_tiles": sum(d[1] for d in done), "tasks": len(tasks)}

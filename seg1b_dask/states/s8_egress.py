@@ -1,27 +1,34 @@
-"""S8 egress: ``site_locations`` as Parquet part files of a fixed row count, in key order
-(merchant_id, legal_country_iso, site_order), so bytes never depend on task layout."""
+"""S8 egress: ``site_locations``, one folder per country (``country=XX``), rows in key order
+(merchant_id, site_order) cut into parts of at most ``rows_per_part`` rows: the layout
+depends only on the rows, never on how tasks were batched."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import dask
 
 from ..context import StateContext
-from ..tables import write_table
+from ..datasets import SITE_LOCATIONS, SITE_SYNTHESIS
+from ..execution import batches, compute
 
-COLUMNS = ("merchant_id", "legal_country_iso", "site_order", "lon_deg", "lat_deg")
 
-
-def egress_parts(synthesis: pa.Table, rows_per_part: int) -> list[pa.Table]:
-    table = synthesis.select(list(COLUMNS)).sort_by([(c, "ascending") for c in COLUMNS[:3]])
-    return [table.slice(lo, rows_per_part) for lo in range(0, max(table.num_rows, 1), rows_per_part)]
+def _batch_task(synthesis: Path, egress: Path, countries: list[str], rows_per_part: int) -> tuple[int, int]:
+    rows = parts = 0
+    for iso2 in countries:
+        table = SITE_SYNTHESIS.read(synthesis, [iso2])  # already in key order
+        parts += SITE_LOCATIONS.write(egress, iso2, table, rows_per_part)
+        rows += table.num_rows
+    return rows, parts
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
-    synthesis = pq.read_table(ctx.inputs["s7_site_synthesis"] / "part-00000.parquet")
-    parts = egress_parts(synthesis, ctx.policies.s8_egress.rows_per_part)
-    for i, part in enumerate(parts):
-        write_table(part, out["site_locations"], f"part-{i:05d}.parquet")
-    return {"rows": synthesis.num_rows, "parts": len(parts)}
+    synthesis = ctx.inputs["s7_site_synthesis"]
+    rows_per_part = ctx.policies.s8_egress.rows_per_part
+    done = compute(
+        [
+            dask.delayed(_batch_task)(synthesis, out["site_locations"], b, rows_per_part)
+            for b in batches(SITE_SYNTHESIS.countries(synthesis), ctx.execution.country_batch)
+        ]
+    )
+    return {"rows": sum(d[0] for d in done), "parts": sum(d[1] for d in done)}

@@ -7,130 +7,175 @@ is recorded in ``realism.json`` with threshold, observed value, margin and breac
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import dask
 import numpy as np
-import pyarrow as pa
 
-from .. import grading, refdata, scoring
+from .. import grading, refdata, rng, scoring
+from ..containment import inside_country
 from ..context import StateContext
+from ..datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
 from ..execution import batches, compute
 from ..hashing import seal_bundle
 from ..lineage import check_tokens, read_manifest, write_json
-from ..tables import read_table
-from .s7_synthesis import inside_country
+from ..nearest import ParquetBands, nearest_neighbour_km_bands
+from ..policies import GatesPolicy
+
+SITES_PER_BUCKET = 1 << 20  # coordinates per duplicate-check bucket
 
 
-def structural_checks(
-    sites: pa.Table, expected_pairs: pa.Table, merchant_totals: dict[int, int], in_country: np.ndarray
-) -> dict[str, dict]:
-    """Parity, key uniqueness, site_order runs, coordinate validity, point-in-country."""
-    merchant = sites.column("merchant_id").to_numpy()
-    iso = np.asarray(sites.column("legal_country_iso").to_pylist(), dtype="U2")
-    order_col = sites.column("site_order").to_numpy()
-    lon = sites.column("lon_deg").to_numpy()
-    lat = sites.column("lat_deg").to_numpy()
-    _, country = np.unique(iso, return_inverse=True)
-    order = np.lexsort((order_col, country, merchant))
-    m, c, s = merchant[order], country[order], order_col[order]
-    same_pair = (m[1:] == m[:-1]) & (c[1:] == c[:-1])
-    duplicates = int((same_pair & (s[1:] == s[:-1])).sum())
-    starts = np.flatnonzero(np.r_[True, ~same_pair])
+def country_checks(
+    merchant: np.ndarray, site_order: np.ndarray, lon: np.ndarray, lat: np.ndarray, expected: dict[int, int]
+) -> dict[str, int]:
+    """Structural counts of one country's rows against its S4 plan (``expected``: sites per
+    merchant): pairs found/differing, duplicate keys, broken site_order runs, bad coordinates."""
+    order = np.lexsort((site_order, merchant))
+    m, s = merchant[order], site_order[order]
+    same = m[1:] == m[:-1]
+    starts = np.flatnonzero(np.r_[True, ~same])
     sizes = np.diff(np.r_[starts, len(m)])
-    runs_ok = bool(np.array_equal(s, np.arange(len(m)) - np.repeat(starts, sizes) + 1)) if len(m) else True
-    iso_sorted = iso[order]
-    got = {(int(m[i]), str(iso_sorted[i])): int(n) for i, n in zip(starts, sizes, strict=True)}
-    want = {
-        (int(a), str(b)): int(n)
-        for a, b, n in zip(
-            expected_pairs.column("merchant_id").to_pylist(),
-            expected_pairs.column("legal_country_iso").to_pylist(),
-            expected_pairs.column("n_sites").to_pylist(),
-            strict=True,
-        )
-    }
-    per_merchant: dict[int, int] = {}
-    for (mid, _), n in got.items():
-        per_merchant[mid] = per_merchant.get(mid, 0) + n
+    runs_ok = np.array_equal(s, np.arange(len(m)) - np.repeat(starts, sizes) + 1) if len(m) else True
+    got = dict(zip(m[starts].tolist(), sizes.tolist(), strict=True))
     valid = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180.0) & (np.abs(lat) <= 90.0)
-    coord_order = np.lexsort((lat, lon))
-    same_coord = int(
-        ((lon[coord_order][1:] == lon[coord_order][:-1]) & (lat[coord_order][1:] == lat[coord_order][:-1])).sum()
-    )
     return {
-        "pair_parity": {
-            "passed": got == want,
-            "pairs_expected": len(want),
-            "pairs_found": len(got),
-            "pairs_differing": len(set(got.items()) ^ set(want.items())),
-        },
-        "merchant_totals": {"passed": per_merchant == merchant_totals, "merchants": len(merchant_totals)},
-        "unique_keys": {"passed": duplicates == 0, "duplicates": duplicates},
-        "site_order_runs": {"passed": runs_ok},
-        "valid_coordinates": {"passed": bool(valid.all()), "share": float(valid.mean()) if len(valid) else 1.0},
-        "point_in_country": {
-            "passed": bool(in_country.all()),
-            "share": float(in_country.mean()) if len(in_country) else 1.0,
-        },
-        "distinct_coordinates": {"passed": same_coord == 0, "repeats": same_coord},
+        "pairs_expected": len(expected),
+        "pairs_found": len(got),
+        "pairs_differing": len(set(got.items()) ^ set(expected.items())),
+        "duplicates": int((same & (s[1:] == s[:-1])).sum()),
+        "broken_runs": int(not runs_ok),
+        "invalid_coordinates": int((~valid).sum()),
     }
 
 
-def _pic_task(egress: str, countries: list[str]) -> np.ndarray:
-    """Point-in-country for every row (all part files) of the given countries."""
-    table = read_table(
-        Path(egress),
-        columns=["legal_country_iso", "lon_deg", "lat_deg"],
-        filters=[("legal_country_iso", "in", countries)],
-    )
+def _batch_task(
+    folders: dict[str, Path], countries: list[str], gates: GatesPolicy, cell_deg: float, batch: int, buckets: int
+) -> dict[str, Any]:
+    """Check a batch of countries, add up its share of the scorecard, and drop its
+    coordinates into hash buckets for the global duplicate check."""
     ref = refdata.countries()
-    cid = np.asarray([ref.country_id(c) for c in table.column("legal_country_iso").to_pylist()], dtype=np.int16)
-    return inside_country(table.column("lon_deg").to_numpy(), table.column("lat_deg").to_numpy(), cid)
+    totals: dict[str, int] = {}
+    merchants, merchant_sites, frames = [], [], []
+    outside = 0
+    for iso2 in countries:
+        table = SITE_LOCATIONS.read(folders["egress"], [iso2])
+        plan = ALLOC_PLAN.read(folders["plan"], [iso2], ["merchant_id", "n_sites"])
+        ids, counts = np.unique(plan.column("merchant_id").to_numpy(), return_inverse=True)
+        expected = dict(
+            zip(ids.tolist(), np.bincount(counts, plan.column("n_sites").to_numpy()).astype(int).tolist(), strict=True)
+        )
+        frame = scoring.SiteFrame.from_table(table)
+        site_order = table.column("site_order").to_numpy()
+        for k, v in country_checks(frame.merchant_id, site_order, frame.lon, frame.lat, expected).items():
+            totals[k] = totals.get(k, 0) + v
+        cid = np.full(len(frame.lon), ref.country_id(iso2), dtype=np.int16)
+        outside += int((~inside_country(frame.lon, frame.lat, cid)).sum())
+        m, n = np.unique(frame.merchant_id, return_counts=True)
+        merchants.append(m)
+        merchant_sites.append(n)
+        frames.append(frame)
+    sites = scoring.SiteFrame(
+        *(np.concatenate([getattr(f, k) for f in frames]) for k in ("merchant_id", "iso2", "lon", "lat"))
+    )
+    coords = np.column_stack([sites.lon, sites.lat])
+    bucket = rng.hash64(np.uint64(0), coords.view(np.uint64)[:, 0], coords.view(np.uint64)[:, 1]) % np.uint64(buckets)
+    for b in range(buckets):
+        np.save(folders["scratch"] / f"bucket-{b:05d}-batch-{batch:05d}.npy", coords[bucket == b])
+    totals["outside_country"] = outside
+    return {
+        "counts": totals,
+        "merchants": np.concatenate(merchants),
+        "merchant_sites": np.concatenate(merchant_sites),
+        "figures": scoring.site_figures(sites, gates, cell_deg),
+    }
+
+
+def _repeats_task(scratch: Path, bucket: int) -> int:
+    """Sites whose exact coordinates repeat another site's, within one hash bucket."""
+    parts = [np.load(p) for p in sorted(scratch.glob(f"bucket-{bucket:05d}-*.npy"))]
+    coords = np.concatenate(parts) if parts else np.zeros((0, 2))
+    order = np.lexsort((coords[:, 1], coords[:, 0]))
+    c = coords[order]
+    return int(((c[1:, 0] == c[:-1, 0]) & (c[1:, 1] == c[:-1, 1])).sum())
+
+
+def _merchant_totals_ok(merchants: np.ndarray, sites: np.ndarray, want: dict[int, int]) -> bool:
+    ids, inverse = np.unique(merchants, return_inverse=True)
+    got = dict(zip(ids.tolist(), np.bincount(inverse, sites).astype(int).tolist(), strict=True))
+    return got == want
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     egress = ctx.inputs["site_locations"]
     check_tokens(egress)
-    sites = read_table(egress)
-    req = read_table(ctx.inputs["s3_requirements"])
-    plan = read_table(ctx.inputs["s4_alloc_plan"])
-    expected = (
-        plan.group_by(["merchant_id", "legal_country_iso"])
-        .aggregate([("n_sites", "sum")])
-        .rename_columns(["merchant_id", "legal_country_iso", "n_sites"])
+    req = S3_REQUIREMENTS.read(ctx.inputs["s3_requirements"])
+    folder = out["validation_bundle"]
+    scratch = folder / ".scratch"
+    scratch.mkdir()
+    folders = {"egress": egress, "plan": ctx.inputs["s4_alloc_plan"], "scratch": scratch}
+    rows = SITE_LOCATIONS.row_counts(egress)
+    buckets = max(1, -(-sum(rows.values()) // SITES_PER_BUCKET))
+    gates = ctx.policies.gates
+    country_batches = batches(sorted(rows), ctx.execution.country_batch)
+    parts = compute(
+        [dask.delayed(_batch_task)(folders, b, gates, ctx.grid.deg, i, buckets) for i, b in enumerate(country_batches)]
     )
-    totals = dict(zip(req.column("merchant_id").to_pylist(), req.column("merchant_total").to_pylist(), strict=True))
-    countries = sorted(set(sites.column("legal_country_iso").to_pylist()))
-    results = compute(
-        [dask.delayed(_pic_task)(str(egress), b) for b in batches(countries, ctx.execution.country_batch)]
-    )
-    in_country = np.concatenate(results) if results else np.zeros(0, bool)
-    checks = structural_checks(sites, expected, totals, in_country)
-    checks["row_count"] = {"passed": len(in_country) == sites.num_rows, "rows": sites.num_rows}
-    country_table = read_table(ctx.inputs["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"])
+    repeats = sum(compute([dask.delayed(_repeats_task)(scratch, b) for b in range(buckets)]))
+    shutil.rmtree(scratch)
+    c = {k: sum(p["counts"][k] for p in parts) for k in parts[0]["counts"]} if parts else {}
+    figures = scoring.SiteFigures.merge([p["figures"] for p in parts])
+    n = figures.sites
+    want = dict(zip(req.column("merchant_id").to_pylist(), req.column("merchant_total").to_pylist(), strict=True))
+    planned = set(ALLOC_PLAN.countries(ctx.inputs["s4_alloc_plan"]))
+    checks = {
+        "pair_parity": {
+            "passed": c.get("pairs_differing", 0) == 0 and planned == set(rows),
+            "pairs_expected": c.get("pairs_expected", 0),
+            "pairs_found": c.get("pairs_found", 0),
+            "pairs_differing": c.get("pairs_differing", 0),
+        },
+        "merchant_totals": {
+            "passed": bool(parts)
+            and _merchant_totals_ok(
+                np.concatenate([p["merchants"] for p in parts]),
+                np.concatenate([p["merchant_sites"] for p in parts]),
+                want,
+            ),
+            "merchants": len(want),
+        },
+        "unique_keys": {"passed": c.get("duplicates", 0) == 0, "duplicates": c.get("duplicates", 0)},
+        "site_order_runs": {"passed": c.get("broken_runs", 0) == 0},
+        "valid_coordinates": {
+            "passed": c.get("invalid_coordinates", 0) == 0,
+            "share": 1.0 - c.get("invalid_coordinates", 0) / n if n else 1.0,
+        },
+        "point_in_country": {
+            "passed": c.get("outside_country", 0) == 0,
+            "share": 1.0 - c.get("outside_country", 0) / n if n else 1.0,
+        },
+        "distinct_coordinates": {"passed": repeats == 0, "repeats": repeats},
+        "row_count": {"passed": n == int(sum(req.column("n_sites").to_pylist())), "rows": n},
+    }
+    country_table = TILE_GRID.countries(ctx.inputs["tile_grid"], ["iso2", "region", "eligible"])
     region_of = dict(
         zip(country_table.column("iso2").to_pylist(), country_table.column("region").to_pylist(), strict=True)
     )
     eligible = int(np.asarray(country_table.column("eligible").to_pylist()).sum())
-    frame = scoring.SiteFrame.from_table(sites)
-    gates = ctx.policies.gates
-    card = scoring.compute_scorecard(
-        frame, region_of, eligible, ctx.baseline_nn_ratio, gates, ctx.grid.deg, source=str(egress)
-    )
+    nn = nearest_neighbour_km_bands(ParquetBands(SITE_LOCATIONS.files(egress)), n, figures.lat_histogram)
+    card = scoring.assemble_scorecard(figures, nn, region_of, eligible, ctx.baseline_nn_ratio)
     structural_ok = all(c["passed"] for c in checks.values())
     target = ctx.policies.s9_validation.target_grade
     realism: list[dict[str, Any]] = []
     if target != "none":
         bootstrap = None
         if target == "B_PLUS":
-            matrix, _ = scoring.merchant_country_matrix(frame)
+            matrix, _ = scoring.merchant_country_matrix(figures.pair_merchant, figures.pair_country, figures.pair_sites)
             bootstrap = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + ctx.seed)
             card["bootstrap_upper_95"] = bootstrap
         realism = grading.gate_table(card, gates, target, bootstrap)
     sealed = structural_ok and all(r["passed"] for r in realism)
-    folder = out["validation_bundle"]
     write_json(folder / "checks.json", checks)
     write_json(
         folder / "realism.json", {"target_grade": target, "baseline_nn_ratio": ctx.baseline_nn_ratio, "gates": realism}

@@ -2,9 +2,9 @@
 
 (a) is the policy mode's core (``legacy.py``: 1A's counts; ``remass.py``: the governed
 re-mass onto the S2 country mass vector) and runs once per seed on the pair table; (b)
-(``tiles.py``) runs as country-batch tasks that read only their own countries' tiles.
-Outputs: ``s4_alloc_plan`` (merchant, country, tile, n_sites) and ``site_lineage`` (every
-1A stub with its 1B key).
+(``tiles.py``) runs as country-batch tasks that read only their own countries' pairs and
+tiles and write only their own countries' parts of ``s4_alloc_plan`` (pairs and tiles) and
+``site_lineage`` (every 1A stub with its 1B key).
 """
 
 from __future__ import annotations
@@ -15,100 +15,124 @@ from typing import Any
 import dask
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from ... import arrays, refdata, rng
+from ... import mass, refdata, rng
 from ...context import StateContext
+from ...datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID, TILE_WEIGHTS
 from ...execution import batches, compute
 from ...grid import Grid
 from ...policies import CountryAllocationRemass, S2BlendV2, TileAllocation
-from ...tables import read_table, write_table
-from ..s1_tiles import GRID_ARRAY
-from ..s2_tile_weights import WEIGHT_ARRAY
-from ..s2_tile_weights.country_mass import govern, integer_targets
 from . import legacy, remass, tiles
-from .remass import Allocation, Pairs
+from .remass import Allocation, Moves, Pairs
 
 
 def country_tiles(
-    grid: Any, weights: Any, country_id: int, rows: tuple[int, int], cols: tuple[int, int], ncols: int
+    grid_folder: Path, weights_folder: Path, country: dict[str, Any], ncols: int
 ) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
     """Tile ids (ascending) and weights of a country's cells with positive weight."""
-    window = (slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1))
-    cid = arrays.read(grid, *window)
-    weight = arrays.read(weights, *window)
-    rr, cc = np.nonzero((cid == country_id) & (weight > 0))
+    rows, cols = (country["row_min"], country["row_max"]), (country["col_min"], country["col_max"])
+    cid = TILE_GRID.read_window(grid_folder, rows, cols)
+    weight = TILE_WEIGHTS.read_window(weights_folder, rows, cols)
+    rr, cc = np.nonzero((cid == country["country_id"]) & (weight > 0))
     return ((rr + rows[0]) * ncols + cc + cols[0]).astype(np.int64), weight[rr, cc]
 
 
-def _batch_task(
-    paths: dict[str, str], countries: list[dict], policy: TileAllocation, seed: int, grid: Grid
+def _allocate_country(
+    pairs: pa.Table,
+    tile_ids: NDArray[np.int64],
+    weight: NDArray[np.uint64],
+    iso2: str,
+    policy: TileAllocation,
+    seed: int,
+    grid: Grid,
 ) -> tuple[pa.Table, int]:
-    pairs = read_table(
-        Path(paths["country_pairs"]), filters=[("legal_country_iso", "in", [c["iso2"] for c in countries])]
-    )
+    """Plan rows of one country, sorted by (merchant, tile)."""
     key = rng.stream_key(seed, "S4.tile_tie")
-    out_m, out_c, out_t, out_n = [], [], [], []
-    iso_col = np.asarray(pairs.column("legal_country_iso").to_pylist(), dtype="U2")
+    code = rng.country_code_int(np.asarray([iso2]))[0]
     merchants = pairs.column("merchant_id").to_numpy()
     n_sites = pairs.column("n_sites").to_numpy()
-    grid_array = arrays.open_array(paths["grid"])
-    weights = arrays.open_array(paths["weights"])
+    rows_m, rows_t, rows_n = [], [], []
+    for m, n in zip(merchants.tolist(), n_sites.tolist(), strict=True):
+        counts = tiles.allocate_pair(policy, int(n), weight, tile_ids, key, np.uint64(m), code)
+        hit = np.flatnonzero(counts)
+        rows_m.append(np.full(len(hit), m, dtype=np.uint64))
+        rows_t.append(tile_ids[hit])
+        rows_n.append(counts[hit])
+    m_arr, t_arr, n_arr = np.concatenate(rows_m), np.concatenate(rows_t), np.concatenate(rows_n).astype(np.int64)
     moved = 0
-    for c in countries:
-        sel = np.flatnonzero(iso_col == c["iso2"])
-        if not len(sel):
-            continue
-        tile_ids, weight = country_tiles(
-            grid_array, weights, c["country_id"], (c["row_min"], c["row_max"]), (c["col_min"], c["col_max"]), grid.ncols
-        )
-        code = rng.country_code_int(np.asarray([c["iso2"]]))[0]
-        rows_m, rows_t, rows_n = [], [], []
-        for i in sel:
-            m = np.uint64(merchants[i])
-            counts = tiles.allocate_pair(policy, int(n_sites[i]), weight, tile_ids, key, m, code)
-            hit = np.flatnonzero(counts)
-            rows_m.append(np.full(len(hit), m, dtype=np.uint64))
-            rows_t.append(tile_ids[hit])
-            rows_n.append(counts[hit])
-        m_arr, t_arr, n_arr = np.concatenate(rows_m), np.concatenate(rows_t), np.concatenate(rows_n).astype(np.int64)
-        if policy.min_sites_per_tile > 1:
-            t_arr, k = tiles.no_lone_tiles(t_arr, n_arr, policy.min_sites_per_tile, grid, tile_ids, weight)
-            moved += k
-        out_m.append(m_arr)
-        out_c.append(np.full(len(m_arr), c["iso2"], dtype="U2"))
-        out_t.append(t_arr)
-        out_n.append(n_arr)
-    schema = pa.schema(
-        [
-            ("merchant_id", pa.uint64()),
-            ("legal_country_iso", pa.string()),
-            ("tile_id", pa.int64()),
-            ("n_sites", pa.int64()),
-        ]
-    )
-    if not out_m:
-        return schema.empty_table(), moved
-    table = pa.table(
-        {
-            "merchant_id": np.concatenate(out_m),
-            "legal_country_iso": pa.array(np.concatenate(out_c).tolist(), pa.string()),
-            "tile_id": np.concatenate(out_t),
-            "n_sites": np.concatenate(out_n),
-        },
-        schema=schema,
-    )
+    if policy.min_sites_per_tile > 1:
+        t_arr, moved = tiles.no_lone_tiles(t_arr, n_arr, policy.min_sites_per_tile, grid, tile_ids, weight)
     # Lone-tile moves can put one merchant's sites on a tile twice: merge them.
-    merged = table.group_by(["merchant_id", "legal_country_iso", "tile_id"]).aggregate([("n_sites", "sum")])
-    return merged.rename_columns(["merchant_id", "legal_country_iso", "tile_id", "n_sites"]).select(schema.names).cast(
-        schema
-    ), moved
+    order = np.lexsort((t_arr, m_arr))
+    m_arr, t_arr, n_arr = m_arr[order], t_arr[order], n_arr[order]
+    first = np.flatnonzero(np.r_[True, (m_arr[1:] != m_arr[:-1]) | (t_arr[1:] != t_arr[:-1])])
+    plan = pa.table(
+        {
+            "merchant_id": m_arr[first],
+            "legal_country_iso": pa.array([iso2] * len(first), pa.string()),
+            "tile_id": t_arr[first],
+            "n_sites": np.add.reduceat(n_arr, first) if len(first) else n_arr[:0],
+        }
+    )
+    return plan, moved
 
 
-def country_batches(tile_grid: Path, wanted: set[str], size: int) -> list[list[dict]]:
-    country_rows = read_table(tile_grid / "country_tiles").to_pylist()
-    return batches([t for t in country_rows if t["iso2"] in wanted], size)
+def _lineage(iso2: str, retained: tuple[NDArray[np.uint64], NDArray[np.int64]], arrivals: Moves) -> pa.Table:
+    """Lineage rows of the sites in one country: its retained 1A stubs (site_order kept)
+    and the stubs that arrive from elsewhere, sorted by (merchant, site_order)."""
+    codes = refdata.countries().iso2
+    merchant, kept = retained
+    stay_m = np.repeat(merchant, kept)
+    stay_o = remass._ranks(kept) + 1
+    in_m, in_src_c, in_src_o, _, in_o = arrivals.expand()
+    m = np.r_[stay_m, in_m].astype(np.uint64)
+    order = np.r_[stay_o, in_o]
+    src = np.r_[np.full(len(stay_m), iso2, dtype="U2"), codes[in_src_c]]
+    sort = np.lexsort((order, m))
+    return pa.table(
+        {
+            "merchant_id": m[sort],
+            "source_country_iso": pa.array(src[sort].tolist(), pa.string()),
+            "source_site_order": np.r_[stay_o, in_src_o][sort].astype(np.int32),
+            "legal_country_iso": pa.array([iso2] * len(m), pa.string()),
+            "site_order": order[sort].astype(np.int32),
+        }
+    )
+
+
+def _batch_task(
+    folders: dict[str, Path],
+    countries: list[dict[str, Any]],
+    retained: dict[str, tuple[NDArray[np.uint64], NDArray[np.int64]]],
+    arrivals: dict[str, Moves],
+    policy: TileAllocation,
+    seed: int,
+    grid: Grid,
+) -> dict[str, Any]:
+    """Allocate a batch of countries over their own tiles; write their plan and lineage parts."""
+    stats = {"plan_rows": 0, "lone_sites_moved": 0, "tiles_used": 0, "max_sites_per_tile": 0, "max_share": 0.0}
+    for c in countries:
+        iso2 = c["iso2"]
+        pairs = COUNTRY_PAIRS.read(folders["plan"], [iso2])
+        tile_ids, weight = country_tiles(folders["grid"], folders["weights"], c, grid.ncols)
+        plan, moved = _allocate_country(pairs, tile_ids, weight, iso2, policy, seed, grid)
+        ALLOC_PLAN.write(folders["plan"], iso2, plan)
+        SITE_LINEAGE.write(folders["lineage"], iso2, _lineage(iso2, retained[iso2], arrivals[iso2]))
+        n = plan.column("n_sites").to_numpy()
+        m = plan.column("merchant_id").to_numpy()
+        t = plan.column("tile_id").to_numpy()
+        first = np.flatnonzero(np.r_[True, m[1:] != m[:-1]])
+        pair_total = np.add.reduceat(n, first)
+        pair_max = np.maximum.reduceat(n, first)
+        _, tile_load = np.unique(t, return_inverse=True)
+        load = np.bincount(tile_load, weights=n)
+        stats["plan_rows"] += plan.num_rows
+        stats["lone_sites_moved"] += moved
+        stats["tiles_used"] += len(load)
+        stats["max_sites_per_tile"] = max(stats["max_sites_per_tile"], int(load.max()))
+        stats["max_share"] = max(stats["max_share"], float((pair_max / pair_total).max()))
+    return stats
 
 
 def _pairs(req: pa.Table) -> Pairs:
@@ -130,93 +154,100 @@ def allocate_countries(ctx: StateContext, pairs: Pairs) -> Allocation:
     mode = ctx.policies.s4_alloc_plan.country_allocation
     if not isinstance(mode, CountryAllocationRemass):
         return legacy.allocate(pairs)
-    mass = read_table(ctx.inputs["country_mass"]).to_pydict()
-    eligible = np.asarray(mass["eligible"], dtype=bool)
+    vector = COUNTRY_MASS.read(ctx.inputs["country_mass"]).to_pydict()
+    eligible = np.asarray(vector["eligible"], dtype=bool)
     total = int(pairs.n_sites.sum())
-    share = np.asarray(mass["mass_share"], dtype=np.float64)
+    share = np.asarray(vector["mass_share"], dtype=np.float64)
     if mode.fidelity_weight > 0:
         a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(eligible))
         share = (1.0 - mode.fidelity_weight) * share + mode.fidelity_weight * a_count / total
         s2 = ctx.policies.s2_tile_weights.tile_weights
         if isinstance(s2, S2BlendV2):  # the mixed vector obeys the same floors and caps
-            share = govern(
+            share = mass.govern(
                 share,
-                np.asarray(mass["region"], dtype="U16"),
-                np.asarray(mass["south_fraction"]),
+                np.asarray(vector["region"], dtype="U16"),
+                np.asarray(vector["south_fraction"]),
                 eligible,
-                np.asarray(mass["population"], dtype=np.float64),
+                np.asarray(vector["population"], dtype=np.float64),
                 s2.country_mass,
             ).share
-    targets = integer_targets(share, total, mode.min_sites_per_country, eligible)
+    targets = mass.integer_targets(share, total, mode.min_sites_per_country, eligible)
     lon, lat = refdata.country_centres()
     return remass.remass(pairs, targets, remass.country_distance_km(lon, lat), mode, ctx.seed, refdata.countries().iso2)
 
 
-def _lineage(pairs: Pairs, allocation: Allocation) -> pa.Table:
-    """Every 1A stub with its 1B key: identity for retained stubs, the move otherwise."""
+def _by_country(
+    pairs: Pairs, allocation: Allocation, wanted: list[str]
+) -> tuple[dict[str, tuple[NDArray[np.uint64], NDArray[np.int64]]], dict[str, Moves]]:
+    """Per destination country: the 1A pairs' retained counts and the move runs arriving."""
     codes = refdata.countries().iso2
-    n = pairs.n_sites
-    row = np.repeat(np.arange(len(n)), n)
-    order = remass._ranks(n) + 1
     moves = allocation.moves
-    stay = order <= allocation.kept[row]
-    merchant = np.r_[pairs.merchant[row][stay], moves.merchant].astype(np.uint64)
-    src_c = np.r_[pairs.country[row][stay], moves.src_country]
-    src_o = np.r_[order[stay], moves.src_site_order]
-    dst_c = np.r_[pairs.country[row][stay], moves.dst_country]
-    dst_o = np.r_[order[stay], moves.dst_site_order]
-    sort = np.lexsort((src_o, src_c, merchant))
-    return pa.table(
-        {
-            "merchant_id": pa.array(merchant[sort]),
-            "source_country_iso": pa.array(codes[src_c[sort]].tolist(), pa.string()),
-            "source_site_order": pa.array(src_o[sort].astype(np.int32)),
-            "legal_country_iso": pa.array(codes[dst_c[sort]].tolist(), pa.string()),
-            "site_order": pa.array(dst_o[sort].astype(np.int32)),
-        }
-    )
+    kept = np.flatnonzero(allocation.kept > 0)
+    kept = kept[np.argsort(pairs.country[kept], kind="stable")]  # merchant order kept inside
+    runs = np.argsort(moves.dst_country, kind="stable")
+    kept_c, runs_c = pairs.country[kept], moves.dst_country[runs]
+    retained, arrivals = {}, {}
+    for iso2 in wanted:
+        cid = int(np.searchsorted(codes, iso2))
+        rows = kept[np.searchsorted(kept_c, cid) : np.searchsorted(kept_c, cid, side="right")]
+        retained[iso2] = (pairs.merchant[rows], allocation.kept[rows])
+        arrivals[iso2] = moves.take(runs[np.searchsorted(runs_c, cid) : np.searchsorted(runs_c, cid, side="right")])
+    return retained, arrivals
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
-    req = read_table(ctx.inputs["s3_requirements"])
+    req = S3_REQUIREMENTS.read(ctx.inputs["s3_requirements"])
     pairs = _pairs(req)
     allocation = allocate_countries(ctx, pairs)
     codes = refdata.countries().iso2
-    country_pairs = pa.table(
-        {
-            "merchant_id": pa.array(allocation.merchant),
-            "legal_country_iso": pa.array(codes[allocation.country].tolist(), pa.string()),
-            "n_sites": pa.array(allocation.n_sites),
-        }
-    )
-    write_table(country_pairs, out["s4_alloc_plan"] / "country_pairs")
-    write_table(_lineage(pairs, allocation), out["site_lineage"])
-    paths = {
-        "country_pairs": str(out["s4_alloc_plan"] / "country_pairs"),
-        "grid": str(ctx.inputs["tile_grid"] / "grid.zarr" / GRID_ARRAY),
-        "weights": str(ctx.inputs["tile_weights"] / "weights.zarr" / WEIGHT_ARRAY),
+    plan_folder = out["s4_alloc_plan"]
+    order = np.lexsort((allocation.merchant, allocation.country))
+    country_of = codes[allocation.country[order]]
+    bounds = np.flatnonzero(np.r_[True, country_of[1:] != country_of[:-1], True])
+    wanted = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = order[lo:hi]
+        iso2 = str(country_of[lo])
+        wanted.append(iso2)
+        COUNTRY_PAIRS.write(
+            plan_folder,
+            iso2,
+            pa.table(
+                {
+                    "merchant_id": allocation.merchant[rows],
+                    "legal_country_iso": pa.array([iso2] * len(rows), pa.string()),
+                    "n_sites": allocation.n_sites[rows],
+                }
+            ),
+        )
+    folders = {
+        "plan": plan_folder,
+        "lineage": out["site_lineage"],
+        "grid": ctx.inputs["tile_grid"],
+        "weights": ctx.inputs["tile_weights"],
     }
+    retained, arrivals = _by_country(pairs, allocation, wanted)
+    country_rows = [c for c in TILE_GRID.countries(ctx.inputs["tile_grid"]).to_pylist() if c["iso2"] in set(wanted)]
     policy = ctx.policies.s4_alloc_plan.tile_allocation
-    wanted = set(country_pairs.column("legal_country_iso").to_pylist())
     tasks = [
-        dask.delayed(_batch_task)(paths, batch, policy, ctx.seed, ctx.grid)
-        for batch in country_batches(ctx.inputs["tile_grid"], wanted, ctx.execution.country_batch)
+        dask.delayed(_batch_task)(
+            folders,
+            batch,
+            {c["iso2"]: retained[c["iso2"]] for c in batch},
+            {c["iso2"]: arrivals[c["iso2"]] for c in batch},
+            policy,
+            ctx.seed,
+            ctx.grid,
+        )
+        for batch in batches(country_rows, ctx.execution.country_batch)
     ]
     results = compute(tasks)
-    plan = pa.concat_tables([r[0] for r in results]).sort_by(
-        [("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("tile_id", "ascending")]
-    )
-    write_table(plan, out["s4_alloc_plan"])
-    per_pair = plan.group_by(["merchant_id", "legal_country_iso"]).aggregate([("n_sites", "max"), ("n_sites", "sum")])
-    max_share = float(np.max(per_pair.column("n_sites_max").to_numpy() / per_pair.column("n_sites_sum").to_numpy()))
-    tile_load = plan.group_by("tile_id").aggregate([("n_sites", "sum")]).column("n_sites_sum")
-    stats: dict[str, object] = {
-        "plan_rows": plan.num_rows,
+    return {
+        "plan_rows": sum(r["plan_rows"] for r in results),
         **allocation.stats,
-        "max_tile_share_of_pair": round(max_share, 4),
-        "lone_sites_moved": int(sum(r[1] for r in results)),
-        "tiles_used": len(tile_load),
-        "max_sites_per_tile": int(pc.max(tile_load).as_py()),
+        "max_tile_share_of_pair": round(max((r["max_share"] for r in results), default=0.0), 4),
+        "lone_sites_moved": sum(r["lone_sites_moved"] for r in results),
+        "tiles_used": sum(r["tiles_used"] for r in results),
+        "max_sites_per_tile": max((r["max_sites_per_tile"] for r in results), default=0),
         "tasks": len(tasks),
     }
-    return stats

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ... import metrics, rng
-from ...errors import E_REMASS_INFEASIBLE, Seg1BError
+from ...errors import E_REMASS_INFEASIBLE, Code, InternalError, Seg1BError
 from ...metrics import EARTH_RADIUS_KM, unit_vectors
 from ...policies import CountryAllocationRemass
 
@@ -42,13 +42,33 @@ class Pairs:
 
 @dataclass(frozen=True)
 class Moves:
-    """One row per relocated 1A stub: its 1A key and its 1B key."""
+    """Relocated 1A stubs as runs: ``length`` stubs of ``merchant`` leave ``src_country``
+    (site_order ``src_first``…) and arrive in ``dst_country`` (site_order ``dst_first``…).
+    Runs are pair-level, so a plan never holds one row per relocated site."""
 
     merchant: NDArray[np.uint64]
     src_country: NDArray[np.int64]
-    src_site_order: NDArray[np.int64]
+    src_first: NDArray[np.int64]
     dst_country: NDArray[np.int64]
-    dst_site_order: NDArray[np.int64]
+    dst_first: NDArray[np.int64]
+    length: NDArray[np.int64]
+
+    def take(self, rows: NDArray[np.intp]) -> Moves:
+        return Moves(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+    def expand(
+        self,
+    ) -> tuple[NDArray[np.uint64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """One row per stub: merchant, source country, source order, destination country, order."""
+        run = np.repeat(np.arange(len(self.length)), self.length)
+        step = _ranks(self.length)
+        return (
+            self.merchant[run],
+            self.src_country[run],
+            self.src_first[run] + step,
+            self.dst_country[run],
+            self.dst_first[run] + step,
+        )
 
 
 @dataclass(frozen=True)
@@ -63,7 +83,7 @@ class Allocation:
 
 def no_moves() -> Moves:
     empty = np.zeros(0, dtype=np.int64)
-    return Moves(np.zeros(0, dtype=np.uint64), empty, empty, empty, empty)
+    return Moves(np.zeros(0, dtype=np.uint64), empty, empty, empty, empty, empty)
 
 
 def footprint(
@@ -232,12 +252,13 @@ def _moves(
     n_countries: int,
 ) -> Moves:
     """Pair each merchant's mobile stubs (by source country, site_order) with its arrival
-    slots (by destination country, slot): both sorted by merchant, equal counts each."""
+    slots (by destination country, slot). Both sequences are merchant-major with equal
+    counts per merchant, so the k-th stub overall meets the k-th slot: the runs are the
+    pieces between the union of both sequences' segment starts."""
     leave = pairs.n_sites - keep
-    src_row = np.repeat(np.arange(len(leave)), leave)
-    src_order = keep[src_row] + _ranks(leave) + 1
-    src_m = m_index[src_row]
-    by_src = np.lexsort((src_order, pairs.country[src_row], src_m))
+    src = np.flatnonzero(leave > 0)
+    src_len = leave[src]
+    src_start = np.cumsum(src_len) - src_len
     # Arrivals continue after the stubs the merchant kept in that country (pairs are sorted).
     kept_key = m_index * n_countries + pairs.country
     dest_key = dest_m * n_countries + dest_c
@@ -245,15 +266,21 @@ def _moves(
     base = (
         np.where(kept_key[pos] == dest_key, keep[pos], 0) if len(kept_key) else np.zeros(len(dest_key), dtype=np.int64)
     )
-    dst_row = np.repeat(np.arange(len(dest_n)), dest_n)
-    dst_order = base[dst_row] + _ranks(dest_n) + 1
-    by_dst = np.lexsort((dst_order, dest_c[dst_row], dest_m[dst_row]))
+    dst_start = np.cumsum(dest_n) - dest_n
+    total = int(src_len.sum())
+    if total != int(dest_n.sum()):
+        raise InternalError(Code.E_INTERNAL, f"{total} mobile outlets but {int(dest_n.sum())} arrival slots")
+    starts = np.union1d(src_start, dst_start)
+    length = np.diff(np.r_[starts, total]).astype(np.int64)
+    si = np.searchsorted(src_start, starts, side="right") - 1
+    di = np.searchsorted(dst_start, starts, side="right") - 1
     return Moves(
-        merchants[src_m[by_src]],
-        pairs.country[src_row][by_src],
-        src_order[by_src],
-        dest_c[dst_row][by_dst],
-        dst_order[by_dst],
+        merchants[m_index[src[si]]],
+        pairs.country[src[si]],
+        keep[src[si]] + 1 + starts - src_start[si],
+        dest_c[di],
+        base[di] + 1 + starts - dst_start[di],
+        length,
     )
 
 

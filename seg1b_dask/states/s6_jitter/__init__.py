@@ -11,24 +11,21 @@ always inside, always deterministic, still distinct.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
-import pyarrow.parquet as pq
 import shapely
-import zarr
 from numpy.typing import NDArray
 
 from ... import refdata, rng
 from ...context import StateContext
+from ...datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT
 from ...errors import E_VALIDATION_FAILED, Seg1BError
 from ...execution import batches, compute
 from ...grid import Grid
 from ...policies import S6MixtureV2, S6UniformV1
 from . import mixture_v2, uniform_v1
-
-ARRAYS = ("merchant_id", "country_id", "site_order", "tile_id", "lon_deg", "lat_deg", "attempts")
-SITE_CHUNK = 1 << 20
 
 
 def _distinct(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:
@@ -138,61 +135,75 @@ def _in_triangles(
 
 
 def _batch_task(
-    assign_path: str, countries: list[str], grid: Grid, seed: int, policy: S6UniformV1 | S6MixtureV2
-) -> dict[str, NDArray]:
-    table = pq.read_table(assign_path, filters=[("legal_country_iso", "in", countries)])
-    table = table.sort_by(
-        [("merchant_id", "ascending"), ("legal_country_iso", "ascending"), ("site_order", "ascending")]
-    )
-    iso = np.asarray(table.column("legal_country_iso").to_pylist(), dtype="U2")
-    merchant = table.column("merchant_id").to_numpy()
-    site_order = table.column("site_order").to_numpy()
-    tile = table.column("tile_id").to_numpy()
+    assignment: Path, countries: list[str], grid: Grid, seed: int, policy: S6UniformV1 | S6MixtureV2
+) -> dict[str, NDArray[Any]]:
+    """Points of a batch of countries, in canonical order (country, merchant, site_order)."""
     ref = refdata.countries()
     key = rng.stream_key(seed, "S6.jitter")
-    lon = np.empty(len(tile))
-    lat = np.empty(len(tile))
-    attempts = np.empty(len(tile), dtype=np.int16)
-    cids = np.empty(len(tile), dtype=np.int16)
-    for code in countries:
-        sel = np.flatnonzero(iso == code)
-        cid = ref.country_id(code)
-        cids[sel] = cid
-        fields = (merchant[sel].astype(np.uint64), rng.country_code_int(iso[sel]), site_order[sel].astype(np.uint64))
-        lon[sel], lat[sel], attempts[sel] = place_sites(tile[sel], fields, ref.geometry[cid - 1], grid, key, policy)
-    return {
-        "merchant_id": merchant,
-        "country_id": cids,
-        "site_order": site_order,
-        "tile_id": tile,
-        "lon_deg": lon,
-        "lat_deg": lat,
-        "attempts": attempts,
-    }
+    cols: dict[str, list[NDArray[Any]]] = {name: [] for name in SITE_JITTER.ARRAYS}
+    for iso2 in countries:
+        table = SITE_TILE_ASSIGNMENT.read(assignment, [iso2])  # sorted by (merchant, site_order)
+        merchant = table.column("merchant_id").to_numpy()
+        site_order = table.column("site_order").to_numpy()
+        tile = table.column("tile_id").to_numpy()
+        cid = ref.country_id(iso2)
+        fields = (
+            merchant.astype(np.uint64),
+            rng.country_code_int(np.asarray([iso2] * len(tile), dtype="U2")),
+            site_order.astype(np.uint64),
+        )
+        lon, lat, attempts = place_sites(tile, fields, ref.geometry[cid - 1], grid, key, policy)
+        for name, values in (
+            ("merchant_id", merchant),
+            ("country_id", np.full(len(tile), cid, dtype=np.int16)),
+            ("site_order", site_order),
+            ("tile_id", tile),
+            ("lon_deg", lon),
+            ("lat_deg", lat),
+            ("attempts", attempts),
+        ):
+            cols[name].append(values)
+    return {name: np.concatenate(parts).astype(DTYPES[name]) for name, parts in cols.items()}
+
+
+DTYPES = {
+    "merchant_id": np.uint64,
+    "country_id": np.int16,
+    "site_order": np.int32,
+    "tile_id": np.int64,
+    "lon_deg": np.float64,
+    "lat_deg": np.float64,
+    "attempts": np.int16,
+}
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
-    assign_path = str(ctx.inputs["s5_site_tile_assignment"] / "part-00000.parquet")
-    countries = sorted(set(pq.read_table(assign_path, columns=["legal_country_iso"]).column(0).to_pylist()))
+    assignment = ctx.inputs["s5_site_tile_assignment"]
+    sizes = SITE_TILE_ASSIGNMENT.row_counts(assignment)
+    countries = sorted(sizes)
     policy = ctx.policies.s6_jitter.jitter
-    tasks = [
-        dask.delayed(_batch_task)(assign_path, b, ctx.grid, ctx.seed, policy)
-        for b in batches(countries, ctx.execution.country_batch)
-    ]
-    parts = compute(tasks)
-    cols = {name: np.concatenate([p[name] for p in parts]) for name in ARRAYS}
-    # Canonical order: merchant, country code, site_order (country ids ascend with ISO code).
-    order = np.lexsort((cols["site_order"], cols["country_id"], cols["merchant_id"]))
-    group = zarr.open_group(out["s6_site_jitter"] / "jitter.zarr", mode="w", zarr_format=3)
-    group.attrs.update({"mode": policy.mode, "order": "merchant_id, legal_country_iso, site_order"})
-    for name in ARRAYS:
-        data = cols[name][order]
-        group.create_array(
-            name, data=data, chunks=(min(SITE_CHUNK, max(len(data), 1)),), compressors=zarr.codecs.ZstdCodec(level=3)
-        )
+    country_batches = batches(countries, ctx.execution.country_batch)
+    pieces = [dask.delayed(_batch_task)(assignment, b, ctx.grid, ctx.seed, policy) for b in country_batches]
+    folder = out["s6_site_jitter"]
+    store = SITE_JITTER.write(
+        folder,
+        pieces,
+        [sum(sizes[c] for c in b) for b in country_batches],
+        DTYPES,
+        {"mode": policy.mode, "order": "legal_country_iso, merchant_id, site_order"},
+    )
+    _, *attempts = compute([store, *(dask.delayed(_attempts)(piece) for piece in pieces)])
+    SITE_JITTER.write_index(folder, countries, [sizes[c] for c in countries])
+    n = int(sum(sizes.values()))
     return {
-        "sites": len(order),
-        "mean_attempts": round(float(cols["attempts"].mean()), 3),
-        "max_attempts_used": int(cols["attempts"].max()),
-        "tasks": len(tasks),
+        "sites": n,
+        "mean_attempts": round(sum(a[0] for a in attempts) / max(n, 1), 3),
+        "max_attempts_used": max((a[1] for a in attempts), default=0),
+        "tasks": len(pieces),
     }
+
+
+def _attempts(piece: dict[str, NDArray[Any]]) -> tuple[int, int]:
+    """(sum, max) of the proposal attempts of a batch's sites."""
+    a = piece["attempts"]
+    return int(a.sum()), int(a.max()) if len(a) else 0

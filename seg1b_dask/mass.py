@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from ...errors import E_MASS_INFEASIBLE, Seg1BError
-from ...metrics import TOPK_FRACTIONS
-from ...policies import CountryMassPolicy
+from .errors import E_MASS_INFEASIBLE, Seg1BError
+from .metrics import TOPK_FRACTIONS
+from .policies import CountryMassPolicy
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,294 @@
+"""The dataset layer: the one place that knows each dataset's files, layout and format.
+
+States call these readers and writers and never build another state's paths. Site-level
+Parquet datasets are partitioned by country (``country=XX/part-NNNNN.parquet``, rows in key
+order inside), so a task reads and writes only its own countries and bytes never depend on
+how countries are batched into tasks. Grids are CF-style xarray datasets in sharded Zarr v3
+(``xarray.open_zarr`` opens them with ``lat``/``lon`` coordinates); site jitter is a
+chunked array dataset over the ``site`` dimension.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xarray as xr
+import zarr
+from numpy.typing import NDArray
+
+from .grid import Grid
+
+PART = "part-{:05d}.parquet"
+# Fixed writer options and no pandas metadata: the same rows always give the same bytes.
+WRITE_OPTIONS: dict[str, Any] = dict(
+    compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True, store_schema=False
+)
+_ZSTD = zarr.codecs.ZstdCodec(level=3)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.replace_schema_metadata(None), path, **WRITE_OPTIONS)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A small Parquet table written whole (pair- or country-level, never one row per site)."""
+
+    subdir: str = ""
+
+    def write(self, folder: Path, table: pa.Table) -> None:
+        _write_parquet(table, folder / self.subdir / PART.format(0))
+
+    def read(self, folder: Path, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(folder / self.subdir / PART.format(0), columns=columns)
+
+
+@dataclass(frozen=True)
+class CountryParts:
+    """A site- or pair-level Parquet dataset with one folder per country."""
+
+    schema: pa.Schema
+    subdir: str = ""
+
+    def _country_dir(self, folder: Path, iso2: str) -> Path:
+        return folder / self.subdir / f"country={iso2}"
+
+    def write(self, folder: Path, iso2: str, table: pa.Table, rows_per_part: int | None = None) -> int:
+        """Write one country's rows (already in key order); returns the number of parts."""
+        table = table.select(self.schema.names).cast(self.schema)
+        step = rows_per_part or max(table.num_rows, 1)
+        starts = range(0, max(table.num_rows, 1), step)
+        for i, lo in enumerate(starts):
+            _write_parquet(table.slice(lo, step), self._country_dir(folder, iso2) / PART.format(i))
+        return len(starts)
+
+    def countries(self, folder: Path) -> list[str]:
+        base = folder / self.subdir
+        return sorted(p.name.split("=", 1)[1] for p in base.glob("country=*") if p.is_dir())
+
+    def files(self, folder: Path, countries: Iterable[str] | None = None) -> list[Path]:
+        wanted = self.countries(folder) if countries is None else sorted(countries)
+        out: list[Path] = []
+        for iso2 in wanted:
+            out.extend(sorted(self._country_dir(folder, iso2).glob("part-*.parquet")))
+        return out
+
+    def read(self, folder: Path, countries: Iterable[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of the given countries (all by default), country by country in code order."""
+        files = self.files(folder, countries)
+        if not files:
+            empty = self.schema.empty_table()
+            return empty.select(columns) if columns else empty
+        return pa.concat_tables([pq.read_table(p, columns=columns) for p in files])
+
+    def row_counts(self, folder: Path) -> dict[str, int]:
+        """Rows per country from the Parquet footers (no data read)."""
+        return {
+            iso2: sum(pq.ParquetFile(p).metadata.num_rows for p in self.files(folder, [iso2]))
+            for iso2 in self.countries(folder)
+        }
+
+
+# ---- site- and pair-level datasets -----------------------------------------------------
+
+_MERCHANT = ("merchant_id", pa.uint64())
+_COUNTRY = ("legal_country_iso", pa.string())
+_ORDER = ("site_order", pa.int32())
+_TILE = ("tile_id", pa.int64())
+_LON_LAT = [("lon_deg", pa.float64()), ("lat_deg", pa.float64())]
+
+S3_REQUIREMENTS = Table()
+COUNTRY_MASS = Table()
+COUNTRY_PAIRS = CountryParts(pa.schema([_MERCHANT, _COUNTRY, ("n_sites", pa.int64())]), "pairs")  # S4(a)
+ALLOC_PLAN = CountryParts(pa.schema([_MERCHANT, _COUNTRY, _TILE, ("n_sites", pa.int64())]), "tiles")  # S4(b)
+SITE_LINEAGE = CountryParts(
+    pa.schema([_MERCHANT, ("source_country_iso", pa.string()), ("source_site_order", pa.int32()), _COUNTRY, _ORDER])
+)
+SITE_TILE_ASSIGNMENT = CountryParts(pa.schema([_MERCHANT, _COUNTRY, _ORDER, _TILE]))
+SITE_SYNTHESIS = CountryParts(
+    pa.schema(
+        [_MERCHANT, _COUNTRY, _ORDER, _TILE, *_LON_LAT, ("inside_tile", pa.bool_()), ("inside_country", pa.bool_())]
+    )
+)
+SITE_LOCATIONS = CountryParts(pa.schema([_MERCHANT, _COUNTRY, _ORDER, *_LON_LAT]))
+
+
+# ---- grids -----------------------------------------------------------------------------
+
+
+def _coords(grid: Grid) -> dict[str, Any]:
+    lat = grid.row_centre_lat(np.arange(grid.nrows))
+    lon = -180.0 + (np.arange(grid.ncols) + 0.5) * grid.deg
+    return {
+        "lat": ("lat", lat, {"units": "degrees_north", "standard_name": "latitude", "axis": "Y"}),
+        "lon": ("lon", lon, {"units": "degrees_east", "standard_name": "longitude", "axis": "X"}),
+    }
+
+
+def _create_grid_store(
+    store: Path,
+    grid: Grid,
+    variables: Mapping[str, tuple[str, dict[str, Any]]],
+    shard_rows: int,
+    chunk_cols: int,
+    attrs: dict[str, Any],
+    extra: Mapping[str, tuple[tuple[str, ...], NDArray[Any], dict[str, Any]]] = {},
+) -> None:
+    """Write the metadata and coordinates of a lat × lon grid dataset; tasks then fill row
+    bands of whole shards in place (Zarr region writes that never share a shard)."""
+    lazy = {
+        name: (("lat", "lon"), da.zeros((grid.nrows, grid.ncols), chunks=(shard_rows, grid.ncols), dtype=dtype), va)
+        for name, (dtype, va) in variables.items()
+    }
+    ds = xr.Dataset({**lazy, **extra}, coords=_coords(grid), attrs={"Conventions": "CF-1.8", **attrs})
+    encoding = {
+        name: {
+            "chunks": (shard_rows, min(chunk_cols, grid.ncols)),
+            "shards": (shard_rows, grid.ncols),
+            "compressors": _ZSTD,
+            "fill_value": 0,
+        }
+        for name in variables
+    }
+    with warnings.catch_warnings():
+        # Consolidated metadata lets ``xarray.open_zarr`` open the store without a warning;
+        # zarr-python notes it is not yet part of the v3 specification.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds.to_zarr(store, mode="w", compute=False, zarr_format=3, consolidated=True, encoding=encoding)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """S1's grid: ``country_id`` (0 = sea) per cell, ``cell_area_m2`` per row, and the
+    per-country tile table (cells, bounding rows/cols, eligibility)."""
+
+    STORE = "tile_grid.zarr"
+    COUNTRY = "country_id"
+    AREA = "cell_area_m2"
+    countries_table = Table("country_tiles")
+
+    def create(self, folder: Path, grid: Grid, shard_rows: int, chunk_cols: int, attrs: dict[str, Any]) -> None:
+        area = ("lat",), grid.row_area_m2(), {"units": "m2", "long_name": "area of one cell of the row"}
+        _create_grid_store(
+            folder / self.STORE,
+            grid,
+            {self.COUNTRY: ("int16", {"long_name": "country id (0 = none)", "flag_values_table": "country_tiles"})},
+            shard_rows,
+            chunk_cols,
+            attrs,
+            {self.AREA: area},
+        )
+
+    def array(self, folder: Path, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(str(folder / self.STORE / self.COUNTRY), mode=mode)  # type: ignore[arg-type]
+
+    def shard_rows(self, folder: Path) -> int:
+        a = self.array(folder)
+        return int((a.shards or a.chunks)[0])
+
+    def write_band(self, folder: Path, row0: int, band: NDArray[np.int16]) -> None:
+        self.array(folder, "r+")[row0 : row0 + band.shape[0], :] = band
+
+    def read_band(self, folder: Path, row0: int, row1: int) -> tuple[NDArray[np.int16], NDArray[np.float64]]:
+        area = zarr.open_array(str(folder / self.STORE / self.AREA), mode="r")
+        return np.asarray(self.array(folder)[row0:row1, :]), np.asarray(area[row0:row1])
+
+    def read_window(self, folder: Path, rows: tuple[int, int], cols: tuple[int, int]) -> NDArray[np.int16]:
+        """Cells of rows[0]..rows[1] × cols[0]..cols[1] (inclusive)."""
+        return np.asarray(self.array(folder)[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1])
+
+    def write_countries(self, folder: Path, table: pa.Table) -> None:
+        self.countries_table.write(folder, table)
+
+    def countries(self, folder: Path, columns: list[str] | None = None) -> pa.Table:
+        return self.countries_table.read(folder, columns)
+
+
+@dataclass(frozen=True)
+class TileWeights:
+    """S2's fixed-point integer ``tile_weight`` per cell (exact sums, 0 = no mass)."""
+
+    STORE = "tile_weights.zarr"
+    WEIGHT = "tile_weight"
+
+    def create(self, folder: Path, grid: Grid, shard_rows: int, chunk_cols: int, attrs: dict[str, Any]) -> None:
+        _create_grid_store(
+            folder / self.STORE,
+            grid,
+            {self.WEIGHT: ("uint64", {"long_name": "fixed-point tile weight", "units": attrs.get("unit", "1")})},
+            shard_rows,
+            chunk_cols,
+            attrs,
+        )
+
+    def array(self, folder: Path, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(str(folder / self.STORE / self.WEIGHT), mode=mode)  # type: ignore[arg-type]
+
+    def write_band(self, folder: Path, row0: int, band: NDArray[np.uint64]) -> None:
+        self.array(folder, "r+")[row0 : row0 + band.shape[0], :] = band
+
+    def read_window(self, folder: Path, rows: tuple[int, int], cols: tuple[int, int]) -> NDArray[np.uint64]:
+        return np.asarray(self.array(folder)[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1])
+
+
+@dataclass(frozen=True)
+class SiteJitter:
+    """S6's point per site as arrays over ``site`` in canonical order (country code, then
+    merchant, then site_order), with a per-country index of [start, stop) positions."""
+
+    STORE = "site_jitter.zarr"
+    ARRAYS = ("merchant_id", "country_id", "site_order", "tile_id", "lon_deg", "lat_deg", "attempts")
+    CHUNK = 1 << 20
+    index_table = Table("country_index")
+
+    def write(
+        self, folder: Path, pieces: list[Any], sizes: list[int], dtypes: Mapping[str, Any], attrs: dict[str, Any]
+    ) -> Any:
+        """Concatenate delayed per-batch column dicts into chunked Dask arrays; return the
+        delayed store (rechunked to a fixed size, so bytes never depend on the batches)."""
+        total = sum(sizes)
+        chunk = min(self.CHUNK, max(total, 1))
+        data = {}
+        for name in self.ARRAYS:
+            parts = [
+                da.from_delayed(piece[name], shape=(n,), dtype=dtypes[name])
+                for piece, n in zip(pieces, sizes, strict=True)
+                if n
+            ]
+            column = da.concatenate(parts) if parts else da.zeros((0,), dtype=dtypes[name])
+            data[name] = (("site",), column.rechunk(chunk))
+        ds = xr.Dataset(data, attrs=attrs)
+        encoding = {name: {"chunks": (chunk,), "compressors": _ZSTD} for name in self.ARRAYS}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            return ds.to_zarr(
+                folder / self.STORE, mode="w", zarr_format=3, consolidated=True, encoding=encoding, compute=False
+            )
+
+    def write_index(self, folder: Path, iso2: list[str], sizes: list[int]) -> None:
+        stop = np.cumsum(np.asarray(sizes, dtype=np.int64))
+        self.index_table.write(
+            folder, pa.table({"iso2": pa.array(iso2, pa.string()), "start": stop - sizes, "stop": stop})
+        )
+
+    def index(self, folder: Path) -> dict[str, tuple[int, int]]:
+        t = self.index_table.read(folder).to_pydict()
+        return {c: (a, b) for c, a, b in zip(t["iso2"], t["start"], t["stop"], strict=True)}
+
+    def read(self, folder: Path, lo: int, hi: int) -> dict[str, NDArray[Any]]:
+        group = zarr.open_group(str(folder / self.STORE), mode="r")
+        return {name: np.asarray(group[name][lo:hi]) for name in self.ARRAYS}  # type: ignore[index]
+
+
+TILE_GRID = TileGrid()
+TILE_WEIGHTS = TileWeights()
+SITE_JITTER = SiteJitter()
