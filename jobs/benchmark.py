@@ -8,6 +8,8 @@ Suites (``--suite``, default all):
   * ``scorer``  — the scorecard at 31 k and 1 M sites, nearest neighbours per latitude
     band with a halo side by side with one global tree;
   * ``report``  — the HTML report at 31 k sites, and its costly parts at 10 M sites;
+  * ``memory``  — driver peak RSS of S4-S9 at 31 k and 1 M sites with one country mix (seed
+    42's merchants copied 32 times), baseline bundle, S1/S2 warm;
   * ``certify`` — the certification lane (remediation bundle), 4 seeds in parallel on a
     LocalCluster, against 4 x one seed in the fast lane, warm cache (S1/S2 and baselines
     present).
@@ -37,6 +39,7 @@ import numpy as np
 import psutil
 
 from seg1b_dask import metrics
+from seg1b_dask.datasets import SITE_LOCATIONS, TILE_GRID
 from seg1b_dask.execution import Execution
 from seg1b_dask.lanes import certify, pin_baseline_run, score_run
 from seg1b_dask.nearest import nearest_neighbour_km_chunked
@@ -259,12 +262,7 @@ def bench_scorer(work: Path) -> dict:
     result = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, execution=Execution(), baseline_nn_ratio=10.0)
     bundle = load_bundle(DEFAULT_POLICIES, refdata_version())
     sites = load_sites(result.outputs["site_locations"])
-    tiles = json.loads((result.run_dir / "run.json").read_text())
-    from seg1b_dask.tables import read_table
-
-    ct = read_table(
-        root / tiles["outputs"]["tile_grid"] / "country_tiles", columns=["iso2", "region", "eligible"]
-    ).to_pydict()
+    ct = TILE_GRID.countries(result.outputs["tile_grid"], ["iso2", "region", "eligible"]).to_pydict()
     region_of = dict(zip(ct["iso2"], ct["region"], strict=True))
     out = {}
     g = np.random.default_rng(0)
@@ -302,6 +300,57 @@ def bench_scorer(work: Path) -> dict:
     return out
 
 
+def replicated_bundle(seed: int, copies: int, out: Path) -> Path:
+    """Seed ``seed``'s 1A stand-in with every merchant copied ``copies`` times under new ids:
+    the same country mix at ``copies`` times the sites (a memory probe, not a realistic 1A)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from seg1b_dask.hashing import seal_bundle
+    from seg1b_dask.upstream import CANDIDATES, CATALOGUE, write_bundle
+
+    source = out.parent / f"{out.name}-source"
+    write_bundle(seed, source)
+    for rel in (CATALOGUE, CANDIDATES):
+        table = pq.read_table(source / rel)
+        step = int(pc.max(table.column("merchant_id")).as_py()) + 1
+        parts = [
+            table.set_column(0, "merchant_id", pc.add(table.column("merchant_id"), pa.scalar(k * step, pa.uint64())))
+            for k in range(copies)
+        ]
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.concat_tables(parts), out / rel, compression="zstd", store_schema=False)
+    shutil.rmtree(source)
+    seal_bundle(out, {"segment": "1A", "seed": seed, "manifest_fingerprint": f"x{copies}"})
+    return out
+
+
+def bench_memory(work: Path) -> dict:
+    """Driver peak RSS of S4-S9 at 31 k and 1 M sites with the same country mix (seed 42's
+    merchants copied 32 times), baseline bundle, S1/S2 warm: it must not grow with sites."""
+    out: dict = {}
+    root = work / "memory"
+    run_seed(root=root, seed=42, policies=BASELINE_POLICIES)  # warm S1/S2 and the imports
+    for label, copies in (("31k", 1), ("1M", 32)):
+        bundle = replicated_bundle(42, copies, work / f"upstream-x{copies}")
+        with RssSampler() as rss:
+            t = time.perf_counter()
+            result = run_seed(root=root, seed=42, policies=BASELINE_POLICIES, upstream=bundle, on_state=rss.mark)
+            wall = time.perf_counter() - t
+        out[label] = {
+            "sites": result.validation["metrics"]["sites"],
+            "wall_seconds": round(wall, 3),
+            "states": {
+                s.id: {"seconds": round(s.seconds, 3), "peak_rss_mb": round(rss.peaks.get(s.id, 0.0), 1)}
+                for s in result.states
+            },
+            "peak_rss_mb_s4_s9": round(max(rss.peaks.get(f"S{i}", 0.0) for i in range(4, 10)), 1),
+        }
+    out["rss_ratio_1m_over_31k"] = round(out["1M"]["peak_rss_mb_s4_s9"] / out["31k"]["peak_rss_mb_s4_s9"], 3)
+    return out
+
+
 def bench_report(work: Path) -> dict:
     """The run report at 31 k sites (a real run beside its baseline), and its costly parts at
     10 M sites: reading lon/lat, the datashader map, the top moves over 10 M lineage rows."""
@@ -322,7 +371,7 @@ def bench_report(work: Path) -> dict:
     again = time.perf_counter() - t
     n = 10_000_000
     g = np.random.default_rng(0)
-    sites = pq.read_table(result.outputs["site_locations"], columns=["lon_deg", "lat_deg", "legal_country_iso"])
+    sites = SITE_LOCATIONS.read(result.outputs["site_locations"], columns=["lon_deg", "lat_deg", "legal_country_iso"])
     pick = g.integers(0, sites.num_rows, n)
     lon = sites.column("lon_deg").to_numpy()[pick] + g.normal(0, 0.02, n)
     lat = np.clip(sites.column("lat_deg").to_numpy()[pick] + g.normal(0, 0.02, n), -90, 90)
@@ -362,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default="threads")
     parser.add_argument(
         "--suite",
-        default="engine,grid30,scorer,certify,report",
-        help="comma-separated: engine, grid30, scorer, certify, report",
+        default="engine,grid30,scorer,certify,report,memory",
+        help="comma-separated: engine, grid30, scorer, certify, report, memory",
     )
     args = parser.parse_args(argv)
     suites = set(args.suite.split(","))
@@ -403,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             report["certification"] = bench_certify(work, args.repeat)
         if "report" in suites:
             report["report"] = bench_report(work)
+        if "memory" in suites:
+            report["memory"] = bench_memory(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

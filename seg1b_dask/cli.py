@@ -3,31 +3,55 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from .errors import Code, Seg1BError
-from .execution import Execution
+from . import __version__
+from .errors import Code, InternalError, Seg1BError
+from .execution import Execution, check_scheduler
 from .metrics import COUNTRY_METRICS
 from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult
+from .runroot import environment_error
 
 if TYPE_CHECKING:
     from .lanes import Scored
 
+U64_MAX = 2**64 - 1
+
 
 class _Group(click.Group):
+    """Every refusal is one coded line: input and environment exit 2, a bug exits 3."""
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except Seg1BError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except OSError as exc:
+            click.echo(f"error: {environment_error(exc, Path.cwd())}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was published half-written; run again to resume from the cache", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("SEG1B_DEBUG"):
+                raise
+            bug = InternalError(Code.E_INTERNAL, f"{type(exc).__name__}: {exc}; SEG1B_DEBUG=1 shows the traceback")
+            click.echo(f"error: {bug}", err=True)
+            sys.exit(bug.exit_code)
 
 
 @click.group(cls=_Group)
+@click.version_option(__version__, prog_name="seg1b")
 def main() -> None:
     """seg1b_dask — Segment 1B: where on Earth every outlet sits."""
 
@@ -36,12 +60,79 @@ root_option = click.option(
     "--root",
     default=str(DEFAULT_ROOT),
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="run root",
+    type=click.Path(path_type=Path),
+    help="run root: data, cache, runs, pins and packs live below it (relative to the current folder)",
 )
 policies_option = click.option(
-    "--policies", default=str(DEFAULT_POLICIES), show_default=True, type=click.Path(file_okay=False, path_type=Path)
+    "--policies",
+    default=str(DEFAULT_POLICIES),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="policy bundle folder (the remediation bundle shipped with the package by default)",
 )
+seed_option = click.option(
+    "--seed", default=42, show_default=True, type=click.IntRange(0, U64_MAX), help="the 1A seed (0 … 2^64−1)"
+)
+
+
+def _scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else check_scheduler(value)
+
+
+def parse_seeds(value: str | None) -> list[int] | None:
+    """``42,7,101`` → [42, 7, 101]; anything else is one coded line naming the bad item."""
+    if not value:
+        return None
+    seeds = []
+    for item in (i.strip() for i in value.split(",")):
+        if not item:
+            continue
+        if not item.isdigit() or int(item) > U64_MAX:
+            raise Seg1BError(Code.E_BAD_OPTION, "seeds are integers 0 … 2^64−1, comma-separated", key=f"--seeds {item}")
+        seeds.append(int(item))
+    if len(set(seeds)) != len(seeds):
+        raise Seg1BError(Code.E_BAD_OPTION, "a seed is listed twice", key=f"--seeds {value}")
+    return seeds or None
+
+
+class Progress:
+    """A bar with a total on a terminal; plain ``[k/N] name`` lines in logs (no carriage returns)."""
+
+    def __init__(self, total: int, desc: str, quiet: bool = False) -> None:
+        self.total, self.done, self.quiet = total, 0, quiet
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        if self.tty and not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="state", leave=False, file=sys.stderr)
+
+    def grow(self, extra: int) -> None:
+        self.total += extra
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
+    def step(self, name: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_description(name[:40])
+            self.bar.update(1)
+        elif not self.quiet:
+            click.echo(f"[{self.done}/{self.total}] {name}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def progress(total: int, desc: str, quiet: bool = False) -> Iterator[Progress]:
+    bar = Progress(total, desc, quiet)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 # What a run's and a pack's summary show, in this order.
@@ -121,8 +212,13 @@ def score_summary(scored: Scored) -> list[str]:
         )
     else:
         lines.append(f"  price: relocated_share {f.get('relocated_share', 0.0):.4f} (country counts are 1A's)")
-    if scored.card.get("baseline") is None:
+    pin = scored.card.get("baseline")
+    if pin is None:
         lines.append(f"  no baseline pinned for seed {scored.seed}: `seg1b baseline --seed {scored.seed}` pins one")
+    elif pin["run_id"] == scored.run_dir.name:
+        lines.append(f"  this run is now the pinned baseline of seed {scored.seed} (nn_ratio {pin['nn_ratio']:.3f})")
+    else:
+        lines.append(f"  baseline of seed {scored.seed}: run {pin['run_id']} (nn_ratio {pin['nn_ratio']:.3f})")
     report = scored.grade
     lines.append(f"  single-seed grade: {report.outcome}  (next: {report.next_action})")
     if report.outcome == "RED":
@@ -130,29 +226,41 @@ def score_summary(scored: Scored) -> list[str]:
     return lines
 
 
+scheduler_option = click.option(
+    "--scheduler",
+    default="threads",
+    show_default=True,
+    callback=_scheduler,
+    help="threads | processes | synchronous | distributed (a local cluster) | tcp://HOST:PORT",
+)
+
+
 @main.command()
-@click.option("--seed", default=42, show_default=True, type=int)
+@seed_option
 @policies_option
 @root_option
 @click.option(
     "--upstream",
     default=None,
     type=click.Path(file_okay=False, path_type=Path),
-    help="a 1A bundle (default: the stand-in for --seed)",
+    help="a 1A bundle (default: the stand-in for --seed, written under the run root)",
+)
+@scheduler_option
+@click.option(
+    "--workers", default=None, type=click.IntRange(1), help="worker threads or processes (default: all cores)"
 )
 @click.option(
-    "--scheduler",
-    default="threads",
+    "--country-batch",
+    default=24,
     show_default=True,
-    help="threads | processes | synchronous | distributed | tcp://HOST:PORT",
+    type=click.IntRange(1),
+    help="countries per task (outputs never depend on it)",
 )
-@click.option("--workers", default=None, type=int)
-@click.option("--country-batch", default=24, show_default=True, type=click.IntRange(1))
 @click.option(
     "--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase (needs --reason)"
 )
 @click.option("--reason", default="", help="why a locked phase is reopened")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="no progress output (the summary still prints)")
 def run(
     seed: int,
     policies: Path,
@@ -165,22 +273,23 @@ def run(
     reason: str,
     quiet: bool,
 ) -> None:
-    """Fast lane: run one seed from the first dirty state, score it, compare to its baseline."""
-    from tqdm import tqdm
+    """Fast lane: run one seed from the first dirty state, score it, compare to its baseline.
 
+    A bundle that targets a grade (the default remediation bundle) first runs and pins the
+    seed's baseline if none is pinned yet: the summary says so.
+    """
     from .lanes import fast_lane
-
-    execution = Execution(scheduler=scheduler, workers=workers, country_batch=country_batch)
     from .registry import STATES
 
-    chain = len(STATES) - 1  # states reported after the gate
-    with tqdm(total=chain, desc="S0 gate", unit="state", disable=quiet, leave=False, file=sys.stderr) as bar:
+    click.echo(f"run root: {root.resolve()}", err=True)
+    execution = Execution(scheduler=scheduler, workers=workers, country_batch=country_batch)
+    chain = len(STATES)
+    with progress(chain, "S0 gate", quiet) as bar:
 
         def on_state(name: str) -> None:
             if name.startswith("baseline") and bar.total == chain:  # the seed's baseline runs first
-                bar.total += chain
-            bar.set_description(name)
-            bar.update(1)
+                bar.grow(chain)
+            bar.step(name)
 
         result, scored = fast_lane(root, seed, policies, upstream, execution, {p: reason for p in reopen}, on_state)
     lines = run_summary(result) + score_summary(scored)
@@ -195,22 +304,45 @@ def run(
     click.echo("\n".join(lines))
 
 
+GLOSSARY = (
+    ("country_gini", "Gini coefficient of sites per country over the eligible countries (0 = even, 1 = one country)"),
+    ("top1/5/10_share", "share of sites in the top 1 %, 5 %, 10 % of eligible countries; k = how many countries"),
+    ("eligible countries", "countries with at least one tile and the grid policy's minimum population"),
+    ("eligible_country_nonzero_share", "share of eligible countries holding at least one site (coverage)"),
+    ("southern_hemisphere_share", "share of sites south of the equator"),
+    ("nn_ratio", "p99 / p50 of each site's distance to its nearest neighbour (great circle, km)"),
+    ("nn_contraction", "(baseline nn_ratio − nn_ratio) / baseline nn_ratio, against the seed's pinned baseline"),
+    ("sentinel", "collapse detector on the 10 largest countries: a stripe (anisotropy) or too few distinct lat/lon"),
+    ("merchant_countries_*", "countries per merchant over distinct (merchant, country) pairs"),
+    ("near_city_share", "share of sites within gates.yaml near_city_km of a place of near_city_min_population"),
+    ("bootstrap_upper", "95th-percentile bound of a concentration metric, resampling merchants (B+ only)"),
+    ("relocated_share", "share of 1A outlets placed in another country than 1A gave them: the price of realism"),
+    ("cv", "coefficient of variation of a metric across the certification seeds"),
+)
+
+
 @main.command()
-@click.argument("run_ref")
+@click.argument("run_ref", required=False)
 @root_option
-def score(run_ref: str, root: Path) -> None:
+@click.option("--explain", is_flag=True, help="print what each scorecard term means and exit")
+def score(run_ref: str | None, root: Path, explain: bool) -> None:
     """Score RUN_REF (a run id or folder) with the policies sealed in it."""
     from .discipline import run_dir
     from .lanes import score_run
 
+    if explain:
+        click.echo("\n".join(f"  {term:<32} {text}" for term, text in GLOSSARY))
+        return
+    if not run_ref:
+        raise Seg1BError(Code.E_BAD_OPTION, "name a run (its id or folder), or pass --explain", key="RUN_REF")
     scored = score_run(root, run_dir(root, run_ref))
     click.echo("\n".join(score_summary(scored)))
 
 
 @main.command()
-@click.option("--seed", default=42, show_default=True, type=int)
+@seed_option
 @root_option
-@click.option("--scheduler", default="threads", show_default=True)
+@scheduler_option
 def baseline(seed: int, root: Path, scheduler: str) -> None:
     """Run the baseline bundle for SEED and pin it as that seed's authority."""
     from .lanes import pin_baseline_run
@@ -223,11 +355,17 @@ def baseline(seed: int, root: Path, scheduler: str) -> None:
 @click.option("--seeds", default=None, help="comma-separated seeds (default: required_seeds of gates.yaml)")
 @policies_option
 @root_option
-@click.option("--scheduler", default=None, help="tcp://HOST:PORT of a running scheduler (default: a LocalCluster)")
-@click.option("--workers", default=None, type=int, help="LocalCluster workers (default 2)")
+@click.option(
+    "--scheduler",
+    default=None,
+    callback=_scheduler,
+    help="tcp://HOST:PORT of a running scheduler (default: a LocalCluster)",
+)
+@click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (default 2)")
 @click.option("--promote", is_flag=True, help="move last_good to this pack if it grades GREEN")
-@click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]))
-@click.option("--reason", default="")
+@click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase")
+@click.option("--reason", default="", help="why a locked phase is reopened")
+@click.option("--quiet", is_flag=True, help="no progress output (the summary still prints)")
 def certify(
     seeds: str | None,
     policies: Path,
@@ -237,29 +375,30 @@ def certify(
     promote: bool,
     reopen: tuple[str, ...],
     reason: str,
+    quiet: bool,
 ) -> None:
     """Certification lane: every seed's full chain in parallel on Dask, graded across seeds."""
-    from tqdm import tqdm
-
+    from .discipline import baseline_pointer
     from .grading import failure_table
     from .lanes import certify as run_certify
+    from .policies import load_bundle
+    from .refdata import refdata_version
+    from .registry import STATES
 
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
-    bar = tqdm(desc="certify", unit="state", file=sys.stderr, leave=False)
+    seed_list = parse_seeds(seeds) or list(load_bundle(policies, refdata_version()).gates.required_seeds)
+    click.echo(f"run root: {root.resolve()}", err=True)
+    unpinned = sum(baseline_pointer(root, s) is None for s in seed_list) if root.is_dir() else len(seed_list)
+    with progress(len(STATES) * (len(seed_list) + unpinned), "certify", quiet) as bar:
 
-    def on_event(msg: str) -> None:
-        if msg.startswith("dashboard"):
-            click.echo(f"Dask dashboard: {msg.split(' ', 1)[1]}", err=True)
-        else:
-            bar.set_description(msg[:40])
-            bar.update(1)
+        def on_event(msg: str) -> None:
+            if msg.startswith("dashboard"):
+                click.echo(f"Dask dashboard: {msg.split(' ', 1)[1]}", err=True)
+            else:
+                bar.step(msg)
 
-    try:
         pack = run_certify(
             root, seed_list, policies, scheduler, workers, promote, {p: reason for p in reopen}, on_event
         )
-    finally:
-        bar.close()
     report = pack.report
     seed_list = list(pack.results)  # in certification order
     lines = [
@@ -304,15 +443,17 @@ def report(ref: str, root: Path) -> None:
 
 @main.command()
 @root_option
-@click.option("--dry-run", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="list what would go, remove nothing")
 def prune(root: Path, dry_run: bool) -> None:
-    """Remove runs nothing references (never baseline, pointers, locks or packs)."""
+    """Remove runs nothing references (never baseline, pointers, locks or packs) and the
+    staging leftovers of killed processes. Refused while a run is in flight."""
     from .discipline import prune as do_prune
 
     out = do_prune(root, dry_run)
     verb = "would remove" if dry_run else "removed"
     removed, datasets, kept = len(out["removed_runs"]), len(out["removed_datasets"]), len(out["kept_runs"])
-    click.echo(f"{verb} {removed} runs, {datasets} datasets; kept {kept} runs")
+    staging = len(out["removed_staging"])
+    click.echo(f"{verb} {removed} runs, {datasets} datasets, {staging} staging leftovers; kept {kept} runs")
     for run_id, why in out["kept_runs"].items():
         click.echo(f"  kept {run_id}: {', '.join(why)}")
 
@@ -335,8 +476,10 @@ def upstream() -> None:
 
 
 @upstream.command()
-@click.option("--seed", required=True, type=int)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", required=True, type=click.IntRange(0, U64_MAX), help="the 1A seed")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="empty or absent output folder"
+)
 def synth(seed: int, out: Path) -> None:
     """Write the 1A stand-in bundle for SEED into OUT (must be empty or absent)."""
     from .upstream import write_bundle

@@ -189,7 +189,7 @@ class TileGrid:
         )
 
     def array(self, folder: Path, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(str(folder / self.STORE / self.COUNTRY), mode=mode)  # type: ignore[arg-type]
+        return zarr.open_array(str(folder / self.STORE / self.COUNTRY), mode=mode)
 
     def shard_rows(self, folder: Path) -> int:
         a = self.array(folder)
@@ -231,7 +231,7 @@ class TileWeights:
         )
 
     def array(self, folder: Path, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(str(folder / self.STORE / self.WEIGHT), mode=mode)  # type: ignore[arg-type]
+        return zarr.open_array(str(folder / self.STORE / self.WEIGHT), mode=mode)
 
     def write_band(self, folder: Path, row0: int, band: NDArray[np.uint64]) -> None:
         self.array(folder, "r+")[row0 : row0 + band.shape[0], :] = band

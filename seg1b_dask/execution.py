@@ -6,11 +6,45 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import dask
+
+from .errors import Code, Seg1BError
+
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
+SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?/?$")
+CONNECT_TIMEOUT = "10s"  # an unreachable scheduler is reported after this, never a long hang
+
+
+def check_scheduler(value: str) -> str:
+    """A scheduler name or a ``tcp://HOST:PORT`` address, else one coded line."""
+    if value in (*LOCAL_SCHEDULERS, "attached") or SCHEDULER_ADDRESS.match(value):
+        return value
+    raise Seg1BError(
+        Code.E_BAD_OPTION,
+        f"unknown scheduler {value!r}: use {' | '.join(LOCAL_SCHEDULERS)} or tcp://HOST:PORT",
+        key="--scheduler",
+    )
+
+
+def connect(address: str) -> Any:
+    """A distributed Client on a running scheduler; unreachable is one coded line."""
+    from distributed import Client
+
+    try:
+        return Client(check_scheduler(address), timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise Seg1BError(
+            Code.E_SCHEDULER_UNREACHABLE,
+            f"no Dask scheduler answered within {CONNECT_TIMEOUT} ({type(exc).__name__})",
+            key=address,
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -55,15 +89,42 @@ def executing(execution: Execution) -> Iterator[None]:
         with cluster, Client(cluster):
             yield
     else:
-        with Client(execution.scheduler):
+        with connect(execution.scheduler):
             yield
 
 
 def compute(tasks: Sequence[Any]) -> list[Any]:
-    """Compute delayed tasks on the active scheduler; results in task order."""
+    """Compute delayed tasks on the active scheduler; results in task order. When a task
+    fails, the tasks already running finish before the error propagates, so none of them
+    writes into a staging folder the caller is about to remove."""
     if not tasks:
         return []
-    return list(dask.compute(*tasks, **(_LOCAL.get() or {})))
+    local = _LOCAL.get()
+    if local is None:  # a distributed client, if one is active; else dask's default scheduler
+        client = _active_client()
+        if client is None:
+            return list(dask.compute(*tasks))
+        from distributed import wait
+
+        futures = client.compute(list(tasks))
+        try:
+            return list(client.gather(futures))
+        except BaseException:
+            wait(futures)
+            raise
+    if local["scheduler"] == "threads":
+        with ThreadPoolExecutor(local.get("num_workers") or os.cpu_count()) as pool:
+            return list(dask.compute(*tasks, scheduler="threads", pool=pool))  # exit waits for running tasks
+    return list(dask.compute(*tasks, **local))
+
+
+def _active_client() -> Any:
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
 
 
 def batches(items: Sequence[Any], size: int) -> list[list[Any]]:

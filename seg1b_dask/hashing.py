@@ -12,7 +12,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import E_BUNDLE_FLAG_MISMATCH, E_BUNDLE_FLAG_MISSING, E_BUNDLE_INDEX, Seg1BError
+from .errors import E_BUNDLE_FLAG_MISMATCH, E_BUNDLE_FLAG_MISSING, E_BUNDLE_INDEX, E_PATH_ESCAPE, Seg1BError
 
 FLAG_NAME = "_passed.flag"
 INDEX_NAME = "index.json"
@@ -100,6 +100,11 @@ def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
         if rel in seen:
             raise Seg1BError(E_BUNDLE_INDEX, "index lists a file twice", file=index_path, key=rel)
         seen.add(rel)
+        real = (root / rel).resolve()
+        if real != root.resolve() and root.resolve() not in real.parents:
+            raise Seg1BError(
+                E_PATH_ESCAPE, f"a link inside the bundle points outside it (to {real})", file=root / rel, key=rel
+            )
         if not (root / rel).is_file():
             raise Seg1BError(E_BUNDLE_INDEX, "index lists a file that is missing", file=index_path, key=rel)
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - _ENVELOPE

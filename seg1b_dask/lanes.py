@@ -16,7 +16,7 @@ import numpy as np
 
 from . import discipline, grading, scoring
 from .errors import E_TOKEN_MISMATCH, Code, Seg1BError
-from .execution import Execution
+from .execution import Execution, connect
 from .lineage import safe_join, write_json, write_text
 from .policies import PolicyBundle, bundle_from_canonical, load_bundle, sealed_bundle
 from .refdata import refdata_version
@@ -217,7 +217,7 @@ def _cluster(scheduler: str | None, workers: int | None):
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return None, Client(scheduler)
+        return None, connect(scheduler)
     cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
     return cluster, Client(cluster)
 

@@ -209,3 +209,7 @@ def state_table() -> str:
             f"| {', '.join(f'{p}.yaml' for p in s.policies) or '–'} |"
         )
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # the README's state table: python -m seg1b_dask.registry
+    print(state_table())

@@ -286,6 +286,7 @@ def _run_seed(
         )
     stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}"
     outputs = dict(chain.published)
+    wall, peak = round(time.perf_counter() - start, 3), round(_peak_rss_mb(), 1)
     receipt = {
         "seed": seed,
         "parameter_hash": tokens.parameter_hash,
@@ -304,13 +305,11 @@ def _run_seed(
             for r in records
         ],
         "outputs": {k: str(v.relative_to(root.path)) for k, v in outputs.items()},
-        "wall_seconds": round(time.perf_counter() - start, 3),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "wall_seconds": wall,
+        "peak_rss_mb": peak,
     }
     run_dir = publish_run(root, stem, receipt)
-    result = RunResult(
-        run_dir.name, run_dir, seed, tokens, records, outputs, receipt["wall_seconds"], receipt["peak_rss_mb"]
-    )
+    result = RunResult(run_dir.name, run_dir, seed, tokens, records, outputs, wall, peak)
     validation = result.validation
     if not validation["passed"]:
         raise Seg1BError(

@@ -123,7 +123,7 @@ class RunRoot:
 
     def stale_staging(self) -> list[Path]:
         """Temporary folders and files a killed process left behind."""
-        found = []
+        found: list[Path] = []
         for top in (self.data, self.cache, self.runs, self.path / "upstream", self.path / "certification"):
             if top.exists():
                 found.extend(p for p in top.rglob(f"*{TMP_MARK}*") if TMP_MARK in p.name)
@@ -134,6 +134,8 @@ def environment_error(exc: OSError, path: Path) -> Seg1BError:
     """An OSError from the disk, as one coded line naming the path."""
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
         return Seg1BError(Code.E_DISK_FULL, "no space left on the device", file=exc.filename or path)
+    if exc.errno == errno.ENOENT:
+        return Seg1BError(Code.E_CORRUPT_FILE, "a file is missing", file=exc.filename or path)
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return Seg1BError(Code.E_ROOT_UNWRITABLE, f"cannot write: {exc.strerror}", file=exc.filename or path)
     return Seg1BError(Code.E_ROOT_UNWRITABLE, f"{exc.strerror or exc}", file=exc.filename or path)

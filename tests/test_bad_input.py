@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import MakeBundle
 
 from seg1b_dask.cli import main
 from seg1b_dask.errors import Seg1BError
@@ -107,54 +108,40 @@ def test_bundle_for_another_seed(tmp_path: Path, bundle42: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("file", "edit", "code", "key"),
+    ("file", "patch", "code", "key"),
     [
-        ("s4_alloc_plan.yaml", lambda s: s + "surprise: 1\n", "E_POLICY_UNKNOWN_KEY", "surprise"),
+        ("s4_alloc_plan", {"surprise": 1}, "E_POLICY_UNKNOWN_KEY", "surprise"),
         (
-            "s4_alloc_plan.yaml",
-            lambda s: s.replace("max_tile_share: 1.0", "max_tile_shares: 1.0"),
+            "s4_alloc_plan",
+            {"tile_allocation": {"max_tile_shares": 1.0}},
             "E_POLICY_UNKNOWN_KEY",
             "tile_allocation.max_tile_shares",
         ),
-        (
-            "s6_jitter.yaml",
-            lambda s: s.replace("max_attempts: 64", 'max_attempts: "64"'),
-            "E_POLICY_INVALID",
-            "jitter.uniform_v1.max_attempts",
-        ),
-        (
-            "grid.yaml",
-            lambda s: s.replace("resolution_arcsec: 300", "resolution_arcsec: 7"),
-            "E_POLICY_INVALID",
-            "resolution_arcsec",
-        ),
+        ("s6_jitter", {"jitter": {"max_attempts": "64"}}, "E_POLICY_INVALID", "jitter.uniform_v1.max_attempts"),
+        ("grid", {"resolution_arcsec": 7}, "E_POLICY_INVALID", "resolution_arcsec"),
     ],
 )
-def test_policy_schema_is_strict(policies_copy: Path, file: str, edit, code: str, key: str) -> None:
-    path = policies_copy / file
-    path.write_text(edit(path.read_text()))
+def test_policy_schema_is_strict(make_bundle: MakeBundle, file: str, patch: dict, code: str, key: str) -> None:
     with pytest.raises(Seg1BError) as err:
-        load_bundle(policies_copy, "v")
+        load_bundle(make_bundle(**{file: patch}), "v")
     assert (err.value.code, err.value.key) == (code, key)
-    assert err.value.file.endswith(file)
+    assert err.value.file.endswith(f"{file}.yaml")
 
 
-def test_every_policy_file_moves_parameter_hash(policies_copy: Path) -> None:
-    base = load_bundle(policies_copy, "v").parameter_hash
-    for name, old, new in (
-        ("s3_requirements.yaml", "denylist_iso: []", "denylist_iso: [AQ]"),
-        ("s6_jitter.yaml", "max_attempts: 64", "max_attempts: 65"),
-        ("s8_egress.yaml", "1000000", "999999"),
-    ):
-        path = policies_copy / name
-        text = path.read_text()
-        path.write_text(text.replace(old, new))
-        assert load_bundle(policies_copy, "v").parameter_hash != base, name
-        path.write_text(text)
-    gates = policies_copy.parent / "gates.yaml"
-    gates.write_text(gates.read_text().replace("B: 0.68", "B: 0.67"))
-    assert load_bundle(policies_copy, "v").parameter_hash != base
-    assert load_bundle(policies_copy, "v2").parameter_hash != load_bundle(policies_copy, "v").parameter_hash
+@pytest.mark.parametrize(
+    ("file", "patch"),
+    [
+        ("s3_requirements", {"denylist_iso": ["AQ"]}),
+        ("s6_jitter", {"jitter": {"max_attempts": 65}}),
+        ("s8_egress", {"rows_per_part": 999_999}),
+        ("gates", {"country_gini_max": {"B": 0.67}}),
+    ],
+)
+def test_every_policy_file_moves_parameter_hash(make_bundle: MakeBundle, file: str, patch: dict) -> None:
+    base = load_bundle(make_bundle(), "v").parameter_hash
+    assert load_bundle(make_bundle(), "v").parameter_hash == base  # a copy is the same bundle
+    assert load_bundle(make_bundle(**{file: patch}), "v").parameter_hash != base
+    assert load_bundle(make_bundle(), "v2").parameter_hash != base  # so is another refdata version
 
 
 def test_cli_prints_one_coded_line(tmp_path: Path, bundle_copy: Path) -> None:
@@ -164,9 +151,8 @@ def test_cli_prints_one_coded_line(tmp_path: Path, bundle_copy: Path) -> None:
     assert "E_BUNDLE_FLAG_MISSING" in result.output and "Traceback" not in result.output
 
 
-def test_denylisted_country_is_refused(tmp_path: Path, bundle42: Path, policies_copy: Path) -> None:
-    path = policies_copy / "s3_requirements.yaml"
-    path.write_text(path.read_text().replace("denylist_iso: []", "denylist_iso: [DE]"))
+def test_denylisted_country_is_refused(tmp_path: Path, bundle42: Path, make_bundle: MakeBundle) -> None:
+    policies = make_bundle(s3_requirements={"denylist_iso": ["DE"]})
     # The gate passed (its receipt is a complete record); nothing from S3 on is published.
-    err = _refused(tmp_path, bundle42, "E_DENYLISTED", policies=policies_copy, allowed=("s0_gate_receipt",))
+    err = _refused(tmp_path, bundle42, "E_DENYLISTED", policies=policies, allowed=("s0_gate_receipt",))
     assert "DE" in err.key

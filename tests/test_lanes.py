@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import MakeBundle
 
 from seg1b_dask import grading
 from seg1b_dask.errors import Seg1BError
@@ -28,19 +29,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _candidate(tmp_path: Path, edits: dict[str, tuple[str, str]]) -> Path:
-    target = tmp_path / "policies" / "candidate"
-    shutil.copytree(BASELINE_POLICIES, target)
-    shutil.copy(BASELINE_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
-    for name, (old, new) in edits.items():
-        path = target / name if name != "gates.yaml" else target.parent / name
-        assert old in path.read_text()
-        path.write_text(path.read_text().replace(old, new))
-    return target
-
-
-def test_fast_lane_reruns_from_first_dirty_state_and_compares_to_baseline(root: Path, tmp_path: Path) -> None:
-    policies = _candidate(tmp_path, {"s4_alloc_plan.yaml": ("tie_break: tile_id", "tie_break: keyed")})
+def test_fast_lane_reruns_from_first_dirty_state_and_compares_to_baseline(root: Path, make_bundle: MakeBundle) -> None:
+    policies = make_bundle(s4_alloc_plan={"tile_allocation": {"tie_break": "keyed"}})
     result, scored = fast_lane(root, 42, policies, None, Execution(), {})
     assert [s.id for s in result.states if s.reused] == ["S1", "S2", "S3"]
     assert scored.card["baseline"]["seed"] == 42
@@ -67,7 +57,7 @@ def test_score_refuses_egress_without_a_valid_flag(root: Path, tmp_path: Path) -
     meta = json.loads((run_dir / "run.json").read_text())
     bundle = copy / meta["outputs"]["validation_bundle"]
     egress = copy / meta["outputs"]["site_locations"]
-    part = egress / "part-00000.parquet"
+    part = sorted(egress.rglob("part-*.parquet"))[0]
     original = part.read_bytes()
     part.write_bytes(original[:-8] + bytes(8))
     with pytest.raises(Seg1BError) as err:
@@ -110,15 +100,13 @@ def test_the_readme_main_command_with_its_default_relative_root(
     assert "relocated_share" in result.output
 
 
-def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, tmp_path: Path) -> None:
-    run_dir = sorted((root / "runs").iterdir())[0]
-    gates_file = BASELINE_POLICIES.parent / "gates.yaml"
-    live = gates_file.read_text()
-    try:
-        gates_file.write_text(live.replace("country_gini_max: {B: 0.68", "country_gini_max: {B: 0.99"))
-        scored = score_run(root, run_dir)
-    finally:
-        gates_file.write_text(live)
+def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, make_bundle: MakeBundle) -> None:
+    """Editing a bundle's files after its run changes nothing about how the run is scored."""
+    policies = make_bundle("baseline")
+    result, _ = fast_lane(root, 42, policies, None, Execution(), {})
+    gates_file = policies.parent / "gates.yaml"
+    gates_file.write_text(gates_file.read_text().replace("B: 0.68", "B: 0.99"))
+    scored = score_run(root, result.run_dir)
     gini = [f for f in scored.grade.failures["B"] if f.gate == "country_gini"]
     assert gini and gini[0].threshold == 0.68
 

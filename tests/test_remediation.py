@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from seg1b_dask import rng
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.grid import Grid
+from seg1b_dask.mass import govern, integer_targets
 from seg1b_dask.policies import CountryAllocationRemass, S2BlendV2, load_bundle
 from seg1b_dask.runner import DEFAULT_POLICIES
-from seg1b_dask.states.s2_tile_weights.country_mass import govern, integer_targets
 from seg1b_dask.states.s4_alloc_plan import remass, tiles
 from seg1b_dask.states.s6_jitter import place_sites
 
@@ -108,11 +108,19 @@ def test_remass_hits_targets_keeps_totals_and_moves_the_minimum(seed: int) -> No
     minimum = np.abs(targets - a_count).sum() / 2 / total
     assert out.stats["relocated_share"] == pytest.approx(minimum, abs=1e-6)
     assert out.stats["uniform_alternative_relocated_share"] > out.stats["relocated_share"]
-    # Every moved stub leaves a kept 1A slot and lands on a new, distinct 1B key.
-    keys = set(
-        zip(out.moves.merchant.tolist(), out.moves.dst_country.tolist(), out.moves.dst_site_order.tolist(), strict=True)
+    # Every moved stub leaves a slot above what its 1A pair kept and lands on a new, distinct
+    # 1B key above what that merchant kept in the destination (runs expand to one row per stub).
+    merchant, src_c, src_o, dst_c, dst_o = out.moves.expand()
+    moved = int((pairs.n_sites - out.kept).sum())
+    assert len(set(zip(merchant.tolist(), dst_c.tolist(), dst_o.tolist(), strict=True))) == len(merchant) == moved
+    assert len(set(zip(merchant.tolist(), src_c.tolist(), src_o.tolist(), strict=True))) == moved
+    assert len(out.moves.length) < moved  # runs, not one row per stub
+    kept_of = {(int(m), int(c)): int(k) for m, c, k in zip(pairs.merchant, pairs.country, out.kept, strict=True)}
+    n_of = {(int(m), int(c)): int(n) for m, c, n in zip(pairs.merchant, pairs.country, pairs.n_sites, strict=True)}
+    assert all(
+        kept_of[(int(m), int(c))] < o <= n_of[(int(m), int(c))] for m, c, o in zip(merchant, src_c, src_o, strict=True)
     )
-    assert len(keys) == len(out.moves.merchant) == int((pairs.n_sites - out.kept).sum())
+    assert all(o > kept_of.get((int(m), int(c)), 0) for m, c, o in zip(merchant, dst_c, dst_o, strict=True))
     again = remass.remass(*args)
     assert np.array_equal(again.n_sites, out.n_sites) and np.array_equal(again.country, out.country)
 

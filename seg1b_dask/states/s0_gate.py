@@ -12,12 +12,14 @@ import pyarrow.parquet as pq
 from .. import __version__, refdata
 from ..context import GateResult, StateContext
 from ..errors import (
+    E_BUNDLE_INDEX,
     E_DUPLICATE_KEY,
     E_NONPOSITIVE_COUNT,
     E_SITE_ORDER_GAP,
     E_TOKEN_MISMATCH,
     E_UNKNOWN_ISO,
     E_UPSTREAM_SCHEMA,
+    Code,
     Seg1BError,
 )
 from ..hashing import canonical_json, sha256_file, sha256_hex, verify_bundle
@@ -36,6 +38,8 @@ REQUIRED = {
 def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -> None:
     """Refuse a catalogue with a bad schema, unknown ISO code, count <= 0, duplicate key or
     a gap in ``site_order``; the error names the file and the first offending row."""
+    if table.num_rows == 0:
+        raise Seg1BError(Code.E_UPSTREAM_EMPTY, "the outlet catalogue has no rows: 1A placed no outlets", file=path)
     for name, dtype in REQUIRED.items():
         if name not in table.column_names:
             raise Seg1BError(E_UPSTREAM_SCHEMA, "required column is missing", file=path, key=name)
@@ -116,6 +120,8 @@ def verify(
             key="seed",
         )
     path = upstream / CATALOGUE
+    if not path.is_file():
+        raise Seg1BError(E_BUNDLE_INDEX, "the 1A bundle has no outlet catalogue", file=path, key=CATALOGUE)
     table = pq.read_table(path)
     for token, expected in (("seed", seed), ("manifest_fingerprint", index.get("manifest_fingerprint"))):
         if token in table.column_names:

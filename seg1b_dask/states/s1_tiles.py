@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from .. import refdata
 from ..context import StateContext
 from ..datasets import TILE_GRID
+from ..errors import Code, Seg1BError
 from ..execution import compute
 from ..grid import Grid
 from ..refdata import EdgeTable
@@ -150,7 +151,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         taken = []
         for tile in touched_cells(table.geometry[cid - 1], grid).tolist():
             rr, cc = divmod(tile, grid.ncols)
-            owner = int(arr[rr, cc])
+            owner = int(np.asarray(arr[rr, cc]))
             # Never take another small country's cell, nor any country's last cell.
             if tile in claimed or (owner and stats[owner, 0] <= 1):
                 continue
@@ -165,6 +166,13 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         touched_only[cid] = True
         stats[cid] = [len(taken), rows.min(), rows.max(), cols.min(), cols.max()]
     eligible = table.eligible(gp.eligibility.min_population) & (stats[1:, 0] > 0)
+    if not eligible.any():
+        raise Seg1BError(
+            Code.E_NO_ELIGIBLE_COUNTRY,
+            f"no country has {gp.eligibility.min_population:,} people and a tile: nothing could be placed",
+            file="grid.yaml",
+            key="eligibility.min_population",
+        )
     TILE_GRID.write_countries(
         folder,
         pa.table(

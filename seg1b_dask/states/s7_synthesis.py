@@ -23,9 +23,11 @@ def _batch_task(
 ) -> dict[str, Any]:
     """Synthesize a batch of countries; count sites outside their tile or country."""
     bad, first_bad = 0, None
+    base = index[countries[0]][0]  # the batch's countries are consecutive in the jitter arrays
+    batch = SITE_JITTER.read(folders["jitter"], base, index[countries[-1]][1])
     for iso2 in countries:
         lo, hi = index[iso2]
-        cols = SITE_JITTER.read(folders["jitter"], lo, hi)
+        cols = {name: values[lo - base : hi - base] for name, values in batch.items()}
         assignment = SITE_TILE_ASSIGNMENT.read(folders["assignment"], [iso2])
         for name in ("merchant_id", "site_order", "tile_id"):
             if not np.array_equal(cols[name], assignment.column(name).to_numpy()):

@@ -1,0 +1,314 @@
+"""A run root that never lies: locks, verified cache reuse, atomic pins and packs, cleanup,
+and one coded line (never a traceback) for every hostile input or environment."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+from conftest import MakeBundle
+
+from seg1b_dask import __version__, discipline, lanes, registry, scoring
+from seg1b_dask.cli import main
+from seg1b_dask.datasets import SITE_JITTER, TILE_GRID, TILE_WEIGHTS
+from seg1b_dask.errors import Code, EnvironmentFault, InputError, InternalError, Seg1BError
+from seg1b_dask.execution import Execution
+from seg1b_dask.hashing import FLAG_NAME, seal_bundle
+from seg1b_dask.lineage import read_manifest
+from seg1b_dask.runner import BASELINE_POLICIES, RunResult, run_seed
+from seg1b_dask.runroot import RunRoot
+from seg1b_dask.upstream import CATALOGUE
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """One baseline run of seed 42: its root is copied before any test damages it."""
+    return run_seed(root=tmp_path_factory.mktemp("warm"), seed=42, policies=BASELINE_POLICIES)
+
+
+@pytest.fixture
+def root(warm: RunResult, tmp_path: Path) -> Path:
+    copy = tmp_path / "root"
+    shutil.copytree(warm.run_dir.parent.parent, copy, symlinks=True)
+    return copy
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def _digests(result: RunResult) -> dict[str, str]:
+    return {name: read_manifest(path)["content_sha256"] for name, path in result.outputs.items()}
+
+
+# -- structure ---------------------------------------------------------------------------
+
+
+def test_grids_open_with_xarray_and_match_the_engine_readers(warm: RunResult) -> None:
+    grid = xr.open_zarr(warm.outputs["tile_grid"] / TILE_GRID.STORE)
+    weights = xr.open_zarr(warm.outputs["tile_weights"] / TILE_WEIGHTS.STORE)
+    for ds in (grid, weights):
+        assert ds["lat"].attrs["units"] == "degrees_north" and ds["lon"].attrs["units"] == "degrees_east"
+        assert ds.sizes == {"lat": 2160, "lon": 4320}
+        assert float(ds["lat"][0]) == pytest.approx(90 - 1 / 24) and float(ds["lon"][0]) == pytest.approx(-180 + 1 / 24)
+    # Germany near 51°N 10°E: xarray's label lookup and the engine's reader see the same cell.
+    cell = grid["country_id"].sel(lat=51.0, lon=10.0, method="nearest")
+    row, col = int(np.argmin(np.abs(grid["lat"].values - 51.0))), int(np.argmin(np.abs(grid["lon"].values - 10.0)))
+    assert int(cell) == int(TILE_GRID.read_window(warm.outputs["tile_grid"], (row, row), (col, col))[0, 0]) > 0
+    assert int(weights["tile_weight"][row, col]) > 0
+    assert grid.attrs["policy_sha256"] and weights.attrs["mode"] == "legacy"
+    jitter = xr.open_zarr(warm.outputs["s6_site_jitter"] / SITE_JITTER.STORE)
+    assert jitter.sizes["site"] == 31257 and jitter["lon_deg"].dtype == np.float64
+
+
+def test_registry_is_the_single_source(tmp_path: Path) -> None:
+    assert [s.id for s in registry.STATES] == [f"S{i}" for i in range(10)]
+    assert all(callable(s.run) for s in registry.STATES)
+    s1 = {p.name for p in registry.code_files(registry.BY_ID["S1"].module)}
+    s9 = {p.name for p in registry.code_files(registry.BY_ID["S9"].module)}
+    assert "scoring.py" in s9 and "scoring.py" not in s1 and "cli.py" not in s9
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert registry.state_table() in readme, "README's state table is generated: python -m seg1b_dask.registry"
+
+
+def test_error_families_and_exit_codes() -> None:
+    assert isinstance(Seg1BError(Code.E_UNKNOWN_ISO, "x"), InputError)
+    assert isinstance(Seg1BError(Code.E_DISK_FULL, "x"), EnvironmentFault)
+    bug = Seg1BError(Code.E_INTERNAL, "x")
+    assert isinstance(bug, InternalError) and bug.exit_code == 3 and "bug" in str(bug)
+
+
+def test_an_unexpected_failure_is_a_coded_bug_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(lanes, "fast_lane", broken)
+    code, out = _cli("run", "--root", str(tmp_path), "--quiet")
+    assert code == 3 and "E_INTERNAL: ZeroDivisionError: boom" in out
+
+
+# -- the run root ------------------------------------------------------------------------
+
+
+def test_prune_is_refused_while_a_run_is_in_flight(root: Path, bundle42: Path) -> None:
+    """A run in another process holds the root; prune refuses; the run completes intact.
+    (Seed 7: nothing of it is cached yet, so its states compute.)"""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "seg1b_dask.cli", "run", "--root", str(root), "--policies", str(BASELINE_POLICIES),
+         "--seed", "7", "--country-batch", "3", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((root / "data").rglob("*.tmp-*")):
+        time.sleep(0.05)
+    with pytest.raises(Seg1BError) as err:
+        discipline.prune(root)
+    assert err.value.code == Code.E_ROOT_BUSY
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, out
+    assert "validation: PASS" in out
+    runs = sorted(p for p in (root / "runs").iterdir() if (p / "run.json").is_file())
+    for rel in json.loads((runs[-1] / "run.json").read_text())["outputs"].values():
+        assert (root / rel / "_manifest.json").is_file()
+
+
+def test_a_run_waits_for_prune_then_refuses(root: Path) -> None:
+    rr = RunRoot.open(root)
+    held, release = threading.Event(), threading.Event()
+
+    def prune_holder() -> None:
+        with rr.exclusive():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=prune_holder)
+    t.start()
+    held.wait(10)
+    try:
+        with pytest.raises(Seg1BError) as err, rr.shared(wait=0.2):
+            pass
+        assert err.value.code == Code.E_ROOT_BUSY
+    finally:
+        release.set()
+        t.join()
+    with rr.shared(wait=1):
+        pass
+
+
+def test_prune_removes_staging_left_by_a_killed_process(root: Path) -> None:
+    leftovers = [
+        root / "data" / "site_locations" / ".seed=42.tmp-999-1",
+        root / "runs" / ".20260101T000000Z-s42-x.tmp-999-1",
+        root / "certification" / ".pack.tmp-999",
+    ]
+    for path in leftovers:
+        path.mkdir(parents=True)
+        (path / "half.parquet").write_bytes(b"x")
+    out = discipline.prune(root)
+    assert len(out["removed_staging"]) == 3 and not any(p.exists() for p in leftovers)
+
+
+@pytest.mark.parametrize("target", ["tile_weights", "s4_alloc_plan"])
+def test_damaged_cache_entries_are_recomputed_not_reused(root: Path, warm: RunResult, target: str) -> None:
+    folder = root / warm.outputs[target].relative_to(warm.run_dir.parent.parent)
+    victim = max(
+        (p for p in folder.rglob("*") if p.is_file() and p.name != "_manifest.json"), key=lambda p: p.stat().st_size
+    )
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    again = run_seed(root=root, seed=42, policies=BASELINE_POLICIES)
+    record = next(s for s in again.states if target in registry.BY_ID[s.id].writes)
+    assert not record.reused and "failed verification" in record.note
+    assert _digests(again) == _digests(warm)
+
+
+def test_an_interrupted_pin_leaves_no_pin(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scorecard is written before the pin: Ctrl-C between them leaves no pin pointing
+    at a run without a scorecard; a pin left that way by an older run is completed."""
+    pin_file = root / "baseline_authority" / "seed=42.json"
+    run_dir = next(p for p in (root / "runs").iterdir() if (p / "run.json").is_file())
+    assert not pin_file.exists()
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(scoring, "write_scorecard", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            lanes.score_run(root, run_dir, pin_as_baseline=True)
+    assert not pin_file.exists()
+    discipline.pin_baseline(root, run_dir, 16.0)  # the old failure mode: a pin, no scorecard
+    pin = lanes.pin_baseline_run(root, 42, Execution())
+    assert pin["run_id"] == run_dir.name and (run_dir / "scorecard" / "scorecard.json").is_file()
+
+
+def test_an_interrupted_certification_leaves_no_pack(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(run_root: RunRoot, folder: Path, *args: object) -> None:
+        (folder / "pack.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lanes, "_certify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lanes.certify(root, [42], BASELINE_POLICIES)
+    assert not any((root / "certification").iterdir())
+
+
+# -- hostile input and environment: one coded line, exit 2 ------------------------------
+
+
+def _rewrite(bundle: Path, table: pa.Table) -> None:
+    pq.write_table(table, bundle / CATALOGUE)
+    (bundle / FLAG_NAME).unlink()
+    (bundle / "index.json").unlink()
+    seal_bundle(bundle, {"segment": "1A", "seed": 42, "manifest_fingerprint": "x"})
+
+
+def test_cli_refusals(tmp_path: Path, bundle_copy: Path, make_bundle: MakeBundle) -> None:
+    r = str(tmp_path / "r")
+    assert _cli("--version") == (0, f"seg1b, version {__version__}\n")
+    cases = [
+        (["certify", "--root", r, "--seeds", "42,abc"], "E_BAD_OPTION", "--seeds abc"),
+        (["certify", "--root", r, "--seeds", "42,18446744073709551616"], "E_BAD_OPTION", "--seeds"),
+        (["run", "--root", r, "--scheduler", "bogus"], "E_BAD_OPTION", "--scheduler"),
+        (["run", "--root", r, "--policies", str(make_bundle(grid={"eligibility": {"min_population": 10**12}}))],
+         "E_NO_ELIGIBLE_COUNTRY", "eligibility.min_population"),
+        (["run", "--root", r, "--policies", str(make_bundle(s2_tile_weights={"tile_weights": {"area_quantum_m2": 1e-300}}))],
+         "E_POLICY_INVALID", "area_quantum_m2"),
+        (["run", "--root", r, "--policies", str(make_bundle(gates={"bootstrap_replicates": 10**8}))],
+         "E_POLICY_INVALID", "bootstrap_replicates"),
+        (["score", "--root", r], "E_BAD_OPTION", "RUN_REF"),
+    ]  # fmt: skip
+    for args, code, where in cases:
+        exit_code, out = _cli(*args)
+        assert exit_code == 2 and code in out and where in out, (args, out)
+    assert _cli("run", "--root", r, "--seed", "18446744073709551616")[0] == 2  # click's range check
+    assert "nn_contraction" in _cli("score", "--explain")[1]
+
+
+def test_unreachable_scheduler_is_reported_quickly(tmp_path: Path) -> None:
+    t = time.perf_counter()
+    code, out = _cli("run", "--root", str(tmp_path), "--scheduler", "tcp://127.0.0.1:1", "--quiet")
+    assert code == 2 and "E_SCHEDULER_UNREACHABLE" in out and time.perf_counter() - t < 60
+
+
+@pytest.mark.parametrize("damage", ["empty", "missing", "escape"])
+def test_hostile_bundles(tmp_path: Path, bundle_copy: Path, damage: str) -> None:
+    catalogue = bundle_copy / CATALOGUE
+    if damage == "empty":
+        _rewrite(bundle_copy, pq.read_table(catalogue).slice(0, 0))
+        expected = "E_UPSTREAM_EMPTY"
+    elif damage == "missing":
+        catalogue.unlink()
+        expected = "E_BUNDLE_INDEX"
+    else:
+        outside = tmp_path / "outside.parquet"
+        shutil.move(catalogue, outside)
+        catalogue.symlink_to(outside)
+        expected = "E_PATH_ESCAPE"
+    code, out = _cli("run", "--root", str(tmp_path / "r"), "--upstream", str(bundle_copy), "--quiet")
+    assert code == 2 and expected in out, out
+
+
+def test_corrupt_records_of_the_run_root(root: Path) -> None:
+    run_dir = next(p for p in (root / "runs").iterdir() if (p / "run.json").is_file())
+    (run_dir / "run.json").write_text("{not json")
+    code, out = _cli("score", run_dir.name, "--root", str(root))
+    assert code == 2 and "E_CORRUPT_FILE" in out and "run.json" in out
+    pin = root / "baseline_authority" / "seed=42.json"
+    pin.parent.mkdir(exist_ok=True)
+    pin.write_text("[1, 2")
+    code, out = _cli("run", "--root", str(root), "--quiet")
+    assert code == 2 and "E_CORRUPT_FILE" in out and "seed=42.json" in out
+
+
+def test_root_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    code, out = _cli("run", "--root", str(tmp_path / "f"), "--quiet")
+    assert code == 2 and "E_ROOT_UNWRITABLE" in out
+
+
+@contextlib.contextmanager
+def _mounted(target: Path, *options: str) -> Iterator[None]:
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["mount", *options, str(target)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount here ({exc}); needs root")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+
+
+def test_read_only_root(tmp_path: Path) -> None:
+    target = tmp_path / "ro"
+    with _mounted(target, "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs"):
+        code, out = _cli("run", "--root", str(target / "runs"), "--quiet")
+    assert code == 2 and "E_ROOT_UNWRITABLE" in out
+
+
+def test_disk_full_leaves_nothing_half_written(tmp_path: Path, bundle42: Path) -> None:
+    target = tmp_path / "full"
+    with _mounted(target, "-t", "tmpfs", "-o", "size=3m", "tmpfs"):
+        code, out = _cli(
+            "run", "--root", str(target), "--upstream", str(bundle42), "--policies", str(BASELINE_POLICIES), "--quiet"
+        )
+        leftovers = [p for p in target.rglob("*") if ".tmp-" in p.name]
+    assert code == 2 and "E_DISK_FULL" in out, out
+    assert not leftovers
