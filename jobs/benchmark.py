@@ -51,7 +51,8 @@ from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, Chain, run_se
 class RssSampler:
     """Peak resident memory (this process plus children) per state, sampled every 20 ms."""
 
-    def __init__(self) -> None:
+    def __init__(self, children: bool = True) -> None:
+        self.children = children
         self.proc = psutil.Process()
         self.current = "setup"
         self.peaks: dict[str, float] = {}
@@ -60,7 +61,7 @@ class RssSampler:
 
     def _rss(self) -> float:
         total = self.proc.memory_info().rss
-        for child in self.proc.children(recursive=True):
+        for child in self.proc.children(recursive=True) if self.children else ():
             with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
         return total / 2**20
@@ -327,27 +328,42 @@ def replicated_bundle(seed: int, copies: int, out: Path) -> Path:
 
 
 def bench_memory(work: Path) -> dict:
-    """Driver peak RSS of S4-S9 at 31 k and 1 M sites with the same country mix (seed 42's
-    merchants copied 32 times), baseline bundle, S1/S2 warm: it must not grow with sites."""
+    """Peak RSS of S4-S9 at 31 k and 1 M sites with the same country mix (seed 42's merchants
+    copied 32 times), baseline bundle, S1/S2 warm: the whole process under the threaded
+    scheduler (tasks run in it, each bounded by ``sites_per_task``), and the driver alone
+    when the tasks run on a local cluster's workers. Neither may grow with the sites."""
+    bundles = {
+        label: replicated_bundle(42, copies, work / f"upstream-x{copies}") for label, copies in (("31k", 1), ("1M", 32))
+    }
     out: dict = {}
-    root = work / "memory"
-    run_seed(root=root, seed=42, policies=BASELINE_POLICIES)  # warm S1/S2 and the imports
-    for label, copies in (("31k", 1), ("1M", 32)):
-        bundle = replicated_bundle(42, copies, work / f"upstream-x{copies}")
-        with RssSampler() as rss:
-            t = time.perf_counter()
-            result = run_seed(root=root, seed=42, policies=BASELINE_POLICIES, upstream=bundle, on_state=rss.mark)
-            wall = time.perf_counter() - t
-        out[label] = {
-            "sites": result.validation["metrics"]["sites"],
-            "wall_seconds": round(wall, 3),
-            "states": {
-                s.id: {"seconds": round(s.seconds, 3), "peak_rss_mb": round(rss.peaks.get(s.id, 0.0), 1)}
-                for s in result.states
-            },
-            "peak_rss_mb_s4_s9": round(max(rss.peaks.get(f"S{i}", 0.0) for i in range(4, 10)), 1),
-        }
-    out["rss_ratio_1m_over_31k"] = round(out["1M"]["peak_rss_mb_s4_s9"] / out["31k"]["peak_rss_mb_s4_s9"], 3)
+    for mode, execution, children in (
+        ("distributed_driver", Execution(scheduler="distributed", workers=2), False),  # first: a fresh driver
+        ("threads_process", Execution(), True),
+    ):
+        root = work / f"memory-{mode}"
+        run_seed(root=root, seed=42, policies=BASELINE_POLICIES, execution=execution)  # warm S1/S2, imports
+        result_by_label = {}
+        for label, bundle in bundles.items():
+            with RssSampler(children=children) as rss:
+                t = time.perf_counter()
+                result = run_seed(
+                    root=root, seed=42, policies=BASELINE_POLICIES, upstream=bundle, execution=execution,
+                    on_state=rss.mark,
+                )  # fmt: skip
+                wall = time.perf_counter() - t
+            result_by_label[label] = {
+                "sites": result.validation["metrics"]["sites"],
+                "wall_seconds": round(wall, 3),
+                "states": {
+                    s.id: {"seconds": round(s.seconds, 3), "peak_rss_mb": round(rss.peaks.get(s.id, 0.0), 1)}
+                    for s in result.states
+                },
+                "peak_rss_mb_s4_s9": round(max(rss.peaks.get(f"S{i}", 0.0) for i in range(4, 10)), 1),
+            }
+        result_by_label["rss_ratio_1m_over_31k"] = round(
+            result_by_label["1M"]["peak_rss_mb_s4_s9"] / result_by_label["31k"]["peak_rss_mb_s4_s9"], 3
+        )
+        out[mode] = result_by_label
     return out
 
 

@@ -140,6 +140,15 @@ CORE_METRICS = (*COUNTRY_METRICS, "nn_ratio", "nn_contraction")
 REALISM_METRICS = ("sentinel_flagged", "merchant_countries_median", "merchants_above_1a_max_share", "near_city_share")
 
 
+def clip(text: str, width: int) -> str:
+    """``text`` cut at the last whole item (or word) that fits, marked with "…"."""
+    if len(text) <= width:
+        return text
+    head = text[: width - 1]
+    cut = max(head.rfind(", "), head.rfind(" "))
+    return (head[:cut] if cut > 0 else head).rstrip(", ") + "…"
+
+
 def _fmt(v: float) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
@@ -170,8 +179,10 @@ def run_summary(result: RunResult) -> list[str]:
         note = (
             "reused from cache"
             if r.reused
-            else ", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, dict | list))[:70]
+            else clip(", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, dict | list)), 70)
         )
+        if r.note:
+            note = r.note
         lines.append(f"  {r.id} {r.name:<15} {r.seconds:7.2f}  {note}")
     m = result.validation["metrics"]
     lines += [
@@ -254,7 +265,14 @@ scheduler_option = click.option(
     default=24,
     show_default=True,
     type=click.IntRange(1),
-    help="countries per task (outputs never depend on it)",
+    help="at most this many countries per task (outputs never depend on it)",
+)
+@click.option(
+    "--sites-per-task",
+    default=250_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="at most this many sites per task, a larger country alone (outputs never depend on it)",
 )
 @click.option(
     "--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase (needs --reason)"
@@ -269,6 +287,7 @@ def run(
     scheduler: str,
     workers: int | None,
     country_batch: int,
+    sites_per_task: int,
     reopen: tuple[str, ...],
     reason: str,
     quiet: bool,
@@ -282,7 +301,9 @@ def run(
     from .registry import STATES
 
     click.echo(f"run root: {root.resolve()}", err=True)
-    execution = Execution(scheduler=scheduler, workers=workers, country_batch=country_batch)
+    execution = Execution(
+        scheduler=scheduler, workers=workers, country_batch=country_batch, sites_per_task=sites_per_task
+    )
     chain = len(STATES)
     with progress(chain, "S0 gate", quiet) as bar:
 

@@ -45,7 +45,7 @@ def run_dir(root: Path, run: str) -> Path:
     """A run folder by id or path, refusing anything outside the run root."""
     candidate = Path(run)
     if not candidate.is_absolute() and not candidate.exists():
-        candidate = Path(root) / "runs" / run
+        candidate = RunRoot(Path(root)).run(run)
     path = safe_join(root, candidate.resolve())
     if not (path / "run.json").is_file():
         raise Seg1BError(E_UNKNOWN_RUN, "no run.json in this run folder", file=path)
@@ -60,7 +60,7 @@ def load_run(path: Path) -> dict[str, Any]:
 
 
 def baseline_pointer(root: Path, seed: int) -> dict[str, Any] | None:
-    return _read(Path(root) / "baseline_authority" / f"seed={seed}.json")
+    return _read(RunRoot(Path(root)).pin(seed))
 
 
 def baseline_payload(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def pin_baseline(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
 
 def _pin(root: Path, run: Path, nn_ratio: float, write: bool) -> dict[str, Any]:
     meta = load_run(run)
-    path = Path(root) / "baseline_authority" / f"seed={meta['seed']}.json"
+    path = RunRoot(Path(root)).pin(meta["seed"])
     payload = {
         "run_id": meta["run_id"],
         "seed": meta["seed"],
@@ -105,11 +105,11 @@ def _pin(root: Path, run: Path, nn_ratio: float, write: bool) -> dict[str, Any]:
 def set_pointer(root: Path, name: str, payload: dict[str, Any]) -> None:
     if name not in POINTERS:
         raise InternalError(Code.E_INTERNAL, f"unknown pointer {name}")
-    _write(Path(root) / name / "pointer.json", dict(payload, set_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    _write(RunRoot(Path(root)).pointer(name), dict(payload, set_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
 
 
 def get_pointer(root: Path, name: str) -> dict[str, Any] | None:
-    return _read(Path(root) / name / "pointer.json")
+    return _read(RunRoot(Path(root)).pointer(name))
 
 
 # -- phase locks --------------------------------------------------------------------
@@ -128,7 +128,7 @@ def lock_phase(root: Path, phase: str, run: Path) -> dict[str, Any]:
         "accepted_metrics": score.get("metrics", {}),
         "reopened": [],
     }
-    _write(Path(root) / "locks" / f"{phase}.json", record)
+    _write(RunRoot(Path(root)).lock_record(phase), record)
     return record
 
 
@@ -137,7 +137,7 @@ def check_locks(root: Path, digests: dict[str, str], reopen: dict[str, str]) -> 
     reason; reopenings are appended to the lock record. Returns the locks in force."""
     in_force = []
     for phase in PHASES:
-        path = Path(root) / "locks" / f"{phase}.json"
+        path = RunRoot(Path(root)).lock_record(phase)
         lock = _read(path)
         if lock is None:
             continue
@@ -175,16 +175,16 @@ def referenced_runs(root: Path) -> dict[str, list[str]]:
         if run_id:
             refs.setdefault(run_id, []).append(why)
 
-    for path in sorted((root / "baseline_authority").glob("seed=*.json")):
+    for path in sorted(RunRoot(root).pins.glob("seed=*.json")):
         keep(read_json(path)["run_id"], f"baseline_authority/{path.name}")
     for name in POINTERS:
         pointer = get_pointer(root, name) or {}
         keep(pointer.get("run_id"), name)
         for run_id in pointer.get("run_ids", []):
             keep(run_id, name)
-    for path in sorted((root / "locks").glob("*.json")):
+    for path in sorted(RunRoot(root).locks.glob("*.json")):
         keep(read_json(path)["run_id"], f"locks/{path.name}")
-    for path in sorted((root / "certification").glob("*/pack.json")):
+    for path in sorted(RunRoot(root).certification.glob("*/pack.json")):
         pack = read_json(path)
         for run_id in pack["run_ids"] + pack.get("baseline_run_ids", []):
             keep(run_id, f"certification/{path.parent.name}")
@@ -231,7 +231,7 @@ def _prune(root: Path, dry_run: bool) -> dict[str, Any]:
             stale.append(manifest.parent)
     if not dry_run:
         for name in removed:
-            shutil.rmtree(root / "runs" / name)
+            shutil.rmtree(RunRoot(root).run(name))
         stale_rel = {s.relative_to(data).as_posix() for s in stale}
         for s in stale:
             shutil.rmtree(s)

@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,11 +51,26 @@ def connect(address: str) -> Any:
 class Execution:
     scheduler: str = "threads"  # threads | processes | synchronous | distributed | tcp://host:port | attached
     workers: int | None = None
-    country_batch: int = 24  # countries per S4-S7/S9 task
+    country_batch: int = 24  # at most this many countries per S4-S9 task…
+    sites_per_task: int = 250_000  # …and no more sites than this (a larger country is a task alone)
     band_shards: int = 2  # Zarr shards (row bands) per S1/S2 task
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def country_batches(self, sites: Mapping[str, int]) -> list[list[str]]:
+        """Consecutive countries (in code order) per task, bounded in count and in sites, so
+        a task's memory does not grow with the whole run's sites."""
+        out: list[list[str]] = []
+        load = 0
+        for iso2 in sorted(sites):
+            n = sites[iso2]
+            if not out or len(out[-1]) >= self.country_batch or (out[-1] and load + n > self.sites_per_task):
+                out.append([])
+                load = 0
+            out[-1].append(iso2)
+            load += n
+        return out
 
 
 # The local scheduler of the current run, per thread/context: concurrent runs in one
@@ -125,7 +140,3 @@ def _active_client() -> Any:
         return get_client()
     except (ImportError, ValueError):
         return None
-
-
-def batches(items: Sequence[Any], size: int) -> list[list[Any]]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]

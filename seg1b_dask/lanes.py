@@ -86,7 +86,7 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     )
     delta: dict[str, float] = {}
     if baseline and baseline["run_id"] != meta["run_id"]:
-        base_card = root / "runs" / baseline["run_id"] / "scorecard" / "scorecard.json"
+        base_card = RunRoot(root).run(baseline["run_id"]) / "scorecard" / "scorecard.json"
         if base_card.is_file():
             base = json.loads(base_card.read_text())["metrics"]
             delta = {
@@ -133,7 +133,7 @@ def pin_baseline_run(
     then return the pin (a pinned baseline refuses changes)."""
     existing = discipline.baseline_pointer(root, seed)
     if existing:
-        pinned = Path(root) / "runs" / existing["run_id"]
+        pinned = RunRoot(Path(root)).run(existing["run_id"])
         if (pinned / "scorecard" / "scorecard.json").is_file():
             return existing
         if (pinned / "run.json").is_file():  # pinned, but interrupted before its scorecard: finish it
@@ -141,7 +141,7 @@ def pin_baseline_run(
         raise Seg1BError(
             Code.E_CORRUPT_FILE,
             f"the pinned baseline run {existing['run_id']} is missing from the run root",
-            file=Path(root) / "baseline_authority" / f"seed={seed}.json",
+            file=RunRoot(Path(root)).pin(seed),
         )
     result = run_seed(
         root=root, seed=seed, policies=BASELINE_POLICIES, upstream=upstream, execution=execution, on_state=on_state
@@ -279,7 +279,7 @@ def certify(
     seeds = list(seeds) if seeds else list(bundle.gates.required_seeds)
     discipline.check_locks(run_root.path, bundle.digests, reopen or {})
     pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
-    staging = run_root.path / "certification" / f".{pack_id}.tmp-{os.getpid()}"
+    staging = run_root.certification / f".{pack_id}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -360,7 +360,7 @@ def _certify(
         hints=grading.triage_hints(bundle),
     )
     _write_pack(root, folder, bundle, seeds, results, scored, report, wall)
-    final = root / "certification" / pack_id
+    final = run_root.certification / pack_id
     pack_report(root, folder, final)
     os.rename(folder, final)
     folder = final

@@ -31,6 +31,7 @@ from .datasets import SITE_LINEAGE, SITE_LOCATIONS
 from .lineage import safe_join, write_text
 from .policies import PolicyBundle, sealed_bundle
 from .refdata import REGIONS
+from .runroot import RunRoot
 
 RUN_SECTIONS = ("summary", "map", "choropleth", "lorenz", "nn", "regions", "gates", "sentinel", "fidelity")
 PACK_SECTIONS = ("summary", "seeds", "fidelity", "grade", "performance")
@@ -483,8 +484,8 @@ def run_report(root: Path, run: Path) -> Path:
     view = load_run(root, run)
     baseline = None
     pin = discipline.baseline_pointer(root, view.meta["seed"])
-    if pin and pin["run_id"] != view.meta["run_id"] and (root / "runs" / pin["run_id"] / "run.json").is_file():
-        baseline = load_run(root, root / "runs" / pin["run_id"])
+    if pin and pin["run_id"] != view.meta["run_id"] and (RunRoot(root).run(pin["run_id"]) / "run.json").is_file():
+        baseline = load_run(root, RunRoot(root).run(pin["run_id"]))
     path = run / REPORT_NAME
     write_text(path, render_run(view, baseline))
     return path
@@ -509,7 +510,7 @@ def pack_report(root: Path, pack: Path, final: Path | None = None) -> Path:
         )
     links = []
     for s, run_id in zip(seeds, meta["run_ids"], strict=True):
-        target = root / "runs" / run_id / REPORT_NAME
+        target = RunRoot(root).run(run_id) / REPORT_NAME
         links.append(
             f'<a href="../../runs/{html.escape(run_id)}/{REPORT_NAME}">seed {s}</a>'
             if target.is_file()
@@ -576,7 +577,7 @@ def report(root: Path, ref: str) -> Path:
     """The page of a run or a pack, by id or folder."""
     root = Path(root).resolve()
     candidate = Path(ref)
-    for folder in (candidate, root / "runs" / ref, root / "certification" / ref):
+    for folder in (candidate, RunRoot(root).run(ref), RunRoot(root).certification / ref):
         if (folder / "pack.json").is_file():
             return pack_report(root, safe_join(root, folder.resolve()))
         if (folder / "run.json").is_file():

@@ -64,6 +64,30 @@ class RunRoot:
     def runs(self) -> Path:
         return self.path / "runs"
 
+    @property
+    def certification(self) -> Path:
+        return self.path / "certification"
+
+    @property
+    def locks(self) -> Path:
+        return self.path / "locks"
+
+    @property
+    def pins(self) -> Path:
+        return self.path / "baseline_authority"
+
+    def pin(self, seed: int) -> Path:
+        return self.pins / f"seed={seed}.json"
+
+    def pointer(self, name: str) -> Path:
+        return self.path / name / "pointer.json"
+
+    def lock_record(self, phase: str) -> Path:
+        return self.locks / f"{phase}.json"
+
+    def run(self, run_id: str) -> Path:
+        return self.runs / run_id
+
     def upstream(self, seed: int) -> Path:
         return self.path / "upstream" / "1A" / f"seed={seed}"
 

@@ -66,7 +66,7 @@ def policies_copy(make_bundle: MakeBundle) -> Path:
 
 
 EXECUTIONS = {
-    "threads-small-chunks": Execution(scheduler="threads", country_batch=5, band_shards=1),
+    "threads-small-chunks": Execution(scheduler="threads", country_batch=5, sites_per_task=2_000, band_shards=1),
     "sync-big-chunks": Execution(scheduler="synchronous", country_batch=200, band_shards=4),
     "processes-2": Execution(scheduler="processes", workers=2, country_batch=7),
     "distributed-1": Execution(scheduler="distributed", workers=1, country_batch=11),

@@ -11,8 +11,8 @@ from numpy.typing import NDArray
 
 from .. import rng
 from ..context import StateContext
-from ..datasets import ALLOC_PLAN, SITE_TILE_ASSIGNMENT
-from ..execution import batches, compute
+from ..datasets import ALLOC_PLAN, COUNTRY_PAIRS, SITE_TILE_ASSIGNMENT
+from ..execution import compute
 
 
 def assign_sites(
@@ -73,10 +73,10 @@ def _batch_task(plan: Path, out: Path, countries: list[str], seed: int) -> tuple
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     plan = ctx.inputs["s4_alloc_plan"]
-    countries = ALLOC_PLAN.countries(plan)
+    pairs = COUNTRY_PAIRS.read(plan, columns=["legal_country_iso", "n_sites"])
+    totals = pairs.group_by("legal_country_iso").aggregate([("n_sites", "sum")]).to_pydict()
+    sites = dict(zip(totals["legal_country_iso"], totals["n_sites_sum"], strict=True))
     target = out["s5_site_tile_assignment"]
-    tasks = [
-        dask.delayed(_batch_task)(plan, target, b, ctx.seed) for b in batches(countries, ctx.execution.country_batch)
-    ]
+    tasks = [dask.delayed(_batch_task)(plan, target, b, ctx.seed) for b in ctx.execution.country_batches(sites)]
     done = compute(tasks)
     return {"sites": sum(d[0] for d in done), "distinct_tiles": sum(d[1] for d in done), "tasks": len(tasks)}

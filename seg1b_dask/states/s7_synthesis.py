@@ -14,7 +14,7 @@ from ..containment import inside_country, inside_tile
 from ..context import StateContext
 from ..datasets import SITE_JITTER, SITE_SYNTHESIS, SITE_TILE_ASSIGNMENT
 from ..errors import E_VALIDATION_FAILED, Seg1BError
-from ..execution import batches, compute
+from ..execution import compute
 from ..grid import Grid
 
 
@@ -71,7 +71,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     done = compute(
         [
             dask.delayed(_batch_task)(folders, b, {c: index[c] for c in b}, ctx.grid)
-            for b in batches(sorted(index), ctx.execution.country_batch)
+            for b in ctx.execution.country_batches({c: hi - lo for c, (lo, hi) in index.items()})
         ]
     )
     outside = sum(d["outside"] for d in done)

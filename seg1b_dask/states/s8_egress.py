@@ -10,7 +10,7 @@ import dask
 
 from ..context import StateContext
 from ..datasets import SITE_LOCATIONS, SITE_SYNTHESIS
-from ..execution import batches, compute
+from ..execution import compute
 
 
 def _batch_task(synthesis: Path, egress: Path, countries: list[str], rows_per_part: int) -> tuple[int, int]:
@@ -28,7 +28,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     done = compute(
         [
             dask.delayed(_batch_task)(synthesis, out["site_locations"], b, rows_per_part)
-            for b in batches(SITE_SYNTHESIS.countries(synthesis), ctx.execution.country_batch)
+            for b in ctx.execution.country_batches(SITE_SYNTHESIS.row_counts(synthesis))
         ]
     )
     return {"rows": sum(d[0] for d in done), "parts": sum(d[1] for d in done)}

@@ -18,7 +18,7 @@ from .. import grading, refdata, rng, scoring
 from ..containment import inside_country
 from ..context import StateContext
 from ..datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
-from ..execution import batches, compute
+from ..execution import compute
 from ..hashing import seal_bundle
 from ..lineage import check_tokens, read_manifest, write_json
 from ..nearest import ParquetBands, nearest_neighbour_km_bands
@@ -118,7 +118,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     rows = SITE_LOCATIONS.row_counts(egress)
     buckets = max(1, -(-sum(rows.values()) // SITES_PER_BUCKET))
     gates = ctx.policies.gates
-    country_batches = batches(sorted(rows), ctx.execution.country_batch)
+    country_batches = ctx.execution.country_batches(rows)
     parts = compute(
         [dask.delayed(_batch_task)(folders, b, gates, ctx.grid.deg, i, buckets) for i, b in enumerate(country_batches)]
     )

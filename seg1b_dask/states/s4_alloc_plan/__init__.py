@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from ... import mass, refdata, rng
 from ...context import StateContext
 from ...datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID, TILE_WEIGHTS
-from ...execution import batches, compute
+from ...execution import compute
 from ...grid import Grid
 from ...policies import CountryAllocationRemass, S2BlendV2, TileAllocation
 from . import legacy, remass, tiles
@@ -227,19 +227,20 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         "weights": ctx.inputs["tile_weights"],
     }
     retained, arrivals = _by_country(pairs, allocation, wanted)
-    country_rows = [c for c in TILE_GRID.countries(ctx.inputs["tile_grid"]).to_pylist() if c["iso2"] in set(wanted)]
+    country_row = {c["iso2"]: c for c in TILE_GRID.countries(ctx.inputs["tile_grid"]).to_pylist()}
+    sites = np.bincount(allocation.country, weights=allocation.n_sites, minlength=len(codes))
     policy = ctx.policies.s4_alloc_plan.tile_allocation
     tasks = [
         dask.delayed(_batch_task)(
             folders,
-            batch,
-            {c["iso2"]: retained[c["iso2"]] for c in batch},
-            {c["iso2"]: arrivals[c["iso2"]] for c in batch},
+            [country_row[c] for c in batch],
+            {c: retained[c] for c in batch},
+            {c: arrivals[c] for c in batch},
             policy,
             ctx.seed,
             ctx.grid,
         )
-        for batch in batches(country_rows, ctx.execution.country_batch)
+        for batch in ctx.execution.country_batches({c: int(sites[np.searchsorted(codes, c)]) for c in wanted})
     ]
     results = compute(tasks)
     return {

@@ -22,7 +22,7 @@ from ... import refdata, rng
 from ...context import StateContext
 from ...datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT
 from ...errors import E_VALIDATION_FAILED, Seg1BError
-from ...execution import batches, compute
+from ...execution import compute
 from ...grid import Grid
 from ...policies import S6MixtureV2, S6UniformV1
 from . import mixture_v2, uniform_v1
@@ -182,7 +182,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     sizes = SITE_TILE_ASSIGNMENT.row_counts(assignment)
     countries = sorted(sizes)
     policy = ctx.policies.s6_jitter.jitter
-    country_batches = batches(countries, ctx.execution.country_batch)
+    country_batches = ctx.execution.country_batches(sizes)
     pieces = [dask.delayed(_batch_task)(assignment, b, ctx.grid, ctx.seed, policy) for b in country_batches]
     folder = out["s6_site_jitter"]
     store = SITE_JITTER.write(
