@@ -35,7 +35,7 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:
-            click.echo(f"error: {environment_error(exc, Path.cwd())}", err=True)
+            click.echo(f"error: {environment_error(exc)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was published half-written; run again to resume from the cache", err=True)
@@ -45,6 +45,12 @@ class _Group(click.Group):
         except Exception as exc:
             if os.environ.get("SEG1B_DEBUG"):
                 raise
+            if type(exc).__module__.startswith("distributed"):  # KilledWorker: the cluster, not a bug
+                lost = Seg1BError(
+                    Code.E_SCHEDULER_UNREACHABLE, f"the Dask cluster failed ({type(exc).__name__}: {exc})"
+                )
+                click.echo(f"error: {lost}", err=True)
+                sys.exit(lost.exit_code)
             bug = InternalError(Code.E_INTERNAL, f"{type(exc).__name__}: {exc}; SEG1B_DEBUG=1 shows the traceback")
             click.echo(f"error: {bug}", err=True)
             sys.exit(bug.exit_code)

@@ -23,7 +23,7 @@ def inside_country(
 ) -> NDArray[np.bool_]:
     geoms = refdata.countries().geometry
     ok = np.zeros(len(lon), dtype=bool)
-    for cid in np.unique(country_id):
+    for cid in np.unique(country_id[country_id > 0]):  # id 0 (no country) is never inside
         sel = country_id == cid
         ok[sel] = shapely.contains_xy(geoms[cid - 1], lon[sel], lat[sel])
     return ok

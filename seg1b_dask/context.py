@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import Code, InternalError
 from .execution import Execution
 from .grid import Grid
 from .lineage import Tokens
@@ -28,9 +29,16 @@ class StateContext:
     grid: Grid
     execution: Execution
     inputs: dict[str, Path]  # dataset name -> published folder
-    upstream: Path  # the verified 1A bundle
+    upstream: Path | None  # the verified 1A bundle, for a state that declares it reads it
     gate: GateResult
     baseline_nn_ratio: float | None = None  # the seed's pinned baseline (S9 grades nn_contraction against it)
+
+    @property
+    def upstream_bundle(self) -> Path:
+        """The 1A bundle, for a state registered with ``reads_upstream``."""
+        if self.upstream is None:
+            raise InternalError(Code.E_INTERNAL, "a state read the 1A bundle without declaring it in the registry")
+        return self.upstream
 
     @property
     def seed(self) -> int:

@@ -5,7 +5,9 @@ except ``prune``."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,16 @@ def run_dir(root: Path, run: str) -> Path:
     return path
 
 
+RUN_KEYS = ("run_id", "seed", "parameter_hash", "manifest_fingerprint", "outputs", "states", "policies")
+
+
 def load_run(path: Path) -> dict[str, Any]:
-    return read_json(path / "run.json")
+    """A run's receipt; one missing its keys is a damaged record, one coded line."""
+    meta = read_json(path / "run.json")
+    missing = [k for k in RUN_KEYS if k not in meta]
+    if missing:
+        raise Seg1BError(Code.E_CORRUPT_FILE, f"run.json lacks {', '.join(missing)}", file=path / "run.json")
+    return meta
 
 
 # -- baseline authority -------------------------------------------------------------
@@ -84,19 +94,34 @@ def _pin(root: Path, run: Path, nn_ratio: float, write: bool) -> dict[str, Any]:
         "nn_ratio": nn_ratio,
     }
     existing = _read(path)
-    if existing is not None:
-        same = all(existing[k] == payload[k] for k in ("seed", "parameter_hash", "manifest_fingerprint"))
-        if not same:
-            raise Seg1BError(
-                E_BASELINE_PINNED,
-                "the baseline authority of this seed is pinned and refuses modification",
-                file=path,
-                key=f"seed={meta['seed']}",
-            )
-        return existing
-    if write:
-        _write(path, payload)
-    return payload
+    if existing is None and write and _create_once(path, payload):
+        return payload
+    if existing is None and not write:
+        return payload
+    existing = _read(path) or {}
+    if any(existing.get(k) != payload[k] for k in ("seed", "parameter_hash", "manifest_fingerprint")):
+        raise Seg1BError(
+            E_BASELINE_PINNED,
+            "the baseline authority of this seed is pinned and refuses modification",
+            file=path,
+            key=f"seed={meta['seed']}",
+        )
+    return existing
+
+
+def _create_once(path: Path, payload: dict[str, Any]) -> bool:
+    """Write ``path`` only if it does not exist, atomically (a hard link cannot replace a
+    file): of two runs pinning the same seed at once, exactly one wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    write_json(tmp, payload)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # -- pointers -----------------------------------------------------------------------

@@ -3,7 +3,8 @@
 - ``InputError``: the user's input is wrong (a 1A bundle, a policy, an option). Exit 2.
 - ``EnvironmentFault``: the machine refuses (read-only or full disk, unreachable scheduler,
   a run root another command holds, a corrupt file in the run root). Exit 2.
-- ``InternalError``: an invariant of the engine broke. Exit 3; the message says it is a bug.
+- ``InternalError``: an invariant of the engine broke (``E_INTERNAL``, and the fail-closed
+  checks ``E_VALIDATION_FAILED``). Exit 3; the message says it is a bug.
 
 The CLI prints each as one line: ``error: CODE: message [file: …] [at: key or row]``.
 """
@@ -53,6 +54,7 @@ class Code(StrEnum):
     E_ROOT_BUSY = "E_ROOT_BUSY"
     E_CORRUPT_FILE = "E_CORRUPT_FILE"
     E_SCHEDULER_UNREACHABLE = "E_SCHEDULER_UNREACHABLE"
+    E_IO = "E_IO"
     # the engine itself
     E_INTERNAL = "E_INTERNAL"
 
@@ -109,6 +111,9 @@ class InternalError(Seg1BError):
 FAMILY: dict[Code, type[Seg1BError]] = {
     **{c: EnvironmentFault for c in (Code.E_ROOT_UNWRITABLE, Code.E_DISK_FULL, Code.E_ROOT_BUSY, Code.E_CORRUPT_FILE)},
     Code.E_SCHEDULER_UNREACHABLE: EnvironmentFault,
+    Code.E_IO: EnvironmentFault,
+    # The engine's own fail-closed checks (S6, S7, S9): validated input never trips them.
+    Code.E_VALIDATION_FAILED: InternalError,
     Code.E_INTERNAL: InternalError,
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from .policies import PolicyBundle, bundle_from_canonical, load_bundle, sealed_b
 from .refdata import refdata_version
 from .report import pack_report, run_report
 from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
-from .runroot import RunRoot
+from .runroot import RunRoot, free_name
 
 E_PROMOTION_REFUSED = Code.E_PROMOTION_REFUSED
 
@@ -131,6 +132,17 @@ def pin_baseline_run(
 ) -> dict[str, Any]:
     """The pinned baseline of ``seed``: run the baseline bundle and pin it the first time,
     then return the pin (a pinned baseline refuses changes)."""
+    with RunRoot.open(root).shared():
+        return _pin_baseline_run(Path(root), seed, execution, on_state, upstream)
+
+
+def _pin_baseline_run(
+    root: Path,
+    seed: int,
+    execution: Execution,
+    on_state: Callable[[str], None] | None,
+    upstream: Path | None,
+) -> dict[str, Any]:
     existing = discipline.baseline_pointer(root, seed)
     if existing:
         pinned = RunRoot(Path(root)).run(existing["run_id"])
@@ -279,16 +291,16 @@ def certify(
     seeds = list(seeds) if seeds else list(bundle.gates.required_seeds)
     discipline.check_locks(run_root.path, bundle.digests, reopen or {})
     pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
-    staging = run_root.certification / f".{pack_id}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        with run_root.shared():
+    with run_root.shared():  # staged under the lock: a prune can never take the staging folder
+        staging = run_root.certification / f".{pack_id}.tmp-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
             return _certify(
                 run_root, staging, pack_id, bundle, seeds, scheduler, workers, promote, on_event, country_batch
             )
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _certify(
@@ -360,9 +372,12 @@ def _certify(
         hints=grading.triage_hints(bundle),
     )
     _write_pack(root, folder, bundle, seeds, results, scored, report, wall)
-    final = run_root.certification / pack_id
+    final = free_name(run_root.certification, pack_id)
     pack_report(root, folder, final)
-    os.rename(folder, final)
+    try:
+        os.rename(folder, final)
+    except OSError:
+        raise Seg1BError(Code.E_PUBLISH_CONFLICT, "another pack took this name meanwhile", file=final) from None
     folder = final
     promoted = False
     if promote:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,11 +39,6 @@ class Tokens:
             "parameter_hash": self.parameter_hash,
             "manifest_fingerprint": self.manifest_fingerprint,
         }
-
-
-def partition(dataset: str, scope: Scope, tokens: Tokens) -> str:
-    parts = [f"{k}={v}" for k, v in tokens.for_scope(scope).items()]
-    return "/".join([dataset, *parts])
 
 
 def tokens_from_path(path: Path) -> dict[str, str]:
@@ -120,20 +114,6 @@ def _commit(tmp: Path, final: Path, digest: str) -> None:
             ) from None
 
 
-def publish(final: Path, dataset: str, tokens: dict[str, object], write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_dir)``, seal it with a manifest and atomically rename it to ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return seal_and_commit(tmp, final, dataset, tokens)
-
-
 def republish(source: Path, final: Path, dataset: str, tokens: dict[str, object]) -> Path:
     """Publish the bytes of an already-published dataset under new tokens (hard links)."""
     if source.resolve() == final.resolve():
@@ -177,16 +157,3 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, payload: object) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_plain) + "\n")
-
-
-def new_folder(parent: Path, stem: str) -> Path:
-    """A fresh folder named ``stem`` (``stem-2``, ``stem-3``… if taken)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        folder = parent / (stem if n == 1 else f"{stem}-{n}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"no free folder name for {stem}")

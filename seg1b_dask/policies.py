@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import E_POLICY_INVALID, E_POLICY_MISSING, E_POLICY_UNKNOWN_KEY, E_TOKEN_MISMATCH, Seg1BError
 from .hashing import canonical_json, sha256_hex
@@ -38,6 +38,15 @@ class GridPolicy(Strict):
     shard_rows: int = Field(ge=1, description="rows per Zarr shard (and per S1/S2 task unit)")
     chunk_cols: int = Field(ge=1, description="columns per inner Zarr chunk")
     eligibility: Eligibility
+
+    @field_validator("chunk_cols")
+    @classmethod
+    def _divides_the_row(cls, value: int, info: ValidationInfo) -> int:
+        """A shard is a whole row band: its chunks must tile the row exactly."""
+        resolution = info.data.get("resolution_arcsec")
+        if resolution and (360 * 3600 // resolution) % value:
+            raise ValueError(f"must divide the {360 * 3600 // resolution} columns of the {resolution}″ grid")
+        return value
 
 
 class S2Legacy(Strict):

@@ -48,6 +48,8 @@ class StateSpec:
     seeded: bool
     graded: bool = False  # grades against the seed's pinned baseline (its NN ratio joins the cache key)
     cached: bool = True  # S0 always verifies the upstream bundle afresh
+    seals_tokens: bool = False  # its bytes carry manifest_fingerprint (S9's sealed index), so the key does too
+    reads_upstream: bool = False  # reads the verified 1A bundle itself (``ctx.upstream``)
 
     @property
     def module(self) -> str:
@@ -70,7 +72,7 @@ DATASETS: dict[str, Scope] = {
 }
 
 STATES: tuple[StateSpec, ...] = (
-    StateSpec("S0", "gate", s0_gate.run, (), ("s0_gate_receipt",), (), True, cached=False),
+    StateSpec("S0", "gate", s0_gate.run, (), ("s0_gate_receipt",), (), True, cached=False, reads_upstream=True),
     StateSpec("S1", "tiles", s1_tiles.run, (), ("tile_grid",), ("grid",), False),
     StateSpec(
         "S2",
@@ -80,7 +82,7 @@ STATES: tuple[StateSpec, ...] = (
         ("tile_weights", "country_mass"),
         ("s2_tile_weights",),
         False,
-    ),  # fmt: skip
+    ),
     StateSpec(
         "S3",
         "requirements",
@@ -89,7 +91,8 @@ STATES: tuple[StateSpec, ...] = (
         ("s3_requirements",),
         ("s3_requirements",),
         True,
-    ),  # fmt: skip
+        reads_upstream=True,
+    ),
     StateSpec(
         "S4",
         "alloc_plan",
@@ -98,7 +101,7 @@ STATES: tuple[StateSpec, ...] = (
         ("s4_alloc_plan", "site_lineage"),
         ("s4_alloc_plan",),
         True,
-    ),  # fmt: skip
+    ),
     StateSpec("S5", "assignment", s5_assignment.run, ("s4_alloc_plan",), ("s5_site_tile_assignment",), (), True),
     StateSpec("S6", "jitter", s6_jitter.run, ("s5_site_tile_assignment",), ("s6_site_jitter",), ("s6_jitter",), True),
     StateSpec(
@@ -109,7 +112,7 @@ STATES: tuple[StateSpec, ...] = (
         ("s7_site_synthesis",),
         (),
         True,
-    ),  # fmt: skip
+    ),
     StateSpec("S8", "egress", s8_egress.run, ("s7_site_synthesis",), ("site_locations",), ("s8_egress",), True),
     StateSpec(
         "S9",
@@ -120,9 +123,11 @@ STATES: tuple[StateSpec, ...] = (
         ("s9_validation", "gates"),
         True,
         graded=True,
-    ),  # fmt: skip
+        seals_tokens=True,
+    ),
 )
 BY_ID = {s.id: s for s in STATES}
+WRITER = {dataset: s.id for s in STATES for dataset in s.writes}  # dataset -> the state that writes it
 
 
 def first_dirty_state(changed_policies: set[str]) -> str | None:
@@ -204,8 +209,9 @@ def state_table() -> str:
     """The README's table of states, generated from the registry."""
     rows = ["| state | function | reads | writes | policy files |", "|---|---|---|---|---|"]
     for s in STATES:
+        reads = [*(["the 1A bundle"] if s.reads_upstream else []), *s.reads] or ["reference data only"]
         rows.append(
-            f"| {s.id} {s.name} | `{s.module}.run` | {', '.join(s.reads) or '1A bundle'} | {', '.join(s.writes)} "
+            f"| {s.id} {s.name} | `{s.module}.run` | {', '.join(reads)} | {', '.join(s.writes)} "
             f"| {', '.join(f'{p}.yaml' for p in s.policies) or '–'} |"
         )
     return "\n".join(rows)

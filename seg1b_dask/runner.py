@@ -25,7 +25,7 @@ from .hashing import FLAG_NAME, canonical_json, sha256_file, sha256_hex, tree_di
 from .lineage import MANIFEST, Tokens, read_manifest, republish, safe_join, write_json
 from .policies import PolicyBundle, load_bundle
 from .refdata import refdata_version
-from .registry import DATASETS, STATES, StateSpec, state_code_digest
+from .registry import DATASETS, STATES, WRITER, StateSpec, state_code_digest
 from .runroot import RunRoot, environment_error
 from .states import s0_gate
 from .upstream import write_bundle
@@ -81,21 +81,26 @@ def ensure_standin(root: RunRoot, seed: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write_bundle(seed, tmp)
-        if final.exists():
-            shutil.rmtree(tmp)
-        else:
+        try:
             tmp.rename(final)
-    except BaseException:
+        except OSError:  # another process wrote the same bundle first
+            if not (final / FLAG_NAME).is_file():
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
 def cache_keys(
-    bundle: PolicyBundle, seed: int, upstream_flag: str, baseline_nn_ratio: float | None = None
+    bundle: PolicyBundle,
+    seed: int,
+    upstream_flag: str,
+    baseline_nn_ratio: float | None = None,
+    manifest_fingerprint: str = "",
 ) -> dict[str, str]:
     """Each state's key chains the previous state's key with its own code, policies and,
-    for seeded states, the seed and the 1A bundle's flag."""
+    for seeded states, the seed and the 1A bundle's flag (and the run's fingerprint for a
+    state whose bytes carry it)."""
     prev = sha256_hex(canonical_json([refdata_version()]))
     keys = {}
     for spec in STATES:
@@ -104,6 +109,8 @@ def cache_keys(
             parts += [seed, upstream_flag]
         if spec.graded:
             parts.append(baseline_nn_ratio)
+        if spec.seals_tokens:
+            parts.append(manifest_fingerprint)
         keys[spec.id] = prev = sha256_hex(canonical_json(parts))
     return keys
 
@@ -120,7 +127,7 @@ def _intact(folder: Path) -> str | None:
         return "missing"
     try:
         sealed = read_manifest(folder)["content_sha256"]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         return "unreadable manifest"
     return None if tree_digest(folder, exclude=frozenset({MANIFEST})) == sealed else "bytes differ from the manifest"
 
@@ -147,8 +154,16 @@ class Chain:
         self.baseline_nn_ratio = baseline_nn_ratio if bundle.s9_validation.target_grade != "none" else None
         self.published: dict[str, Path] = {}
 
+    def _tokens(self, dataset: str, tokens: Tokens) -> dict[str, object]:
+        """A dataset's tokens. Seed-free datasets also carry their state's code digest: new
+        code writing new bytes is a new partition, never a conflict with the old one."""
+        scoped = tokens.for_scope(DATASETS[dataset])
+        if DATASETS[dataset] == "global":
+            scoped["code"] = state_code_digest(WRITER[dataset])[:16]
+        return scoped
+
     def _final(self, dataset: str, tokens: Tokens) -> Path:
-        return self.root.dataset(dataset, DATASETS[dataset], tokens)
+        return self.root.dataset(dataset, self._tokens(dataset, tokens))
 
     def _from_cache(self, spec: StateSpec, key: str, tokens: Tokens) -> tuple[dict[str, Any] | None, str]:
         """Reuse a cached result after verifying every byte of it; a damaged entry is
@@ -159,24 +174,24 @@ class Chain:
         try:
             entry = json.loads(index.read_text())
             sources = {name: safe_join(self.root.data, rel) for name, rel in entry["datasets"].items()}
-        except (ValueError, KeyError, TypeError):
-            index.unlink()
-            return None, f"cache entry {index} was unreadable: recomputed"
+            stats = dict(entry["stats"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            index.unlink(missing_ok=True)
+            return None, f"cache entry {index.name} was unreadable: recomputed"
         for name, source in sources.items():
             problem = _intact(source)
             if problem:
-                index.unlink()
-                if source.exists():
-                    shutil.rmtree(source)
+                index.unlink(missing_ok=True)
+                shutil.rmtree(source, ignore_errors=True)
                 final = self._final(name, tokens)
                 if final.exists() and _intact(final):
-                    shutil.rmtree(final)
+                    shutil.rmtree(final, ignore_errors=True)
                 return None, f"cached {name} failed verification ({problem}): recomputed"
         for name, source in sources.items():
             final = self._final(name, tokens)
-            republish(source, final, name, tokens.for_scope(DATASETS[name]))
+            republish(source, final, name, self._tokens(name, tokens))
             self.published[name] = final
-        return entry["stats"], ""
+        return stats, ""
 
     def _compute(self, spec: StateSpec, key: str, tokens: Tokens, gate: GateResult) -> dict[str, Any]:
         finals = {name: self._final(name, tokens) for name in spec.writes}
@@ -186,13 +201,13 @@ class Chain:
             grid=self.grid,
             execution=self.execution,
             inputs={n: self.published[n] for n in spec.reads},
-            upstream=self.upstream,
+            upstream=self.upstream if spec.reads_upstream else None,
             gate=gate,
             baseline_nn_ratio=self.baseline_nn_ratio,
         )
         with contextlib.ExitStack() as stack:
             staged = {
-                name: stack.enter_context(self.root.staged(final, name, tokens.for_scope(DATASETS[name])))
+                name: stack.enter_context(self.root.staged(final, name, self._tokens(name, tokens)))
                 for name, final in finals.items()
             }
             stats = spec.run(ctx, staged)
@@ -244,7 +259,7 @@ class Chain:
         )
         verify_seconds = time.perf_counter() - t
         tokens = Tokens(self.seed, self.bundle.parameter_hash, gate.manifest_fingerprint)
-        keys = cache_keys(self.bundle, self.seed, gate.upstream_flag, self.baseline_nn_ratio)
+        keys = cache_keys(self.bundle, self.seed, gate.upstream_flag, self.baseline_nn_ratio, gate.manifest_fingerprint)
         records = self._run_states(STATES, keys, tokens, gate, on_state)
         records[0].seconds += verify_seconds  # S0's time includes verifying the 1A bundle
         return tokens, records

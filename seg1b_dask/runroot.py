@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 from filelock import ReadWriteLock, Timeout
 
 from .errors import Code, Seg1BError
-from .lineage import Scope, Tokens, partition, safe_join, seal_and_commit, stage_dir
+from .lineage import safe_join, seal_and_commit, stage_dir
 
 RUN_WAIT_SECONDS = 120.0  # a run waits this long for a prune to finish
 TMP_MARK = ".tmp-"
@@ -91,8 +92,9 @@ class RunRoot:
     def upstream(self, seed: int) -> Path:
         return self.path / "upstream" / "1A" / f"seed={seed}"
 
-    def dataset(self, name: str, scope: Scope, tokens: Tokens) -> Path:
-        return safe_join(self.data, partition(name, scope, tokens))
+    def dataset(self, name: str, tokens: dict[str, object]) -> Path:
+        """``data/<name>/<token>=<value>/…``: the path says what the manifest says."""
+        return safe_join(self.data, "/".join([name, *(f"{k}={v}" for k, v in tokens.items())]))
 
     def cache_entry(self, state_id: str, key: str) -> Path:
         return self.cache / state_id / f"{key}.json"
@@ -102,32 +104,30 @@ class RunRoot:
         return ReadWriteLock(self.path / ".seg1b.lock", is_singleton=False)
 
     @contextlib.contextmanager
-    def shared(self, wait: float = RUN_WAIT_SECONDS) -> Iterator[None]:
-        """Held by every run and certification: any number at once, never during a prune."""
-        lock = self._lock()
+    def _held(self, mode: str, wait: float, busy: str) -> Iterator[None]:
         try:
-            with lock.read_lock(timeout=wait):
-                yield
+            lock = ReadWriteLock(self.path / ".seg1b.lock", is_singleton=False)
+            hold = lock.read_lock(timeout=wait) if mode == "read" else lock.write_lock(timeout=wait)
+            hold.__enter__()
         except Timeout:
+            raise Seg1BError(Code.E_ROOT_BUSY, busy, file=self.path) from None
+        except sqlite3.Error as exc:
             raise Seg1BError(
-                Code.E_ROOT_BUSY, f"a prune holds the run root (waited {wait:.0f} s)", file=self.path
+                Code.E_ROOT_UNWRITABLE, f"the run-root lock cannot be used ({exc})", file=self.path / ".seg1b.lock"
             ) from None
+        try:
+            yield
         finally:
+            hold.__exit__(None, None, None)
             lock.close()
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def shared(self, wait: float = RUN_WAIT_SECONDS) -> contextlib.AbstractContextManager[None]:
+        """Held by every run and certification: any number at once, never during a prune."""
+        return self._held("read", wait, f"a prune holds the run root (waited {wait:.0f} s)")
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Held by prune: refused at once while any run is in flight."""
-        lock = self._lock()
-        try:
-            with lock.write_lock(timeout=0):
-                yield
-        except Timeout:
-            raise Seg1BError(
-                Code.E_ROOT_BUSY, "a run is in flight under this run root; prune when it has finished", file=self.path
-            ) from None
-        finally:
-            lock.close()
+        return self._held("write", 0, "a run is in flight under this run root; prune when it has finished")
 
     # -- staging -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -146,20 +146,29 @@ class RunRoot:
         seal_and_commit(tmp, final, dataset, tokens)
 
     def stale_staging(self) -> list[Path]:
-        """Temporary folders and files a killed process left behind."""
-        found: list[Path] = []
-        for top in (self.data, self.cache, self.runs, self.path / "upstream", self.path / "certification"):
-            if top.exists():
-                found.extend(p for p in top.rglob(f"*{TMP_MARK}*") if TMP_MARK in p.name)
-        return sorted(set(found))
+        """Temporary folders and files a killed process left behind, anywhere in the root
+        (only meaningful under ``exclusive()``: then no writer is alive)."""
+        found = [p for p in self.path.rglob(f"*{TMP_MARK}*") if TMP_MARK in p.name]
+        return sorted(p for p in found if not any(TMP_MARK in q.name for q in p.parents))
 
 
-def environment_error(exc: OSError, path: Path) -> Seg1BError:
-    """An OSError from the disk, as one coded line naming the path."""
+def free_name(parent: Path, stem: str) -> Path:
+    """``parent/stem``, or ``stem-2``, ``stem-3``… if that name is taken."""
+    for n in range(1, 10_000):
+        candidate = parent / (stem if n == 1 else f"{stem}-{n}")
+        if not candidate.exists():
+            return candidate
+    raise Seg1BError(Code.E_INTERNAL, f"no free name for {stem} in {parent}")
+
+
+def environment_error(exc: OSError, path: Path | None = None) -> Seg1BError:
+    """An OSError from the disk or the network, as one coded line naming the path."""
+    if type(exc).__module__.startswith("distributed"):  # CommClosedError and kin
+        return Seg1BError(Code.E_SCHEDULER_UNREACHABLE, f"lost the Dask cluster ({type(exc).__name__}: {exc})")
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
         return Seg1BError(Code.E_DISK_FULL, "no space left on the device", file=exc.filename or path)
     if exc.errno == errno.ENOENT:
         return Seg1BError(Code.E_CORRUPT_FILE, "a file is missing", file=exc.filename or path)
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return Seg1BError(Code.E_ROOT_UNWRITABLE, f"cannot write: {exc.strerror}", file=exc.filename or path)
-    return Seg1BError(Code.E_ROOT_UNWRITABLE, f"{exc.strerror or exc}", file=exc.filename or path)
+    return Seg1BError(Code.E_IO, f"{exc.strerror or exc}", file=exc.filename or path)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from . import metrics, refdata, rng
 from .datasets import SITE_LOCATIONS
 from .errors import E_BUNDLE_FLAG_MISMATCH, E_TOKEN_MISMATCH, Seg1BError
 from .hashing import tree_digest, verify_bundle
-from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json
+from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json, write_text
 from .nearest import LAT_BINS, nearest_neighbour_km_chunked
 from .policies import GatesPolicy
 from .refdata import REGIONS
@@ -260,15 +261,16 @@ def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def write_scorecard(card: dict[str, Any], folder: Path) -> None:
+    """Every file atomically, ``scorecard.json`` last: once it is there, the rest is too."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "scorecard.json", {k: v for k, v in card.items() if k != "country_shares"})
     _write_csv(
         folder / "country_shares.csv",
         ["legal_country_iso", "sites", "share"],
@@ -278,8 +280,6 @@ def write_scorecard(card: dict[str, Any], folder: Path) -> None:
         folder / "region_shares.csv", ["region", "share"], [(r, f"{s:.6f}") for r, s in card["region_share"].items()]
     )
     m = card["metrics"]
-    if "nn_p50_km" not in m:  # S9's bundle carries country figures only
-        return
     _write_csv(
         folder / "nn_quantiles.csv",
         ["quantile", "km"],
@@ -293,6 +293,7 @@ def write_scorecard(card: dict[str, Any], folder: Path) -> None:
             for c, s in card["sentinel"].items()
         ],
     )
+    write_json(folder / "scorecard.json", {k: v for k, v in card.items() if k != "country_shares"})
 
 
 def read_scorecard(folder: Path) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import pytest
 
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.hashing import FLAG_NAME, seal_bundle, verify_bundle
-from seg1b_dask.lineage import Tokens, check_tokens, partition, publish, republish, safe_join
+from seg1b_dask.lineage import Tokens, check_tokens, republish, safe_join
+from seg1b_dask.runroot import RunRoot
 
 
 def _bundle(root: Path) -> Path:
@@ -67,12 +68,17 @@ def test_binary_flag_is_refused_not_crashed(tmp_path: Path) -> None:
     assert err.value.code == "E_BUNDLE_FLAG_MISMATCH"
 
 
+def _publish(final: Path, tokens: dict[str, object], write) -> None:  # noqa: ANN001
+    with RunRoot(final.parent.parent).staged(final, "ds", tokens) as tmp:
+        write(tmp)
+
+
 def test_publish_is_atomic_and_write_once(tmp_path: Path) -> None:
     final = tmp_path / "ds" / "parameter_hash=abc"
-    publish(final, "ds", {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("1"))
-    publish(final, "ds", {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("1"))  # identical: no-op
+    _publish(final, {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("1"))
+    _publish(final, {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("1"))  # identical: no-op
     with pytest.raises(Seg1BError) as err:
-        publish(final, "ds", {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("2"))
+        _publish(final, {"parameter_hash": "abc"}, lambda d: (d / "x").write_text("2"))
     assert err.value.code == "E_PUBLISH_CONFLICT"
     assert (final / "x").read_text() == "1"
 
@@ -82,17 +88,17 @@ def test_publish_is_atomic_and_write_once(tmp_path: Path) -> None:
 
     other = tmp_path / "ds" / "parameter_hash=def"
     with pytest.raises(RuntimeError):
-        publish(other, "ds", {"parameter_hash": "def"}, crash)
+        _publish(other, {"parameter_hash": "def"}, crash)
     assert not other.exists()
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["parameter_hash=abc"]
 
 
 def test_republish_keeps_bytes_and_retokens(tmp_path: Path) -> None:
     tokens = Tokens(7, "p1", "m1")
-    src = tmp_path / partition("ds", "plan", tokens)
-    publish(src, "ds", tokens.for_scope("plan"), lambda d: (d / "x").write_text("1"))
+    src = RunRoot(tmp_path).dataset("ds", tokens.for_scope("plan"))
+    _publish(src, tokens.for_scope("plan"), lambda d: (d / "x").write_text("1"))
     t2 = Tokens(7, "p2", "m2")
-    dst = republish(src, tmp_path / partition("ds", "plan", t2), "ds", t2.for_scope("plan"))
+    dst = republish(src, RunRoot(tmp_path).dataset("ds", t2.for_scope("plan")), "ds", t2.for_scope("plan"))
     assert (dst / "x").read_bytes() == (src / "x").read_bytes()
     check_tokens(dst)
     (dst / "_manifest.json").write_text((src / "_manifest.json").read_text())

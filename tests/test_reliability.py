@@ -321,3 +321,19 @@ def test_summary_notes_are_cut_at_a_whole_item() -> None:
     cut = clip(text, 70)
     assert cut == "plan_rows=21828, relocated_share=0.653486…" and len(cut) <= 70
     assert clip("short", 70) == "short"
+
+
+def test_an_edit_elsewhere_reuses_every_state_but_the_sealing_one(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new package digest (an edit to, say, the CLI) is a new manifest_fingerprint: S1–S8
+    are reused under it, S9 (whose sealed index carries the fingerprint) recomputes, and
+    the run scores cleanly."""
+    from seg1b_dask import runner
+
+    monkeypatch.setattr(runner, "code_digest", lambda: "0" * 64)
+    result, scored = lanes.fast_lane(root, 42, BASELINE_POLICIES, None, Execution(), {})
+    reused = {r.id for r in result.states if r.reused}
+    assert reused == {f"S{i}" for i in range(1, 9)}
+    assert scored.card["sealed"] and scored.grade.outcome == "RED"  # the baseline posture, scored, not refused
+    for name in ("tile_grid", "tile_weights", "country_mass"):  # seed-free data carry their code's digest
+        writer = registry.BY_ID[registry.WRITER[name]]
+        assert f"code={registry.state_code_digest(writer.id)[:16]}" in str(result.outputs[name])

@@ -112,7 +112,7 @@ def verify(
     against the seed's pinned baseline, whose NN ratio is then a sealed input too: another
     baseline means another ``manifest_fingerprint``, never a conflicting republish."""
     index, flag = verify_bundle(upstream)
-    if int(index.get("seed", -1)) != int(seed):
+    if not isinstance(index.get("seed"), int) or index["seed"] != int(seed):
         raise Seg1BError(
             E_TOKEN_MISMATCH,
             f"1A bundle is for seed {index.get('seed')}, run asks for seed {seed}",
@@ -122,7 +122,12 @@ def verify(
     path = upstream / CATALOGUE
     if not path.is_file():
         raise Seg1BError(E_BUNDLE_INDEX, "the 1A bundle has no outlet catalogue", file=path, key=CATALOGUE)
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise Seg1BError(
+            E_UPSTREAM_SCHEMA, f"the outlet catalogue is not readable Parquet ({exc})", file=path
+        ) from None
     for token, expected in (("seed", seed), ("manifest_fingerprint", index.get("manifest_fingerprint"))):
         if token in table.column_names:
             values = set(table.column(token).to_pylist())

@@ -55,7 +55,7 @@ def requirements(catalogue: pa.Table, denylist: frozenset[str], eligible: frozen
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
-    path = ctx.upstream / CATALOGUE
+    path = ctx.upstream_bundle / CATALOGUE
     catalogue = pq.read_table(path, columns=["merchant_id", "legal_country_iso", "home_country_iso", "site_order"])
     tiles = TILE_GRID.countries(ctx.inputs["tile_grid"], ["iso2", "eligible"]).to_pydict()
     eligible = frozenset(i for i, e in zip(tiles["iso2"], tiles["eligible"], strict=True) if e)

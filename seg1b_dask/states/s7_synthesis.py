@@ -13,7 +13,7 @@ import pyarrow as pa
 from ..containment import inside_country, inside_tile
 from ..context import StateContext
 from ..datasets import SITE_JITTER, SITE_SYNTHESIS, SITE_TILE_ASSIGNMENT
-from ..errors import E_VALIDATION_FAILED, Seg1BError
+from ..errors import E_VALIDATION_FAILED, Code, InternalError, Seg1BError
 from ..execution import compute
 from ..grid import Grid
 
@@ -23,7 +23,9 @@ def _batch_task(
 ) -> dict[str, Any]:
     """Synthesize a batch of countries; count sites outside their tile or country."""
     bad, first_bad = 0, None
-    base = index[countries[0]][0]  # the batch's countries are consecutive in the jitter arrays
+    base = index[countries[0]][0]
+    if any(index[a][1] != index[b][0] for a, b in zip(countries, countries[1:], strict=False)):
+        raise InternalError(Code.E_INTERNAL, f"countries {countries[0]}…{countries[-1]} are not consecutive in S6")
     batch = SITE_JITTER.read(folders["jitter"], base, index[countries[-1]][1])
     for iso2 in countries:
         lo, hi = index[iso2]

@@ -181,11 +181,7 @@ def remass(
     n_countries = len(targets)
     total = int(pairs.n_sites.sum())
     if int(targets.sum()) != total:
-        raise Seg1BError(
-            E_REMASS_INFEASIBLE,
-            f"targets sum to {int(targets.sum())}, 1A has {total} outlets",
-            key="country_allocation",
-        )
+        raise InternalError(Code.E_INTERNAL, f"targets sum to {int(targets.sum())}, 1A has {total} outlets")
     key = rng.stream_key(seed, "S4.remass")
     keep = retain(pairs, targets, key)
     merchants, m_index = np.unique(pairs.merchant, return_inverse=True)

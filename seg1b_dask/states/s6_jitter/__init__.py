@@ -180,7 +180,6 @@ DTYPES = {
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     assignment = ctx.inputs["s5_site_tile_assignment"]
     sizes = SITE_TILE_ASSIGNMENT.row_counts(assignment)
-    countries = sorted(sizes)
     policy = ctx.policies.s6_jitter.jitter
     country_batches = ctx.execution.country_batches(sizes)
     pieces = [dask.delayed(_batch_task)(assignment, b, ctx.grid, ctx.seed, policy) for b in country_batches]
@@ -193,7 +192,8 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         {"mode": policy.mode, "order": "legal_country_iso, merchant_id, site_order"},
     )
     _, *attempts = compute([store, *(dask.delayed(_attempts)(piece) for piece in pieces)])
-    SITE_JITTER.write_index(folder, countries, [sizes[c] for c in countries])
+    in_order = [c for batch in country_batches for c in batch]  # the arrays' order, by construction
+    SITE_JITTER.write_index(folder, in_order, [sizes[c] for c in in_order])
     n = int(sum(sizes.values()))
     return {
         "sites": n,
