@@ -54,13 +54,14 @@ def run_dir(root: Path, run: str) -> Path:
     return path
 
 
-RUN_KEYS = ("run_id", "seed", "parameter_hash", "manifest_fingerprint", "outputs", "states", "policies")
+RUN_KEYS = ("run_id", "seed", "parameter_hash", "manifest_fingerprint", "outputs")
 
 
-def load_run(path: Path) -> dict[str, Any]:
-    """A run's receipt; one missing its keys is a damaged record, one coded line."""
+def load_run(path: Path, needs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run's receipt; one missing its keys (``RUN_KEYS`` and ``needs``) is a damaged
+    record, one coded line."""
     meta = read_json(path / "run.json")
-    missing = [k for k in RUN_KEYS if k not in meta]
+    missing = [k for k in (*RUN_KEYS, *needs) if k not in meta]
     if missing:
         raise Seg1BError(Code.E_CORRUPT_FILE, f"run.json lacks {', '.join(missing)}", file=path / "run.json")
     return meta

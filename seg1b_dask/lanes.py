@@ -23,7 +23,7 @@ from .policies import PolicyBundle, bundle_from_canonical, load_bundle, sealed_b
 from .refdata import refdata_version
 from .report import pack_report, run_report
 from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
-from .runroot import RunRoot, free_name
+from .runroot import RunRoot, free_name, shared_root
 
 E_PROMOTION_REFUSED = Code.E_PROMOTION_REFUSED
 
@@ -62,7 +62,7 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     never from its egress, and grades RED on the gates it failed. With ``pin_as_baseline``
     the run becomes its seed's baseline authority in the same pass (contraction 0)."""
     root = Path(root).resolve()
-    meta = discipline.load_run(run)
+    meta = discipline.load_run(run, needs=("states", "policies"))
     bundle = sealed_bundle(meta)
     gates = bundle.gates
     s9 = next(s["stats"] for s in meta["states"] if s["id"] == "S9")
@@ -123,6 +123,7 @@ def _baseline_ratio(
     return float(pin_baseline_run(root, seed, execution, on_state, upstream)["nn_ratio"])
 
 
+@shared_root
 def pin_baseline_run(
     root: Path,
     seed: int,
@@ -132,17 +133,6 @@ def pin_baseline_run(
 ) -> dict[str, Any]:
     """The pinned baseline of ``seed``: run the baseline bundle and pin it the first time,
     then return the pin (a pinned baseline refuses changes)."""
-    with RunRoot.open(root).shared():
-        return _pin_baseline_run(Path(root), seed, execution, on_state, upstream)
-
-
-def _pin_baseline_run(
-    root: Path,
-    seed: int,
-    execution: Execution,
-    on_state: Callable[[str], None] | None,
-    upstream: Path | None,
-) -> dict[str, Any]:
     existing = discipline.baseline_pointer(root, seed)
     if existing:
         pinned = RunRoot(Path(root)).run(existing["run_id"])
@@ -161,6 +151,7 @@ def _pin_baseline_run(
     return score_run(root, result.run_dir, pin_as_baseline=True).card["baseline"]
 
 
+@shared_root
 def fast_lane(
     root: Path,
     seed: int,
@@ -170,20 +161,7 @@ def fast_lane(
     reopen: dict[str, str],
     on_state: Callable[[str], None] | None = None,
 ) -> tuple[RunResult, Scored]:
-    run_root = RunRoot.open(root)
-    with run_root.shared():
-        return _fast_lane(run_root.path, seed, policies, upstream, execution, reopen, on_state)
-
-
-def _fast_lane(
-    root: Path,
-    seed: int,
-    policies: Path,
-    upstream: Path | None,
-    execution: Execution,
-    reopen: dict[str, str],
-    on_state: Callable[[str], None] | None,
-) -> tuple[RunResult, Scored]:
+    """One seed from its first dirty state, scored against its pinned baseline."""
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     discipline.check_locks(root, bundle.digests, reopen)
     ratio = _baseline_ratio(

@@ -54,7 +54,7 @@ class RunView:
 
 
 def load_run(root: Path, run: Path) -> RunView:
-    meta = discipline.load_run(run)
+    meta = discipline.load_run(run, needs=("states", "policies"))
     card_path = run / "scorecard"
     card = scoring.read_scorecard(card_path if (card_path / "scorecard.json").is_file() else _bundle_dir(root, meta))
     lon = lat = None

@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from filelock import ReadWriteLock, Timeout
 
 from .errors import Code, Seg1BError
 from .lineage import safe_join, seal_and_commit, stage_dir
 
+P = ParamSpec("P")
+R = TypeVar("R")
 RUN_WAIT_SECONDS = 120.0  # a run waits this long for a prune to finish
 TMP_MARK = ".tmp-"
 
@@ -150,6 +154,18 @@ class RunRoot:
         (only meaningful under ``exclusive()``: then no writer is alive)."""
         found = [p for p in self.path.rglob(f"*{TMP_MARK}*") if TMP_MARK in p.name]
         return sorted(p for p in found if not any(TMP_MARK in q.name for q in p.parents))
+
+
+def shared_root(fn: Callable[Concatenate[Path, P], R]) -> Callable[Concatenate[Path, P], R]:
+    """Run ``fn(root, …)`` holding the run root's shared lock (``root`` resolved)."""
+
+    @functools.wraps(fn)
+    def wrapper(root: Path, *args: P.args, **kwargs: P.kwargs) -> R:
+        run_root = RunRoot.open(root)
+        with run_root.shared():
+            return fn(run_root.path, *args, **kwargs)
+
+    return wrapper
 
 
 def free_name(parent: Path, stem: str) -> Path:
