@@ -10,6 +10,8 @@ chunked array dataset over the ``site`` dimension.
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -49,7 +51,7 @@ class Table:
         _write_parquet(table, folder / self.subdir / PART.format(0))
 
     def read(self, folder: Path, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(folder / self.subdir / PART.format(0), columns=columns)
+        return pq.ParquetFile(folder / self.subdir / PART.format(0)).read(columns=columns)
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,16 @@ class CountryParts:
 
     def countries(self, folder: Path) -> list[str]:
         base = folder / self.subdir
-        return sorted(p.name.split("=", 1)[1] for p in base.glob("country=*") if p.is_dir())
+        names = os.listdir(base) if base.is_dir() else []
+        return sorted(n.split("=", 1)[1] for n in names if n.startswith("country="))
 
     def files(self, folder: Path, countries: Iterable[str] | None = None) -> list[Path]:
         wanted = self.countries(folder) if countries is None else sorted(countries)
         out: list[Path] = []
         for iso2 in wanted:
-            out.extend(sorted(self._country_dir(folder, iso2).glob("part-*.parquet")))
+            country = self._country_dir(folder, iso2)
+            if country.is_dir():  # os.listdir: a glob per country costs more than the read
+                out.extend(country / n for n in sorted(os.listdir(country)) if n.startswith("part-"))
         return out
 
     def read(self, folder: Path, countries: Iterable[str] | None = None, columns: list[str] | None = None) -> pa.Table:
@@ -88,7 +93,7 @@ class CountryParts:
         if not files:
             empty = self.schema.empty_table()
             return empty.select(columns) if columns else empty
-        return pa.concat_tables([pq.read_table(p, columns=columns) for p in files])
+        return pa.concat_tables([pq.ParquetFile(p).read(columns=columns) for p in files])
 
     def row_counts(self, folder: Path) -> dict[str, int]:
         """Rows per country from the Parquet footers (no data read)."""
@@ -123,6 +128,14 @@ SITE_LOCATIONS = CountryParts(pa.schema([_MERCHANT, _COUNTRY, _ORDER, *_LON_LAT]
 
 
 # ---- grids -----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _open_published(path: str) -> zarr.Array:
+    """A read-only handle on a published (write-once) array: opening reads its metadata
+    through zarr's event loop, which costs more than a small window read, so each process
+    opens each array once."""
+    return zarr.open_array(path, mode="r")
 
 
 def _coords(grid: Grid) -> dict[str, Any]:
@@ -189,7 +202,8 @@ class TileGrid:
         )
 
     def array(self, folder: Path, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(str(folder / self.STORE / self.COUNTRY), mode=mode)
+        path = str(folder / self.STORE / self.COUNTRY)
+        return _open_published(path) if mode == "r" else zarr.open_array(path, mode=mode)
 
     def shard_rows(self, folder: Path) -> int:
         a = self.array(folder)
@@ -199,7 +213,7 @@ class TileGrid:
         self.array(folder, "r+")[row0 : row0 + band.shape[0], :] = band
 
     def read_band(self, folder: Path, row0: int, row1: int) -> tuple[NDArray[np.int16], NDArray[np.float64]]:
-        area = zarr.open_array(str(folder / self.STORE / self.AREA), mode="r")
+        area = _open_published(str(folder / self.STORE / self.AREA))
         return np.asarray(self.array(folder)[row0:row1, :]), np.asarray(area[row0:row1])
 
     def read_window(self, folder: Path, rows: tuple[int, int], cols: tuple[int, int]) -> NDArray[np.int16]:
@@ -231,7 +245,8 @@ class TileWeights:
         )
 
     def array(self, folder: Path, mode: str = "r") -> zarr.Array:
-        return zarr.open_array(str(folder / self.STORE / self.WEIGHT), mode=mode)
+        path = str(folder / self.STORE / self.WEIGHT)
+        return _open_published(path) if mode == "r" else zarr.open_array(path, mode=mode)
 
     def write_band(self, folder: Path, row0: int, band: NDArray[np.uint64]) -> None:
         self.array(folder, "r+")[row0 : row0 + band.shape[0], :] = band
