@@ -42,10 +42,12 @@ class GridPolicy(Strict):
     @field_validator("chunk_cols")
     @classmethod
     def _divides_the_row(cls, value: int, info: ValidationInfo) -> int:
-        """A shard is a whole row band: its chunks must tile the row exactly."""
+        """A shard is a whole row band: its chunks must tile the row exactly (a chunk wider
+        than the row is the row)."""
         resolution = info.data.get("resolution_arcsec")
-        if resolution and (360 * 3600 // resolution) % value:
-            raise ValueError(f"must divide the {360 * 3600 // resolution} columns of the {resolution}″ grid")
+        columns = 360 * 3600 // resolution if resolution else 0
+        if value < columns and columns % value:
+            raise ValueError(f"must divide the {columns} columns of the {resolution}″ grid (or exceed them)")
         return value
 
 

@@ -119,6 +119,7 @@ def test_bundle_for_another_seed(tmp_path: Path, bundle42: Path) -> None:
         ),
         ("s6_jitter", {"jitter": {"max_attempts": "64"}}, "E_POLICY_INVALID", "jitter.uniform_v1.max_attempts"),
         ("grid", {"resolution_arcsec": 7}, "E_POLICY_INVALID", "resolution_arcsec"),
+        ("grid", {"chunk_cols": 700}, "E_POLICY_INVALID", "chunk_cols"),  # 4 320 columns at 5′: must divide them
     ],
 )
 def test_policy_schema_is_strict(make_bundle: MakeBundle, file: str, patch: dict, code: str, key: str) -> None:
@@ -137,6 +138,10 @@ def test_policy_schema_is_strict(make_bundle: MakeBundle, file: str, patch: dict
         ("gates", {"country_gini_max": {"B": 0.67}}),
     ],
 )
+def test_a_chunk_wider_than_the_row_is_the_row(make_bundle: MakeBundle) -> None:
+    assert load_bundle(make_bundle(grid={"resolution_arcsec": 1800, "chunk_cols": 1440}), "v").grid.chunk_cols == 1440
+
+
 def test_every_policy_file_moves_parameter_hash(make_bundle: MakeBundle, file: str, patch: dict) -> None:
     base = load_bundle(make_bundle(), "v").parameter_hash
     assert load_bundle(make_bundle(), "v").parameter_hash == base  # a copy is the same bundle
