@@ -129,6 +129,10 @@ def test_policy_schema_is_strict(make_bundle: MakeBundle, file: str, patch: dict
     assert err.value.file.endswith(f"{file}.yaml")
 
 
+def test_a_chunk_wider_than_the_row_is_the_row(make_bundle: MakeBundle) -> None:
+    assert load_bundle(make_bundle(grid={"resolution_arcsec": 1800, "chunk_cols": 1440}), "v").grid.chunk_cols == 1440
+
+
 @pytest.mark.parametrize(
     ("file", "patch"),
     [
@@ -138,10 +142,6 @@ def test_policy_schema_is_strict(make_bundle: MakeBundle, file: str, patch: dict
         ("gates", {"country_gini_max": {"B": 0.67}}),
     ],
 )
-def test_a_chunk_wider_than_the_row_is_the_row(make_bundle: MakeBundle) -> None:
-    assert load_bundle(make_bundle(grid={"resolution_arcsec": 1800, "chunk_cols": 1440}), "v").grid.chunk_cols == 1440
-
-
 def test_every_policy_file_moves_parameter_hash(make_bundle: MakeBundle, file: str, patch: dict) -> None:
     base = load_bundle(make_bundle(), "v").parameter_hash
     assert load_bundle(make_bundle(), "v").parameter_hash == base  # a copy is the same bundle
