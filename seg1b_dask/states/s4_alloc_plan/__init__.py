@@ -104,17 +104,20 @@ def _lineage(iso2: str, retained: tuple[NDArray[np.uint64], NDArray[np.int64]], 
 def _batch_task(
     folders: dict[str, Path],
     countries: list[dict[str, Any]],
+    pairs_of: dict[str, pa.Table],
     retained: dict[str, tuple[NDArray[np.uint64], NDArray[np.int64]]],
     arrivals: dict[str, Moves],
     policy: TileAllocation,
     seed: int,
     grid: Grid,
 ) -> dict[str, Any]:
-    """Allocate a batch of countries over their own tiles; write their plan and lineage parts."""
+    """Allocate a batch of countries over their own tiles; write their pairs, plan and
+    lineage parts."""
     stats = {"plan_rows": 0, "lone_sites_moved": 0, "tiles_used": 0, "max_sites_per_tile": 0, "max_share": 0.0}
     for c in countries:
         iso2 = c["iso2"]
-        pairs = COUNTRY_PAIRS.read(folders["plan"], [iso2])
+        pairs = pairs_of[iso2]
+        COUNTRY_PAIRS.write(folders["plan"], iso2, pairs)
         tile_ids, weight = country_tiles(folders["grid"], folders["weights"], c, grid.ncols)
         plan, moved = _allocate_country(pairs, tile_ids, weight, iso2, policy, seed, grid)
         ALLOC_PLAN.write(folders["plan"], iso2, plan)
@@ -204,22 +207,18 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     order = np.lexsort((allocation.merchant, allocation.country))
     country_of = codes[allocation.country[order]]
     bounds = np.flatnonzero(np.r_[True, country_of[1:] != country_of[:-1], True])
-    wanted = []
+    pairs_of = {}
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         rows = order[lo:hi]
         iso2 = str(country_of[lo])
-        wanted.append(iso2)
-        COUNTRY_PAIRS.write(
-            plan_folder,
-            iso2,
-            pa.table(
-                {
-                    "merchant_id": allocation.merchant[rows],
-                    "legal_country_iso": pa.array([iso2] * len(rows), pa.string()),
-                    "n_sites": allocation.n_sites[rows],
-                }
-            ),
+        pairs_of[iso2] = pa.table(
+            {
+                "merchant_id": allocation.merchant[rows],
+                "legal_country_iso": pa.array([iso2] * len(rows), pa.string()),
+                "n_sites": allocation.n_sites[rows],
+            }
         )
+    wanted = list(pairs_of)
     folders = {
         "plan": plan_folder,
         "lineage": out["site_lineage"],
@@ -234,6 +233,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         dask.delayed(_batch_task)(
             folders,
             [country_row[c] for c in batch],
+            {c: pairs_of[c] for c in batch},
             {c: retained[c] for c in batch},
             {c: arrivals[c] for c in batch},
             policy,
