@@ -94,7 +94,8 @@ def parse_seeds(value: str | None) -> list[int] | None:
         if not item:
             continue
         if not item.isdigit() or int(item) > U64_MAX:
-            raise Seg1BError(Code.E_BAD_OPTION, "seeds are integers 0 … 2^64−1, comma-separated", key=f"--seeds {item}")
+            message = "seeds are integers 0 … 2^64−1, comma-separated"
+            raise Seg1BError(Code.E_BAD_OPTION, message, key=f"--seeds {item}")
         seeds.append(int(item))
     if len(set(seeds)) != len(seeds):
         raise Seg1BError(Code.E_BAD_OPTION, "a seed is listed twice", key=f"--seeds {value}")

@@ -221,6 +221,7 @@ def _rewrite(bundle: Path, table: pa.Table) -> None:
 
 def test_cli_refusals(tmp_path: Path, bundle_copy: Path, make_bundle: MakeBundle) -> None:
     r = str(tmp_path / "r")
+    tiny_quantum = {"area_quantum_m2": 1e-300}
     assert _cli("--version") == (0, f"seg1b, version {__version__}\n")
     cases = [
         (["certify", "--root", r, "--seeds", "42,abc"], "E_BAD_OPTION", "--seeds abc"),
@@ -228,7 +229,7 @@ def test_cli_refusals(tmp_path: Path, bundle_copy: Path, make_bundle: MakeBundle
         (["run", "--root", r, "--scheduler", "bogus"], "E_BAD_OPTION", "--scheduler"),
         (["run", "--root", r, "--policies", str(make_bundle(grid={"eligibility": {"min_population": 10**12}}))],
          "E_NO_ELIGIBLE_COUNTRY", "eligibility.min_population"),
-        (["run", "--root", r, "--policies", str(make_bundle(s2_tile_weights={"tile_weights": {"area_quantum_m2": 1e-300}}))],
+        (["run", "--root", r, "--policies", str(make_bundle(s2_tile_weights={"tile_weights": tiny_quantum}))],
          "E_POLICY_INVALID", "area_quantum_m2"),
         (["run", "--root", r, "--policies", str(make_bundle(gates={"bootstrap_replicates": 10**8}))],
          "E_POLICY_INVALID", "bootstrap_replicates"),
