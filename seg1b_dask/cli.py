@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,19 +89,17 @@ def _scheduler(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 def parse_seeds(value: str | None) -> list[int] | None:
     """``42,7,101`` → [42, 7, 101]; anything else is one coded line naming the bad item."""
-    if not value:
+    if value is None:
         return None
     seeds = []
     for item in (i.strip() for i in value.split(",")):
-        if not item:
-            continue
         if not item.isdigit() or int(item) > U64_MAX:
-            message = "seeds are integers 0 … 2^64−1, comma-separated"
+            message = "seeds are integers 0 … 2^64−1, comma-separated, none empty"
             raise Seg1BError(Code.E_BAD_OPTION, message, key=f"--seeds {item}")
         seeds.append(int(item))
     if len(set(seeds)) != len(seeds):
         raise Seg1BError(Code.E_BAD_OPTION, "a seed is listed twice", key=f"--seeds {value}")
-    return seeds or None
+    return seeds
 
 
 class Progress:
@@ -145,6 +145,16 @@ def progress(total: int, desc: str, quiet: bool = False) -> Iterator[Progress]:
 # What a run's and a pack's summary show, in this order.
 CORE_METRICS = (*COUNTRY_METRICS, "nn_ratio", "nn_contraction")
 REALISM_METRICS = ("sentinel_flagged", "merchant_countries_median", "merchants_above_1a_max_share", "near_city_share")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
 
 
 def clip(text: str, width: int) -> str:
@@ -231,7 +241,13 @@ def score_summary(scored: Scored) -> list[str]:
     else:
         lines.append(f"  price: relocated_share {f.get('relocated_share', 0.0):.4f} (country counts are 1A's)")
     pin = scored.card.get("baseline")
-    if pin is None:
+    pinned_now = scored.card.get("baseline_pinned_now")
+    if pinned_now and pin:
+        lines.append(
+            f"  baseline of seed {scored.seed}: pinned now, by this command's first run {pinned_now['run_id']} "
+            f"(nn_ratio {pin['nn_ratio']:.3f}; its own grade {pinned_now['grade']}; `seg1b score` it for details)"
+        )
+    elif pin is None:
         lines.append(f"  no baseline pinned for seed {scored.seed}: `seg1b baseline --seed {scored.seed}` pins one")
     elif pin["run_id"] == scored.run_dir.name:
         lines.append(f"  this run is now the pinned baseline of seed {scored.seed} (nn_ratio {pin['nn_ratio']:.3f})")
@@ -307,6 +323,7 @@ def run(
     from .lanes import fast_lane
     from .registry import STATES
 
+    started = time.perf_counter()
     click.echo(f"run root: {root.resolve()}", err=True)
     execution = Execution(
         scheduler=scheduler, workers=workers, country_batch=country_batch, sites_per_task=sites_per_task
@@ -326,8 +343,11 @@ def run(
         f"  site_locations     {result.outputs['site_locations']}",
         f"  validation bundle  {result.outputs['validation_bundle']}",
         f"  run receipt        {result.run_dir / 'run.json'}",
+        f"  tile grid          {result.outputs['tile_grid'] / 'tile_grid.zarr'}  (xarray.open_zarr)",
         f"  report             {result.run_dir / 'report.html'}",
-        f"  wall {result.wall_seconds:.2f} s   peak RSS {result.peak_rss_mb:.0f} MiB",
+        f"  this run: wall {result.wall_seconds:.2f} s, peak RSS {result.peak_rss_mb:.0f} MiB;  whole command "
+        f"(baseline, scoring, report included): {time.perf_counter() - started:.1f} s, "
+        f"peak RSS {_peak_rss_mb():.0f} MiB",
     ]
     click.echo("\n".join(lines))
 
@@ -343,7 +363,7 @@ GLOSSARY = (
     ("sentinel", "collapse detector on the 10 largest countries: a stripe (anisotropy) or too few distinct lat/lon"),
     ("merchant_countries_*", "countries per merchant over distinct (merchant, country) pairs"),
     ("near_city_share", "share of sites within gates.yaml near_city_km of a place of near_city_min_population"),
-    ("bootstrap_upper", "95th-percentile bound of a concentration metric, resampling merchants (B+ only)"),
+    ("bootstrap_upper", "upper 95 % bound of a concentration metric, resampling merchants, bias-corrected (B+)"),
     ("relocated_share", "share of 1A outlets placed in another country than 1A gave them: the price of realism"),
     ("cv", "coefficient of variation of a metric across the certification seeds"),
 )
@@ -413,7 +433,8 @@ def certify(
     from .refdata import refdata_version
     from .registry import STATES
 
-    seed_list = parse_seeds(seeds) or list(load_bundle(policies, refdata_version()).gates.required_seeds)
+    parsed = parse_seeds(seeds)
+    seed_list = parsed if parsed is not None else list(load_bundle(policies, refdata_version()).gates.required_seeds)
     click.echo(f"run root: {root.resolve()}", err=True)
     unpinned = sum(baseline_pointer(root, s) is None for s in seed_list) if root.is_dir() else len(seed_list)
     with progress(len(STATES) * (len(seed_list) + unpinned), "certify", quiet) as bar:
@@ -481,7 +502,12 @@ def prune(root: Path, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     removed, datasets, kept = len(out["removed_runs"]), len(out["removed_datasets"]), len(out["kept_runs"])
     staging = len(out["removed_staging"])
-    click.echo(f"{verb} {removed} runs, {datasets} datasets, {staging} staging leftovers; kept {kept} runs")
+    click.echo(
+        f"{verb} {_n(removed, 'run')}, {_n(datasets, 'dataset')}, {_n(staging, 'staging leftover')}; "
+        f"kept {_n(kept, 'run')}"
+    )
+    for run_id in out["removed_runs"]:
+        click.echo(f"  {verb} {run_id}")
     for run_id, why in out["kept_runs"].items():
         click.echo(f"  kept {run_id}: {', '.join(why)}")
 

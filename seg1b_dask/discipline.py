@@ -49,8 +49,10 @@ def run_dir(root: Path, run: str) -> Path:
     if not candidate.is_absolute() and not candidate.exists():
         candidate = RunRoot(Path(root)).run(run)
     path = safe_join(root, candidate.resolve())
+    if not path.is_dir():
+        raise Seg1BError(E_UNKNOWN_RUN, "no such run (neither a run id under the run root nor a folder)", key=run)
     if not (path / "run.json").is_file():
-        raise Seg1BError(E_UNKNOWN_RUN, "no run.json in this run folder", file=path)
+        raise Seg1BError(E_UNKNOWN_RUN, "this folder holds no run.json", file=path)
     return path
 
 

@@ -164,6 +164,7 @@ def fast_lane(
     """One seed from its first dirty state, scored against its pinned baseline."""
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     discipline.check_locks(root, bundle.digests, reopen)
+    pinned_before = discipline.baseline_pointer(root, seed) is not None
     ratio = _baseline_ratio(
         root, seed, bundle, upstream, execution, (lambda name: on_state(f"baseline {name}")) if on_state else None
     )
@@ -183,6 +184,11 @@ def fast_lane(
         and bundle.parameter_hash == load_bundle(BASELINE_POLICIES, refdata_version()).parameter_hash
     )
     scored = score_run(root, result.run_dir, pin_as_baseline=first_baseline)
+    pin = scored.card.get("baseline")
+    if pin and not pinned_before and pin["run_id"] != result.run_id:  # pinned by this command, first
+        base_card = RunRoot(root).run(pin["run_id"]) / "scorecard" / "scorecard.json"
+        grade = discipline.read_json(base_card).get("grade_single_seed", {}) if base_card.is_file() else {}
+        scored.card["baseline_pinned_now"] = {"run_id": pin["run_id"], "grade": grade.get("outcome")}
     discipline.set_pointer(
         root,
         "current_candidate",

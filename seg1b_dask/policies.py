@@ -8,9 +8,11 @@ policy change anywhere moves it (the old engine hashed only S2).
 
 from __future__ import annotations
 
+import difflib
 import json
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -287,10 +289,54 @@ def parse_policy(name: str, data: Any, path: Path) -> Strict:
         raise Seg1BError(E_POLICY_INVALID, f"value is not plain YAML data ({exc})", file=path) from None
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _yaml_path(data, err["loc"])
         if err["type"] == "extra_forbidden":
-            raise Seg1BError(E_POLICY_UNKNOWN_KEY, "unknown policy key", file=path, key=loc) from None
+            close = difflib.get_close_matches(str(err["loc"][-1]), sorted(_field_names()), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise Seg1BError(E_POLICY_UNKNOWN_KEY, f"unknown policy key{hint}", file=path, key=loc) from None
         raise Seg1BError(E_POLICY_INVALID, err["msg"], file=path, key=loc or "<root>") from None
+
+
+def _yaml_path(data: Any, loc: tuple[Any, ...]) -> str:
+    """The error's location as the keys a user sees in the YAML file (pydantic adds the
+    mode's name for a discriminated union; the file has no such key)."""
+    parts, node = [], data
+    for part in loc:
+        if (
+            isinstance(node, dict)
+            and part in node
+            or isinstance(node, list)
+            and isinstance(part, int)
+            and part < len(node)
+        ):
+            node = node[part]
+        elif isinstance(node, dict) and node.get("mode") == part:
+            continue  # the union's tag, not a key
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+@cache
+def _field_names() -> set[str]:
+    """Every key any policy model accepts (for "did you mean" hints)."""
+    names: set[str] = set()
+    stack: list[type[BaseModel]] = list(MODELS.values())
+    seen: set[type[BaseModel]] = set()
+    while stack:
+        model = stack.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            names.add(name)
+            stack.extend(_models_in(field.annotation))
+    return names
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
 def load_bundle(directory: Path, refdata_version: str) -> PolicyBundle:
@@ -300,8 +346,15 @@ def load_bundle(directory: Path, refdata_version: str) -> PolicyBundle:
         path = directory / f"{name}.yaml"
         if not path.is_file() and name == "gates":
             path = directory.parent / "gates.yaml"
+            if not path.is_file():
+                raise Seg1BError(
+                    E_POLICY_MISSING,
+                    "gates.yaml is missing: a bundle reads it from its own folder, else from the folder above "
+                    "(copy policies/gates.yaml beside the bundle's files)",
+                    file=directory.resolve() / "gates.yaml",
+                )
         if not path.is_file():
-            raise Seg1BError(E_POLICY_MISSING, f"policy file {name}.yaml is missing", file=path)
+            raise Seg1BError(E_POLICY_MISSING, f"policy file {name}.yaml is missing", file=path.resolve())
         parsed[name] = parse_policy(name, _load_yaml(path), path)
     digests = {name: sha256_hex(canonical_json(model.model_dump(mode="json"))) for name, model in parsed.items()}
     parameter_hash = sha256_hex(canonical_json({"policies": digests, "refdata": refdata_version}))

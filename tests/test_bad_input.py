@@ -117,7 +117,7 @@ def test_bundle_for_another_seed(tmp_path: Path, bundle42: Path) -> None:
             "E_POLICY_UNKNOWN_KEY",
             "tile_allocation.max_tile_shares",
         ),
-        ("s6_jitter", {"jitter": {"max_attempts": "64"}}, "E_POLICY_INVALID", "jitter.uniform_v1.max_attempts"),
+        ("s6_jitter", {"jitter": {"max_attempts": "64"}}, "E_POLICY_INVALID", "jitter.max_attempts"),
         ("grid", {"resolution_arcsec": 7}, "E_POLICY_INVALID", "resolution_arcsec"),
         ("grid", {"chunk_cols": 700}, "E_POLICY_INVALID", "chunk_cols"),  # 4 320 columns at 5′: must divide them
     ],

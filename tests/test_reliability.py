@@ -234,6 +234,11 @@ def test_cli_refusals(tmp_path: Path, bundle_copy: Path, make_bundle: MakeBundle
         (["run", "--root", r, "--policies", str(make_bundle(gates={"bootstrap_replicates": 10**8}))],
          "E_POLICY_INVALID", "bootstrap_replicates"),
         (["score", "--root", r], "E_BAD_OPTION", "RUN_REF"),
+        (["score", "--root", r, "no-such-run"], "E_UNKNOWN_RUN", "no such run"),
+        (["certify", "--root", r, "--seeds", "1,,2"], "E_BAD_OPTION", "none empty"),
+        (["certify", "--root", r, "--seeds", ","], "E_BAD_OPTION", "--seeds"),
+        (["run", "--root", r, "--policies", str(make_bundle(s6_jitter={"jitter": {"max_attempt": 64}}))],
+         "E_POLICY_UNKNOWN_KEY", "did you mean max_attempts?"),
     ]  # fmt: skip
     for args, code, where in cases:
         exit_code, out = _cli(*args)

@@ -45,4 +45,5 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
     done = subprocess.run([str(seg1b), "run", "--quiet"], cwd=empty, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "every per-seed B+ gate passes" in done.stdout and "single-seed grade: GREEN_BPLUS" in done.stdout
+    assert "baseline of seed 42: pinned now, by this command's first run" in done.stdout
     assert (empty / "runs" / "fix-data-engine" / "segment_1B" / "baseline_authority" / "seed=42.json").is_file()
