@@ -19,7 +19,7 @@ from .errors import Code, InternalError, Seg1BError
 from .execution import Execution, check_scheduler
 from .metrics import COUNTRY_METRICS
 from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult
-from .runroot import environment_error
+from .runroot import RunRoot, environment_error
 
 if TYPE_CHECKING:
     from .lanes import Scored
@@ -145,6 +145,13 @@ def progress(total: int, desc: str, quiet: bool = False) -> Iterator[Progress]:
 # What a run's and a pack's summary show, in this order.
 CORE_METRICS = (*COUNTRY_METRICS, "nn_ratio", "nn_contraction")
 REALISM_METRICS = ("sentinel_flagged", "merchant_countries_median", "merchants_above_1a_max_share", "near_city_share")
+
+
+def _existing(root: Path) -> RunRoot:
+    """The run root a command reads from; a missing one is refused, never created."""
+    if not root.is_dir():
+        raise Seg1BError(Code.E_UNKNOWN_RUN, "no run root here: run `seg1b run` first, or pass --root", file=root)
+    return RunRoot.open(root)
 
 
 def _n(count: int, noun: str) -> str:
@@ -383,7 +390,8 @@ def score(run_ref: str | None, root: Path, explain: bool) -> None:
         return
     if not run_ref:
         raise Seg1BError(Code.E_BAD_OPTION, "name a run (its id or folder), or pass --explain", key="RUN_REF")
-    scored = score_run(root, run_dir(root, run_ref))
+    with _existing(root).shared():  # writes the run's scorecard: never while a prune runs
+        scored = score_run(root, run_dir(root, run_ref))
     click.echo("\n".join(score_summary(scored)))
 
 
@@ -487,7 +495,8 @@ def report(ref: str, root: Path) -> None:
     """Write the HTML report of REF (a run or a certification pack, by id or folder)."""
     from .report import report as write_report
 
-    click.echo(f"report: {write_report(root, ref)}")
+    with _existing(root).shared():
+        click.echo(f"report: {write_report(root, ref)}")
 
 
 @main.command()
@@ -520,7 +529,8 @@ def lock(phase: str, run_ref: str, root: Path) -> None:
     """Lock PHASE (P1 = S2, P2 = S4, P3 = S6) at the policy of RUN_REF."""
     from .discipline import lock_phase, run_dir
 
-    record = lock_phase(root, phase, run_dir(root, run_ref))
+    with _existing(root).shared():
+        record = lock_phase(root, phase, run_dir(root, run_ref))
     click.echo(f"{phase} locked: {record['policy']} digest {record['policy_digest'][:16]}… (run {record['run_id']})")
 
 
