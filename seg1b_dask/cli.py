@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from . import __version__
 from .errors import Code, InternalError, Seg1BError
 from .execution import Execution, check_scheduler
 from .metrics import COUNTRY_METRICS
-from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult
+from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult, peak_rss_mb
 from .runroot import RunRoot, environment_error
 
 if TYPE_CHECKING:
@@ -156,12 +155,6 @@ def _existing(root: Path) -> RunRoot:
 
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0
 
 
 def clip(text: str, width: int) -> str:
@@ -354,7 +347,7 @@ def run(
         f"  report             {result.run_dir / 'report.html'}",
         f"  this run: wall {result.wall_seconds:.2f} s, peak RSS {result.peak_rss_mb:.0f} MiB;  whole command "
         f"(baseline, scoring, report included): {time.perf_counter() - started:.1f} s, "
-        f"peak RSS {_peak_rss_mb():.0f} MiB",
+        f"peak RSS {peak_rss_mb():.0f} MiB",
     ]
     click.echo("\n".join(lines))
 

@@ -115,7 +115,8 @@ def cache_keys(
     return keys
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or its largest child, MiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024.0
@@ -305,7 +306,7 @@ def _run_seed(
         )
     stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-s{seed}-{tokens.manifest_fingerprint[:8]}"
     outputs = dict(chain.published)
-    wall, peak = round(time.perf_counter() - start, 3), round(_peak_rss_mb(), 1)
+    wall, peak = round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1)
     receipt = {
         "seed": seed,
         "parameter_hash": tokens.parameter_hash,
