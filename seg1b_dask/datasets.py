@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dask.array as da
 import numpy as np
@@ -261,13 +261,20 @@ class SiteJitter:
     merchant, then site_order), with a per-country index of [start, stop) positions."""
 
     STORE = "site_jitter.zarr"
-    ARRAYS = ("merchant_id", "country_id", "site_order", "tile_id", "lon_deg", "lat_deg", "attempts")
+    DTYPES: ClassVar[Mapping[str, Any]] = {
+        "merchant_id": np.uint64,
+        "country_id": np.int16,
+        "site_order": np.int32,
+        "tile_id": np.int64,
+        "lon_deg": np.float64,
+        "lat_deg": np.float64,
+        "attempts": np.int16,
+    }
+    ARRAYS = tuple(DTYPES)
     CHUNK = 1 << 20
     index_table = Table("country_index")
 
-    def write(
-        self, folder: Path, pieces: list[Any], sizes: list[int], dtypes: Mapping[str, Any], attrs: dict[str, Any]
-    ) -> Any:
+    def write(self, folder: Path, pieces: list[Any], sizes: list[int], attrs: dict[str, Any]) -> Any:
         """Concatenate delayed per-batch column dicts into chunked Dask arrays; return the
         delayed store (rechunked to a fixed size, so bytes never depend on the batches)."""
         total = sum(sizes)
@@ -275,11 +282,11 @@ class SiteJitter:
         data = {}
         for name in self.ARRAYS:
             parts = [
-                da.from_delayed(piece[name], shape=(n,), dtype=dtypes[name])
+                da.from_delayed(piece[name], shape=(n,), dtype=self.DTYPES[name])
                 for piece, n in zip(pieces, sizes, strict=True)
                 if n
             ]
-            column = da.concatenate(parts) if parts else da.zeros((0,), dtype=dtypes[name])
+            column = da.concatenate(parts) if parts else da.zeros((0,), dtype=self.DTYPES[name])
             data[name] = (("site",), column.rechunk(chunk))
         ds = xr.Dataset(data, attrs=attrs)
         encoding = {name: {"chunks": (chunk,), "compressors": _ZSTD} for name in self.ARRAYS}

@@ -7,18 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import Code, InternalError, Seg1BError
-from .lineage import safe_join, write_json
+from .lineage import safe_join, stage_path, write_json
 from .runroot import RunRoot
 
-E_BASELINE_PINNED = Code.E_BASELINE_PINNED
-E_PHASE_LOCKED = Code.E_PHASE_LOCKED
-E_UNKNOWN_RUN = Code.E_UNKNOWN_RUN
 PHASES = {"P1": "s2_tile_weights", "P2": "s4_alloc_plan", "P3": "s6_jitter"}
 POINTERS = ("current_candidate", "last_good")
 
@@ -50,9 +46,9 @@ def run_dir(root: Path, run: str) -> Path:
         candidate = RunRoot(Path(root)).run(run)
     path = safe_join(root, candidate.resolve())
     if not path.is_dir():
-        raise Seg1BError(E_UNKNOWN_RUN, "no such run (neither a run id under the run root nor a folder)", key=run)
+        raise Seg1BError(Code.E_UNKNOWN_RUN, "no such run (neither a run id under the run root nor a folder)", key=run)
     if not (path / "run.json").is_file():
-        raise Seg1BError(E_UNKNOWN_RUN, "this folder holds no run.json", file=path)
+        raise Seg1BError(Code.E_UNKNOWN_RUN, "this folder holds no run.json", file=path)
     return path
 
 
@@ -104,7 +100,7 @@ def _pin(root: Path, run: Path, nn_ratio: float, write: bool) -> dict[str, Any]:
     existing = _read(path) or {}
     if any(existing.get(k) != payload[k] for k in ("seed", "parameter_hash", "manifest_fingerprint")):
         raise Seg1BError(
-            E_BASELINE_PINNED,
+            Code.E_BASELINE_PINNED,
             "the baseline authority of this seed is pinned and refuses modification",
             file=path,
             key=f"seed={meta['seed']}",
@@ -116,7 +112,7 @@ def _create_once(path: Path, payload: dict[str, Any]) -> bool:
     """Write ``path`` only if it does not exist, atomically (a hard link cannot replace a
     file): of two runs pinning the same seed at once, exactly one wins."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = stage_path(path)
     write_json(tmp, payload)
     try:
         os.link(tmp, path)
@@ -175,7 +171,7 @@ def check_locks(root: Path, digests: dict[str, str], reopen: dict[str, str]) -> 
         reason = reopen.get(phase, "").strip()
         if not reason:
             raise Seg1BError(
-                E_PHASE_LOCKED,
+                Code.E_PHASE_LOCKED,
                 f"{lock['policy']} is locked by {phase} (run {lock['run_id']}); reopen it with a reason",
                 file=path,
                 key=lock["policy"],

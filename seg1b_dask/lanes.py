@@ -4,9 +4,7 @@ lane on a Dask cluster, plus scoring a finished run against the policies sealed 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,16 +14,14 @@ from typing import Any
 import numpy as np
 
 from . import discipline, grading, scoring
-from .errors import E_TOKEN_MISMATCH, Code, Seg1BError
+from .errors import Code, Seg1BError
 from .execution import Execution, connect
-from .lineage import safe_join, write_json, write_text
+from .lineage import safe_join, stage_path, write_json, write_text
 from .policies import PolicyBundle, bundle_from_canonical, load_bundle, sealed_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
 from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
-from .runroot import RunRoot, free_name, shared_root
-
-E_PROMOTION_REFUSED = Code.E_PROMOTION_REFUSED
+from .runroot import RunRoot, publish_folder, shared_root
 
 
 @dataclass
@@ -276,7 +272,7 @@ def certify(
     discipline.check_locks(run_root.path, bundle.digests, reopen or {})
     pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
     with run_root.shared():  # staged under the lock: a prune can never take the staging folder
-        staging = run_root.certification / f".{pack_id}.tmp-{os.getpid()}-{threading.get_ident()}"
+        staging = stage_path(run_root.certification / pack_id)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
@@ -340,7 +336,7 @@ def _certify(
     for seed, result in results.items():  # every seed ran exactly the bundle this pack records
         if result.tokens.parameter_hash != bundle.parameter_hash:
             raise Seg1BError(
-                E_TOKEN_MISMATCH,
+                Code.E_TOKEN_MISMATCH,
                 f"seed {seed} ran parameter_hash {result.tokens.parameter_hash[:12]}…, "
                 f"the pack certifies {bundle.parameter_hash[:12]}…",
                 file=folder,
@@ -356,24 +352,18 @@ def _certify(
         hints=grading.triage_hints(bundle),
     )
     _write_pack(root, folder, bundle, seeds, results, scored, report, wall)
-    final = free_name(run_root.certification, pack_id)
-    pack_report(root, folder, final)
-    try:
-        os.rename(folder, final)
-    except OSError:
-        raise Seg1BError(Code.E_PUBLISH_CONFLICT, "another pack took this name meanwhile", file=final) from None
-    folder = final
+    folder = publish_folder(folder, run_root.certification, pack_id, lambda final: pack_report(root, folder, final))
     promoted = False
     if promote:
         if report.outcome == "RED":
             raise Seg1BError(
-                E_PROMOTION_REFUSED,
+                Code.E_PROMOTION_REFUSED,
                 "promotion refused: a required seed fails a hard gate",
                 file=folder / "grade.json",
                 key=", ".join(sorted({f.gate for f in report.failures["B"]})),
             )
         pointer = {
-            "pack_id": pack_id,
+            "pack_id": folder.name,
             "grade": report.outcome,
             "run_ids": [r.run_id for r in results.values()],
             "parameter_hash": bundle.parameter_hash,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .errors import E_PATH_ESCAPE, E_PUBLISH_CONFLICT, E_TOKEN_MISMATCH, Seg1BError
+from .errors import Code, Seg1BError
 from .hashing import tree_digest
 
 MANIFEST = "_manifest.json"
@@ -50,11 +50,13 @@ def safe_join(root: Path, relative: str | Path) -> Path:
     root = Path(root).resolve()
     target = (root / relative).resolve()
     if target != root and root not in target.parents:
-        raise Seg1BError(E_PATH_ESCAPE, "path escapes the run root", file=root, key=str(relative))
+        raise Seg1BError(Code.E_PATH_ESCAPE, "path escapes the run root", file=root, key=str(relative))
     return target
 
 
-def stage_dir(final: Path) -> Path:
+def stage_path(final: Path) -> Path:
+    """The hidden temporary sibling a file or folder is written to before its rename:
+    unique per process and thread, and recognisable (``.tmp-``) for cleanup."""
     return final.parent / f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}"
 
 
@@ -75,7 +77,7 @@ def check_tokens(folder: Path) -> None:
     for key, value in manifest["tokens"].items():
         if path_tokens.get(key) != str(value):
             raise Seg1BError(
-                E_TOKEN_MISMATCH,
+                Code.E_TOKEN_MISMATCH,
                 f"path says {key}={path_tokens.get(key)}, manifest says {value}",
                 file=folder / MANIFEST,
                 key=key,
@@ -100,7 +102,7 @@ def _commit(tmp: Path, final: Path, digest: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if existing != digest:
             raise Seg1BError(
-                E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final
+                Code.E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final
             )
         return
     try:
@@ -110,7 +112,7 @@ def _commit(tmp: Path, final: Path, digest: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if read_manifest(final)["content_sha256"] != digest:
             raise Seg1BError(
-                E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final
+                Code.E_PUBLISH_CONFLICT, "dataset already published with different bytes (write-once)", file=final
             ) from None
 
 
@@ -119,7 +121,7 @@ def republish(source: Path, final: Path, dataset: str, tokens: dict[str, object]
     if source.resolve() == final.resolve():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir(final)
+    tmp = stage_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     digest = read_manifest(source)["content_sha256"]
     try:
@@ -150,7 +152,7 @@ def _plain(value: object) -> object:
 
 def write_text(path: Path, text: str) -> None:
     """Write a file atomically (temporary sibling, then rename): readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = stage_path(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 

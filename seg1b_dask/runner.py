@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import resource
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,15 +16,15 @@ from typing import Any
 
 from . import __version__
 from .context import GateResult, StateContext
-from .errors import E_VALIDATION_FAILED, Code, InternalError, Seg1BError
+from .errors import Code, Seg1BError
 from .execution import Execution, executing
 from .grid import Grid
 from .hashing import FLAG_NAME, canonical_json, sha256_file, sha256_hex, tree_digest
-from .lineage import MANIFEST, Tokens, read_manifest, republish, safe_join, write_json
+from .lineage import MANIFEST, Tokens, read_manifest, republish, safe_join, stage_path, write_json
 from .policies import PolicyBundle, load_bundle
 from .refdata import refdata_version
 from .registry import DATASETS, STATES, WRITER, StateSpec, state_code_digest
-from .runroot import RunRoot, environment_error
+from .runroot import RunRoot, environment_error, publish_folder
 from .states import s0_gate
 from .upstream import write_bundle
 
@@ -77,7 +75,7 @@ def ensure_standin(root: RunRoot, seed: int) -> Path:
     if (final / FLAG_NAME).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp = stage_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write_bundle(seed, tmp)
@@ -333,7 +331,7 @@ def _run_seed(
     validation = result.validation
     if not validation["passed"]:
         raise Seg1BError(
-            E_VALIDATION_FAILED,
+            Code.E_VALIDATION_FAILED,
             f"S9 structural checks failed: {', '.join(validation['failed_checks'])}",
             file=result.outputs["validation_bundle"] / "checks.json",
         )
@@ -344,19 +342,12 @@ def publish_run(root: RunRoot, stem: str, receipt: dict[str, Any]) -> Path:
     """Write ``run.json`` in a staged folder and rename it to a free run id (``stem``,
     ``stem-2``…): a run folder exists whole or not at all."""
     root.runs.mkdir(parents=True, exist_ok=True)
-    tmp = root.runs / f".{stem}.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp = stage_path(root.runs / stem)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        for n in range(1, 10_000):
-            run_id = stem if n == 1 else f"{stem}-{n}"
-            write_json(tmp / "run.json", {"run_id": run_id, **receipt})
-            try:
-                os.rename(tmp, root.runs / run_id)  # refuses a non-empty existing folder
-                return root.runs / run_id
-            except OSError:
-                if not (root.runs / run_id).exists():
-                    raise
+        return publish_folder(
+            tmp, root.runs, stem, lambda final: write_json(tmp / "run.json", {"run_id": final.name, **receipt})
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    raise InternalError(Code.E_INTERNAL, f"no free run id for {stem}")

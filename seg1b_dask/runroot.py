@@ -29,7 +29,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from filelock import ReadWriteLock, Timeout
 
 from .errors import Code, Seg1BError
-from .lineage import safe_join, seal_and_commit, stage_dir
+from .lineage import safe_join, seal_and_commit, stage_path
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -139,7 +139,7 @@ class RunRoot:
         """Stage a dataset in a temporary sibling; on success seal it with its manifest and
         rename it into place, on any failure (or Ctrl-C) remove it."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stage_dir(final)
+        tmp = stage_path(final)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
@@ -168,12 +168,22 @@ def shared_root(fn: Callable[Concatenate[Path, P], R]) -> Callable[Concatenate[P
     return wrapper
 
 
-def free_name(parent: Path, stem: str) -> Path:
-    """``parent/stem``, or ``stem-2``, ``stem-3``… if that name is taken."""
+def publish_folder(tmp: Path, parent: Path, stem: str, finish: Callable[[Path], object]) -> Path:
+    """Rename the staged folder ``tmp`` to the first free name of ``parent/stem``, ``stem-2``…
+    (run folders, certification packs); ``finish(final)`` first writes into ``tmp`` what
+    depends on the name. A rename never replaces a folder with content: of two writers
+    racing for a name, one takes it and the other moves on to the next."""
     for n in range(1, 10_000):
-        candidate = parent / (stem if n == 1 else f"{stem}-{n}")
-        if not candidate.exists():
-            return candidate
+        final = parent / (stem if n == 1 else f"{stem}-{n}")
+        if final.exists():
+            continue
+        finish(final)
+        try:
+            os.rename(tmp, final)
+            return final
+        except OSError:
+            if not final.exists():
+                raise
     raise Seg1BError(Code.E_INTERNAL, f"no free name for {stem} in {parent}")
 
 

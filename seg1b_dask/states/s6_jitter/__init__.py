@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from ... import refdata, rng
 from ...context import StateContext
 from ...datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT
-from ...errors import E_VALIDATION_FAILED, Seg1BError
+from ...errors import Code, Seg1BError
 from ...execution import compute
 from ...grid import Grid
 from ...policies import S6MixtureV2, S6UniformV1
@@ -97,7 +97,7 @@ def place_sites(
         pending = np.flatnonzero(redo)
     if len(pending):
         raise Seg1BError(
-            E_VALIDATION_FAILED,
+            Code.E_VALIDATION_FAILED,
             f"{len(pending)} sites found no distinct point inside their tile and country",
             key=f"tile {tile_id[pending[0]]}",
         )
@@ -163,18 +163,7 @@ def _batch_task(
             ("attempts", attempts),
         ):
             cols[name].append(values)
-    return {name: np.concatenate(parts).astype(DTYPES[name]) for name, parts in cols.items()}
-
-
-DTYPES = {
-    "merchant_id": np.uint64,
-    "country_id": np.int16,
-    "site_order": np.int32,
-    "tile_id": np.int64,
-    "lon_deg": np.float64,
-    "lat_deg": np.float64,
-    "attempts": np.int16,
-}
+    return {name: np.concatenate(parts).astype(SITE_JITTER.DTYPES[name]) for name, parts in cols.items()}
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
@@ -188,7 +177,6 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         folder,
         pieces,
         [sum(sizes[c] for c in b) for b in country_batches],
-        DTYPES,
         {"mode": policy.mode, "order": "legal_country_iso, merchant_id, site_order"},
     )
     _, *attempts = compute([store, *(dask.delayed(_attempts)(piece) for piece in pieces)])
