@@ -12,7 +12,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import E_BUNDLE_FLAG_MISMATCH, E_BUNDLE_FLAG_MISSING, E_BUNDLE_INDEX, E_PATH_ESCAPE, Seg1BError
+from .errors import Code, Seg1BError
 
 FLAG_NAME = "_passed.flag"
 INDEX_NAME = "index.json"
@@ -76,54 +76,54 @@ def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
     index_path = root / INDEX_NAME
     flag_path = root / FLAG_NAME
     if not flag_path.is_file():
-        raise Seg1BError(E_BUNDLE_FLAG_MISSING, "bundle has no _passed.flag: no PASS, no read", file=flag_path)
+        raise Seg1BError(Code.E_BUNDLE_FLAG_MISSING, "bundle has no _passed.flag: no PASS, no read", file=flag_path)
     if not index_path.is_file():
-        raise Seg1BError(E_BUNDLE_INDEX, "bundle has no index.json", file=index_path)
+        raise Seg1BError(Code.E_BUNDLE_INDEX, "bundle has no index.json", file=index_path)
     try:
         index = json.loads(index_path.read_text())
         listed = [entry["path"] for entry in index["files"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise Seg1BError(E_BUNDLE_INDEX, f"index.json is malformed ({exc})", file=index_path) from None
+        raise Seg1BError(Code.E_BUNDLE_INDEX, f"index.json is malformed ({exc})", file=index_path) from None
     seen: set[str] = set()
     for rel in listed:
         if not isinstance(rel, str) or not rel:
             raise Seg1BError(
-                E_BUNDLE_INDEX, "index entry path is not a non-empty string", file=index_path, key=repr(rel)
+                Code.E_BUNDLE_INDEX, "index entry path is not a non-empty string", file=index_path, key=repr(rel)
             )
         pure = PurePosixPath(rel)
         if pure.as_posix() != rel:
             raise Seg1BError(
-                E_BUNDLE_INDEX, "index paths must be normalised (no './', no '//')", file=index_path, key=rel
+                Code.E_BUNDLE_INDEX, "index paths must be normalised (no './', no '//')", file=index_path, key=rel
             )
         if pure.is_absolute() or ".." in pure.parts:
-            raise Seg1BError(E_BUNDLE_INDEX, "index lists a path outside the bundle", file=index_path, key=rel)
+            raise Seg1BError(Code.E_BUNDLE_INDEX, "index lists a path outside the bundle", file=index_path, key=rel)
         if rel in seen:
-            raise Seg1BError(E_BUNDLE_INDEX, "index lists a file twice", file=index_path, key=rel)
+            raise Seg1BError(Code.E_BUNDLE_INDEX, "index lists a file twice", file=index_path, key=rel)
         seen.add(rel)
         real = (root / rel).resolve()
         if real != root.resolve() and root.resolve() not in real.parents:
             raise Seg1BError(
-                E_PATH_ESCAPE, f"a link inside the bundle points outside it (to {real})", file=root / rel, key=rel
+                Code.E_PATH_ESCAPE, f"a link inside the bundle points outside it (to {real})", file=root / rel, key=rel
             )
         if not (root / rel).is_file():
-            raise Seg1BError(E_BUNDLE_INDEX, "index lists a file that is missing", file=index_path, key=rel)
+            raise Seg1BError(Code.E_BUNDLE_INDEX, "index lists a file that is missing", file=index_path, key=rel)
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - _ENVELOPE
     unlisted = sorted(present - seen)
     if unlisted:
         raise Seg1BError(
-            E_BUNDLE_INDEX, "bundle holds a file the index does not list", file=index_path, key=unlisted[0]
+            Code.E_BUNDLE_INDEX, "bundle holds a file the index does not list", file=index_path, key=unlisted[0]
         )
     try:
         text = flag_path.read_bytes().decode("ascii").strip()
     except UnicodeDecodeError:
         text = ""
     if not text.startswith("sha256_hex = "):
-        raise Seg1BError(E_BUNDLE_FLAG_MISMATCH, "flag is not of the form 'sha256_hex = <hex>'", file=flag_path)
+        raise Seg1BError(Code.E_BUNDLE_FLAG_MISMATCH, "flag is not of the form 'sha256_hex = <hex>'", file=flag_path)
     claimed = text.split("=", 1)[1].strip()
     actual = _concat_digest(root, listed)
     if claimed != actual:
         raise Seg1BError(
-            E_BUNDLE_FLAG_MISMATCH,
+            Code.E_BUNDLE_FLAG_MISMATCH,
             f"flag says {claimed[:16]}… but the listed files hash to {actual[:16]}…",
             file=flag_path,
         )

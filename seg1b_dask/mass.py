@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import E_MASS_INFEASIBLE, Seg1BError
+from .errors import Code, Seg1BError
 from .metrics import TOPK_FRACTIONS
 from .policies import CountryMassPolicy
 
@@ -107,7 +107,7 @@ def govern(
     n = int(eligible.sum())
     if n == 0 or policy.country_cap_share_hard * n < 1.0:
         raise Seg1BError(
-            E_MASS_INFEASIBLE,
+            Code.E_MASS_INFEASIBLE,
             f"a hard cap of {policy.country_cap_share_hard} over {n} eligible countries cannot hold all mass",
             key="country_mass.country_cap_share_hard",
         )
@@ -134,7 +134,7 @@ def govern(
         if float(np.abs(share - before).max()) <= policy.tolerance:
             return MassVector(share / share.sum(), base_share, iteration)
     raise Seg1BError(
-        E_MASS_INFEASIBLE,
+        Code.E_MASS_INFEASIBLE,
         f"floors and caps did not converge in {policy.max_iterations} iterations (they contradict each other)",
         key="country_mass",
     )

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from .errors import E_POLICY_INVALID, E_POLICY_MISSING, E_POLICY_UNKNOWN_KEY, E_TOKEN_MISMATCH, Seg1BError
+from .errors import Code, Seg1BError
 from .hashing import canonical_json, sha256_hex
 
 
@@ -277,7 +277,7 @@ def _load_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise Seg1BError(E_POLICY_INVALID, f"not valid YAML ({exc.__class__.__name__})", file=path) from None
+        raise Seg1BError(Code.E_POLICY_INVALID, f"not valid YAML ({exc.__class__.__name__})", file=path) from None
 
 
 def parse_policy(name: str, data: Any, path: Path) -> Strict:
@@ -286,15 +286,15 @@ def parse_policy(name: str, data: Any, path: Path) -> Strict:
         # JSON-mode strict validation: YAML lists are arrays, "0.5" is not a number.
         return model.model_validate_json(json.dumps(data))
     except TypeError as exc:
-        raise Seg1BError(E_POLICY_INVALID, f"value is not plain YAML data ({exc})", file=path) from None
+        raise Seg1BError(Code.E_POLICY_INVALID, f"value is not plain YAML data ({exc})", file=path) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = _yaml_path(data, err["loc"])
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(err["loc"][-1]), sorted(_field_names()), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise Seg1BError(E_POLICY_UNKNOWN_KEY, f"unknown policy key{hint}", file=path, key=loc) from None
-        raise Seg1BError(E_POLICY_INVALID, err["msg"], file=path, key=loc or "<root>") from None
+            raise Seg1BError(Code.E_POLICY_UNKNOWN_KEY, f"unknown policy key{hint}", file=path, key=loc) from None
+        raise Seg1BError(Code.E_POLICY_INVALID, err["msg"], file=path, key=loc or "<root>") from None
 
 
 def _yaml_path(data: Any, loc: tuple[Any, ...]) -> str:
@@ -348,13 +348,13 @@ def load_bundle(directory: Path, refdata_version: str) -> PolicyBundle:
             path = directory.parent / "gates.yaml"
             if not path.is_file():
                 raise Seg1BError(
-                    E_POLICY_MISSING,
+                    Code.E_POLICY_MISSING,
                     "gates.yaml is missing: a bundle reads it from its own folder, else from the folder above "
                     "(copy policies/gates.yaml beside the bundle's files)",
                     file=directory.resolve() / "gates.yaml",
                 )
         if not path.is_file():
-            raise Seg1BError(E_POLICY_MISSING, f"policy file {name}.yaml is missing", file=path.resolve())
+            raise Seg1BError(Code.E_POLICY_MISSING, f"policy file {name}.yaml is missing", file=path.resolve())
         parsed[name] = parse_policy(name, _load_yaml(path), path)
     digests = {name: sha256_hex(canonical_json(model.model_dump(mode="json"))) for name, model in parsed.items()}
     parameter_hash = sha256_hex(canonical_json({"policies": digests, "refdata": refdata_version}))
@@ -375,5 +375,7 @@ def sealed_bundle(run: dict[str, Any]) -> PolicyBundle:
     """The policies sealed with a run, never the live files."""
     bundle = bundle_from_canonical(run["policy_bundle"], run["policies"], run["refdata_version"])
     if bundle.parameter_hash != run["parameter_hash"]:
-        raise Seg1BError(E_TOKEN_MISMATCH, "sealed policies do not hash to the run's parameter_hash", key="policies")
+        raise Seg1BError(
+            Code.E_TOKEN_MISMATCH, "sealed policies do not hash to the run's parameter_hash", key="policies"
+        )
     return bundle

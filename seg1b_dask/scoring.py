@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from . import metrics, refdata, rng
 from .datasets import SITE_LOCATIONS
-from .errors import E_BUNDLE_FLAG_MISMATCH, E_TOKEN_MISMATCH, Seg1BError
+from .errors import Code, Seg1BError
 from .hashing import tree_digest, verify_bundle
 from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json, write_text
 from .nearest import LAT_BINS, nearest_neighbour_km_chunked
@@ -236,7 +236,7 @@ def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
     for token in ("seed", "parameter_hash", "manifest_fingerprint"):
         if str(index.get(token)) != str(run[token]):
             raise Seg1BError(
-                E_TOKEN_MISMATCH,
+                Code.E_TOKEN_MISMATCH,
                 f"the sealed bundle says {token}={index.get(token)}, run.json says {run[token]}",
                 file=bundle / "index.json",
                 key=token,
@@ -244,7 +244,7 @@ def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
     for token, value in read_manifest(egress)["tokens"].items():
         if str(value) != str(run[token]):
             raise Seg1BError(
-                E_TOKEN_MISMATCH,
+                Code.E_TOKEN_MISMATCH,
                 f"site_locations says {token}={value}, run.json says {run[token]}",
                 file=egress,
                 key=token,
@@ -253,7 +253,7 @@ def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
     actual = tree_digest(egress, exclude=frozenset({MANIFEST}))
     if sealed != actual or read_manifest(egress)["content_sha256"] != actual:
         raise Seg1BError(
-            E_BUNDLE_FLAG_MISMATCH,
+            Code.E_BUNDLE_FLAG_MISMATCH,
             "site_locations bytes differ from those the 1B validation bundle sealed",
             file=egress,
         )

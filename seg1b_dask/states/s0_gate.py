@@ -11,17 +11,7 @@ import pyarrow.parquet as pq
 
 from .. import __version__, refdata
 from ..context import GateResult, StateContext
-from ..errors import (
-    E_BUNDLE_INDEX,
-    E_DUPLICATE_KEY,
-    E_NONPOSITIVE_COUNT,
-    E_SITE_ORDER_GAP,
-    E_TOKEN_MISMATCH,
-    E_UNKNOWN_ISO,
-    E_UPSTREAM_SCHEMA,
-    Code,
-    Seg1BError,
-)
+from ..errors import Code, Seg1BError
 from ..hashing import canonical_json, sha256_file, sha256_hex, verify_bundle
 from ..lineage import write_json
 from ..upstream import CATALOGUE
@@ -42,24 +32,24 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
         raise Seg1BError(Code.E_UPSTREAM_EMPTY, "the outlet catalogue has no rows: 1A placed no outlets", file=path)
     for name, dtype in REQUIRED.items():
         if name not in table.column_names:
-            raise Seg1BError(E_UPSTREAM_SCHEMA, "required column is missing", file=path, key=name)
+            raise Seg1BError(Code.E_UPSTREAM_SCHEMA, "required column is missing", file=path, key=name)
         if not table.schema.field(name).type.equals(dtype):
             raise Seg1BError(
-                E_UPSTREAM_SCHEMA,
+                Code.E_UPSTREAM_SCHEMA,
                 f"column type is {table.schema.field(name).type}, expected {dtype}",
                 file=path,
                 key=name,
             )
         if table.column(name).null_count:
             row = int(np.flatnonzero(table.column(name).is_null().to_numpy(zero_copy_only=False))[0])
-            raise Seg1BError(E_UPSTREAM_SCHEMA, "null value", file=path, key=f"row {row}, column {name}")
+            raise Seg1BError(Code.E_UPSTREAM_SCHEMA, "null value", file=path, key=f"row {row}, column {name}")
     for col in ("legal_country_iso", "home_country_iso"):
         values = np.asarray(table.column(col).to_pylist(), dtype=object)
         unknown = np.flatnonzero(~np.isin(values, list(known_iso)))
         if len(unknown):
             row = int(unknown[0])
             raise Seg1BError(
-                E_UNKNOWN_ISO, f"unknown ISO code {values[row]!r}", file=path, key=f"row {row}, column {col}"
+                Code.E_UNKNOWN_ISO, f"unknown ISO code {values[row]!r}", file=path, key=f"row {row}, column {col}"
             )
     count = table.column("final_country_outlet_count").to_numpy()
     site_order = table.column("site_order").to_numpy()
@@ -68,7 +58,7 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
         row = int(bad[0])
         col = "final_country_outlet_count" if count[row] <= 0 else "site_order"
         raise Seg1BError(
-            E_NONPOSITIVE_COUNT,
+            Code.E_NONPOSITIVE_COUNT,
             f"{col} must be positive, got {min(count[row], site_order[row])}",
             file=path,
             key=f"row {row}",
@@ -82,7 +72,7 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
     if len(dup):
         row = int(order[dup[0] + 1])
         raise Seg1BError(
-            E_DUPLICATE_KEY, "duplicate (merchant_id, legal_country_iso, site_order)", file=path, key=f"row {row}"
+            Code.E_DUPLICATE_KEY, "duplicate (merchant_id, legal_country_iso, site_order)", file=path, key=f"row {row}"
         )
     starts = np.flatnonzero(np.r_[True, ~same_pair])
     sizes = np.diff(np.r_[starts, len(m)])
@@ -91,7 +81,7 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
     if len(gap):
         row = int(order[gap[0]])
         raise Seg1BError(
-            E_SITE_ORDER_GAP,
+            Code.E_SITE_ORDER_GAP,
             "site_order must run 1..n within each (merchant, country) and n must equal final_country_outlet_count",
             file=path,
             key=f"row {row} (merchant_id {m[gap[0]]})",
@@ -101,7 +91,10 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
     if len(many):
         merchant_id = homes.column("merchant_id")[int(many[0])].as_py()
         raise Seg1BError(
-            E_UPSTREAM_SCHEMA, "a merchant has more than one home country", file=path, key=f"merchant_id {merchant_id}"
+            Code.E_UPSTREAM_SCHEMA,
+            "a merchant has more than one home country",
+            file=path,
+            key=f"merchant_id {merchant_id}",
         )
 
 
@@ -114,26 +107,26 @@ def verify(
     index, flag = verify_bundle(upstream)
     if not isinstance(index.get("seed"), int) or index["seed"] != int(seed):
         raise Seg1BError(
-            E_TOKEN_MISMATCH,
+            Code.E_TOKEN_MISMATCH,
             f"1A bundle is for seed {index.get('seed')}, run asks for seed {seed}",
             file=upstream / "index.json",
             key="seed",
         )
     path = upstream / CATALOGUE
     if not path.is_file():
-        raise Seg1BError(E_BUNDLE_INDEX, "the 1A bundle has no outlet catalogue", file=path, key=CATALOGUE)
+        raise Seg1BError(Code.E_BUNDLE_INDEX, "the 1A bundle has no outlet catalogue", file=path, key=CATALOGUE)
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise Seg1BError(
-            E_UPSTREAM_SCHEMA, f"the outlet catalogue is not readable Parquet ({exc})", file=path
+            Code.E_UPSTREAM_SCHEMA, f"the outlet catalogue is not readable Parquet ({exc})", file=path
         ) from None
     for token, expected in (("seed", seed), ("manifest_fingerprint", index.get("manifest_fingerprint"))):
         if token in table.column_names:
             values = set(table.column(token).to_pylist())
             if values != {expected}:
                 raise Seg1BError(
-                    E_TOKEN_MISMATCH,
+                    Code.E_TOKEN_MISMATCH,
                     f"rows carry {token} values {sorted(map(str, values))[:3]}, bundle says {expected}",
                     file=path,
                     key=token,

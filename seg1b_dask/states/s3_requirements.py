@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from ..context import StateContext
 from ..datasets import S3_REQUIREMENTS, TILE_GRID
-from ..errors import E_DENYLISTED, E_INELIGIBLE_COUNTRY, Seg1BError
+from ..errors import Code, Seg1BError
 from ..upstream import CATALOGUE
 
 
@@ -25,9 +25,9 @@ def requirements(catalogue: pa.Table, denylist: frozenset[str], eligible: frozen
     pairs = pairs.sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending")])
     countries = np.asarray(pairs.column("legal_country_iso").to_pylist(), dtype=object)
     for code, bad, message in (
-        (E_DENYLISTED, np.isin(countries, list(denylist)), "1A places outlets in a denylisted country"),
+        (Code.E_DENYLISTED, np.isin(countries, list(denylist)), "1A places outlets in a denylisted country"),
         (
-            E_INELIGIBLE_COUNTRY,
+            Code.E_INELIGIBLE_COUNTRY,
             ~np.isin(countries, list(eligible)),
             "1A places outlets in a country with no eligible tiles",
         ),

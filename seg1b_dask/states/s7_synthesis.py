@@ -13,7 +13,7 @@ import pyarrow as pa
 from ..containment import inside_country, inside_tile
 from ..context import StateContext
 from ..datasets import SITE_JITTER, SITE_SYNTHESIS, SITE_TILE_ASSIGNMENT
-from ..errors import E_VALIDATION_FAILED, Code, InternalError, Seg1BError
+from ..errors import Code, InternalError, Seg1BError
 from ..execution import compute
 from ..grid import Grid
 
@@ -34,7 +34,7 @@ def _batch_task(
         for name in ("merchant_id", "site_order", "tile_id"):
             if not np.array_equal(cols[name], assignment.column(name).to_numpy()):
                 raise Seg1BError(
-                    E_VALIDATION_FAILED,
+                    Code.E_VALIDATION_FAILED,
                     f"S6 jitter rows do not line up with the S5 assignment ({name})",
                     file=folders["jitter"],
                     key=f"country {iso2}",
@@ -79,7 +79,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     outside = sum(d["outside"] for d in done)
     if outside:
         raise Seg1BError(
-            E_VALIDATION_FAILED,
+            Code.E_VALIDATION_FAILED,
             f"{outside} sites outside their tile or country",
             file=folders["jitter"],
             key=next(d["first"] for d in done if d["first"]),

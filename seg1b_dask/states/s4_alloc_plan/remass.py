@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ... import metrics, rng
-from ...errors import E_REMASS_INFEASIBLE, Code, InternalError, Seg1BError
+from ...errors import Code, InternalError, Seg1BError
 from ...metrics import EARTH_RADIUS_KM, unit_vectors
 from ...policies import CountryAllocationRemass
 
@@ -204,7 +204,7 @@ def remass(
             short = open_c[capacity < need[open_c]]
             names = ", ".join(iso2[short[:10]].tolist()) or "(cell caps too tight for the mobile outlets)"
             raise Seg1BError(
-                E_REMASS_INFEASIBLE,
+                Code.E_REMASS_INFEASIBLE,
                 f"targets cannot be met from the mobile outlets; countries short of supply: {names}",
                 key="country_allocation.max_share_of_need",
             )
