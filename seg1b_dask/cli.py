@@ -537,13 +537,21 @@ def upstream() -> None:
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="empty or absent output folder"
 )
-def synth(seed: int, out: Path) -> None:
+@click.option(
+    "--scale",
+    type=click.IntRange(1, 10**9),
+    default=None,
+    help="about this many outlets: independent blocks of merchants drawn from the same profile (benchmarks)",
+)
+def synth(seed: int, out: Path, scale: int | None) -> None:
     """Write the 1A stand-in bundle for SEED into OUT (must be empty or absent)."""
-    from .upstream import write_bundle
+    from .upstream import scale_blocks, write_bundle
 
     if out.exists() and any(out.iterdir()):
         raise Seg1BError(Code.E_OUT_NOT_EMPTY, "output folder is not empty", file=out)
-    flag = write_bundle(seed, out)
+    blocks = 1 if scale is None else scale_blocks(seed, scale)
+    with progress(blocks, "1A blocks", quiet=blocks == 1) as bar:
+        flag = write_bundle(seed, out, scale, on_block=lambda done: bar.step(f"block {done}/{blocks}"))
     click.echo(f"1A bundle for seed {seed} written to {out} (sha256_hex = {flag})")
 
 

@@ -46,10 +46,10 @@ def unit_vectors(lon_deg: NDArray[np.float64], lat_deg: NDArray[np.float64]) -> 
 
 def nearest_neighbour_km(lon_deg: NDArray[np.float64], lat_deg: NDArray[np.float64]) -> NDArray[np.float64]:
     """Great-circle distance of every site to its nearest other site (global, exact)."""
-    from sklearn.neighbors import BallTree
+    from scipy.spatial import cKDTree
 
     xyz = unit_vectors(lon_deg, lat_deg)
-    chord, _ = BallTree(xyz).query(xyz, k=2)
+    chord, _ = cKDTree(xyz).query(xyz, k=2, workers=-1)
     return 2.0 * np.arcsin(np.clip(chord[:, 1] / 2.0, 0.0, 1.0)) * EARTH_RADIUS_KM
 
 

@@ -8,7 +8,8 @@ its window until it holds a neighbour, then takes that neighbour's distance as t
 The answer is exact, with no tuning knob. Each band task reads only the rows it needs
 through a ``BandReader``: from arrays in memory, or from a partitioned ``site_locations``
 with a latitude filter, so no task and not the driver ever holds every site's coordinates.
-BallTree runs on 3-D unit vectors (euclidean chord, converted to arc).
+scipy's cKDTree runs on 3-D unit vectors (euclidean chord, converted to arc): a global
+tree on the same vectors gives the same distances bit for bit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dask
 import numpy as np
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
-from sklearn.neighbors import BallTree
+from scipy.spatial import cKDTree
 
 from .execution import compute
 from .metrics import EARTH_RADIUS_KM, unit_vectors
@@ -68,7 +69,7 @@ def band_arcs(read: BandReader, lo: float, hi: float, last: bool) -> NDArray[np.
         return np.zeros(0)
     query = unit_vectors(lon, lat)
     if len(query) >= 2:
-        chord, _ = BallTree(query).query(query, k=2)
+        chord, _ = cKDTree(query).query(query, k=2)
         arc = _chord_to_arc(chord[:, 1])
     else:
         arc = np.full(1, np.inf)
@@ -85,10 +86,10 @@ def band_arcs(read: BandReader, lo: float, hi: float, last: bool) -> NDArray[np.
             halo *= 2.0
         if len(lon2) < 2:
             return np.zeros(1)  # one site on Earth: no neighbour (callers treat n < 2 as undefined)
-        chord, _ = BallTree(unit_vectors(lon2, lat2)).query(query, k=2)
+        chord, _ = cKDTree(unit_vectors(lon2, lat2)).query(query, k=2)
         halo = max(halo, float(np.degrees(_chord_to_arc(chord[:, 1])).max()))
     lon2, lat2 = read(lo - halo, hi + halo, True)
-    chord, _ = BallTree(unit_vectors(lon2, lat2)).query(query[risky], k=2)
+    chord, _ = cKDTree(unit_vectors(lon2, lat2)).query(query[risky], k=2)
     arc[risky] = _chord_to_arc(chord[:, 1])
     return arc
 

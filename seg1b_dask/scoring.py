@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse
 from numpy.typing import NDArray
+from scipy.spatial import cKDTree
 
 from . import metrics, refdata, rng
 from .datasets import SITE_LOCATIONS
@@ -83,16 +85,16 @@ def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64], cell_deg: float
 def near_city_count(sites: SiteFrame, km: float, min_population: int) -> int:
     """Sites within ``km`` (great circle) of a vendored place of at least ``min_population``
     people."""
-    from sklearn.neighbors import BallTree
-
     places = refdata.places().at_least(min_population)
     if len(places.lon) == 0 or len(sites.lon) == 0:
         return 0
-    chord, _ = BallTree(metrics.unit_vectors(places.lon, places.lat)).query(
-        metrics.unit_vectors(sites.lon, sites.lat), k=1
+    # Only "is a place within km" matters: search no farther than that chord (plus slack).
+    reach = 2.0 * np.sin(min(km / metrics.EARTH_RADIUS_KM, np.pi) / 2.0) * (1 + 1e-9) + 1e-12
+    chord, _ = cKDTree(metrics.unit_vectors(places.lon, places.lat)).query(
+        metrics.unit_vectors(sites.lon, sites.lat), k=1, distance_upper_bound=reach
     )
-    arc_km = 2.0 * np.arcsin(np.clip(chord[:, 0] / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
-    return int((arc_km <= km).sum())
+    arc_km = 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
+    return int((np.isfinite(chord) & (arc_km <= km)).sum())
 
 
 @dataclass
@@ -202,12 +204,13 @@ def set_baseline(figures: dict[str, Any], baseline_nn_ratio: float | None) -> No
 
 def merchant_country_matrix(
     merchant: NDArray[np.uint64], iso2: NDArray[np.str_], n_sites: NDArray[np.int64]
-) -> tuple[NDArray[np.int64], list[str]]:
+) -> tuple[scipy.sparse.csr_array, list[str]]:
     """Sites per (merchant, country): the unit the bootstrap resamples."""
     _, m_idx = np.unique(merchant, return_inverse=True)
     codes, c_idx = np.unique(iso2, return_inverse=True)
-    mat = np.zeros((m_idx.max() + 1, len(codes)), dtype=np.int64)
-    np.add.at(mat, (m_idx, c_idx), n_sites)
+    mat = scipy.sparse.coo_array(
+        (np.asarray(n_sites, dtype=np.int64), (m_idx, c_idx)), shape=(m_idx.max() + 1, len(codes))
+    ).tocsr()  # duplicates summed; one row per merchant, never a dense merchants × countries block
     return mat, codes.tolist()
 
 

@@ -5,11 +5,16 @@ reproduces the old baseline posture (FACTS.md §3): for seed 42 the country tota
 exactly the published ones; other seeds vary plausibly around them. Merchant sizes and
 multi-country structure follow the published profile; per-country totals are matched
 exactly by iterative proportional fitting and per-country integer rounding.
+
+``--scale N`` writes about N outlets for benchmarking at scale: independent blocks of
+merchants, each drawn from the same profile with its own jittered country totals, its own
+sizes, country sets and merchant ids (more merchants like these, never copies).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from .errors import Code, Seg1BError
 from .hashing import canonical_json, seal_bundle, sha256_hex
 
 GENERATOR_VERSION = "1A-standin/1"
@@ -65,8 +71,9 @@ def seed42_country_totals() -> dict[str, int]:
     return {**TOP_COUNTRIES, **dict(zip(TAIL_COUNTRIES, TAIL_COUNTS, strict=True))}
 
 
-def _rng(seed: int, purpose: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"{GENERATOR_VERSION}|{seed}|{purpose}".encode()).digest()
+def _rng(seed: int, purpose: str, block: int | None = None) -> np.random.Generator:
+    scope = f"{seed}" if block is None else f"{seed}|block{block}"
+    digest = hashlib.sha256(f"{GENERATOR_VERSION}|{scope}|{purpose}".encode()).digest()
     return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 
 
@@ -78,12 +85,13 @@ def _largest_remainder(quota: NDArray[np.float64], total: int) -> NDArray[np.int
     return base
 
 
-def country_totals(seed: int) -> dict[str, int]:
-    """Seed 42: FACTS totals exactly. Other seeds: the same countries, totals jittered."""
+def country_totals(seed: int, block: int | None = None) -> dict[str, int]:
+    """Seed 42: FACTS totals exactly. Other seeds and scale blocks: the same countries, totals
+    jittered."""
     totals = seed42_country_totals()
-    if seed == 42:
+    if seed == 42 and block is None:
         return totals
-    rng = _rng(seed, "country_totals")
+    rng = _rng(seed, "country_totals", block)
     iso = sorted(totals)
     base = np.asarray([totals[c] for c in iso], dtype=np.float64)
     jittered = base * np.exp(rng.normal(0.0, 0.15, size=len(base)))
@@ -138,13 +146,14 @@ def _countries_per_merchant(rng: np.random.Generator, sizes: NDArray[np.float64]
     return k
 
 
-def synthesize(seed: int) -> Catalogue:
-    """Build the pair table: exact country totals, every merchant >= 2 outlets."""
-    totals = country_totals(seed)
+def synthesize(seed: int, block: int | None = None) -> Catalogue:
+    """Build the pair table: exact country totals, every merchant >= 2 outlets. ``block``
+    draws one more independent block of merchants for a scaled bundle."""
+    totals = country_totals(seed, block)
     iso = np.asarray(sorted(totals), dtype="U2")
     target = np.asarray([totals[c] for c in iso], dtype=np.int64)
     n_outlets = int(target.sum())
-    rng = _rng(seed, "merchants")
+    rng = _rng(seed, "merchants", block)
     sizes = _merchant_sizes(rng, n_outlets)
     k = _countries_per_merchant(rng, sizes)
     n, c = len(sizes), len(iso)
@@ -199,11 +208,10 @@ def synthesize(seed: int) -> Catalogue:
         donor = int(np.argmax(np.where(counts.sum(axis=1) > 2, counts[:, country], 0)))
         counts[donor, country] -= 1
         counts[m, country] += 1
-    assert (counts.sum(axis=0) == target).all()
-
+    scope = f"{seed}" if block is None else f"{seed}|block{block}"
     ids = np.sort(
         np.frombuffer(
-            b"".join(hashlib.sha256(f"{seed}|merchant|{i}".encode()).digest()[:8] for i in range(n)), dtype="<u8"
+            b"".join(hashlib.sha256(f"{scope}|merchant|{i}".encode()).digest()[:8] for i in range(n)), dtype="<u8"
         )
         >> np.uint64(12)
     )
@@ -219,23 +227,23 @@ def synthesize(seed: int) -> Catalogue:
 def catalogue_rows(cat: Catalogue) -> pa.Table:
     """Expand pairs to one row per outlet with ``site_order`` 1..n."""
     n = cat.n_outlets
-    pair = np.repeat(np.arange(len(n)), n)
+    pair = pa.array(np.repeat(np.arange(len(n)), n))
     starts = np.cumsum(n) - n
     site_order = np.arange(int(n.sum())) - np.repeat(starts, n) + 1
     return pa.table(
         {
-            "merchant_id": pa.array(cat.merchant_id[pair], pa.uint64()),
-            "home_country_iso": pa.array(cat.home_country_iso[pair].tolist(), pa.string()),
-            "legal_country_iso": pa.array(cat.legal_country_iso[pair].tolist(), pa.string()),
+            "merchant_id": pa.array(cat.merchant_id, pa.uint64()).take(pair),
+            "home_country_iso": pa.array(cat.home_country_iso.tolist(), pa.string()).take(pair),
+            "legal_country_iso": pa.array(cat.legal_country_iso.tolist(), pa.string()).take(pair),
             "site_order": pa.array(site_order.astype(np.int32), pa.int32()),
             "final_country_outlet_count": pa.array(n[pair].astype(np.int32), pa.int32()),
         }
     )
 
 
-def candidate_rows(cat: Catalogue, seed: int) -> pa.Table:
+def candidate_rows(cat: Catalogue, seed: int, block: int | None = None) -> pa.Table:
     """Candidate countries per merchant: home first (rank 0), then its other legal countries."""
-    rng = _rng(seed, "candidates")
+    rng = _rng(seed, "candidates", block)
     merchant, first = np.unique(cat.merchant_id, return_index=True)
     rows: dict[str, list] = {"merchant_id": [], "country_iso": [], "candidate_rank": [], "is_home": []}
     all_iso = np.unique(cat.legal_country_iso)
@@ -259,14 +267,37 @@ def candidate_rows(cat: Catalogue, seed: int) -> pa.Table:
     )
 
 
-def write_bundle(seed: int, out: Path) -> str:
-    """Write a sealed 1A bundle for ``seed`` into the empty folder ``out``; return its flag hex."""
-    cat = synthesize(seed)
+def scale_blocks(seed: int, scale: int) -> int:
+    """Blocks of merchants that make about ``scale`` outlets (each block ≈ one stand-in)."""
+    return max(1, round(scale / sum(country_totals(seed).values())))
+
+
+def write_bundle(seed: int, out: Path, scale: int | None = None, on_block: Callable[[int], None] | None = None) -> str:
+    """Write a sealed 1A bundle for ``seed`` into the empty folder ``out``; return its flag hex.
+    With ``scale``, about that many outlets from independent merchant blocks, written block by
+    block (one Parquet row group each: memory stays that of one block)."""
+    blocks: list[int | None] = [None] if scale is None else list(range(scale_blocks(seed, scale)))
     out.mkdir(parents=True, exist_ok=True)
-    for rel, table in ((CATALOGUE, catalogue_rows(cat)), (CANDIDATES, candidate_rows(cat, seed))):
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, out / rel, compression="zstd", store_schema=False)
-    fingerprint = sha256_hex(canonical_json({"generator": GENERATOR_VERSION, "seed": seed}))
-    return seal_bundle(
-        out, {"segment": "1A", "seed": seed, "manifest_fingerprint": fingerprint, "generator": GENERATOR_VERSION}
-    )
+    writers: dict[str, pq.ParquetWriter] = {}
+    seen: list[NDArray[np.uint64]] = []
+    try:
+        for block in blocks:
+            cat = synthesize(seed, block)
+            seen.append(np.unique(cat.merchant_id))
+            for rel, table in ((CATALOGUE, catalogue_rows(cat)), (CANDIDATES, candidate_rows(cat, seed, block))):
+                if rel not in writers:
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    writers[rel] = pq.ParquetWriter(out / rel, table.schema, compression="zstd", store_schema=False)
+                writers[rel].write_table(table)
+            if on_block is not None:
+                on_block(len(seen))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    ids = np.concatenate(seen)
+    if len(np.unique(ids)) != len(ids):  # 52-bit hashed ids: a clash is astronomically rare, never silent
+        raise Seg1BError(Code.E_INTERNAL, f"merchant id collision in the scaled stand-in for seed {seed}", file=out)
+    scaled = {} if scale is None else {"scale_blocks": len(blocks)}
+    fingerprint = sha256_hex(canonical_json({"generator": GENERATOR_VERSION, "seed": seed, **scaled}))
+    meta = {"segment": "1A", "seed": seed, "manifest_fingerprint": fingerprint, "generator": GENERATOR_VERSION}
+    return seal_bundle(out, {**meta, **scaled})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__, refdata
@@ -43,13 +44,14 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
         if table.column(name).null_count:
             row = int(np.flatnonzero(table.column(name).is_null().to_numpy(zero_copy_only=False))[0])
             raise Seg1BError(Code.E_UPSTREAM_SCHEMA, "null value", file=path, key=f"row {row}, column {name}")
+    known = pa.array(sorted(known_iso), pa.string())
     for col in ("legal_country_iso", "home_country_iso"):
-        values = np.asarray(table.column(col).to_pylist(), dtype=object)
-        unknown = np.flatnonzero(~np.isin(values, list(known_iso)))
+        unknown = np.flatnonzero(~pc.is_in(table.column(col), value_set=known).to_numpy(zero_copy_only=False))
         if len(unknown):
             row = int(unknown[0])
+            value = table.column(col)[row].as_py()
             raise Seg1BError(
-                Code.E_UNKNOWN_ISO, f"unknown ISO code {values[row]!r}", file=path, key=f"row {row}, column {col}"
+                Code.E_UNKNOWN_ISO, f"unknown ISO code {value!r}", file=path, key=f"row {row}, column {col}"
             )
     count = table.column("final_country_outlet_count").to_numpy()
     site_order = table.column("site_order").to_numpy()
@@ -64,7 +66,7 @@ def validate_catalogue(table: pa.Table, known_iso: frozenset[str], path: Path) -
             key=f"row {row}",
         )
     merchant = table.column("merchant_id").to_numpy()
-    _, country = np.unique(np.asarray(table.column("legal_country_iso").to_pylist(), dtype="U2"), return_inverse=True)
+    country = pc.index_in(table.column("legal_country_iso"), value_set=known).to_numpy(zero_copy_only=False)
     order = np.lexsort((site_order, country, merchant))
     m, c, s, n = merchant[order], country[order], site_order[order], count[order]
     same_pair = (m[1:] == m[:-1]) & (c[1:] == c[:-1])

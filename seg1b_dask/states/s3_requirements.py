@@ -23,26 +23,32 @@ def requirements(catalogue: pa.Table, denylist: frozenset[str], eligible: frozen
     )
     pairs = pairs.rename_columns(["merchant_id", "legal_country_iso", "home_country_iso", "n_sites"])
     pairs = pairs.sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending")])
-    countries = np.asarray(pairs.column("legal_country_iso").to_pylist(), dtype=object)
+    countries = pairs.column("legal_country_iso")
     for code, bad, message in (
-        (Code.E_DENYLISTED, np.isin(countries, list(denylist)), "1A places outlets in a denylisted country"),
+        (
+            Code.E_DENYLISTED,
+            pc.is_in(countries, pa.array(sorted(denylist), pa.string())),
+            "1A places outlets in a denylisted country",
+        ),
         (
             Code.E_INELIGIBLE_COUNTRY,
-            ~np.isin(countries, list(eligible)),
+            pc.invert(pc.is_in(countries, pa.array(sorted(eligible), pa.string()))),
             "1A places outlets in a country with no eligible tiles",
         ),
     ):
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
+        flagged = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+        if len(flagged):
+            row = int(flagged[0])
             raise Seg1BError(
                 code,
                 message,
                 file=path,
-                key=f"merchant_id {pairs.column('merchant_id')[row].as_py()}, country {countries[row]}",
+                key=f"merchant_id {pairs.column('merchant_id')[row].as_py()}, country {countries[row].as_py()}",
             )
-    totals = pairs.group_by("merchant_id").aggregate([("n_sites", "sum")])
-    lookup = dict(zip(totals.column(0).to_pylist(), totals.column(1).to_pylist(), strict=True))
-    merchant_total = [lookup[m] for m in pairs.column("merchant_id").to_pylist()]
+    merchant = pairs.column("merchant_id").to_numpy()
+    n_sites = pairs.column("n_sites").to_numpy().astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, merchant[1:] != merchant[:-1]])  # sorted by merchant
+    merchant_total = np.repeat(np.add.reduceat(n_sites, starts), np.diff(np.r_[starts, len(merchant)]))
     return pa.table(
         {
             "merchant_id": pairs.column("merchant_id"),
@@ -63,6 +69,6 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     S3_REQUIREMENTS.write(out["s3_requirements"], table)
     return {
         "pairs": table.num_rows,
-        "merchants": len(set(table.column("merchant_id").to_pylist())),
+        "merchants": pc.count_distinct(table.column("merchant_id")).as_py(),
         "sites": int(pc.sum(table.column("n_sites")).as_py()),
     }

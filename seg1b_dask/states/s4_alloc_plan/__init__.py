@@ -51,15 +51,9 @@ def _allocate_country(
     key = rng.stream_key(seed, "S4.tile_tie")
     code = rng.country_code_int(np.asarray([iso2]))[0]
     merchants = pairs.column("merchant_id").to_numpy()
-    n_sites = pairs.column("n_sites").to_numpy()
-    rows_m, rows_t, rows_n = [], [], []
-    for m, n in zip(merchants.tolist(), n_sites.tolist(), strict=True):
-        counts = tiles.allocate_pair(policy, int(n), weight, tile_ids, key, np.uint64(m), code)
-        hit = np.flatnonzero(counts)
-        rows_m.append(np.full(len(hit), m, dtype=np.uint64))
-        rows_t.append(tile_ids[hit])
-        rows_n.append(counts[hit])
-    m_arr, t_arr, n_arr = np.concatenate(rows_m), np.concatenate(rows_t), np.concatenate(rows_n).astype(np.int64)
+    n_sites = pairs.column("n_sites").to_numpy().astype(np.int64)
+    pair, tile, count = tiles.allocate_country(policy, n_sites, merchants, weight, tile_ids, key, code)
+    m_arr, t_arr, n_arr = merchants[pair], tile_ids[tile], count
     moved = 0
     if policy.min_sites_per_tile > 1:
         t_arr, moved = tiles.no_lone_tiles(t_arr, n_arr, policy.min_sites_per_tile, grid, tile_ids, weight)

@@ -8,6 +8,11 @@ keyed offset per (merchant, country) — also within 1 of every quota, with no t
 and different merchants land on different tiles. ``max_tile_share`` caps any tile's share
 of a pair. ``min_sites_per_tile`` works across merchants: a tile left with fewer sites than
 that hands them to the nearest tile of the country that has enough (no lone sites).
+
+``allocate_country`` does all of a country's pairs in one pass over its tiles — cost
+O(tiles log tiles + sites log tiles), not pairs × tiles — and gives exactly what
+``allocate_pair`` gives pair by pair; a pair the cap would touch (and keyed largest
+remainder ties) takes the pair-by-pair path, which costs O(tiles) for that pair.
 """
 
 from __future__ import annotations
@@ -144,3 +149,105 @@ def no_lone_tiles(
         target = np.where(full, np.arange(len(tiles)), full_idx[nearest])
     moved = int(load[~full].sum())
     return tiles[target[inverse]], moved
+
+
+def _runs(pair: NDArray[np.int64], tile: NDArray[np.int64]) -> tuple[NDArray[np.int64], ...]:
+    """Run-length (pair, tile index, count) of per-site tile indices sorted by (pair, tile)."""
+    first = np.flatnonzero(np.r_[True, (pair[1:] != pair[:-1]) | (tile[1:] != tile[:-1])])
+    return pair[first], tile[first], np.diff(np.r_[first, len(pair)])
+
+
+def _systematic_runs(
+    n: NDArray[np.int64], offset: NDArray[np.float64], weight: NDArray[np.uint64]
+) -> tuple[NDArray[np.int64], ...]:
+    """``systematic`` for every pair at once: site k of a pair sits at x = start + k·W on the
+    cumulative weights, in tile #{j : n·C_j ≤ x} = #{j : C_j ≤ ⌊x / n⌋} (C integer)."""
+    total_bits = int(weight.sum(dtype=np.uint64)).bit_length()
+    n_bits = np.asarray([int(v).bit_length() for v in np.maximum(n, 1)], dtype=np.int64)
+    shift = np.maximum(0, total_bits + n_bits - 62)
+    out = []
+    for s in np.unique(shift).tolist():
+        pairs = np.flatnonzero(shift == s)
+        w = (weight >> np.uint64(s)).astype(np.int64)
+        if int(w.sum()) == 0:
+            w = (weight > 0).astype(np.int64)
+        cumulative = np.cumsum(w)
+        total = int(cumulative[-1])
+        start = (offset[pairs] * total).astype(np.int64)
+        sizes = n[pairs]
+        pair = np.repeat(pairs, sizes)
+        k = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        x = np.repeat(start, sizes) + k * total
+        tile = np.searchsorted(cumulative, x // np.repeat(sizes, sizes), side="right")
+        out.append((pair, tile))
+    pair = np.concatenate([p for p, _ in out])
+    tile = np.concatenate([t for _, t in out])
+    order = np.lexsort((tile, pair)) if len(out) > 1 else np.arange(len(pair))
+    return _runs(pair[order], tile[order])
+
+
+def _largest_remainder_runs(
+    n: NDArray[np.int64], weight: NDArray[np.uint64], tiles: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], ...]:
+    """``largest_remainder`` with ``tile_id`` ties for every pair at once. Tiles sorted by
+    (weight desc, tile asc): a tile with n·w < W has remainder n·w, so a pair's best tiles lie
+    in the first (tiles with n·w ≥ W) + n of that order (≤ 2n)."""
+    order = np.lexsort((tiles, ~weight))
+    w_sorted = weight[order]
+    total = np.uint64(int(weight.sum(dtype=np.uint64)))
+    # big_p = #{w ≥ W / n_p} (w·n ≥ W ⇔ w ≥ ⌈W / n⌉), counted on ~w, which ascends
+    divisor = np.maximum(n, 1).astype(np.uint64)
+    threshold = total // divisor + (total % divisor != 0).astype(np.uint64)
+    big = np.searchsorted(~w_sorted, ~threshold, side="right")
+    length = np.minimum(len(w_sorted), big + n)
+    pair = np.repeat(np.arange(len(n)), length)
+    j = np.arange(int(length.sum()), dtype=np.int64) - np.repeat(np.cumsum(length) - length, length)
+    product = np.repeat(n, length).astype(np.uint64) * w_sorted[j]
+    floor = (product // total).astype(np.int64)
+    remainder = product % total
+    starts = np.cumsum(length) - length
+    short = n - np.add.reduceat(floor, starts)
+    rank = np.lexsort((tiles[order][j], total - remainder, pair))
+    position = np.empty(len(rank), dtype=np.int64)
+    position[rank] = np.arange(len(rank)) - np.repeat(starts, length)
+    counts = floor + (position < np.repeat(short, length))
+    keep = counts > 0
+    pair, tile, counts = pair[keep], order[j[keep]], counts[keep]
+    by_tile = np.lexsort((tile, pair))
+    return pair[by_tile], tile[by_tile], counts[by_tile]
+
+
+def allocate_country(
+    policy: TileAllocation,
+    n: NDArray[np.int64],
+    merchants: NDArray[np.uint64],
+    weight: NDArray[np.uint64],
+    tiles: NDArray[np.int64],
+    key: np.uint64,
+    country_code: np.uint64,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Every pair of one country (``n`` sites of ``merchants``) over the country's tiles (ascending
+    ``tiles`` with ``weight``): (pair index, tile index, sites), sorted by pair then tile."""
+    if policy.method == "systematic":
+        offset = rng.uniform(key, merchants, country_code, np.uint64(0))
+        pair, tile, count = _systematic_runs(n, offset, weight)
+    elif policy.tie_break == "tile_id":
+        pair, tile, count = _largest_remainder_runs(n, weight, tiles)
+    else:  # keyed ties at the threshold remainder need every tied tile's key: pair by pair
+        pair, tile, count = (np.zeros(0, dtype=np.int64),) * 3
+    per_pair = policy.method == "largest_remainder" and policy.tie_break == "keyed"
+    if policy.max_tile_share < 1.0 or per_pair:
+        cap = np.maximum(np.ceil(policy.max_tile_share * n), -(-n // len(tiles))).astype(np.int64)
+        over = np.zeros(len(n), dtype=bool)
+        over[pair[count > cap[pair]]] = True
+        redo = np.flatnonzero(over | per_pair)
+        if len(redo):
+            parts = [(pair[~over[pair]], tile[~over[pair]], count[~over[pair]])]
+            for p in redo.tolist():
+                counts = allocate_pair(policy, int(n[p]), weight, tiles, key, merchants[p], country_code)
+                hit = np.flatnonzero(counts)
+                parts.append((np.full(len(hit), p), hit, counts[hit]))
+            pair, tile, count = (np.concatenate([part[i] for part in parts]) for i in range(3))
+            order = np.lexsort((tile, pair))
+            pair, tile, count = pair[order], tile[order], count[order]
+    return pair, tile, count.astype(np.int64)

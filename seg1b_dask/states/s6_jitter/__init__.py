@@ -39,6 +39,49 @@ def _distinct(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.
     return ok
 
 
+class _Accepted:
+    """The accepted sites, kept distinct incrementally: a new point is checked against a
+    sorted array of coordinate hashes (O(new · log accepted) per attempt, not a re-sort of
+    every accepted site). Where hashes meet, ``_distinct`` decides on just those sites, so
+    the lowest index keeps a repeated point, as over the whole set."""
+
+    def __init__(self) -> None:
+        self.hash = np.zeros(0, dtype=np.uint64)
+        self.index = np.zeros(0, dtype=np.int64)
+
+    @staticmethod
+    def _hash(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.uint64]:
+        # + 0.0 folds -0.0 into 0.0, which compare equal
+        return rng.hash64(np.uint64(0), (lon + 0.0).view(np.uint64), (lat + 0.0).view(np.uint64))
+
+    def add(self, new: NDArray[np.int64], lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Accept the sites ``new`` (ascending) at their points; return every site that lost its
+        point to a lower index (some of ``new``, possibly some accepted before)."""
+        h = self._hash(lon[new], lat[new])
+        at = np.searchsorted(self.hash, h)
+        meets_old = self.hash[np.minimum(at, max(len(self.hash) - 1, 0))] == h if len(self.hash) else h != h
+        sorted_h = np.sort(h)
+        repeated = sorted_h[1:][sorted_h[1:] == sorted_h[:-1]]
+        clash = meets_old | np.isin(h, repeated)
+        lost = np.zeros(0, dtype=np.int64)
+        if clash.any():
+            hashes = np.unique(h[clash])
+            lo, hi = np.searchsorted(self.hash, hashes), np.searchsorted(self.hash, hashes, side="right")
+            spans = [np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+            old = np.concatenate(spans).astype(np.int64)
+            group = np.union1d(self.index[old], new[clash])
+            lost = group[~_distinct(lon[group], lat[group])]
+            keep_old = ~np.isin(self.index, lost)
+            self.hash, self.index = self.hash[keep_old], self.index[keep_old]
+            won = ~np.isin(new, lost)
+            new, h = new[won], h[won]
+        order = np.argsort(h, kind="stable")
+        at = np.searchsorted(self.hash, h[order])
+        self.hash = np.insert(self.hash, at, h[order])
+        self.index = np.insert(self.index, at, new[order])
+        return lost
+
+
 def place_sites(
     tile_id: NDArray[np.int64],
     key_fields: tuple[NDArray[np.uint64], ...],
@@ -59,6 +102,7 @@ def place_sites(
     attempts = np.zeros(len(tile_id), dtype=np.int16)
     pending = np.arange(len(tile_id))
     pieces: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+    accepted = _Accepted()
     for attempt in range(2 * max_attempts):
         if not len(pending):
             break
@@ -89,12 +133,9 @@ def place_sites(
             ok &= mixture_v2.within_tail(mix, pending, lon[pending], lat[pending])
         ok[ok] = shapely.contains_xy(geom, lon[pending[ok]], lat[pending[ok]])
         lon[pending[~ok]] = np.nan
-        ok_all = ~np.isnan(lon)
-        distinct = np.ones(len(lon), dtype=bool)
-        distinct[ok_all] = _distinct(lon[ok_all], lat[ok_all])
-        redo = ~ok_all | ~distinct
-        lon[redo] = np.nan
-        pending = np.flatnonzero(redo)
+        lost = accepted.add(pending[ok], lon, lat)
+        lon[lost] = np.nan
+        pending = np.union1d(pending[~ok], lost)
     if len(pending):
         raise Seg1BError(
             Code.E_VALIDATION_FAILED,
