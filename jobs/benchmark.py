@@ -1,22 +1,27 @@
 """Benchmark: per-state wall seconds and peak RSS, written as JSON.
 
-Suites (``--suite``, default all):
+Suites (``--suite``; default: engine, grid30, scorer, certify, report, memory):
   * ``engine``  — seed 42 full chain cold (empty cache) and warm (S1/S2 reused, S3..S9
     recomputed), for the baseline and the remediation bundle; medians over ``--repeat`` runs;
-  * ``grid30``  — S1+S2 alone on the 30″ world grid (21,600 x 43,200 cells), for both
-    bundles (the remediation's S2 is the population basis, ``blend_v2``);
+  * ``grid30``  — the 30″ world grid (21,600 x 43,200 cells), both bundles: S1+S2 cold, the
+    full chain at 31 k sites with S1/S2 warm, and the remediation at ``--grid30-sites``;
   * ``scorer``  — the scorecard at 31 k and 1 M sites, nearest neighbours per latitude
     band with a halo side by side with one global tree;
   * ``report``  — the HTML report at 31 k sites, and its costly parts at 10 M sites;
   * ``memory``  — driver peak RSS of S4-S9 at 31 k and 1 M sites with one country mix (seed
     42's merchants copied 32 times), baseline bundle, S1/S2 warm;
-  * ``certify`` — the certification lane (remediation bundle), 4 seeds in parallel on a
+  * ``certify`` — the certification lane (remediation bundle), 4 seeds interleaved on a
     LocalCluster, against 4 x one seed in the fast lane, warm cache (S1/S2 and baselines
-    present).
+    present);
+  * ``scale``   — the scaling curve: ``seg1b run`` on 1A stand-ins scaled to ``--scale-sites``
+    (31 k … 10 M), per-state seconds, seconds per million sites, peak RSS of the driver and
+    the largest worker; also writes ``<out>-scale.png``;
+  * ``strong``  — one seed of ``--strong-sites`` on a local cluster of 1 then 2 workers.
 
 Usage::
 
     python jobs/benchmark.py --out bench/benchmark.json [--repeat 3] [--suite engine,scorer]
+    python jobs/benchmark.py --out bench/scale.json --suite scale,strong
 """
 
 from __future__ import annotations
@@ -147,7 +152,7 @@ def bench_chain(work: Path, repeat: int, execution: Execution, policies: Path, b
     return {"cold": _median_runs(cold), "warm": _median_runs(warm)}
 
 
-def bench_grid30(work: Path, execution: Execution, source: Path) -> dict:
+def _grid30_policies(work: Path, source: Path) -> Path:
     policies = work / "policies" / f"grid30-{source.name}"
     shutil.copytree(source, policies)
     shutil.copy(source.parent / "gates.yaml", policies.parent / "gates.yaml")
@@ -157,24 +162,69 @@ def bench_grid30(work: Path, execution: Execution, source: Path) -> dict:
         .replace("resolution_arcsec: 300", "resolution_arcsec: 30")
         .replace("chunk_cols: 1080", "chunk_cols: 5400")
     )
-    bundle = load_bundle(policies, refdata_version())
-    chain = Chain(work / "grid30", 42, bundle, Path("."), execution)
+    return policies
+
+
+def _timed_run(root: Path, policies: Path, execution: Execution, upstream: Path | None, ratio: float | None) -> dict:
     with RssSampler() as rss:
         t = time.perf_counter()
-        records = chain.run_global(on_state=rss.mark)
+        result = run_seed(
+            root=root, seed=42, policies=policies, upstream=upstream, execution=execution, on_state=rss.mark,
+            baseline_nn_ratio=ratio,
+        )  # fmt: skip
         wall = time.perf_counter() - t
-    size = sum(p.stat().st_size for p in (work / "grid30" / "data").rglob("*") if p.is_file())
-    out = {
-        "cells": 21600 * 43200,
+    return {
+        "sites": result.validation["metrics"]["sites"],
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(max(rss.peaks.values()), 1),
         "states": {
-            r.id: {"seconds": round(r.seconds, 3), "peak_rss_mb": round(rss.peaks.get(r.id, 0.0), 1), "stats": r.stats}
-            for r in records
+            s.id: {
+                "seconds": round(s.seconds, 3),
+                "reused": s.reused,
+                "peak_rss_mb": round(rss.peaks.get(s.id, 0.0), 1),
+            }
+            for s in result.states
         },
-        "stored_mb": round(size / 2**20, 1),
+        "nn_ratio": result.validation["metrics"].get("nn_ratio"),
+        "sealed": result.validation.get("sealed"),
     }
-    shutil.rmtree(work / "grid30")
+
+
+def bench_grid30(work: Path, execution: Execution, large_sites: int | None) -> dict:
+    """The 30″ world grid (21,600 x 43,200 cells), both bundles: S1+S2 cold, then the full
+    chain at 31 k sites with S1/S2 warm (the remediation graded against the 30″ baseline's
+    NN ratio), then — with ``large_sites`` — the remediation's full chain on a scaled 1A."""
+    from seg1b_dask.upstream import write_bundle
+
+    out: dict = {"cells": 21600 * 43200}
+    ratio = None
+    for source in (BASELINE_POLICIES, DEFAULT_POLICIES):
+        policies = _grid30_policies(work, source)
+        root = work / f"grid30-{source.name}"
+        chain = Chain(root, 42, load_bundle(policies, refdata_version()), Path("."), execution)
+        with RssSampler() as rss:
+            t = time.perf_counter()
+            records = chain.run_global(on_state=rss.mark)
+            wall = time.perf_counter() - t
+        size = sum(p.stat().st_size for p in (root / "data").rglob("*") if p.is_file())
+        entry = {
+            "s1_s2_cold": {
+                "wall_seconds": round(wall, 3),
+                "peak_rss_mb": round(max(rss.peaks.values()), 1),
+                "states": {r.id: {"seconds": round(r.seconds, 3), "stats": r.stats} for r in records},
+                "stored_mb": round(size / 2**20, 1),
+            },
+            "full_chain_warm_31k": _timed_run(root, policies, execution, None, ratio),
+        }
+        if source == BASELINE_POLICIES:
+            ratio = float(entry["full_chain_warm_31k"]["nn_ratio"])
+        elif large_sites:
+            upstream = work / f"upstream-grid30-{large_sites}"
+            write_bundle(42, upstream, scale=large_sites)
+            entry[f"full_chain_warm_{large_sites}"] = _timed_run(root, policies, execution, upstream, ratio)
+            shutil.rmtree(upstream)
+        out[source.name] = entry
+        shutil.rmtree(root)
     return out
 
 
@@ -327,6 +377,167 @@ def replicated_bundle(seed: int, copies: int, out: Path) -> Path:
     return out
 
 
+SCALE_SITES = (31_000, 300_000, 1_000_000, 3_000_000, 10_000_000)
+
+
+def _sample_tree(proc: psutil.Process, peaks: dict[str, float], stop: threading.Event) -> None:
+    """Peak RSS of the driver process and of its largest child (a worker), every 50 ms."""
+    while not stop.is_set():
+        with contextlib.suppress(psutil.Error):
+            peaks["driver"] = max(peaks["driver"], proc.memory_info().rss / 2**20)
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    peaks["worker"] = max(peaks["worker"], child.memory_info().rss / 2**20)
+        time.sleep(0.05)
+
+
+def cli_run(root: Path, upstream: Path, policies: Path, scheduler: str, workers: int | None) -> dict:
+    """``seg1b run`` exactly as a user runs it, in its own process: wall seconds, peak RSS of
+    the driver and of the largest worker process, and every run's per-state seconds from the
+    run receipts (the seed's baseline first when it was pinned by this command)."""
+    cmd = [sys.executable, "-m", "seg1b_dask.cli", "run", "--seed", "42", "--upstream", str(upstream)]
+    cmd += ["--root", str(root), "--policies", str(policies), "--quiet", "--scheduler", scheduler]
+    cmd += ["--workers", str(workers)] if workers else []
+    before = set((root / "runs").iterdir()) if (root / "runs").is_dir() else set()
+    peaks = {"driver": 0.0, "worker": 0.0}
+    stop = threading.Event()
+    t = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sampler = threading.Thread(target=_sample_tree, args=(proc, peaks, stop), daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t
+    stop.set()
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    runs = []
+    for run in sorted(set((root / "runs").iterdir()) - before):
+        receipt = json.loads((run / "run.json").read_text())
+        runs.append(
+            {
+                "bundle": receipt["policy_bundle"],
+                "wall_seconds": receipt["wall_seconds"],
+                "states": {s["id"]: round(s["seconds"], 3) for s in receipt["states"]},
+                "sites": next(s["stats"].get("sites") for s in receipt["states"] if s["id"] == "S3"),
+            }
+        )
+    return {
+        "wall_seconds": round(wall, 3),
+        "peak_rss_mb_driver": round(peaks["driver"], 1),
+        "peak_rss_mb_worker": round(peaks["worker"], 1),
+        "runs": runs,
+        "summary_tail": out.decode().splitlines()[-2:],
+    }
+
+
+def bench_scale(work: Path, sizes: tuple[int, ...], scheduler: str, workers: int | None) -> dict:
+    """The scaling curve: ``seg1b run`` (remediation bundle, 5′ grid) on scaled 1A stand-ins
+    (``seg1b upstream synth --scale N``), each size in a fresh run root, so every command pins
+    the seed's baseline first (its seconds are reported apart) and then runs the candidate."""
+    from seg1b_dask.upstream import write_bundle
+
+    points = []
+    for n in sizes:
+        upstream = work / f"upstream-{n}"
+        t = time.perf_counter()
+        write_bundle(42, upstream, scale=n)
+        synth_seconds = time.perf_counter() - t
+        root = work / f"scale-{n}"
+        run = cli_run(root, upstream, DEFAULT_POLICIES, scheduler, workers)
+        candidate = next(r for r in run["runs"] if r["bundle"] == "remediation")
+        baseline = next((r for r in run["runs"] if r["bundle"] == "baseline"), None)
+        sites = candidate["sites"]
+        point = {
+            "requested_sites": n,
+            "sites": sites,
+            "synth_seconds": round(synth_seconds, 3),
+            "whole_command_seconds": run["wall_seconds"],
+            "candidate_run_seconds": candidate["wall_seconds"],
+            "baseline_run_seconds": baseline["wall_seconds"] if baseline else None,
+            "candidate_seconds_per_million_sites": round(candidate["wall_seconds"] / sites * 1e6, 3),
+            "whole_command_seconds_per_million_sites": round(run["wall_seconds"] / sites * 1e6, 3),
+            "peak_rss_mb_driver": run["peak_rss_mb_driver"],
+            "peak_rss_mb_worker": run["peak_rss_mb_worker"],
+            "candidate_states": candidate["states"],
+            "baseline_states": baseline["states"] if baseline else None,
+        }
+        points.append(point)
+        print(
+            f"scale {sites:>10,} sites: whole command {point['whole_command_seconds']:.1f} s "
+            f"(candidate run {point['candidate_run_seconds']:.1f} s, {point['candidate_seconds_per_million_sites']:.1f}"
+            f" s per M sites), peak RSS driver {point['peak_rss_mb_driver']:.0f} MiB",
+            flush=True,
+        )
+        shutil.rmtree(root)
+        shutil.rmtree(upstream)
+    return {"scheduler": scheduler, "workers": workers, "points": points}
+
+
+def scale_plot(scale: dict, path: Path) -> None:
+    """Seconds per state and peak RSS against sites (log-log), one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = scale["points"]
+    sites = np.asarray([p["sites"] for p in points], dtype=float)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for state in points[-1]["candidate_states"]:
+        seconds = np.asarray([max(p["candidate_states"][state], 1e-3) for p in points])
+        ax_t.plot(sites, seconds, marker="o", lw=1, label=state)
+    ax_t.plot(sites, [p["candidate_run_seconds"] for p in points], marker="s", lw=2.5, color="k", label="run")
+    ax_t.plot(sites, [p["whole_command_seconds"] for p in points], ls="--", color="k", label="whole command")
+    ax_t.plot(sites, sites / sites[-1] * points[-1]["candidate_run_seconds"], ls=":", color="grey", label="∝ sites")
+    ax_t.set(xscale="log", yscale="log", xlabel="sites", ylabel="seconds", title="seg1b run, remediation, 5′ grid")
+    ax_t.legend(fontsize=7, ncol=2)
+    ax_m.plot(sites, [p["peak_rss_mb_driver"] / 1024 for p in points], marker="o", label="driver")
+    if any(p["peak_rss_mb_worker"] for p in points):
+        ax_m.plot(sites, [p["peak_rss_mb_worker"] / 1024 for p in points], marker="o", label="largest worker")
+    ax_m.set(xscale="log", xlabel="sites", ylabel="peak RSS (GiB)", title="memory")
+    ax_m.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bench_strong_scaling(work: Path, n: int) -> dict:
+    """One seed of ``n`` sites on a local cluster of 1 worker, then 2 (remediation, warm
+    S1/S2 and a pinned baseline, so only the candidate's chain is timed): speed-up and the
+    bytes are the same."""
+    from seg1b_dask.lineage import read_manifest
+    from seg1b_dask.upstream import write_bundle
+
+    upstream = work / f"upstream-strong-{n}"
+    write_bundle(42, upstream, scale=n)
+    root = work / "strong"
+    ratio = float(pin_baseline_run(root, 42, Execution(), upstream=upstream)["nn_ratio"])
+    out: dict = {"sites_requested": n}
+    digests = {}
+    for workers in (1, 2):
+        _drop_seeded(root)
+        execution = Execution(scheduler="distributed", workers=workers)
+        with RssSampler() as rss:
+            t = time.perf_counter()
+            result = run_seed(
+                root=root, seed=42, policies=DEFAULT_POLICIES, upstream=upstream, execution=execution,
+                on_state=rss.mark, baseline_nn_ratio=ratio,
+            )  # fmt: skip
+            wall = time.perf_counter() - t
+        digests[workers] = {k: read_manifest(p)["content_sha256"] for k, p in result.outputs.items()}
+        out[f"workers_{workers}"] = {
+            "wall_seconds": round(wall, 3),
+            "states": {s.id: round(s.seconds, 3) for s in result.states},
+            "peak_rss_mb_all_processes": round(max(rss.peaks.values()), 1),
+        }
+    out["sites"] = result.validation["metrics"]["sites"]
+    out["speedup_2_over_1"] = round(out["workers_1"]["wall_seconds"] / out["workers_2"]["wall_seconds"], 3)
+    out["identical_outputs"] = digests[1] == digests[2]
+    shutil.rmtree(root)
+    return out
+
+
 def bench_memory(work: Path) -> dict:
     """Peak RSS of S4-S9 at 31 k and 1 M sites with the same country mix (seed 42's merchants
     copied 32 times), baseline bundle, S1/S2 warm: the whole process under the threaded
@@ -425,11 +636,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/benchmark.json"))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scheduler", default="threads")
+    parser.add_argument("--workers", type=int, default=None, help="workers for --scheduler (default: all cores)")
     parser.add_argument(
         "--suite",
         default="engine,grid30,scorer,certify,report,memory",
-        help="comma-separated: engine, grid30, scorer, certify, report, memory",
+        help="comma-separated: engine, grid30, scorer, certify, report, memory, scale, strong",
     )
+    parser.add_argument("--scale-sites", default=",".join(map(str, SCALE_SITES)), help="sites of the scale suite")
+    parser.add_argument("--strong-sites", type=int, default=3_000_000, help="sites of the strong-scaling seed")
+    parser.add_argument("--grid30-sites", type=int, default=1_000_000, help="large run at 30″ (0: none)")
     args = parser.parse_args(argv)
     suites = set(args.suite.split(","))
     execution = Execution(scheduler=args.scheduler)
@@ -448,6 +663,11 @@ def main(argv: list[str] | None = None) -> int:
             "cold_full_chain_s": 60,
             "grid30_s1_s2_s": 600,
             "grid30_peak_rss_mb": 4096,
+            "grid30_full_chain_warm_31k_s": 30,
+            "grid30_full_chain_warm_1m_s": 300,
+            "scale_10m_whole_command_s": 600,
+            "scale_10m_peak_rss_mb": 8192,
+            "scale_seconds_per_million_10m_over_1m": 1.5,
         },
     }
     try:
@@ -459,9 +679,7 @@ def main(argv: list[str] | None = None) -> int:
                 "remediation": bench_chain(work, args.repeat, execution, DEFAULT_POLICIES, ratio),
             }
         if "grid30" in suites:
-            report["grid30_s1_s2"] = {
-                p.name: bench_grid30(work, execution, p) for p in (BASELINE_POLICIES, DEFAULT_POLICIES)
-            }
+            report["grid30"] = bench_grid30(work, execution, args.grid30_sites or None)
         if "scorer" in suites:
             report["scorer"] = bench_scorer(work)
         if "certify" in suites:
@@ -470,6 +688,12 @@ def main(argv: list[str] | None = None) -> int:
             report["report"] = bench_report(work)
         if "memory" in suites:
             report["memory"] = bench_memory(work)
+        if "scale" in suites:
+            sizes = tuple(int(v) for v in args.scale_sites.split(","))
+            report["scale"] = bench_scale(work, sizes, args.scheduler, args.workers)
+            scale_plot(report["scale"], args.out.with_name(args.out.stem + "-scale.png"))
+        if "strong" in suites:
+            report["strong_scaling"] = bench_strong_scaling(work, args.strong_sites)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -479,9 +703,25 @@ def main(argv: list[str] | None = None) -> int:
             c = chain[phase]
             median, runs, peak = c["wall_seconds_median"], c["runs"], c["peak_rss_mb_max"]
             print(f"{bundle} {phase} full chain: {median} s (median of {runs}), peak {peak} MiB")
-    for bundle, g in report.get("grid30_s1_s2", {}).items():
-        seconds, peak, stored = g["wall_seconds"], g["peak_rss_mb"], g["stored_mb"]
-        print(f"{bundle} S1+S2 at 30″: {seconds} s, peak {peak} MiB, {stored} MiB stored")
+    for bundle, g in report.get("grid30", {}).items():
+        if not isinstance(g, dict):
+            continue
+        cold, warm = g["s1_s2_cold"], g["full_chain_warm_31k"]
+        print(
+            f"{bundle} at 30″: S1+S2 cold {cold['wall_seconds']} s (peak {cold['peak_rss_mb']} MiB, "
+            f"{cold['stored_mb']} MiB stored); full chain, S1/S2 warm, {warm['sites']:,} sites: {warm['wall_seconds']} s"
+        )
+        for key, run in g.items():
+            if key.startswith("full_chain_warm_") and key != "full_chain_warm_31k":
+                print(
+                    f"{bundle} at 30″, {run['sites']:,} sites: {run['wall_seconds']} s, peak {run['peak_rss_mb']} MiB"
+                )
+    if "strong_scaling" in report:
+        st = report["strong_scaling"]
+        print(
+            f"strong scaling, {st['sites']:,} sites: 1 worker {st['workers_1']['wall_seconds']} s, 2 workers "
+            f"{st['workers_2']['wall_seconds']} s, speed-up {st['speedup_2_over_1']} (identical: {st['identical_outputs']})"
+        )
     for label, r in report.get("scorer", {}).items():
         print(
             f"scorer {label}: scorecard {r['scorecard_seconds']} s; NN chunked {r['nn_chunked_seconds']} s "

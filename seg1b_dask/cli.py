@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .errors import Code, InternalError, Seg1BError
-from .execution import Execution, check_scheduler
+from .execution import Execution, check_scheduler, reporting
 from .metrics import COUNTRY_METRICS
 from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult, peak_rss_mb
 from .runroot import RunRoot, environment_error
@@ -102,16 +102,23 @@ def parse_seeds(value: str | None) -> list[int] | None:
 
 
 class Progress:
-    """A bar with a total on a terminal; plain ``[k/N] name`` lines in logs (no carriage returns)."""
+    """A bar with a total on a terminal (and under it the current state's tasks, with a rate);
+    plain ``[k/N] name`` lines in logs (no carriage returns), with a tasks line for a long state."""
+
+    TASK_LINE_SECONDS = 10.0  # in logs: a state's tasks line at most this often, and at its end
 
     def __init__(self, total: int, desc: str, quiet: bool = False) -> None:
         self.total, self.done, self.quiet = total, 0, quiet
         self.tty = sys.stderr.isatty()
         self.bar: Any = None
+        self.task_bar: Any = None
+        self.name = desc
+        self.task_started = self.task_said = time.perf_counter()
         if self.tty and not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="state", leave=False, file=sys.stderr)
+            self.bar = tqdm(total=total, desc=desc, unit="state", leave=False, file=sys.stderr, position=0)
+            self.task_bar = tqdm(total=0, desc="tasks", unit="task", leave=False, file=sys.stderr, position=1)
 
     def grow(self, extra: int) -> None:
         self.total += extra
@@ -121,15 +128,34 @@ class Progress:
 
     def step(self, name: str) -> None:
         self.done += 1
+        self.name = name
         if self.bar is not None:
             self.bar.set_description(name[:40])
             self.bar.update(1)
         elif not self.quiet:
             click.echo(f"[{self.done}/{self.total}] {name}", err=True)
 
+    def tasks(self, done: int, total: int) -> None:
+        """A graph of the current state advanced: ``done`` of ``total`` tasks finished."""
+        now = time.perf_counter()
+        if done == 0:
+            self.task_started = self.task_said = now
+        if self.task_bar is not None:
+            if done == 0:
+                self.task_bar.reset(total=total)
+                self.task_bar.set_description(f"{self.name[:32]} tasks")
+            else:
+                self.task_bar.update(done - self.task_bar.n)
+        elif not self.quiet and done and (done == total or now - self.task_said >= self.TASK_LINE_SECONDS):
+            elapsed = max(now - self.task_started, 1e-9)
+            if done < total or elapsed >= self.TASK_LINE_SECONDS:  # quick graphs stay silent
+                click.echo(f"      {self.name}: {done}/{total} tasks, {done / elapsed:.1f} tasks/s", err=True)
+            self.task_said = now
+
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        for bar in (self.task_bar, self.bar):
+            if bar is not None:
+                bar.close()
 
 
 @contextmanager
@@ -269,6 +295,24 @@ scheduler_option = click.option(
 )
 
 
+def task_size_options(fn: Any) -> Any:
+    """--country-batch and --sites-per-task: how work is cut into tasks (never the outputs)."""
+    fn = click.option(
+        "--sites-per-task",
+        default=250_000,
+        show_default=True,
+        type=click.IntRange(1),
+        help="at most this many sites per task, a larger country alone (outputs never depend on it)",
+    )(fn)
+    return click.option(
+        "--country-batch",
+        default=24,
+        show_default=True,
+        type=click.IntRange(1),
+        help="at most this many countries per task (outputs never depend on it)",
+    )(fn)
+
+
 @main.command()
 @seed_option
 @policies_option
@@ -283,20 +327,7 @@ scheduler_option = click.option(
 @click.option(
     "--workers", default=None, type=click.IntRange(1), help="worker threads or processes (default: all cores)"
 )
-@click.option(
-    "--country-batch",
-    default=24,
-    show_default=True,
-    type=click.IntRange(1),
-    help="at most this many countries per task (outputs never depend on it)",
-)
-@click.option(
-    "--sites-per-task",
-    default=250_000,
-    show_default=True,
-    type=click.IntRange(1),
-    help="at most this many sites per task, a larger country alone (outputs never depend on it)",
-)
+@task_size_options
 @click.option(
     "--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase (needs --reason)"
 )
@@ -336,7 +367,8 @@ def run(
                 bar.grow(chain)
             bar.step(name)
 
-        result, scored = fast_lane(root, seed, policies, upstream, execution, {p: reason for p in reopen}, on_state)
+        with reporting(None if quiet else bar.tasks):
+            result, scored = fast_lane(root, seed, policies, upstream, execution, {p: reason for p in reopen}, on_state)
     lines = run_summary(result) + score_summary(scored)
     lines += [
         "",
@@ -411,6 +443,7 @@ def baseline(seed: int, root: Path, scheduler: str) -> None:
     help="tcp://HOST:PORT of a running scheduler (default: a LocalCluster)",
 )
 @click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (default 2)")
+@task_size_options
 @click.option("--promote", is_flag=True, help="move last_good to this pack if it grades GREEN")
 @click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase")
 @click.option("--reason", default="", help="why a locked phase is reopened")
@@ -421,6 +454,8 @@ def certify(
     root: Path,
     scheduler: str | None,
     workers: int | None,
+    country_batch: int,
+    sites_per_task: int,
     promote: bool,
     reopen: tuple[str, ...],
     reason: str,
@@ -447,7 +482,16 @@ def certify(
                 bar.step(msg)
 
         pack = run_certify(
-            root, seed_list, policies, scheduler, workers, promote, {p: reason for p in reopen}, on_event
+            root,
+            seed_list,
+            policies,
+            scheduler,
+            workers,
+            promote,
+            {p: reason for p in reopen},
+            on_event,
+            country_batch,
+            sites_per_task,
         )
     report = pack.report
     seed_list = list(pack.results)  # in certification order

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import dask.array as da
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xarray as xr
 import zarr
@@ -188,6 +189,7 @@ class TileGrid:
     COUNTRY = "country_id"
     AREA = "cell_area_m2"
     countries_table = Table("country_tiles")
+    chunk_index = Table("country_chunks")
 
     def create(self, folder: Path, grid: Grid, shard_rows: int, chunk_cols: int, attrs: dict[str, Any]) -> None:
         area = ("lat",), grid.row_area_m2(), {"units": "m2", "long_name": "area of one cell of the row"}
@@ -216,12 +218,42 @@ class TileGrid:
         area = _open_published(str(folder / self.STORE / self.AREA))
         return np.asarray(self.array(folder)[row0:row1, :]), np.asarray(area[row0:row1])
 
-    def read_window(self, folder: Path, rows: tuple[int, int], cols: tuple[int, int]) -> NDArray[np.int16]:
-        """Cells of rows[0]..rows[1] × cols[0]..cols[1] (inclusive)."""
-        return np.asarray(self.array(folder)[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1])
+    def chunk_shape(self, folder: Path) -> tuple[int, int]:
+        return tuple(int(v) for v in self.array(folder).chunks)  # type: ignore[return-value]
 
-    def write_countries(self, folder: Path, table: pa.Table) -> None:
+    def write_countries(self, folder: Path, table: pa.Table, chunks: pa.Table) -> None:
+        """The per-country tile table and the chunk index: every inner Zarr chunk holding a
+        country's cells, so a reader of one country decodes only those chunks."""
         self.countries_table.write(folder, table)
+        self.chunk_index.write(folder, chunks)
+
+    def country_cells(
+        self, folder: Path, weights_folder: Path, country_id: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
+        """Tile ids (ascending) and weights of one country's cells with positive weight, read
+        chunk by chunk from the index (never the country's bounding box)."""
+        chunk_rows, chunk_cols = self.chunk_shape(folder)
+        index = self.chunk_index.read(folder)
+        mine = pc.equal(index.column("country_id"), country_id)
+        rows = index.column("chunk_row").filter(mine).to_numpy()
+        cols = index.column("chunk_col").filter(mine).to_numpy()
+        grid, weights = self.array(folder), TILE_WEIGHTS.array(weights_folder)
+        ncols = int(grid.shape[1])
+        ids, values = [], []
+        # Runs of adjacent chunks in one chunk row are read as one window.
+        run_start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)])
+        run_end = np.r_[run_start[1:], len(rows)] - 1
+        for a, b in zip(run_start.tolist(), run_end.tolist(), strict=True):
+            r0, c0, c1 = int(rows[a]) * chunk_rows, int(cols[a]) * chunk_cols, (int(cols[b]) + 1) * chunk_cols
+            window = (slice(r0, r0 + chunk_rows), slice(c0, min(c1, ncols)))
+            cid, weight = np.asarray(grid[window]), np.asarray(weights[window])
+            rr, cc = np.nonzero((cid == country_id) & (weight > 0))
+            ids.append((rr + r0) * ncols + cc + c0)
+            values.append(weight[rr, cc])
+        tile_ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
+        weight = np.concatenate(values).astype(np.uint64) if values else np.zeros(0, dtype=np.uint64)
+        order = np.argsort(tile_ids, kind="stable")
+        return tile_ids[order], weight[order]
 
     def countries(self, folder: Path, columns: list[str] | None = None) -> pa.Table:
         return self.countries_table.read(folder, columns)
@@ -250,9 +282,6 @@ class TileWeights:
 
     def write_band(self, folder: Path, row0: int, band: NDArray[np.uint64]) -> None:
         self.array(folder, "r+")[row0 : row0 + band.shape[0], :] = band
-
-    def read_window(self, folder: Path, rows: tuple[int, int], cols: tuple[int, int]) -> NDArray[np.uint64]:
-        return np.asarray(self.array(folder)[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1])
 
 
 @dataclass(frozen=True)

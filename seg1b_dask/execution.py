@@ -8,12 +8,13 @@ import contextlib
 import contextvars
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import dask
+from dask.callbacks import Callback
 
 from .errors import Code, Seg1BError
 
@@ -108,29 +109,66 @@ def executing(execution: Execution) -> Iterator[None]:
             yield
 
 
+# Who hears about finished tasks (done, total) during a run: the command's progress bar.
+TaskProgress = Callable[[int, int], None]
+_PROGRESS: contextvars.ContextVar[TaskProgress | None] = contextvars.ContextVar("seg1b_task_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting(on_tasks: TaskProgress | None) -> Iterator[None]:
+    """Report every graph's finished tasks to ``on_tasks`` while the block runs."""
+    token = _PROGRESS.set(on_tasks)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+class _LocalProgress(Callback):
+    """Finished / total tasks of a graph on a local scheduler."""
+
+    def __init__(self, on_tasks: TaskProgress) -> None:
+        super().__init__()
+        self.on_tasks, self.total = on_tasks, 0
+
+    def _start_state(self, dsk: Any, state: dict[str, Any]) -> None:
+        self.total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+        self.on_tasks(0, self.total)
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: dict[str, Any], worker_id: Any) -> None:
+        self.on_tasks(len(state["finished"]), self.total)
+
+
 def compute(tasks: Sequence[Any]) -> list[Any]:
     """Compute delayed tasks on the active scheduler; results in task order. When a task
     fails, the tasks already running finish before the error propagates, so none of them
     writes into a staging folder the caller is about to remove."""
     if not tasks:
         return []
+    on_tasks = _PROGRESS.get()
     local = _LOCAL.get()
     if local is None:  # a distributed client, if one is active; else dask's default scheduler
         client = _active_client()
         if client is None:
-            return list(dask.compute(*tasks))
-        from distributed import wait
+            with _LocalProgress(on_tasks) if on_tasks else contextlib.nullcontext():
+                return list(dask.compute(*tasks))
+        from distributed import as_completed, wait
 
         futures = client.compute(list(tasks))
         try:
+            if on_tasks:
+                on_tasks(0, len(futures))
+                for done, _ in enumerate(as_completed(futures), 1):
+                    on_tasks(done, len(futures))
             return list(client.gather(futures))
         except BaseException:
             wait(futures)
             raise
-    if local["scheduler"] == "threads":
-        with ThreadPoolExecutor(local.get("num_workers") or os.cpu_count()) as pool:
-            return list(dask.compute(*tasks, scheduler="threads", pool=pool))  # exit waits for running tasks
-    return list(dask.compute(*tasks, **local))
+    with _LocalProgress(on_tasks) if on_tasks else contextlib.nullcontext():
+        if local["scheduler"] == "threads":
+            with ThreadPoolExecutor(local.get("num_workers") or os.cpu_count()) as pool:
+                return list(dask.compute(*tasks, scheduler="threads", pool=pool))  # exit waits for running tasks
+        return list(dask.compute(*tasks, **local))
 
 
 def _active_client() -> Any:

@@ -7,6 +7,8 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from . import discipline, grading, scoring
 from .errors import Code, Seg1BError
 from .execution import Execution, connect
 from .lineage import safe_join, stage_path, write_json, write_text
-from .policies import PolicyBundle, bundle_from_canonical, load_bundle, sealed_bundle
+from .policies import PolicyBundle, load_bundle, sealed_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
 from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
@@ -214,9 +216,6 @@ def _cluster(scheduler: str | None, workers: int | None):
     return cluster, Client(cluster)
 
 
-PROGRESS_TOPIC = "seg1b-progress"
-
-
 def _warm_worker() -> int:
     """Load the reference data once per worker process, before the seeds arrive."""
     from . import refdata
@@ -225,32 +224,26 @@ def _warm_worker() -> int:
 
 
 def _certify_seed(
-    root: str, seed: int, sealed: tuple[str, dict[str, Any]], country_batch: int
+    root: Path, seed: int, bundle: PolicyBundle, execution: Execution, emit: Callable[[str], None]
 ) -> tuple[RunResult, Scored]:
-    """One seed's whole chain, as one task on a worker: its baseline (pinned once), the
-    candidate run and its scorecard. Inside, the worker's own threads run the graphs; a
-    lost worker means the task reruns elsewhere and reuses every state already published."""
-    from distributed import get_worker
-
-    worker = get_worker()
-    execution = Execution(scheduler="threads", workers=worker.state.nthreads, country_batch=country_batch)
+    """One seed's whole chain, driven from a thread of the driver: its baseline (pinned
+    once), the candidate run and its scorecard (its report follows, in the main thread). Every state's tasks go to the shared cluster,
+    so all seeds' country batches and spatial chunks interleave in one graph; a lost worker
+    costs only its tasks, which the scheduler reruns elsewhere."""
 
     def state(name: str) -> None:
-        worker.log_event(PROGRESS_TOPIC, f"seed {seed} {name}")
+        emit(f"seed {seed} {name}")
 
-    pin = pin_baseline_run(Path(root), seed, execution, lambda name: state(f"baseline {name}"))
-    bundle = bundle_from_canonical(sealed[0], sealed[1], refdata_version())
+    pin = pin_baseline_run(root, seed, execution, lambda name: state(f"baseline {name}"))
     result = run_seed(
-        root=Path(root),
+        root=root,
         seed=seed,
         policies=bundle,
         execution=execution,
         on_state=state,
         baseline_nn_ratio=float(pin["nn_ratio"]),
     )
-    scored = score_run(Path(root), result.run_dir)
-    run_report(Path(root), result.run_dir)
-    return result, scored
+    return result, score_run(root, result.run_dir)
 
 
 def certify(
@@ -263,6 +256,7 @@ def certify(
     reopen: dict[str, str] | None = None,
     on_event: Callable[[str], None] | None = None,
     country_batch: int = 24,
+    sites_per_task: int = 250_000,
 ) -> Pack:
     """Run the full chain for every seed (default: the gates' required seeds) in parallel on
     a Dask cluster and write a pack (whole or not at all)."""
@@ -277,7 +271,17 @@ def certify(
         staging.mkdir(parents=True)
         try:
             return _certify(
-                run_root, staging, pack_id, bundle, seeds, scheduler, workers, promote, on_event, country_batch
+                run_root,
+                staging,
+                pack_id,
+                bundle,
+                seeds,
+                scheduler,
+                workers,
+                promote,
+                on_event,
+                country_batch,
+                sites_per_task,
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -294,6 +298,7 @@ def _certify(
     promote: bool,
     on_event: Callable[[str], None] | None,
     country_batch: int,
+    sites_per_task: int,
 ) -> Pack:
     """The pack is written into the staging ``folder`` and renamed into place whole."""
     from distributed import performance_report
@@ -305,27 +310,22 @@ def _certify(
     try:
         dashboard = client.dashboard_link or ""
         emit(f"dashboard {dashboard}")
-        client.subscribe_topic(PROGRESS_TOPIC, lambda event: emit(str(event[1])))
         client.run(_warm_worker)
+        execution = Execution(scheduler="attached", country_batch=country_batch, sites_per_task=sites_per_task)
         with performance_report(filename=str(folder / "dask-report.html")):
-            # Seed-free states once, their spatial chunks spread over the cluster; then one
-            # task per seed (the seed's chain, its baseline and its scorecard).
-            Chain(
-                run_root, seeds[0], bundle, Path("."), Execution(scheduler="attached", country_batch=country_batch)
-            ).run_global()
-            futures = [
-                client.submit(
-                    _certify_seed,
-                    str(root),
-                    seed,
-                    (bundle.name, bundle.canonical()),
-                    country_batch,
-                    key=f"certify_seed-{seed}-{pack_id}",
-                    pure=False,
-                )
-                for seed in seeds
-            ]
-            done = dict(zip(seeds, client.gather(futures), strict=True))
+            # Seed-free states once (the baselines' too), their spatial chunks spread over the
+            # cluster; then every seed's chain from its own driver thread, all submitting to
+            # the same cluster.
+            Chain(run_root, seeds[0], bundle, Path("."), execution).run_global()
+            if any(discipline.baseline_pointer(root, seed) is None for seed in seeds):  # baselines to pin: theirs too
+                baseline = load_bundle(BASELINE_POLICIES, refdata_version())
+                Chain(run_root, seeds[0], baseline, Path("."), execution).run_global()
+            with ThreadPoolExecutor(len(seeds), thread_name_prefix="seg1b-seed") as pool:
+                futures = {seed: pool.submit(_certify_seed, root, seed, bundle, execution, emit) for seed in seeds}
+                wait_all(futures.values())  # every seed ends before an error propagates
+                done = {seed: future.result() for seed, future in futures.items()}
+            for result, _ in done.values():  # matplotlib is not thread-safe: reports one by one
+                run_report(root, result.run_dir)
     finally:
         client.close()
         if cluster is not None:

@@ -96,20 +96,23 @@ def cache_keys(
     baseline_nn_ratio: float | None = None,
     manifest_fingerprint: str = "",
 ) -> dict[str, str]:
-    """Each state's key chains the previous state's key with its own code, policies and,
-    for seeded states, the seed and the 1A bundle's flag (and the run's fingerprint for a
-    state whose bytes carry it)."""
-    prev = sha256_hex(canonical_json([refdata_version()]))
-    keys = {}
+    """Each state's key chains the keys of the states whose datasets it reads (the graph of
+    the registry) with its own code, policies and, for seeded states, the seed and the 1A
+    bundle's flag (and the run's fingerprint for a state whose bytes carry it). A seed-free
+    state's key is therefore the same for every seed: S1/S2 are built once per policy."""
+    base = sha256_hex(canonical_json([refdata_version()]))
+    keys: dict[str, str] = {}
     for spec in STATES:
-        parts: list[Any] = [prev, spec.id, state_code_digest(spec.id), [bundle.digests[p] for p in spec.policies]]
+        upstream_keys = sorted({keys[WRITER[name]] for name in spec.reads})
+        parts: list[Any] = [base, spec.id, state_code_digest(spec.id), [bundle.digests[p] for p in spec.policies]]
+        parts.append(upstream_keys)
         if spec.seeded:
             parts += [seed, upstream_flag]
         if spec.graded:
             parts.append(baseline_nn_ratio)
         if spec.seals_tokens:
             parts.append(manifest_fingerprint)
-        keys[spec.id] = prev = sha256_hex(canonical_json(parts))
+        keys[spec.id] = sha256_hex(canonical_json(parts))
     return keys
 
 

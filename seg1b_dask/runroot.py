@@ -21,6 +21,7 @@ import functools
 import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class RunRoot:
             raise Seg1BError(Code.E_ROOT_UNWRITABLE, "the run root is a file, not a folder", file=root)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".probe{TMP_MARK}{os.getpid()}"
+            probe = root / f".probe{TMP_MARK}{os.getpid()}-{threading.get_ident()}"  # one per thread
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:

@@ -69,11 +69,34 @@ def test_grids_open_with_xarray_and_match_the_engine_readers(warm: RunResult) ->
     # Germany near 51°N 10°E: xarray's label lookup and the engine's reader see the same cell.
     cell = grid["country_id"].sel(lat=51.0, lon=10.0, method="nearest")
     row, col = int(np.argmin(np.abs(grid["lat"].values - 51.0))), int(np.argmin(np.abs(grid["lon"].values - 10.0)))
-    assert int(cell) == int(TILE_GRID.read_window(warm.outputs["tile_grid"], (row, row), (col, col))[0, 0]) > 0
-    assert int(weights["tile_weight"][row, col]) > 0
+    tile_ids, tile_weight = TILE_GRID.country_cells(warm.outputs["tile_grid"], warm.outputs["tile_weights"], int(cell))
+    at = np.searchsorted(tile_ids, row * 4320 + col)
+    assert int(cell) > 0 and tile_ids[at] == row * 4320 + col
+    assert int(weights["tile_weight"][row, col]) == int(tile_weight[at]) > 0
     assert grid.attrs["policy_sha256"] and weights.attrs["mode"] == "legacy"
     jitter = xr.open_zarr(warm.outputs["s6_site_jitter"] / SITE_JITTER.STORE)
     assert jitter.sizes["site"] == 31257 and jitter["lon_deg"].dtype == np.float64
+
+
+def test_the_chunk_index_gives_every_country_exactly_its_cells(warm: RunResult) -> None:
+    """Reading a country chunk by chunk from S1's index gives the same cells and weights as
+    scanning the whole grid (the old bounding-box reader), for every country."""
+    cid = np.asarray(TILE_GRID.array(warm.outputs["tile_grid"])[:, :])
+    weight = np.asarray(TILE_WEIGHTS.array(warm.outputs["tile_weights"])[:, :])
+    live = np.flatnonzero(((cid > 0) & (weight > 0)).ravel())
+    by_country = np.split(
+        live[np.argsort(cid.ravel()[live], kind="stable")], np.cumsum(np.bincount(cid.ravel()[live]))[:-1]
+    )
+    chunk_rows, chunk_cols = TILE_GRID.chunk_shape(warm.outputs["tile_grid"])
+    assert (chunk_rows, chunk_cols) == (60, 1080)
+    checked = 0
+    for country_id, expected in enumerate(by_country):
+        if country_id == 0 or not len(expected):
+            continue
+        ids, w = TILE_GRID.country_cells(warm.outputs["tile_grid"], warm.outputs["tile_weights"], country_id)
+        assert np.array_equal(ids, expected) and np.array_equal(w, weight.ravel()[expected])
+        checked += 1
+    assert checked > 200
 
 
 def test_registry_is_the_single_source(tmp_path: Path) -> None:

@@ -107,6 +107,20 @@ def band_stats(band: NDArray[np.int16], row0: int, n_countries: int) -> NDArray[
     return stats
 
 
+def band_chunks(band: NDArray[np.int16], row0: int, chunk_rows: int, chunk_cols: int) -> NDArray[np.int64]:
+    """(country_id, chunk_row, chunk_col) of every inner chunk of the band holding a country's
+    cells (the band covers whole chunk rows), sorted."""
+    rows, ncols = band.shape
+    n_cc = -(-ncols // chunk_cols)
+    chunk = (np.arange(rows)[:, None] // chunk_rows) * n_cc + np.arange(ncols)[None, :] // chunk_cols
+    n_chunks = int(chunk.max()) + 1
+    present = np.bincount((band.astype(np.int64) * n_chunks + chunk).ravel(), minlength=n_chunks)
+    country, local = np.divmod(np.flatnonzero(present), n_chunks)
+    keep = country > 0
+    local_row, col = np.divmod(local[keep], n_cc)
+    return np.column_stack([country[keep], row0 // chunk_rows + local_row, col])
+
+
 def _merge_stats(parts: list[NDArray[np.int64]]) -> NDArray[np.int64]:
     s = np.stack(parts)
     return np.column_stack(
@@ -114,11 +128,24 @@ def _merge_stats(parts: list[NDArray[np.int64]]) -> NDArray[np.int64]:
     )
 
 
-def _band_task(folder: Path, grid: Grid, row0: int, row1: int) -> NDArray[np.int64]:
+def _band_task(folder: Path, grid: Grid, row0: int, row1: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     edges = refdata.country_edges()
     band = rasterize_band(edges, grid, row0, row1)
     TILE_GRID.write_band(folder, row0, band)
-    return band_stats(band, row0, len(refdata.countries().iso2))
+    return band_stats(band, row0, len(refdata.countries().iso2)), band_chunks(
+        band, row0, *TILE_GRID.chunk_shape(folder)
+    )
+
+
+def _chunk_table(chunks: NDArray[np.int64]) -> pa.Table:
+    chunks = np.unique(chunks, axis=0)  # sorted by country, chunk row, chunk col
+    return pa.table(
+        {
+            "country_id": pa.array(chunks[:, 0].astype(np.int16)),
+            "chunk_row": pa.array(chunks[:, 1].astype(np.int32)),
+            "chunk_col": pa.array(chunks[:, 2].astype(np.int32)),
+        }
+    )
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
@@ -141,7 +168,10 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     arr = TILE_GRID.array(folder, "r+")
     band = shard_rows * ctx.execution.band_shards
     tasks = [dask.delayed(_band_task)(folder, grid, r, min(r + band, grid.nrows)) for r in range(0, grid.nrows, band)]
-    stats = _merge_stats(compute(tasks))
+    results = compute(tasks)
+    stats = _merge_stats([r[0] for r in results])
+    chunks = [r[1] for r in results]
+    chunk_rows, chunk_cols = TILE_GRID.chunk_shape(folder)
 
     table = refdata.countries()
     n = len(table.iso2)
@@ -163,6 +193,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
             continue
         claimed.update(taken)
         rows, cols = np.divmod(np.asarray(taken, dtype=np.int64), grid.ncols)
+        chunks.append(np.column_stack([np.full(len(rows), cid), rows // chunk_rows, cols // chunk_cols]))
         touched_only[cid] = True
         stats[cid] = [len(taken), rows.min(), rows.max(), cols.min(), cols.max()]
     eligible = table.eligible(gp.eligibility.min_population) & (stats[1:, 0] > 0)
@@ -190,6 +221,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
                 "touched_only": pa.array(touched_only[1:]),
             }
         ),
+        _chunk_table(np.concatenate(chunks)),
     )
     return {
         "cells": grid.ncells,

@@ -19,23 +19,12 @@ from numpy.typing import NDArray
 
 from ... import mass, refdata, rng
 from ...context import StateContext
-from ...datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID, TILE_WEIGHTS
+from ...datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID
 from ...execution import compute
 from ...grid import Grid
 from ...policies import CountryAllocationRemass, S2BlendV2, TileAllocation
 from . import legacy, remass, tiles
 from .remass import Allocation, Moves, Pairs
-
-
-def country_tiles(
-    grid_folder: Path, weights_folder: Path, country: dict[str, Any], ncols: int
-) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
-    """Tile ids (ascending) and weights of a country's cells with positive weight."""
-    rows, cols = (country["row_min"], country["row_max"]), (country["col_min"], country["col_max"])
-    cid = TILE_GRID.read_window(grid_folder, rows, cols)
-    weight = TILE_WEIGHTS.read_window(weights_folder, rows, cols)
-    rr, cc = np.nonzero((cid == country["country_id"]) & (weight > 0))
-    return ((rr + rows[0]) * ncols + cc + cols[0]).astype(np.int64), weight[rr, cc]
 
 
 def _allocate_country(
@@ -112,7 +101,7 @@ def _batch_task(
         iso2 = c["iso2"]
         pairs = pairs_of[iso2]
         COUNTRY_PAIRS.write(folders["plan"], iso2, pairs)
-        tile_ids, weight = country_tiles(folders["grid"], folders["weights"], c, grid.ncols)
+        tile_ids, weight = TILE_GRID.country_cells(folders["grid"], folders["weights"], c["country_id"])
         plan, moved = _allocate_country(pairs, tile_ids, weight, iso2, policy, seed, grid)
         ALLOC_PLAN.write(folders["plan"], iso2, plan)
         SITE_LINEAGE.write(folders["lineage"], iso2, _lineage(iso2, retained[iso2], arrivals[iso2]))

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,34 +134,54 @@ def retain(pairs: Pairs, targets: NDArray[np.int64], key: np.uint64) -> NDArray[
     return keep
 
 
+ARCS_PER_BLOCK = 1 << 21  # arcs built and handed to the solver per block: bounded driver memory
+
+
 def transport(
     mobile: NDArray[np.int64],
     need: NDArray[np.int64],
-    distance_km: NDArray[np.float64],
-    tie: NDArray[np.uint64],
+    home_distance_km: NDArray[np.float64],
+    home: NDArray[np.int64],
+    tie: Callable[[NDArray[np.intp]], NDArray[np.uint64]],
     policy: CountryAllocationRemass,
-) -> NDArray[np.int64] | None:
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]] | None:
     """Least-distance integer transport of every mover's mobile outlets (rows) onto the
     countries' needs (columns), each cell capped at max(ceil(max_share_of_need · need),
     ceil(mobile / max_new_countries)): a min-cost flow, whose optimum is integral and sparse
     (few countries per merchant) while the cap spreads each country's need over several
-    merchants. Cost = great-circle km from the merchant's home (in metres), ties by key."""
+    merchants. Cost = great-circle km from the merchant's home (``home_distance_km``: home
+    country × column, in metres), ties by ``tie(rows)`` (one key per row and column). Arcs are
+    built block by block, so memory holds the solver's arcs and one block, never a dense
+    rows × columns matrix; returns the nonzero cells (row, column, flow) in row-major order."""
     from ortools.graph.python import min_cost_flow
 
     rows, cols = len(mobile), len(need)
-    cap = np.maximum(
-        np.ceil(policy.max_share_of_need * need)[None, :], np.ceil(mobile / policy.max_new_countries)[:, None]
-    )
-    cap = np.minimum(cap, mobile[:, None]).astype(np.int64)
-    cost = np.rint(distance_km * 1000.0).astype(np.int64) * 1000 + (tie % np.uint64(1000)).astype(np.int64)
+    country_cap = np.ceil(policy.max_share_of_need * need)
+    metres = np.rint(home_distance_km * 1000.0).astype(np.int64) * 1000
     flow = min_cost_flow.SimpleMinCostFlow()
-    arcs = flow.add_arcs_with_capacity_and_unit_cost(
-        np.repeat(np.arange(rows), cols), rows + np.tile(np.arange(cols), rows), cap.ravel(), cost.ravel()
-    )
+    block_rows = max(1, ARCS_PER_BLOCK // max(cols, 1))
+    blocks = []
+    for lo in range(0, rows, block_rows):
+        r = np.arange(lo, min(lo + block_rows, rows))
+        cap = np.minimum(
+            np.maximum(country_cap[None, :], np.ceil(mobile[r] / policy.max_new_countries)[:, None]), mobile[r, None]
+        )
+        cost = metres[home[r]] + (tie(r) % np.uint64(1000)).astype(np.int64)
+        first = flow.add_arcs_with_capacity_and_unit_cost(
+            np.repeat(r, cols), rows + np.tile(np.arange(cols), len(r)), cap.astype(np.int64).ravel(), cost.ravel()
+        )
+        blocks.append((r, first))
     flow.set_nodes_supplies(np.arange(rows + cols), np.r_[mobile, -need])
     if flow.solve() != flow.OPTIMAL:
         return None
-    return np.asarray(flow.flows(arcs), dtype=np.int64).reshape(rows, cols)
+    out_r, out_c, out_x = [], [], []
+    for r, arcs in blocks:
+        x = np.asarray(flow.flows(arcs), dtype=np.int64).reshape(len(r), cols)
+        rr, cc = np.nonzero(x)
+        out_r.append(r[rr])
+        out_c.append(cc)
+        out_x.append(x[rr, cc])
+    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_x)
 
 
 def country_distance_km(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -195,9 +216,13 @@ def remass(
     dest_m = dest_c = dest_n = np.zeros(0, dtype=np.int64)
     if len(movers):
         open_c = np.flatnonzero(need > 0)
-        tie = rng.hash64(key, merchants[movers][:, None], open_c.astype(np.uint64)[None, :])
-        x = transport(mobile_all[movers], need[open_c], distance_km[home_of[movers]][:, open_c], tie, policy)
-        if x is None:
+        mover_ids, open_u = merchants[movers], open_c.astype(np.uint64)
+
+        def tie(rows: NDArray[np.intp]) -> NDArray[np.uint64]:
+            return rng.hash64(key, mover_ids[rows][:, None], open_u[None, :])
+
+        cells = transport(mobile_all[movers], need[open_c], distance_km[:, open_c], home_of[movers], tie, policy)
+        if cells is None:
             capacity = np.minimum(
                 np.maximum(np.ceil(policy.max_share_of_need * need[open_c]), 1) * len(movers), need[open_c].sum()
             )
@@ -208,8 +233,8 @@ def remass(
                 f"targets cannot be met from the mobile outlets; countries short of supply: {names}",
                 key="country_allocation.max_share_of_need",
             )
-        r, c = np.nonzero(x)
-        dest_m, dest_c, dest_n = movers[r], open_c[c], x[r, c]
+        r, c, x = cells
+        dest_m, dest_c, dest_n = movers[r], open_c[c], x
     # Final pairs: kept counts plus arrivals, per (merchant, country).
     mc = np.r_[m_index * n_countries + pairs.country, dest_m * n_countries + dest_c]
     counts = np.r_[keep, dest_n]
