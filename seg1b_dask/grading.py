@@ -148,6 +148,9 @@ def population_cv(values: list[float]) -> float:
     return float("inf") if arr.mean() == 0 else std / abs(float(arr.mean()))
 
 
+BOOTSTRAP_WEIGHTS_PER_BLOCK = 1 << 24  # replicate weights held at once (128 MiB of float64)
+
+
 def bootstrap_upper(
     matrix: NDArray[np.int64] | scipy.sparse.sparray, replicates: int, seed: int, quantile: float = 0.95
 ) -> dict[str, float]:
@@ -165,9 +168,9 @@ def bootstrap_upper(
     sparse = scipy.sparse.csr_array(matrix, dtype=np.float64)
     estimate = metrics.concentration(np.asarray(sparse.sum(axis=0)).ravel())
     values: dict[str, list[float]] = {k: [float("nan")] for k in CONCENTRATION}
-    # Replicates in blocks of ~16 M weights: memory stays bounded at any number of merchants;
-    # the rows drawn are the same as in one call. Integer sums stay exact in float64.
-    block = max(1, (1 << 24) // max(n, 1))
+    # Replicates in blocks: memory stays bounded at any number of merchants; the rows drawn
+    # are the same as in one call. Integer sums stay exact in float64.
+    block = max(1, BOOTSTRAP_WEIGHTS_PER_BLOCK // max(n, 1))
     for first in range(0, replicates, block):
         weights = g.multinomial(n, np.full(n, 1.0 / n), size=min(block, replicates - first)).astype(np.float64)
         for row in (sparse.T @ weights.T).T:

@@ -14,8 +14,9 @@ tree on the same vectors gives the same distances bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -106,16 +107,21 @@ def band_edges(lat_histogram: NDArray[np.int64], n_bands: int) -> list[float]:
 
 
 def nearest_neighbour_km_bands(
-    read: BandReader, n_sites: int, lat_histogram: NDArray[np.int64], sites_per_band: int = 200_000
-) -> NDArray[np.float64]:
-    """Nearest-neighbour great-circle distance (km) of every site, sorted; one task per band."""
+    read: BandReader,
+    n_sites: int,
+    lat_histogram: NDArray[np.int64],
+    sites_per_band: int = 200_000,
+    alongside: Sequence[Any] = (),
+) -> tuple[NDArray[np.float64], list[Any]]:
+    """Nearest-neighbour great-circle distance (km) of every site, sorted; one task per band.
+    ``alongside``: other delayed tasks computed in the same graph (their results second)."""
     if n_sites < 2:
-        return np.zeros(0)
+        return np.zeros(0), compute(list(alongside))
     edges = band_edges(lat_histogram, int(np.ceil(n_sites / sites_per_band)))
-    if len(edges) == 2:
-        return np.sort(band_arcs(read, -90.0, 90.0, True) * EARTH_RADIUS_KM)
     tasks = [dask.delayed(band_arcs)(read, edges[i], edges[i + 1], i == len(edges) - 2) for i in range(len(edges) - 1)]
-    return np.sort(np.concatenate(compute(tasks)) * EARTH_RADIUS_KM)
+    results = compute([*tasks, *alongside])
+    arcs = results[: len(tasks)]
+    return np.sort(np.concatenate(arcs) * EARTH_RADIUS_KM), results[len(tasks) :]
 
 
 def nearest_neighbour_km_chunked(
@@ -123,4 +129,4 @@ def nearest_neighbour_km_chunked(
 ) -> NDArray[np.float64]:
     """The same, for coordinates in memory."""
     histogram, _ = np.histogram(lat, bins=LAT_BINS)
-    return nearest_neighbour_km_bands(ArrayBands(lon, lat), len(lon), histogram, sites_per_band)
+    return nearest_neighbour_km_bands(ArrayBands(lon, lat), len(lon), histogram, sites_per_band)[0]

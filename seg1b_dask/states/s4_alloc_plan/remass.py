@@ -221,8 +221,8 @@ def remass(
         def tie(rows: NDArray[np.intp]) -> NDArray[np.uint64]:
             return rng.hash64(key, mover_ids[rows][:, None], open_u[None, :])
 
-        cells = transport(mobile_all[movers], need[open_c], distance_km[:, open_c], home_of[movers], tie, policy)
-        if cells is None:
+        flows = transport(mobile_all[movers], need[open_c], distance_km[:, open_c], home_of[movers], tie, policy)
+        if flows is None:
             capacity = np.minimum(
                 np.maximum(np.ceil(policy.max_share_of_need * need[open_c]), 1) * len(movers), need[open_c].sum()
             )
@@ -233,7 +233,7 @@ def remass(
                 f"targets cannot be met from the mobile outlets; countries short of supply: {names}",
                 key="country_allocation.max_share_of_need",
             )
-        r, c, x = cells
+        r, c, x = flows
         dest_m, dest_c, dest_n = movers[r], open_c[c], x
     # Final pairs: kept counts plus arrivals, per (merchant, country).
     mc = np.r_[m_index * n_countries + pairs.country, dest_m * n_countries + dest_c]

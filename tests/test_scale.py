@@ -1,0 +1,167 @@
+"""Scale: the one-pass and blocked algorithms give exactly what the simple ones give, and a
+scaled 1A stand-in is more merchants of the same profile, not copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse
+
+from seg1b_dask import grading, rng, upstream
+from seg1b_dask.hashing import verify_bundle
+from seg1b_dask.policies import CountryAllocationRemass, TileAllocation, load_bundle
+from seg1b_dask.refdata import refdata_version
+from seg1b_dask.registry import STATES
+from seg1b_dask.runner import DEFAULT_POLICIES, cache_keys
+from seg1b_dask.states.s4_alloc_plan import remass, tiles
+from seg1b_dask.states.s6_jitter import _Accepted, _distinct
+
+TILE_POLICIES = [
+    TileAllocation(method="largest_remainder", tie_break="tile_id", max_tile_share=1.0, min_sites_per_tile=1),
+    TileAllocation(method="largest_remainder", tie_break="tile_id", max_tile_share=0.3, min_sites_per_tile=1),
+    TileAllocation(method="largest_remainder", tie_break="keyed", max_tile_share=0.5, min_sites_per_tile=1),
+    TileAllocation(method="systematic", tie_break="keyed", max_tile_share=1.0, min_sites_per_tile=1),
+    TileAllocation(method="systematic", tie_break="keyed", max_tile_share=0.5, min_sites_per_tile=2),
+]
+
+
+def _weights(g: np.random.Generator, kind: int, n_tiles: int) -> np.ndarray:
+    if kind == 0:
+        w = g.integers(0, 1000, n_tiles).astype(np.uint64)
+    elif kind == 1:  # uniform: every remainder ties
+        w = np.full(n_tiles, 7, dtype=np.uint64)
+    else:  # heavy-tailed fixed point summing to ~2**40, as S2 writes
+        p = g.pareto(1.0, n_tiles)
+        w = (p / p.sum() * 2**40).astype(np.uint64)
+    w[0] = max(int(w[0]), 1)
+    return w[w > 0]
+
+
+@pytest.mark.parametrize("policy", TILE_POLICIES, ids=lambda p: f"{p.method}-{p.tie_break}-{p.max_tile_share}")
+def test_one_pass_country_allocation_equals_pair_by_pair(policy: TileAllocation) -> None:
+    g = np.random.default_rng(20261129)
+    key, code = np.uint64(12345), np.uint64(0x4445)
+    for trial in range(60):
+        weight = _weights(g, trial % 3, int(g.integers(1, 300)))
+        tile_ids = np.sort(g.choice(10**6, len(weight), replace=False)).astype(np.int64)
+        n = g.integers(1, 200, int(g.integers(1, 25))).astype(np.int64)
+        if trial % 7 == 0:
+            n[0] = 50_000  # a pair far larger than the country's tiles
+        merchants = np.sort(g.choice(2**50, len(n), replace=False)).astype(np.uint64)
+        pair, tile, count = tiles.allocate_country(policy, n, merchants, weight, tile_ids, key, code)
+        assert np.all(np.diff(pair) >= 0) and np.all(count > 0)
+        for p in range(len(n)):
+            expected = tiles.allocate_pair(policy, int(n[p]), weight, tile_ids, key, merchants[p], code)
+            got = np.zeros(len(weight), dtype=np.int64)
+            got[tile[pair == p]] = count[pair == p]
+            assert np.array_equal(got, expected), (trial, p)
+
+
+def test_incremental_distinct_points_equal_a_full_recheck() -> None:
+    """Sites keep or lose a repeated point exactly as a re-sort of every accepted site decides
+    (the lowest index keeps it, an accepted site can lose it to a lower new one; -0.0 == 0.0)."""
+    g = np.random.default_rng(7)
+    for _ in range(100):
+        n = int(g.integers(1, 150))
+        lon, ref_lon = np.full(n, np.nan), np.full(n, np.nan)
+        lat, ref_lat = np.full(n, np.nan), np.full(n, np.nan)
+        accepted, pending, ref_pending = _Accepted(), np.arange(n), np.arange(n)
+        for attempt in range(12):
+            x = g.integers(0, 20, len(pending)).astype(float)
+            y = g.integers(0, 3, len(pending)).astype(float)
+            x[x == 0] = -0.0 if attempt % 2 else 0.0
+            ok = g.random(len(pending)) < 0.7
+            lon[pending], lat[pending] = x, y
+            lon[pending[~ok]] = np.nan
+            lost = accepted.add(pending[ok], lon, lat)
+            lon[lost] = np.nan
+            pending = np.union1d(pending[~ok], lost)
+            ref_lon[ref_pending], ref_lat[ref_pending] = x, y
+            ref_lon[ref_pending[~ok]] = np.nan
+            valid = ~np.isnan(ref_lon)
+            distinct = np.ones(n, dtype=bool)
+            distinct[valid] = _distinct(ref_lon[valid], ref_lat[valid])
+            ref_pending = np.flatnonzero(~valid | ~distinct)
+            ref_lon[ref_pending] = np.nan
+            assert np.array_equal(pending, ref_pending)
+            if not len(pending):
+                break
+
+
+def test_transport_built_in_blocks_equals_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = np.random.default_rng(3)
+    rows, cols = 120, 17
+    need = g.integers(1, 40, cols).astype(np.int64)
+    mobile = np.bincount(g.integers(0, rows, int(need.sum())), minlength=rows).astype(np.int64)
+    keep = mobile > 0
+    mobile = mobile[keep]
+    home = g.integers(0, 30, len(mobile))
+    distance = g.uniform(0, 15_000, (30, cols))
+    ids = np.arange(len(mobile), dtype=np.uint64) * np.uint64(7919)
+    policy = CountryAllocationRemass(
+        mode="remass", fidelity_weight=0.3, min_sites_per_country=3, max_share_of_need=0.5, max_new_countries=10
+    )
+
+    def tie(r: np.ndarray) -> np.ndarray:
+        return rng.hash64(np.uint64(5), ids[r][:, None], np.arange(cols, dtype=np.uint64)[None, :])
+
+    whole = remass.transport(mobile, need, distance, home, tie, policy)
+    monkeypatch.setattr(remass, "ARCS_PER_BLOCK", 3 * cols + 5)
+    blocked = remass.transport(mobile, need, distance, home, tie, policy)
+    assert whole is not None and blocked is not None
+    for a, b in zip(whole, blocked, strict=True):
+        assert np.array_equal(a, b)
+    r, c, x = whole
+    assert np.array_equal(np.bincount(c, weights=x, minlength=cols), need)
+    assert np.array_equal(np.bincount(r, weights=x, minlength=len(mobile)), mobile)
+
+
+def test_bootstrap_in_blocks_over_a_sparse_matrix_equals_one_dense_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = np.random.default_rng(11)
+    dense = np.zeros((400, 30), dtype=np.int64)
+    rows = g.integers(0, 400, 900)
+    dense[rows, g.integers(0, 30, 900)] += g.integers(1, 50, 900)
+    dense[np.arange(400), g.integers(0, 30, 400)] += 1
+    whole = grading.bootstrap_upper(dense, 300, 5)
+    monkeypatch.setattr(grading, "BOOTSTRAP_WEIGHTS_PER_BLOCK", 400 * 7)  # 7 replicates per block
+    assert grading.bootstrap_upper(scipy.sparse.csr_array(dense), 300, 5) == whole
+
+
+def test_seed_free_cache_keys_are_the_same_for_every_seed() -> None:
+    """S1/S2 are built once per policy: their keys ignore the seed and the 1A flag."""
+    bundle = load_bundle(DEFAULT_POLICIES, refdata_version())
+    a, b = cache_keys(bundle, 42, "flag-a"), cache_keys(bundle, 7, "flag-b")
+    for spec in STATES:
+        if spec.cached:
+            assert (a[spec.id] == b[spec.id]) == (not spec.seeded), spec.id
+    assert [s.id for s in STATES if s.cached and not s.seeded] == ["S1", "S2"]
+
+
+def test_a_scaled_stand_in_is_more_merchants_of_the_same_profile(tmp_path: Path) -> None:
+    scaled = tmp_path / "scaled"
+    flag = upstream.write_bundle(42, scaled, scale=150_000)
+    index, checked = verify_bundle(scaled)
+    assert checked == flag and index["scale_blocks"] == upstream.scale_blocks(42, 150_000) == 5
+    catalogue = pq.read_table(scaled / upstream.CATALOGUE)
+    assert abs(catalogue.num_rows - 150_000) / 150_000 < 0.1
+    assert pq.ParquetFile(scaled / upstream.CATALOGUE).num_row_groups == 5  # written block by block
+    merchants, sizes = np.unique(catalogue.column("merchant_id").to_numpy(), return_counts=True)
+    assert len(merchants) == 5 * upstream.N_MERCHANTS  # new ids in every block, never copies
+    assert sizes.max() == pytest.approx(upstream.MAX_MERCHANT, rel=0.01)
+    plain = upstream.synthesize(42)
+    plain_sizes = np.bincount(np.unique(plain.merchant_id, return_inverse=True)[1], plain.n_outlets)
+    assert np.median(sizes) == pytest.approx(np.median(plain_sizes), rel=0.25)
+    # Every block draws its own country totals: the blocks' country mixes differ.
+    one = upstream.synthesize(42, 0)
+    two = upstream.synthesize(42, 1)
+    assert not np.array_equal(
+        np.bincount(np.unique(one.legal_country_iso, return_inverse=True)[1], one.n_outlets),
+        np.bincount(np.unique(two.legal_country_iso, return_inverse=True)[1], two.n_outlets),
+    )
+    assert set(pc.unique(catalogue.column("legal_country_iso")).to_pylist()) == set(upstream.seed42_country_totals())
+    again = tmp_path / "again"
+    assert upstream.write_bundle(42, again, scale=150_000) == flag  # reproducible
