@@ -649,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     suites = set(args.suite.split(","))
     execution = Execution(scheduler=args.scheduler)
     work = Path(tempfile.mkdtemp(prefix="seg1b-bench-"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -696,7 +697,6 @@ def main(argv: list[str] | None = None) -> int:
             report["strong_scaling"] = bench_strong_scaling(work, args.strong_sites)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for bundle, chain in report.get("seed42_default_grid", {}).items():
         for phase in ("cold", "warm"):
