@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,6 +110,7 @@ class Progress:
 
     def __init__(self, total: int, desc: str, quiet: bool = False) -> None:
         self.total, self.done, self.quiet = total, 0, quiet
+        self.lock = threading.Lock()
         self.tty = sys.stderr.isatty()
         self.bar: Any = None
         self.task_bar: Any = None
@@ -127,6 +129,10 @@ class Progress:
             self.bar.refresh()
 
     def step(self, name: str) -> None:
+        with self.lock:  # certification steps arrive from every seed's thread
+            self._step(name)
+
+    def _step(self, name: str) -> None:
         self.done += 1
         self.name = name
         if self.bar is not None:

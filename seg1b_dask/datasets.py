@@ -139,6 +139,13 @@ def _open_published(path: str) -> zarr.Array:
     return zarr.open_array(path, mode="r")
 
 
+@functools.lru_cache(maxsize=16)
+def _published_table(folder: str) -> pa.Table:
+    """A small published (write-once) table, read once per process (the chunk index is
+    consulted for every country of a task)."""
+    return Table().read(Path(folder))
+
+
 def _coords(grid: Grid) -> dict[str, Any]:
     lat = grid.row_centre_lat(np.arange(grid.nrows))
     lon = -180.0 + (np.arange(grid.ncols) + 0.5) * grid.deg
@@ -233,7 +240,7 @@ class TileGrid:
         """Tile ids (ascending) and weights of one country's cells with positive weight, read
         chunk by chunk from the index (never the country's bounding box)."""
         chunk_rows, chunk_cols = self.chunk_shape(folder)
-        index = self.chunk_index.read(folder)
+        index = _published_table(str(folder / self.chunk_index.subdir))
         mine = pc.equal(index.column("country_id"), country_id)
         rows = index.column("chunk_row").filter(mine).to_numpy()
         cols = index.column("chunk_col").filter(mine).to_numpy()

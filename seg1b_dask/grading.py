@@ -148,7 +148,7 @@ def population_cv(values: list[float]) -> float:
     return float("inf") if arr.mean() == 0 else std / abs(float(arr.mean()))
 
 
-BOOTSTRAP_WEIGHTS_PER_BLOCK = 1 << 24  # replicate weights held at once (128 MiB of float64)
+BOOTSTRAP_WEIGHTS_PER_BLOCK = 1 << 24  # replicate weights per block (~3 × 128 MiB while it is drawn and used)
 
 
 def bootstrap_upper(

@@ -146,6 +146,29 @@ def _countries_per_merchant(rng: np.random.Generator, sizes: NDArray[np.float64]
     return k
 
 
+ID_BITS = 52
+_ID_MASK = (1 << ID_BITS) - 1
+_BLOCK_SHIFT = 11  # a block holds N_MERCHANTS < 2**11 merchants
+
+
+def _merchant_ids(seed: int, block: int | None, n: int) -> NDArray[np.uint64]:
+    """52-bit merchant ids. The plain stand-in hashes (seed, i); a scaled one maps (block, i)
+    through a bijection of the 52-bit integers keyed by the seed, so no two merchants of a
+    scaled bundle ever share an id, at any number of blocks."""
+    if block is None:
+        digests = b"".join(hashlib.sha256(f"{seed}|merchant|{i}".encode()).digest()[:8] for i in range(n))
+        return np.frombuffer(digests, dtype="<u8") >> np.uint64(64 - ID_BITS)
+    key = int.from_bytes(hashlib.sha256(f"{GENERATOR_VERSION}|{seed}|ids".encode()).digest()[:8], "little")
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):  # xor, odd multiplications and xor-shifts mod 2**52 are each invertible
+        x = ((block << _BLOCK_SHIFT) | i) ^ (key & _ID_MASK)
+        for odd in (0x9E3779B97F4A7, 0xC2B2AE3D27D4F):
+            x = (x * odd) & _ID_MASK
+            x ^= x >> 26
+        out[i] = x
+    return out
+
+
 def synthesize(seed: int, block: int | None = None) -> Catalogue:
     """Build the pair table: exact country totals, every merchant >= 2 outlets. ``block``
     draws one more independent block of merchants for a scaled bundle."""
@@ -208,13 +231,9 @@ def synthesize(seed: int, block: int | None = None) -> Catalogue:
         donor = int(np.argmax(np.where(counts.sum(axis=1) > 2, counts[:, country], 0)))
         counts[donor, country] -= 1
         counts[m, country] += 1
-    scope = f"{seed}" if block is None else f"{seed}|block{block}"
-    ids = np.sort(
-        np.frombuffer(
-            b"".join(hashlib.sha256(f"{scope}|merchant|{i}".encode()).digest()[:8] for i in range(n)), dtype="<u8"
-        )
-        >> np.uint64(12)
-    )
+    if not (counts.sum(axis=0) == target).all():
+        raise Seg1BError(Code.E_INTERNAL, f"stand-in country totals drifted for seed {seed}, block {block}")
+    ids = np.sort(_merchant_ids(seed, block, n))
     mm, cc = np.nonzero(counts)
     return Catalogue(
         merchant_id=ids[mm].astype(np.uint64),
@@ -279,24 +298,21 @@ def write_bundle(seed: int, out: Path, scale: int | None = None, on_block: Calla
     blocks: list[int | None] = [None] if scale is None else list(range(scale_blocks(seed, scale)))
     out.mkdir(parents=True, exist_ok=True)
     writers: dict[str, pq.ParquetWriter] = {}
-    seen: list[NDArray[np.uint64]] = []
+    done = 0
     try:
         for block in blocks:
             cat = synthesize(seed, block)
-            seen.append(np.unique(cat.merchant_id))
             for rel, table in ((CATALOGUE, catalogue_rows(cat)), (CANDIDATES, candidate_rows(cat, seed, block))):
                 if rel not in writers:
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
                     writers[rel] = pq.ParquetWriter(out / rel, table.schema, compression="zstd", store_schema=False)
                 writers[rel].write_table(table)
+            done += 1
             if on_block is not None:
-                on_block(len(seen))
+                on_block(done)
     finally:
         for writer in writers.values():
             writer.close()
-    ids = np.concatenate(seen)
-    if len(np.unique(ids)) != len(ids):  # 52-bit hashed ids: a clash is astronomically rare, never silent
-        raise Seg1BError(Code.E_INTERNAL, f"merchant id collision in the scaled stand-in for seed {seed}", file=out)
     scaled = {} if scale is None else {"scale_blocks": len(blocks)}
     fingerprint = sha256_hex(canonical_json({"generator": GENERATOR_VERSION, "seed": seed, **scaled}))
     meta = {"segment": "1A", "seed": seed, "manifest_fingerprint": fingerprint, "generator": GENERATOR_VERSION}

@@ -51,9 +51,11 @@ def test_one_pass_country_allocation_equals_pair_by_pair(policy: TileAllocation)
         n = g.integers(1, 200, int(g.integers(1, 25))).astype(np.int64)
         if trial % 7 == 0:
             n[0] = 50_000  # a pair far larger than the country's tiles
+        if trial % 5 == 0:
+            n[-1] = 0  # a pair with no site
         merchants = np.sort(g.choice(2**50, len(n), replace=False)).astype(np.uint64)
         pair, tile, count = tiles.allocate_country(policy, n, merchants, weight, tile_ids, key, code)
-        assert np.all(np.diff(pair) >= 0) and np.all(count > 0)
+        assert np.all(np.diff(pair) >= 0) and np.all(count > 0) and not np.isin(pair, np.flatnonzero(n == 0)).any()
         for p in range(len(n)):
             expected = tiles.allocate_pair(policy, int(n[p]), weight, tile_ids, key, merchants[p], code)
             got = np.zeros(len(weight), dtype=np.int64)

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from ... import rng
+from ...errors import Code, InternalError
 from ...grid import Grid
 from ...metrics import unit_vectors
 from ...policies import TileAllocation
@@ -228,6 +229,16 @@ def allocate_country(
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Every pair of one country (``n`` sites of ``merchants``) over the country's tiles (ascending
     ``tiles`` with ``weight``): (pair index, tile index, sites), sorted by pair then tile."""
+    live = np.flatnonzero(n > 0)
+    if len(live) < len(n):  # a pair with no site gets no tile
+        pair, tile, count = allocate_country(policy, n[live], merchants[live], weight, tiles, key, country_code)
+        return live[pair], tile, count
+    if len(n) == 0:
+        return (np.zeros(0, dtype=np.int64),) * 3
+    if int(n.max()) * int(weight.sum(dtype=np.uint64)) >= 1 << 64:
+        raise InternalError(
+            Code.E_INTERNAL, f"a pair of {int(n.max()):,} sites is too large for exact integer tile allocation"
+        )
     if policy.method == "systematic":
         offset = rng.uniform(key, merchants, country_code, np.uint64(0))
         pair, tile, count = _systematic_runs(n, offset, weight)

@@ -41,8 +41,8 @@ def _distinct(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.
 
 class _Accepted:
     """The accepted sites, kept distinct incrementally: a new point is checked against a
-    sorted array of coordinate hashes (O(new · log accepted) per attempt, not a re-sort of
-    every accepted site). Where hashes meet, ``_distinct`` decides on just those sites, so
+    sorted array of coordinate hashes (a binary search per new point and one insertion copy
+    per attempt, not a lexsort of every accepted site). Where hashes meet, ``_distinct`` decides on just those sites, so
     the lowest index keeps a repeated point, as over the whole set."""
 
     def __init__(self) -> None:
