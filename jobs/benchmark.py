@@ -51,6 +51,7 @@ from seg1b_dask.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.policies import load_bundle
 from seg1b_dask.refdata import refdata_version
 from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, Chain, run_seed
+from seg1b_dask.runroot import RunRoot
 
 
 class RssSampler:
@@ -201,7 +202,7 @@ def bench_grid30(work: Path, execution: Execution, large_sites: int | None) -> d
     for source in (BASELINE_POLICIES, DEFAULT_POLICIES):
         policies = _grid30_policies(work, source)
         root = work / f"grid30-{source.name}"
-        chain = Chain(root, 42, load_bundle(policies, refdata_version()), Path("."), execution)
+        chain = Chain(RunRoot.open(root), 42, load_bundle(policies, refdata_version()), Path("."), execution)
         with RssSampler() as rss:
             t = time.perf_counter()
             records = chain.run_global(on_state=rss.mark)

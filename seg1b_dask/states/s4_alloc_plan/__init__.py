@@ -9,6 +9,7 @@ tiles and write only their own countries' parts of ``s4_alloc_plan`` (pairs and 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -71,40 +72,56 @@ def _lineage(iso2: str, retained: tuple[NDArray[np.uint64], NDArray[np.int64]], 
     in_m, in_src_c, in_src_o, _, in_o = arrivals.expand()
     m = np.r_[stay_m, in_m].astype(np.uint64)
     order = np.r_[stay_o, in_o]
-    src = np.r_[np.full(len(stay_m), iso2, dtype="U2"), codes[in_src_c]]
+    src = np.r_[np.full(len(stay_m), np.searchsorted(codes, iso2)), in_src_c].astype(np.int64)
     sort = np.lexsort((order, m))
+    names = pa.array(codes.tolist(), pa.string())
     return pa.table(
         {
             "merchant_id": m[sort],
-            "source_country_iso": pa.array(src[sort].tolist(), pa.string()),
+            "source_country_iso": names.take(src[sort]),
             "source_site_order": np.r_[stay_o, in_src_o][sort].astype(np.int32),
-            "legal_country_iso": pa.array([iso2] * len(m), pa.string()),
+            "legal_country_iso": pa.array([iso2], pa.string()).take(np.zeros(len(m), dtype=np.int64)),
             "site_order": order[sort].astype(np.int32),
         }
     )
 
 
+def _save_batch(path: Path, countries: list[str], retained: dict[str, Any], arrivals: dict[str, Moves]) -> None:
+    """A batch's pair-level inputs in one scratch file, which its task loads: the graph
+    carries paths, never the data."""
+    arrays: dict[str, Any] = {}
+    for iso2 in countries:
+        arrays[f"{iso2}.merchant"], arrays[f"{iso2}.kept"] = retained[iso2]
+        for name in Moves.__dataclass_fields__:
+            arrays[f"{iso2}.moves.{name}"] = getattr(arrivals[iso2], name)
+    np.savez(path, **arrays)
+
+
+def _load_batch(path: Path, iso2: str) -> tuple[tuple[NDArray[np.uint64], NDArray[np.int64]], Moves]:
+    with np.load(path) as data:
+        moves = Moves(*(data[f"{iso2}.moves.{name}"] for name in Moves.__dataclass_fields__))
+        return (data[f"{iso2}.merchant"], data[f"{iso2}.kept"]), moves
+
+
 def _batch_task(
     folders: dict[str, Path],
     countries: list[dict[str, Any]],
-    pairs_of: dict[str, pa.Table],
-    retained: dict[str, tuple[NDArray[np.uint64], NDArray[np.int64]]],
-    arrivals: dict[str, Moves],
+    inputs: Path,
     policy: TileAllocation,
     seed: int,
     grid: Grid,
 ) -> dict[str, Any]:
-    """Allocate a batch of countries over their own tiles; write their pairs, plan and
-    lineage parts."""
+    """Allocate a batch of countries over their own tiles; write their plan and lineage parts
+    (the driver wrote their pairs; ``inputs`` holds their retained stubs and arriving moves)."""
     stats = {"plan_rows": 0, "lone_sites_moved": 0, "tiles_used": 0, "max_sites_per_tile": 0, "max_share": 0.0}
     for c in countries:
         iso2 = c["iso2"]
-        pairs = pairs_of[iso2]
-        COUNTRY_PAIRS.write(folders["plan"], iso2, pairs)
+        pairs = COUNTRY_PAIRS.read(folders["plan"], [iso2])
+        retained, arrivals = _load_batch(inputs, iso2)
         tile_ids, weight = TILE_GRID.country_cells(folders["grid"], folders["weights"], c["country_id"])
         plan, moved = _allocate_country(pairs, tile_ids, weight, iso2, policy, seed, grid)
         ALLOC_PLAN.write(folders["plan"], iso2, plan)
-        SITE_LINEAGE.write(folders["lineage"], iso2, _lineage(iso2, retained[iso2], arrivals[iso2]))
+        SITE_LINEAGE.write(folders["lineage"], iso2, _lineage(iso2, retained, arrivals))
         n = plan.column("n_sites").to_numpy()
         m = plan.column("merchant_id").to_numpy()
         t = plan.column("tile_id").to_numpy()
@@ -190,18 +207,19 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     order = np.lexsort((allocation.merchant, allocation.country))
     country_of = codes[allocation.country[order]]
     bounds = np.flatnonzero(np.r_[True, country_of[1:] != country_of[:-1], True])
-    pairs_of = {}
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+    wanted = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):  # pair-level: written by the driver
         rows = order[lo:hi]
         iso2 = str(country_of[lo])
-        pairs_of[iso2] = pa.table(
+        table = pa.table(
             {
                 "merchant_id": allocation.merchant[rows],
-                "legal_country_iso": pa.array([iso2] * len(rows), pa.string()),
+                "legal_country_iso": pa.array([iso2]).take(np.zeros(len(rows), dtype=np.int64)),
                 "n_sites": allocation.n_sites[rows],
             }
         )
-    wanted = list(pairs_of)
+        COUNTRY_PAIRS.write(plan_folder, iso2, table)
+        wanted.append(iso2)
     folders = {
         "plan": plan_folder,
         "lineage": out["site_lineage"],
@@ -212,20 +230,19 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     country_row = {c["iso2"]: c for c in TILE_GRID.countries(ctx.inputs["tile_grid"]).to_pylist()}
     sites = np.bincount(allocation.country, weights=allocation.n_sites, minlength=len(codes))
     policy = ctx.policies.s4_alloc_plan.tile_allocation
-    tasks = [
-        dask.delayed(_batch_task)(
-            folders,
-            [country_row[c] for c in batch],
-            {c: pairs_of[c] for c in batch},
-            {c: retained[c] for c in batch},
-            {c: arrivals[c] for c in batch},
-            policy,
-            ctx.seed,
-            ctx.grid,
+    scratch = plan_folder / ".scratch"
+    scratch.mkdir()
+    tasks = []
+    for i, batch in enumerate(
+        ctx.execution.country_batches({c: int(sites[np.searchsorted(codes, c)]) for c in wanted})
+    ):
+        inputs = scratch / f"batch-{i:05d}.npz"
+        _save_batch(inputs, batch, retained, arrivals)
+        tasks.append(
+            dask.delayed(_batch_task)(folders, [country_row[c] for c in batch], inputs, policy, ctx.seed, ctx.grid)
         )
-        for batch in ctx.execution.country_batches({c: int(sites[np.searchsorted(codes, c)]) for c in wanted})
-    ]
     results = compute(tasks)
+    shutil.rmtree(scratch)
     return {
         "plan_rows": sum(r["plan_rows"] for r in results),
         **allocation.stats,
