@@ -710,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         cold, warm = g["s1_s2_cold"], g["full_chain_warm_31k"]
         print(
             f"{bundle} at 30″: S1+S2 cold {cold['wall_seconds']} s (peak {cold['peak_rss_mb']} MiB, "
-            f"{cold['stored_mb']} MiB stored); full chain, S1/S2 warm, {warm['sites']:,} sites: {warm['wall_seconds']} s"
+            f"{cold['stored_mb']} MiB stored); full chain, S1/S2 warm, {warm['sites']:,} sites: "
+            f"{warm['wall_seconds']} s"
         )
         for key, run in g.items():
             if key.startswith("full_chain_warm_") and key != "full_chain_warm_31k":
@@ -721,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
         st = report["strong_scaling"]
         print(
             f"strong scaling, {st['sites']:,} sites: 1 worker {st['workers_1']['wall_seconds']} s, 2 workers "
-            f"{st['workers_2']['wall_seconds']} s, speed-up {st['speedup_2_over_1']} (identical: {st['identical_outputs']})"
+            f"{st['workers_2']['wall_seconds']} s, speed-up {st['speedup_2_over_1']} "
+            f"(identical: {st['identical_outputs']})"
         )
     for label, r in report.get("scorer", {}).items():
         print(

@@ -227,9 +227,10 @@ def _certify_seed(
     root: Path, seed: int, bundle: PolicyBundle, execution: Execution, emit: Callable[[str], None]
 ) -> tuple[RunResult, Scored]:
     """One seed's whole chain, driven from a thread of the driver: its baseline (pinned
-    once), the candidate run and its scorecard (its report follows, in the main thread). Every state's tasks go to the shared cluster,
-    so all seeds' country batches and spatial chunks interleave in one graph; a lost worker
-    costs only its tasks, which the scheduler reruns elsewhere."""
+    once), the candidate run and its scorecard (its report follows, in the main thread).
+    Every state's tasks go to the shared cluster, so all seeds' country batches and spatial
+    chunks interleave in one graph; a lost worker costs only its tasks, which the scheduler
+    reruns elsewhere."""
 
     def state(name: str) -> None:
         emit(f"seed {seed} {name}")
