@@ -158,11 +158,7 @@ def _grid30_policies(work: Path, source: Path) -> Path:
     shutil.copytree(source, policies)
     shutil.copy(source.parent / "gates.yaml", policies.parent / "gates.yaml")
     grid = policies / "grid.yaml"
-    grid.write_text(
-        grid.read_text()
-        .replace("resolution_arcsec: 300", "resolution_arcsec: 30")
-        .replace("chunk_cols: 1080", "chunk_cols: 5400")
-    )
+    grid.write_text(grid.read_text().replace("resolution_arcsec: 300", "resolution_arcsec: 30"))
     return policies
 
 

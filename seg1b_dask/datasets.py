@@ -253,14 +253,19 @@ class TileGrid:
         for a, b in zip(run_start.tolist(), run_end.tolist(), strict=True):
             r0, c0, c1 = int(rows[a]) * chunk_rows, int(cols[a]) * chunk_cols, (int(cols[b]) + 1) * chunk_cols
             window = (slice(r0, r0 + chunk_rows), slice(c0, min(c1, ncols)))
-            cid, weight = np.asarray(grid[window]), np.asarray(weights[window])
-            rr, cc = np.nonzero((cid == country_id) & (weight > 0))
-            ids.append((rr + r0) * ncols + cc + c0)
-            values.append(weight[rr, cc])
-        tile_ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
-        weight = np.concatenate(values).astype(np.uint64) if values else np.zeros(0, dtype=np.uint64)
-        order = np.argsort(tile_ids, kind="stable")
-        return tile_ids[order], weight[order]
+            cid, weight = np.asarray(grid[window]), np.asarray(weights[window]).ravel()
+            flat = np.flatnonzero(cid.ravel() == country_id)
+            flat = flat[weight[flat] > 0]
+            row, col = np.divmod(flat, cid.shape[1])
+            ids.append((row + r0) * ncols + col + c0)
+            values.append(weight[flat])
+        if not ids:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+        tile_ids, weight = np.concatenate(ids), np.concatenate(values)
+        if len(ids) > 1 and (np.diff(tile_ids) < 0).any():  # runs of one chunk row interleave by row
+            order = np.argsort(tile_ids, kind="stable")
+            tile_ids, weight = tile_ids[order], weight[order]
+        return tile_ids.astype(np.int64, copy=False), weight.astype(np.uint64, copy=False)
 
     def countries(self, folder: Path, columns: list[str] | None = None) -> pa.Table:
         return self.countries_table.read(folder, columns)
