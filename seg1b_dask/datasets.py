@@ -247,12 +247,19 @@ class TileGrid:
         grid, weights = self.array(folder), TILE_WEIGHTS.array(weights_folder)
         ncols = int(grid.shape[1])
         ids, values = [], []
-        # Runs of adjacent chunks in one chunk row are read as one window.
-        run_start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)])
-        run_end = np.r_[run_start[1:], len(rows)] - 1
-        for a, b in zip(run_start.tolist(), run_end.tolist(), strict=True):
-            r0, c0, c1 = int(rows[a]) * chunk_rows, int(cols[a]) * chunk_cols, (int(cols[b]) + 1) * chunk_cols
-            window = (slice(r0, r0 + chunk_rows), slice(c0, min(c1, ncols)))
+        if len(rows) and (np.ptp(rows) + 1) * (np.ptp(cols) + 1) <= 2 * len(rows):
+            # A compact country: one window over its chunks' bounding box (fewer, larger reads).
+            windows = [(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)]
+        else:  # runs of adjacent chunks in one chunk row, one window each
+            start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)])
+            end = np.r_[start[1:], len(rows)] - 1
+            windows = [
+                (int(rows[a]), int(rows[a]) + 1, int(cols[a]), int(cols[b]) + 1)
+                for a, b in zip(start, end, strict=True)
+            ]
+        for row_lo, row_hi, col_lo, col_hi in windows:
+            r0, c0 = row_lo * chunk_rows, col_lo * chunk_cols
+            window = (slice(r0, row_hi * chunk_rows), slice(c0, min(col_hi * chunk_cols, ncols)))
             cid, weight = np.asarray(grid[window]), np.asarray(weights[window]).ravel()
             flat = np.flatnonzero(cid.ravel() == country_id)
             flat = flat[weight[flat] > 0]

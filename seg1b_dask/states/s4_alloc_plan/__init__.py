@@ -97,10 +97,18 @@ def _save_batch(path: Path, countries: list[str], retained: dict[str, Any], arri
     np.savez(path, **arrays)
 
 
-def _load_batch(path: Path, iso2: str) -> tuple[tuple[NDArray[np.uint64], NDArray[np.int64]], Moves]:
-    with np.load(path) as data:
-        moves = Moves(*(data[f"{iso2}.moves.{name}"] for name in Moves.__dataclass_fields__))
-        return (data[f"{iso2}.merchant"], data[f"{iso2}.kept"]), moves
+def _load_batch(path: Path) -> dict[str, tuple[tuple[NDArray[np.uint64], NDArray[np.int64]], Moves]]:
+    """Per country of the batch: its retained stubs and its arriving moves."""
+    with np.load(path) as npz:
+        data = dict(npz)
+    countries = sorted({name.split(".", 1)[0] for name in data})
+    return {
+        iso2: (
+            (data[f"{iso2}.merchant"], data[f"{iso2}.kept"]),
+            Moves(*(data[f"{iso2}.moves.{name}"] for name in Moves.__dataclass_fields__)),
+        )
+        for iso2 in countries
+    }
 
 
 def _batch_task(
@@ -113,11 +121,12 @@ def _batch_task(
 ) -> dict[str, Any]:
     """Allocate a batch of countries over their own tiles; write their plan and lineage parts
     (the driver wrote their pairs; ``inputs`` holds their retained stubs and arriving moves)."""
+    batch_inputs = _load_batch(inputs)
     stats = {"plan_rows": 0, "lone_sites_moved": 0, "tiles_used": 0, "max_sites_per_tile": 0, "max_share": 0.0}
     for c in countries:
         iso2 = c["iso2"]
         pairs = COUNTRY_PAIRS.read(folders["plan"], [iso2])
-        retained, arrivals = _load_batch(inputs, iso2)
+        retained, arrivals = batch_inputs[iso2]
         tile_ids, weight = TILE_GRID.country_cells(folders["grid"], folders["weights"], c["country_id"])
         plan, moved = _allocate_country(pairs, tile_ids, weight, iso2, policy, seed, grid)
         ALLOC_PLAN.write(folders["plan"], iso2, plan)
