@@ -35,6 +35,11 @@ WRITE_OPTIONS: dict[str, Any] = dict(
     compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True, store_schema=False
 )
 _ZSTD = zarr.codecs.ZstdCodec(level=3)
+# Consolidated metadata lets ``xarray.open_zarr`` open a store without a warning; zarr-python
+# notes that it is not yet part of the v3 specification. A process-wide filter for that one
+# message: ``warnings.catch_warnings`` is not thread-safe, and stores are written from the
+# threads of every seed of a certification.
+warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -180,11 +185,7 @@ def _create_grid_store(
         }
         for name in variables
     }
-    with warnings.catch_warnings():
-        # Consolidated metadata lets ``xarray.open_zarr`` open the store without a warning;
-        # zarr-python notes it is not yet part of the v3 specification.
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        ds.to_zarr(store, mode="w", compute=False, zarr_format=3, consolidated=True, encoding=encoding)
+    ds.to_zarr(store, mode="w", compute=False, zarr_format=3, consolidated=True, encoding=encoding)
 
 
 @dataclass(frozen=True)
@@ -338,11 +339,9 @@ class SiteJitter:
             data[name] = (("site",), column.rechunk(chunk))
         ds = xr.Dataset(data, attrs=attrs)
         encoding = {name: {"chunks": (chunk,), "compressors": _ZSTD} for name in self.ARRAYS}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            return ds.to_zarr(
-                folder / self.STORE, mode="w", zarr_format=3, consolidated=True, encoding=encoding, compute=False
-            )
+        return ds.to_zarr(
+            folder / self.STORE, mode="w", zarr_format=3, consolidated=True, encoding=encoding, compute=False
+        )
 
     def write_index(self, folder: Path, iso2: list[str], sizes: list[int]) -> None:
         stop = np.cumsum(np.asarray(sizes, dtype=np.int64))
