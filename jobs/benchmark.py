@@ -90,7 +90,10 @@ class RssSampler:
         self._thread.join()
 
 
-def _chain_run(root: Path, execution: Execution, policies: Path, baseline_nn_ratio: float | None) -> dict:
+def _chain_run(
+    root: Path, execution: Execution, policies: Path, baseline_nn_ratio: float | None, upstream: Path | None = None
+) -> dict:
+    """Seed 42's chain in this process: wall seconds, peak RSS per state, what was reused."""
     with RssSampler() as rss:
         t = time.perf_counter()
         rss.mark("S0")
@@ -98,12 +101,15 @@ def _chain_run(root: Path, execution: Execution, policies: Path, baseline_nn_rat
             root=root,
             seed=42,
             policies=policies,
+            upstream=upstream,
             execution=execution,
             on_state=rss.mark,
             baseline_nn_ratio=baseline_nn_ratio,
         )
         wall = time.perf_counter() - t
     return {
+        "sites": result.validation["metrics"]["sites"],
+        "nn_ratio": result.validation["metrics"].get("nn_ratio"),
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(max(rss.peaks.values()), 1),
         "sealed": bool(result.validation.get("sealed", True)),
@@ -162,31 +168,6 @@ def _grid30_policies(work: Path, source: Path) -> Path:
     return policies
 
 
-def _timed_run(root: Path, policies: Path, execution: Execution, upstream: Path | None, ratio: float | None) -> dict:
-    with RssSampler() as rss:
-        t = time.perf_counter()
-        result = run_seed(
-            root=root, seed=42, policies=policies, upstream=upstream, execution=execution, on_state=rss.mark,
-            baseline_nn_ratio=ratio,
-        )  # fmt: skip
-        wall = time.perf_counter() - t
-    return {
-        "sites": result.validation["metrics"]["sites"],
-        "wall_seconds": round(wall, 3),
-        "peak_rss_mb": round(max(rss.peaks.values()), 1),
-        "states": {
-            s.id: {
-                "seconds": round(s.seconds, 3),
-                "reused": s.reused,
-                "peak_rss_mb": round(rss.peaks.get(s.id, 0.0), 1),
-            }
-            for s in result.states
-        },
-        "nn_ratio": result.validation["metrics"].get("nn_ratio"),
-        "sealed": result.validation.get("sealed"),
-    }
-
-
 def bench_grid30(work: Path, execution: Execution, large_sites: int | None) -> dict:
     """The 30″ world grid (21,600 x 43,200 cells), both bundles: S1+S2 cold, then the full
     chain at 31 k sites with S1/S2 warm (the remediation graded against the 30″ baseline's
@@ -211,14 +192,14 @@ def bench_grid30(work: Path, execution: Execution, large_sites: int | None) -> d
                 "states": {r.id: {"seconds": round(r.seconds, 3), "stats": r.stats} for r in records},
                 "stored_mb": round(size / 2**20, 1),
             },
-            "full_chain_warm_31k": _timed_run(root, policies, execution, None, ratio),
+            "full_chain_warm_31k": _chain_run(root, execution, policies, ratio),
         }
         if source == BASELINE_POLICIES:
             ratio = float(entry["full_chain_warm_31k"]["nn_ratio"])
         elif large_sites:
             upstream = work / f"upstream-grid30-{large_sites}"
             write_bundle(42, upstream, scale=large_sites)
-            entry[f"full_chain_warm_{large_sites}"] = _timed_run(root, policies, execution, upstream, ratio)
+            entry[f"full_chain_warm_{large_sites}"] = _chain_run(root, execution, policies, ratio, upstream)
             shutil.rmtree(upstream)
         out[source.name] = entry
         shutil.rmtree(root)

@@ -305,14 +305,14 @@ def task_size_options(fn: Any) -> Any:
     """--country-batch and --sites-per-task: how work is cut into tasks (never the outputs)."""
     fn = click.option(
         "--sites-per-task",
-        default=250_000,
+        default=Execution.sites_per_task,
         show_default=True,
         type=click.IntRange(1),
         help="at most this many sites per task, a larger country alone (outputs never depend on it)",
     )(fn)
     return click.option(
         "--country-batch",
-        default=24,
+        default=Execution.country_batch,
         show_default=True,
         type=click.IntRange(1),
         help="at most this many countries per task (outputs never depend on it)",

@@ -256,8 +256,8 @@ def certify(
     promote: bool = False,
     reopen: dict[str, str] | None = None,
     on_event: Callable[[str], None] | None = None,
-    country_batch: int = 24,
-    sites_per_task: int = 250_000,
+    country_batch: int = Execution.country_batch,
+    sites_per_task: int = Execution.sites_per_task,
 ) -> Pack:
     """Run the full chain for every seed (default: the gates' required seeds) in parallel on
     a Dask cluster and write a pack (whole or not at all)."""
