@@ -504,6 +504,7 @@ def certify(
     lines = [
         f"certification pack {pack.folder}",
         f"  seeds {', '.join(map(str, seed_list))}  wall {pack.wall_seconds:.1f} s",
+        f"  content sha256 {pack.content_sha256}  (equal for this bundle and these seeds on any cluster)",
         "",
         f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}",
     ]
@@ -575,6 +576,37 @@ def lock(phase: str, run_ref: str, root: Path) -> None:
     with _existing(root).shared():
         record = lock_phase(root, phase, run_dir(root, run_ref))
     click.echo(f"{phase} locked: {record['policy']} digest {record['policy_digest'][:16]}… (run {record['run_id']})")
+
+
+# Everything after the command name goes to Dask's own command line, in order.
+DASK_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+@main.command(context_settings=DASK_PASS_THROUGH)
+@click.argument("dask_args", nargs=-1, type=click.UNPROCESSED)
+def scheduler(dask_args: tuple[str, ...]) -> None:
+    """A Dask scheduler for certification: DASK_ARGS are `dask scheduler`'s options
+    (e.g. --port 8786 --dashboard-address :8787; see `dask scheduler --help`)."""
+    from .cluster import start
+
+    start("scheduler", dask_args)
+
+
+@main.command(context_settings=DASK_PASS_THROUGH)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="the shared run-root volume, mounted at the same path as on the job (checked before the worker starts)",
+)
+@click.argument("dask_args", nargs=-1, type=click.UNPROCESSED)
+def worker(root: Path, dask_args: tuple[str, ...]) -> None:
+    """A Dask worker for certification: DASK_ARGS are `dask worker`'s scheduler address and
+    options (e.g. tcp://scheduler:8786 --nthreads 1 --memory-limit 4GiB; see `dask worker --help`)."""
+    from .cluster import check_volume, start
+
+    check_volume(root)
+    start("worker", dask_args)
 
 
 @main.group()

@@ -28,6 +28,7 @@ import zarr
 from numpy.typing import NDArray
 
 from .grid import Grid
+from .lineage import stage_path
 
 PART = "part-{:05d}.parquet"
 # Fixed writer options and no pandas metadata: the same rows always give the same bytes.
@@ -43,8 +44,15 @@ warnings.filterwarnings("ignore", message="Consolidated metadata", category=User
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Whole or not at all: a task that a lost worker is still finishing and its re-run
+    elsewhere write the same bytes under one name, each by an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.replace_schema_metadata(None), path, **WRITE_OPTIONS)
+    tmp = stage_path(path)
+    try:
+        pq.write_table(table.replace_schema_metadata(None), tmp, **WRITE_OPTIONS)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

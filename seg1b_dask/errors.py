@@ -50,6 +50,8 @@ class Code(StrEnum):
     E_VALIDATION_FAILED = "E_VALIDATION_FAILED"
     # the environment
     E_ROOT_UNWRITABLE = "E_ROOT_UNWRITABLE"
+    E_ROOT_UNSUPPORTED = "E_ROOT_UNSUPPORTED"  # a filesystem without atomic rename or hard links
+    E_ROOT_NOT_SHARED = "E_ROOT_NOT_SHARED"  # a cluster worker does not see the run root
     E_DISK_FULL = "E_DISK_FULL"
     E_ROOT_BUSY = "E_ROOT_BUSY"
     E_CORRUPT_FILE = "E_CORRUPT_FILE"
@@ -110,6 +112,8 @@ class InternalError(Seg1BError):
 
 FAMILY: dict[Code, type[Seg1BError]] = {
     **{c: EnvironmentFault for c in (Code.E_ROOT_UNWRITABLE, Code.E_DISK_FULL, Code.E_ROOT_BUSY, Code.E_CORRUPT_FILE)},
+    Code.E_ROOT_UNSUPPORTED: EnvironmentFault,
+    Code.E_ROOT_NOT_SHARED: EnvironmentFault,
     Code.E_SCHEDULER_UNREACHABLE: EnvironmentFault,
     Code.E_IO: EnvironmentFault,
     # The engine's own fail-closed checks (S6, S7, S9): validated input never trips them.

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -34,18 +35,27 @@ def check_scheduler(value: str) -> str:
     )
 
 
-def connect(address: str) -> Any:
-    """A distributed Client on a running scheduler; unreachable is one coded line."""
+def connect(address: str, root: Path) -> Any:
+    """A distributed Client on a running scheduler whose workers all see the run ``root``;
+    an unreachable scheduler or a worker without the shared root is one coded line."""
     from distributed import Client
 
+    from .runroot import check_shared
+
     try:
-        return Client(check_scheduler(address), timeout=CONNECT_TIMEOUT)
+        client = Client(check_scheduler(address), timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise Seg1BError(
             Code.E_SCHEDULER_UNREACHABLE,
             f"no Dask scheduler answered within {CONNECT_TIMEOUT} ({type(exc).__name__})",
             key=address,
         ) from None
+    try:
+        check_shared(client, root)
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,9 @@ _LOCAL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("
 
 
 @contextlib.contextmanager
-def executing(execution: Execution) -> Iterator[None]:
-    """Open the requested scheduler for the duration of a run (``attached``: use the
-    distributed client the caller already opened)."""
+def executing(execution: Execution, root: Path) -> Iterator[None]:
+    """Open the requested scheduler for the duration of a run under ``root`` (``attached``:
+    use the distributed client the caller already opened)."""
     if execution.scheduler == "attached":
         yield
         return
@@ -105,7 +115,7 @@ def executing(execution: Execution) -> Iterator[None]:
         with cluster, Client(cluster):
             yield
     else:
-        with connect(execution.scheduler):
+        with connect(execution.scheduler, root):
             yield
 
 

@@ -3,6 +3,7 @@ lane on a Dask cluster, plus scoring a finished run against the policies sealed 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -18,7 +19,7 @@ import numpy as np
 from . import discipline, grading, scoring
 from .errors import Code, Seg1BError
 from .execution import Execution, connect
-from .lineage import safe_join, stage_path, write_json, write_text
+from .lineage import read_manifest, safe_join, stage_path, write_json, write_text
 from .policies import PolicyBundle, load_bundle, sealed_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
@@ -206,12 +207,16 @@ class Pack:
     dashboard: str
     promoted: bool
 
+    @property
+    def content_sha256(self) -> str:
+        return str(json.loads((self.folder / "pack.json").read_text())["content_sha256"])
 
-def _cluster(scheduler: str | None, workers: int | None):
+
+def _cluster(scheduler: str | None, workers: int | None, root: Path):
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return None, connect(scheduler)
+        return None, connect(scheduler, root)
     cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
     return cluster, Client(cluster)
 
@@ -306,7 +311,7 @@ def _certify(
 
     root = run_root.path
     emit = on_event or (lambda _msg: None)
-    cluster, client = _cluster(scheduler, workers)
+    cluster, client = _cluster(scheduler, workers, root)
     start = time.perf_counter()
     try:
         dashboard = client.dashboard_link or ""
@@ -407,6 +412,37 @@ def _write_pack(
         "baseline_run_ids": [b["run_id"] for b in baselines if b],
         "manifest_fingerprints": {str(s): results[s].tokens.manifest_fingerprint for s in seeds},
         "grade": report.outcome,
+        "outputs": {
+            str(s): {name: read_manifest(path)["content_sha256"] for name, path in sorted(results[s].outputs.items())}
+            for s in seeds
+        },
         "wall_seconds": round(wall, 3),
     }
     write_json(folder / "pack.json", pack)
+    write_json(folder / "pack.json", {**pack, "content_sha256": pack_content_sha256(folder)})
+
+
+# What says which runs made a pack, when and how fast, but not what they computed.
+RECEIPT_KEYS = frozenset({"run_id", "run_ids", "baseline_run_ids", "baseline_pinned_now", "wall_seconds"})
+RECEIPT_FILES = frozenset({"dask-report.html", "report.html"})
+
+
+def _without_receipts(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_receipts(v) for k, v in value.items() if k not in RECEIPT_KEYS | {"content_sha256"}}
+    if isinstance(value, list):
+        return [_without_receipts(v) for v in value]
+    return value
+
+
+def pack_content_sha256(folder: Path) -> str:
+    """One digest of everything a pack's outputs determine (every file but the HTML pages,
+    JSON without its receipts): the packs of one bundle and seeds made on any cluster, with
+    any worker count, compare equal by it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in RECEIPT_FILES):
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            data = json.dumps(_without_receipts(json.loads(data)), sort_keys=True).encode()
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from .errors import Code, Seg1BError
 from .hashing import tree_digest
 
 MANIFEST = "_manifest.json"
+# Containers on different hosts often share pids (1, 7…): the host name keeps two writers'
+# temporary names apart on a run root shared between machines.
+HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:63] or "host"
 Scope = Literal["global", "plan", "egress", "run"]
 
 
@@ -56,8 +60,8 @@ def safe_join(root: Path, relative: str | Path) -> Path:
 
 def stage_path(final: Path) -> Path:
     """The hidden temporary sibling a file or folder is written to before its rename:
-    unique per process and thread, and recognisable (``.tmp-``) for cleanup."""
-    return final.parent / f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    unique per host, process and thread, and recognisable (``.tmp-``) for cleanup."""
+    return final.parent / f".{final.name}.tmp-{HOST}-{os.getpid()}-{threading.get_ident()}"
 
 
 def _manifest(tokens: dict[str, object], digest: str, dataset: str) -> bytes:

@@ -233,7 +233,7 @@ class Chain:
         on_state: Callable[[str], None] | None,
     ) -> list[StateRecord]:
         records = []
-        with executing(self.execution):
+        with executing(self.execution, self.root.path):
             for spec in specs:
                 if on_state:
                     on_state(f"{spec.id} {spec.name}")

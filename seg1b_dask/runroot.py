@@ -21,11 +21,11 @@ import functools
 import os
 import shutil
 import sqlite3
-import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from filelock import ReadWriteLock, Timeout
 
@@ -50,9 +50,7 @@ class RunRoot:
             raise Seg1BError(Code.E_ROOT_UNWRITABLE, "the run root is a file, not a folder", file=root)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".probe{TMP_MARK}{os.getpid()}-{threading.get_ident()}"  # one per thread
-            probe.write_bytes(b"")
-            probe.unlink()
+            _probe_publishing(root)
         except OSError as exc:
             raise environment_error(exc, root) from None
         return cls(root)
@@ -155,6 +153,61 @@ class RunRoot:
         (only meaningful under ``exclusive()``: then no writer is alive)."""
         found = [p for p in self.path.rglob(f"*{TMP_MARK}*") if TMP_MARK in p.name]
         return sorted(p for p in found if not any(TMP_MARK in q.name for q in p.parents))
+
+
+def _probe_publishing(root: Path) -> None:
+    """Write-once publishing needs what POSIX gives within one filesystem: a folder renamed
+    whole, and hard links (pins are created by ``link``, which never replaces a file).
+    FUSE mounts of object storage lack them; say so before any work is done."""
+    probe = stage_path(root / ".probe")
+    try:
+        probe.mkdir()
+        (probe / "a").write_bytes(b"")
+        renamed = probe.with_name(probe.name + "-renamed")
+        os.rename(probe, renamed)
+        probe = renamed
+        try:
+            os.link(probe / "a", probe / "b")
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+                raise Seg1BError(
+                    Code.E_ROOT_UNSUPPORTED,
+                    f"this filesystem has no hard links ({exc.strerror}): the run root must be a POSIX "
+                    "filesystem (local disk, NFSv4, CephFS, Lustre, GPFS); see cluster/README.md",
+                    file=root,
+                ) from None
+            raise
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def check_shared(client: Any, root: Path) -> None:
+    """Every worker of a cluster writes its tasks' outputs under the run root, by the paths
+    the driver gives it: each must see the same filesystem at the same path. A worker that
+    does not (a volume not mounted, or mounted elsewhere) is named before any work starts."""
+    token = uuid.uuid4().hex
+    probe = stage_path(root / ".shared-probe")
+    probe.write_text(token)
+    try:
+        seen = client.run(_reads, str(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = sorted(worker for worker, text in seen.items() if text != token)
+    if blind:
+        raise Seg1BError(
+            Code.E_ROOT_NOT_SHARED,
+            f"{len(blind)} of {len(seen)} Dask workers do not see the run root: mount the same shared "
+            "filesystem at the same path on every worker and on the job",
+            file=root,
+            key=", ".join(blind),
+        )
+
+
+def _reads(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
 
 
 def shared_root(fn: Callable[Concatenate[Path, P], R]) -> Callable[Concatenate[Path, P], R]:

@@ -10,18 +10,23 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from deploy_files import REPO, dockerfile
 
 pytestmark = pytest.mark.e2e
 
 
 def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
+    """Built, like the image's wheel stage, from only what the Dockerfile copies; then the
+    image's default command (ENTRYPOINT + CMD) runs from the venv, ``/runs`` being a folder."""
+    image = dockerfile()
     source = tmp_path / "source"  # built from a copy: nothing is written into the repository
-    ignore = shutil.ignore_patterns(
-        ".git", "runs", "build", "bench", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
-    )
-    shutil.copytree(REPO, source, symlinks=True, ignore=ignore)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    source.mkdir()
+    for name in image.build_copies:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=ignore)
+        else:
+            shutil.copy2(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)], check=True
@@ -29,21 +34,31 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("seg1b_dask-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python, seg1b = venv / "bin" / "python", venv / "bin" / "seg1b"
+    python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
-    empty = tmp_path / "empty"
-    empty.mkdir()
+    volume = tmp_path / "runs"  # plays the image's /runs
+    volume.mkdir()
     where = subprocess.run(
         [str(python), "-c", "import seg1b_dask; print(seg1b_dask.__file__)"],
-        cwd=empty,
+        cwd=volume,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     assert str(venv) in where, where  # the wheel's copy, not the source tree
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([str(seg1b), "run", "--quiet"], cwd=empty, env=env, capture_output=True, text=True)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    argv = [a.replace("/runs", str(volume), 1) if a.startswith("/runs") else a for a in image.default_argv]
+    assert argv[0] == "seg1b" and shutil.which("seg1b", path=env["PATH"]) == str(venv / "bin" / "seg1b")
+    done = subprocess.run(argv, cwd=volume, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "every per-seed B+ gate passes" in done.stdout and "single-seed grade: GREEN_BPLUS" in done.stdout
     assert "baseline of seed 42: pinned now, by this command's first run" in done.stdout
-    assert (empty / "runs" / "fix-data-engine" / "segment_1B" / "baseline_authority" / "seed=42.json").is_file()
+    root = Path(argv[argv.index("--root") + 1])
+    assert (root / "baseline_authority" / "seed=42.json").is_file()
+    # the image's other two roles hand their options to Dask's own command line
+    for role, args in (("scheduler", []), ("worker", ["--root", str(volume)])):
+        roles = subprocess.run(
+            ["seg1b", role, *args, "--", "--help"], cwd=volume, env=env, capture_output=True, text=True
+        )
+        assert roles.returncode == 0 and f"Launch a Dask {role}" in roles.stdout, roles.stderr

@@ -1,0 +1,310 @@
+"""The Compose cluster without a container engine: each service of ``cluster/compose.yaml``
+runs its exact command (the image's entry point + ``command``, its ``environment``) as a
+process in its own network namespace, with its own address on a bridge, the service names
+resolving as Compose's DNS would (``/etc/netns/<ns>/hosts``), and the ``runs`` volume a
+folder mounted at the same path for the workers and the job. Health checks are the
+services' own. Then one worker is cut off the network mid-run (link down)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from deploy_files import Service, compose
+
+from seg1b_dask.lanes import certify, pack_content_sha256
+from seg1b_dask.policies import load_bundle
+from seg1b_dask.refdata import refdata_version
+from seg1b_dask.runner import DEFAULT_POLICIES
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+TAG = f"{os.getpid() % 10_000}"
+SUBNET = f"10.213.{os.getpid() % 200 + 20}"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Host:
+    name: str
+    netns: str
+    veth: str
+    address: str
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+
+class Network:
+    """A bridge with one veth per host: what Compose's default network gives containers."""
+
+    def __init__(self) -> None:
+        self.bridge = f"s1b{TAG}br"
+        self.hosts: dict[str, Host] = {}
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)  # the test itself watches from here
+        _ip("link", "set", self.bridge, "up")
+
+    def add(self, name: str) -> Host:
+        n = len(self.hosts) + 2
+        host = Host(name, f"s1b{TAG}-{name}", f"s1b{TAG}v{n}", f"{SUBNET}.{n}")
+        _ip("netns", "add", host.netns)
+        self.hosts[name] = host
+        _ip("link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+        _ip("link", "set", host.veth, "master", self.bridge, "up")
+        _ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        _ip("-n", host.netns, "link", "set", "eth0", "up")
+        _ip("-n", host.netns, "link", "set", "lo", "up")
+        return host
+
+    def write_hosts_files(self, names: dict[str, str]) -> None:
+        """``ip netns exec`` mounts /etc/netns/<ns>/hosts over /etc/hosts: service DNS."""
+        lines = ["127.0.0.1 localhost", *(f"{self.hosts[h].address} {alias}" for alias, h in names.items())]
+        for host in self.hosts.values():
+            folder = Path("/etc/netns") / host.netns
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "hosts").write_text("\n".join([*lines, f"{host.address} {host.name}"]) + "\n")
+
+    def cut(self, host: Host) -> None:
+        _ip("link", "set", host.veth, "down")
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            for proc in host.procs:
+                _stop(proc)
+        for host in self.hosts.values():
+            for args in (("netns", "del", host.netns), ("link", "del", host.veth)):
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    _ip(*args)
+            shutil.rmtree(Path("/etc/netns") / host.netns, ignore_errors=True)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("link", "del", self.bridge)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def _in_volume(argv: list[str], service: Service, volumes: dict[str, Path]) -> list[str]:
+    """The container paths of the service's volumes, on the folder that plays the volume."""
+    out = list(argv)
+    for volume, mount in service.mounts.items():
+        out = [str(volumes[volume]) + a[len(mount) :] if a == mount or a.startswith(mount + "/") else a for a in out]
+    return out
+
+
+@dataclass
+class ComposeCluster:
+    network: Network
+    services: dict[str, Service]
+    logs: Path
+
+    def start(self, host: Host, service: Service, volumes: dict[str, Path]) -> subprocess.Popen:
+        argv = _in_volume(service.argv, service, volumes)
+        log = (self.logs / f"{host.name}.log").open("ab")
+        workdir = volumes["runs"] if "runs" in service.mounts else self.logs
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.netns, *argv],
+            env={**os.environ, **service.environment},
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        host.procs.append(proc)
+        return proc
+
+    def wait_healthy(self, host: Host, service: Service, timeout: float = 120) -> None:
+        """The service's own health check, run on its host, as Compose would."""
+        assert service.healthcheck
+        deadline = time.time() + timeout
+        while True:
+            done = subprocess.run(["ip", "netns", "exec", host.netns, *service.healthcheck], capture_output=True)
+            if done.returncode == 0:
+                return
+            if time.time() > deadline or any(p.poll() is not None for p in host.procs):
+                pytest.fail(f"{host.name} never became healthy:\n{self.log(host)}")
+            time.sleep(1)
+
+    def log(self, host: Host, tail: int = 4000) -> str:
+        path = self.logs / f"{host.name}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
+
+    @property
+    def scheduler_address(self) -> str:
+        return f"tcp://{self.network.hosts['scheduler'].address}:8786"
+
+    @property
+    def workers(self) -> list[Host]:
+        return [h for name, h in self.network.hosts.items() if name.startswith("worker")]
+
+    def run_job(self, volume: Path, timeout: float = 900, during=None) -> subprocess.CompletedProcess:  # noqa: ANN001
+        """The job service's command, on its own host, against the running cluster."""
+        host = self.network.hosts["job"]
+        volume.mkdir(parents=True, exist_ok=True)
+        proc = self.start(host, self.services["job"], {"runs": volume})
+        if during is not None:
+            during(proc)
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            _stop(proc)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, self.log(host, tail=20_000), "")
+
+
+def _netns_available() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` is not installed"
+    probe = f"s1b{TAG}probe"
+    done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"`ip netns add` failed: {done.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+@pytest.fixture(scope="module")
+def compose_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeCluster]:
+    reason = _netns_available()
+    if reason:
+        pytest.skip(f"no network namespaces here: {reason}")
+    services = compose()
+    logs = tmp_path_factory.mktemp("compose-logs")
+    network = Network()
+    try:
+        cluster = ComposeCluster(network, services, logs)
+        network.add("scheduler")
+        for i in range(services["worker"].replicas):
+            network.add(f"worker{i + 1}")
+        network.add("job")
+        network.write_hosts_files({"scheduler": "scheduler", "job": "job"})
+        volumes = {"runs": tmp_path_factory.mktemp("runs-volume")}
+        cluster.start(network.hosts["scheduler"], services["scheduler"], volumes)
+        cluster.wait_healthy(network.hosts["scheduler"], services["scheduler"])
+        for host in cluster.workers:
+            cluster.start(host, services["worker"], volumes)
+        for host in cluster.workers:
+            cluster.wait_healthy(host, services["worker"])
+        yield cluster
+    finally:
+        network.close()
+
+
+@pytest.fixture(scope="module")
+def local_pack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The same certification on a LocalCluster: the job command's defaults (the shipped
+    bundle, its required seeds)."""
+    seeds = list(load_bundle(DEFAULT_POLICIES, refdata_version()).gates.required_seeds)
+    return certify(tmp_path_factory.mktemp("local") / "root", seeds, DEFAULT_POLICIES, workers=2)
+
+
+def _pack_of(volume: Path, job_argv: list[str]) -> Path:
+    root = Path(job_argv[job_argv.index("--root") + 1]).relative_to("/runs")
+    (pack,) = (volume / root / "certification").iterdir()
+    return pack
+
+
+def _files(pack: Path) -> set[str]:
+    return {p.relative_to(pack).as_posix() for p in pack.rglob("*") if p.is_file()}
+
+
+def test_certification_across_hosts_equals_a_local_cluster_pack(  # noqa: ANN001
+    compose_cluster: ComposeCluster, local_pack, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    volume = tmp_path / "runs"
+    done = compose_cluster.run_job(volume)
+    assert done.returncode == 0, done.stdout
+    assert "GRADE: GREEN_BPLUS" in done.stdout
+    pack = _pack_of(volume, compose_cluster.services["job"].argv)
+    assert _files(pack) == _files(local_pack.folder)
+    assert pack_content_sha256(pack) == pack_content_sha256(local_pack.folder) == local_pack.content_sha256
+    assert f"content sha256 {local_pack.content_sha256}" in done.stdout
+    for name in ("grade.json", "cv.csv", "pooled.json", "seeds/seed=42/country_shares.csv"):
+        assert (pack / name).read_bytes() == (local_pack.folder / name).read_bytes(), name
+    with Client(compose_cluster.scheduler_address, timeout=10) as client:
+        executed = client.run(lambda dask_worker: len(dask_worker.state.log))
+        hosts = {address.split("//")[1].split(":")[0] for address in executed}
+    # the work ran on both worker hosts, at their own addresses
+    assert hosts == {h.address for h in compose_cluster.workers} and all(executed.values())
+
+
+def test_a_worker_cut_off_mid_run_changes_nothing(  # noqa: ANN001
+    compose_cluster: ComposeCluster, local_pack, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    victim = compose_cluster.workers[-1]
+    cut: dict[str, object] = {}
+
+    def record_completions(dask_scheduler) -> None:  # noqa: ANN001
+        """A scheduler plugin noting which worker finished each task (defined here, so it
+        travels to the scheduler by value)."""
+        from distributed.diagnostics.plugin import SchedulerPlugin
+
+        class Completions(SchedulerPlugin):
+            name = "test-completions"
+
+            def __init__(self) -> None:
+                self.done: list[tuple[str, str]] = []
+
+            def transition(self, key, start, finish, *args, **kwargs) -> None:  # noqa: ANN001
+                if start == "processing" and finish == "memory":
+                    self.done.append((str(key), str(kwargs.get("worker"))))
+
+        dask_scheduler.add_plugin(Completions())
+
+    def cut_when_busy(job: subprocess.Popen) -> None:
+        """Cut the victim's link while it is executing one of the seeds' country batches."""
+        with Client(compose_cluster.scheduler_address, timeout=10) as client:
+            client.run_on_scheduler(record_completions)
+            deadline = time.time() + 600
+            while time.time() < deadline and job.poll() is None:
+                processing = client.processing()
+                mine = [w for w in processing if f"//{victim.address}:" in w]
+                busy = [k for w in mine for k in processing[w] if "batch_task" in str(k)]
+                if busy:
+                    compose_cluster.network.cut(victim)
+                    cut.update(worker=mine[0], busy=busy, at=time.time())
+                    return
+                time.sleep(0.2)
+
+    volume = tmp_path / "runs"
+    done = compose_cluster.run_job(volume, during=cut_when_busy)
+    assert cut, f"the victim never ran a country batch:\n{done.stdout}"
+    assert done.returncode == 0, done.stdout
+    pack = _pack_of(volume, compose_cluster.services["job"].argv)
+    assert pack_content_sha256(pack) == local_pack.content_sha256
+    assert _files(pack) == _files(local_pack.folder)
+    with Client(compose_cluster.scheduler_address, timeout=10) as client:
+        removals = [
+            event
+            for _, event in client.get_events("all")
+            if event.get("action") == "remove-worker" and event.get("worker") == cut["worker"]
+        ]
+        completions = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["test-completions"].done)
+    assert removals, "the scheduler declared the cut worker lost"
+    lost = {str(k) for e in removals for k in [*e["processing-tasks"], *e["lost-computed-tasks"]]}
+    assert lost, "the cut worker held work when it was lost"
+    redone = {key for key, worker in completions if key in lost and worker != cut["worker"]}
+    assert redone, "the lost worker's tasks ran again on a surviving host"
+    print(f"cut {cut['worker']} while it ran {len(cut['busy'])} batch task(s); lost {len(lost)}, redone {len(redone)}")
