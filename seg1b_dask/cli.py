@@ -301,6 +301,15 @@ scheduler_option = click.option(
 )
 
 
+connect_timeout_option = click.option(
+    "--connect-timeout",
+    default=Execution.connect_timeout,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="seconds to reach a tcp:// scheduler and see a worker join (raise it where the cluster starts with the job)",
+)
+
+
 def task_size_options(fn: Any) -> Any:
     """--country-batch and --sites-per-task: how work is cut into tasks (never the outputs)."""
     fn = click.option(
@@ -334,6 +343,7 @@ def task_size_options(fn: Any) -> Any:
     "--workers", default=None, type=click.IntRange(1), help="worker threads or processes (default: all cores)"
 )
 @task_size_options
+@connect_timeout_option
 @click.option(
     "--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase (needs --reason)"
 )
@@ -348,6 +358,7 @@ def run(
     workers: int | None,
     country_batch: int,
     sites_per_task: int,
+    connect_timeout: float,
     reopen: tuple[str, ...],
     reason: str,
     quiet: bool,
@@ -363,7 +374,11 @@ def run(
     started = time.perf_counter()
     click.echo(f"run root: {root.resolve()}", err=True)
     execution = Execution(
-        scheduler=scheduler, workers=workers, country_batch=country_batch, sites_per_task=sites_per_task
+        scheduler=scheduler,
+        workers=workers,
+        country_batch=country_batch,
+        sites_per_task=sites_per_task,
+        connect_timeout=connect_timeout,
     )
     chain = len(STATES)
     with progress(chain, "S0 gate", quiet) as bar:
@@ -450,6 +465,7 @@ def baseline(seed: int, root: Path, scheduler: str) -> None:
 )
 @click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (default 2)")
 @task_size_options
+@connect_timeout_option
 @click.option("--promote", is_flag=True, help="move last_good to this pack if it grades GREEN")
 @click.option("--reopen", multiple=True, type=click.Choice(["P1", "P2", "P3"]), help="reopen a locked phase")
 @click.option("--reason", default="", help="why a locked phase is reopened")
@@ -462,6 +478,7 @@ def certify(
     workers: int | None,
     country_batch: int,
     sites_per_task: int,
+    connect_timeout: float,
     promote: bool,
     reopen: tuple[str, ...],
     reason: str,
@@ -498,6 +515,7 @@ def certify(
             on_event,
             country_batch,
             sites_per_task,
+            connect_timeout,
         )
     report = pack.report
     seed_list = list(pack.results)  # in certification order
@@ -530,6 +548,63 @@ def certify(
     lines.append(f"  Dask performance report: {pack.folder / 'dask-report.html'}")
     lines.append(f"  report: {pack.folder / 'report.html'}")
     click.echo("\n".join(lines))
+
+
+@main.command()
+@seed_option
+@policies_option
+@root_option
+@click.option(
+    "--upstream",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="a 1A bundle (default: the stand-in for --seed, written under the run root)",
+)
+@click.option(
+    "--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path), help="also write this"
+)
+def feasibility(seed: int, policies: Path, root: Path, upstream: Path | None, json_out: Path | None) -> None:
+    """Before any run: the bundle's predicted country gates, and the least relocation with
+    which B and B+ are reachable at all (from 1A's counts and S2's country mass vector)."""
+    from .lanes import feasibility_of
+    from .lineage import write_json
+
+    result = feasibility_of(root, seed, policies, upstream, Execution())
+    click.echo("\n".join(feasibility_summary(result)))
+    if json_out is not None:
+        write_json(json_out, result.as_dict())
+
+
+def feasibility_summary(result: Any) -> list[str]:
+    rows = {level: {r["gate"]: r for r in result.rows[level]} for level in ("B", "B_PLUS")}
+    lines = [
+        f"feasibility of bundle {result.bundle} for seed {result.seed}: {result.total:,} outlets in "
+        f"{result.active_1a} of {result.eligible} eligible countries (1A)",
+        "",
+        f"  {'country gate':<34}{'predicted':>10}{'B':>9}{'margin':>9}{'B+':>9}{'margin':>9}",
+    ]
+    for gate, row in rows["B"].items():
+        plus = rows["B_PLUS"][gate]
+        sign = "≤" if row["direction"] == "max" else "≥"
+        lines.append(
+            f"  {gate:<34}{row['observed']:>10.4f}{sign:>3}{row['threshold']:>6.3f}{row['margin']:>+9.4f}"
+            f"{sign:>3}{plus['threshold']:>6.3f}{plus['margin']:>+9.4f}"
+        )
+    verdict_b = "passes" if result.passes("B") else "fails"
+    verdict_bp = "passes" if result.passes("B_PLUS") else "fails"
+    lines += [
+        "",
+        f"  this bundle relocates {result.relocated_share:.4f} of outlets (the least its targets need); "
+        f"predicted: {verdict_b} B's and {verdict_bp} B+'s country gates",
+        "  least relocation of any target vector meeting the grade's country gates (linear programme):",
+    ]
+    for level in ("B", "B_PLUS"):
+        lines.append(f"    {result.verdict(level)}")
+    lines.append(
+        "  not predicted here (they need sites): nn_contraction, sentinel, merchant footprint, near_city_share, "
+        "and B+'s bootstrap bounds (so B+'s least relocation is a lower bound)"
+    )
+    return lines
 
 
 @main.command()

@@ -10,6 +10,7 @@ chunked array dataset over the ``site`` dimension.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import warnings
@@ -28,7 +29,7 @@ import zarr
 from numpy.typing import NDArray
 
 from .grid import Grid
-from .lineage import stage_path
+from .lineage import replaced
 
 PART = "part-{:05d}.parquet"
 # Fixed writer options and no pandas metadata: the same rows always give the same bytes.
@@ -43,16 +44,16 @@ _ZSTD = zarr.codecs.ZstdCodec(level=3)
 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Whole or not at all: a task that a lost worker is still finishing and its re-run
-    elsewhere write the same bytes under one name, each by an atomic rename."""
+def _write_parquet(table: pa.Table, folder: Path, relative: str) -> None:
+    """Write ``folder/relative`` whole. ``folder`` (a dataset being staged) must exist: a lost
+    worker finishing late after the dataset was sealed and renamed fails here rather than
+    recreate it."""
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the dataset being written is gone", str(folder))
+    path = folder / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stage_path(path)
-    try:
+    with replaced(path) as tmp:
         pq.write_table(table.replace_schema_metadata(None), tmp, **WRITE_OPTIONS)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Table:
     subdir: str = ""
 
     def write(self, folder: Path, table: pa.Table) -> None:
-        _write_parquet(table, folder / self.subdir / PART.format(0))
+        _write_parquet(table, folder, f"{self.subdir}/{PART.format(0)}".lstrip("/"))
 
     def read(self, folder: Path, columns: list[str] | None = None) -> pa.Table:
         return pq.ParquetFile(folder / self.subdir / PART.format(0)).read(columns=columns)
@@ -84,7 +85,7 @@ class CountryParts:
         step = rows_per_part or max(table.num_rows, 1)
         starts = range(0, max(table.num_rows, 1), step)
         for i, lo in enumerate(starts):
-            _write_parquet(table.slice(lo, step), self._country_dir(folder, iso2) / PART.format(i))
+            _write_parquet(table.slice(lo, step), folder, (self._country_dir(Path(), iso2) / PART.format(i)).as_posix())
         return len(starts)
 
     def countries(self, folder: Path) -> list[str]:

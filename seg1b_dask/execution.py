@@ -21,7 +21,6 @@ from .errors import Code, Seg1BError
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
 SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?/?$")
-CONNECT_TIMEOUT = "10s"  # an unreachable scheduler is reported after this, never a long hang
 
 
 def check_scheduler(value: str) -> str:
@@ -35,22 +34,31 @@ def check_scheduler(value: str) -> str:
     )
 
 
-def connect(address: str, root: Path) -> Any:
-    """A distributed Client on a running scheduler whose workers all see the run ``root``;
-    an unreachable scheduler or a worker without the shared root is one coded line."""
+def connect(address: str, root: Path, timeout: float) -> Any:
+    """A distributed Client on a running scheduler with at least one worker, every worker
+    seeing the run ``root``. An unreachable scheduler, no worker, or a worker without the
+    shared root is one coded line after ``timeout`` seconds, never a long hang."""
     from distributed import Client
 
     from .runroot import check_shared
 
     try:
-        client = Client(check_scheduler(address), timeout=CONNECT_TIMEOUT)
+        client = Client(check_scheduler(address), timeout=f"{timeout}s")
     except (OSError, TimeoutError) as exc:
         raise Seg1BError(
             Code.E_SCHEDULER_UNREACHABLE,
-            f"no Dask scheduler answered within {CONNECT_TIMEOUT} ({type(exc).__name__})",
+            f"no Dask scheduler answered within {timeout:g} s ({type(exc).__name__}); see --connect-timeout",
             key=address,
         ) from None
     try:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            raise Seg1BError(
+                Code.E_SCHEDULER_UNREACHABLE,
+                f"the scheduler answered but no worker joined within {timeout:g} s; see --connect-timeout",
+                key=address,
+            ) from None
         check_shared(client, root)
     except BaseException:
         client.close()
@@ -65,6 +73,7 @@ class Execution:
     country_batch: int = 24  # at most this many countries per S4-S9 task…
     sites_per_task: int = 250_000  # …and no more sites than this (a larger country is a task alone)
     band_shards: int = 2  # Zarr shards (row bands) per S1/S2 task
+    connect_timeout: float = 10.0  # seconds to reach a tcp:// scheduler and see a worker join
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,7 +124,7 @@ def executing(execution: Execution, root: Path) -> Iterator[None]:
         with cluster, Client(cluster):
             yield
     else:
-        with connect(execution.scheduler, root):
+        with connect(execution.scheduler, root, execution.connect_timeout):
             yield
 
 

@@ -41,7 +41,7 @@ def tree_digest(root: Path, exclude: frozenset[str] = frozenset()) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel in exclude:
+        if rel in exclude or ".tmp-" in path.name:  # a writer's temporary, not yet (or never) renamed
             continue
         digest.update(rel.encode() + b"\0" + sha256_file(path).encode() + b"\n")
     return digest.hexdigest()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import discipline, grading, scoring
+from . import discipline, feasibility, grading, scoring
 from .errors import Code, Seg1BError
 from .execution import Execution, connect
 from .lineage import read_manifest, safe_join, stage_path, write_json, write_text
@@ -197,6 +197,27 @@ def fast_lane(
     return result, scored
 
 
+@shared_root
+def feasibility_of(
+    root: Path, seed: int, policies: Path | PolicyBundle, upstream: Path | None, execution: Execution
+) -> feasibility.Feasibility:
+    """Predict a bundle's country gates for a seed, and each grade's least relocation, from
+    the verified 1A bundle and S2's country mass vector (S1/S2 from the cache or built once)."""
+    from .datasets import COUNTRY_MASS
+    from .runner import code_digest, ensure_standin
+    from .states import s0_gate
+    from .upstream import CATALOGUE
+
+    run_root = RunRoot(root)
+    bundle = policies if isinstance(policies, PolicyBundle) else load_bundle(policies, refdata_version())
+    upstream_dir = Path(upstream) if upstream else ensure_standin(run_root, seed)
+    s0_gate.verify(upstream_dir, seed, bundle.parameter_hash, code_digest())
+    chain = Chain(run_root, seed, bundle, upstream_dir, execution)
+    chain.run_global()
+    table = COUNTRY_MASS.read(chain.published["country_mass"]).to_pydict()
+    return feasibility.assess(feasibility.read_inputs(upstream_dir, CATALOGUE, table), bundle, seed)
+
+
 @dataclass
 class Pack:
     folder: Path
@@ -212,11 +233,11 @@ class Pack:
         return str(json.loads((self.folder / "pack.json").read_text())["content_sha256"])
 
 
-def _cluster(scheduler: str | None, workers: int | None, root: Path):
+def _cluster(scheduler: str | None, workers: int | None, root: Path, connect_timeout: float):
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return None, connect(scheduler, root)
+        return None, connect(scheduler, root, connect_timeout)
     cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
     return cluster, Client(cluster)
 
@@ -263,6 +284,7 @@ def certify(
     on_event: Callable[[str], None] | None = None,
     country_batch: int = Execution.country_batch,
     sites_per_task: int = Execution.sites_per_task,
+    connect_timeout: float = Execution.connect_timeout,
 ) -> Pack:
     """Run the full chain for every seed (default: the gates' required seeds) in parallel on
     a Dask cluster and write a pack (whole or not at all)."""
@@ -286,8 +308,12 @@ def certify(
                 workers,
                 promote,
                 on_event,
-                country_batch,
-                sites_per_task,
+                Execution(
+                    scheduler="attached",
+                    country_batch=country_batch,
+                    sites_per_task=sites_per_task,
+                    connect_timeout=connect_timeout,
+                ),
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -303,21 +329,20 @@ def _certify(
     workers: int | None,
     promote: bool,
     on_event: Callable[[str], None] | None,
-    country_batch: int,
-    sites_per_task: int,
+    execution: Execution,
 ) -> Pack:
-    """The pack is written into the staging ``folder`` and renamed into place whole."""
+    """The pack is written into the staging ``folder`` and renamed into place whole; every
+    seed's tasks go to the cluster (``execution`` is attached to it)."""
     from distributed import performance_report
 
     root = run_root.path
     emit = on_event or (lambda _msg: None)
-    cluster, client = _cluster(scheduler, workers, root)
+    cluster, client = _cluster(scheduler, workers, root, execution.connect_timeout)
     start = time.perf_counter()
     try:
         dashboard = client.dashboard_link or ""
         emit(f"dashboard {dashboard}")
         client.run(_warm_worker)
-        execution = Execution(scheduler="attached", country_batch=country_batch, sites_per_task=sites_per_task)
         with performance_report(filename=str(folder / "dask-report.html")):
             # Seed-free states once (the baselines' too), their spatial chunks spread over the
             # cluster; then every seed's chain from its own driver thread, all submitting to

@@ -8,11 +8,13 @@ an error. A crash leaves at most a ``.tmp-`` sibling, never a partial dataset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -154,11 +156,22 @@ def _plain(value: object) -> object:
     return item() if callable(item) else str(value)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a file atomically (temporary sibling, then rename): readers never see half a file."""
+@contextlib.contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling to write ``path`` into; on success it replaces ``path``
+    whole (one rename), else it is removed. Readers never see half a file, and two writers
+    of the same bytes (a lost worker still finishing a task and its re-run) leave one copy."""
     tmp = stage_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with replaced(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, payload: object) -> None:

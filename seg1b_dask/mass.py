@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from .errors import Code, Seg1BError
 from .metrics import TOPK_FRACTIONS
-from .policies import CountryMassPolicy
+from .policies import CountryAllocationRemass, CountryMassPolicy
 
 
 @dataclass(frozen=True)
@@ -155,3 +155,43 @@ def integer_targets(
     order = candidates[np.lexsort((candidates, -(quota - counts)[candidates]))]
     counts[order[:short]] += 1
     return counts + np.where(eligible, minimum, 0)
+
+
+@dataclass(frozen=True)
+class CountryVector:
+    """S2's ``country_mass`` table as arrays, one row per country in code order."""
+
+    share: NDArray[np.float64]  # the governed mass vector (or the tile mass shares)
+    eligible: NDArray[np.bool_]
+    region: NDArray[np.str_]
+    south: NDArray[np.float64]  # southern fraction of the country's tile mass
+    population: NDArray[np.float64]
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, list]) -> CountryVector:
+        return cls(
+            np.asarray(columns["mass_share"], dtype=np.float64),
+            np.asarray(columns["eligible"], dtype=bool),
+            np.asarray(columns["region"], dtype="U16"),
+            np.asarray(columns["south_fraction"], dtype=np.float64),
+            np.asarray(columns["population"], dtype=np.float64),
+        )
+
+
+def remass_targets(
+    a_count: NDArray[np.int64],
+    vector: CountryVector,
+    mode: CountryAllocationRemass,
+    country_mass: CountryMassPolicy | None,
+) -> NDArray[np.int64]:
+    """S4(a)'s integer site targets per country: the S2 vector mixed with 1A's own shares
+    by ``fidelity_weight`` (governed again by ``country_mass`` when S2 governs one), at
+    least ``min_sites_per_country`` per eligible country, summing to the 1A total. S4 and
+    ``seg1b feasibility`` both call this, so a prediction is the run's own arithmetic."""
+    total = int(a_count.sum())
+    share = vector.share
+    if mode.fidelity_weight > 0:
+        share = (1.0 - mode.fidelity_weight) * share + mode.fidelity_weight * a_count / total
+        if country_mass is not None:  # the mixed vector obeys the same floors and caps
+            share = govern(share, vector.region, vector.south, vector.eligible, vector.population, country_mass).share
+    return integer_targets(share, total, mode.min_sites_per_country, vector.eligible)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -61,8 +62,9 @@ def concentration(counts: NDArray[Any]) -> dict[str, float]:
     return out
 
 
-def country_metrics(counts_by_country: dict[str, int], eligible_count: int) -> dict[str, float]:
-    counts = np.asarray(list(counts_by_country.values()), dtype=np.int64)
+def country_metrics(counts_by_country: Mapping[str, float], eligible_count: int) -> dict[str, float]:
+    """Concentration and coverage of sites (or shares) per country."""
+    counts = np.asarray(list(counts_by_country.values()), dtype=np.float64)
     active = int((counts > 0).sum())
     out: dict[str, float] = {**concentration(counts), "active_countries": active, "eligible_countries": eligible_count}
     for name, f in TOPK_FRACTIONS.items():

@@ -158,27 +158,32 @@ class RunRoot:
 def _probe_publishing(root: Path) -> None:
     """Write-once publishing needs what POSIX gives within one filesystem: a folder renamed
     whole, and hard links (pins are created by ``link``, which never replaces a file).
-    FUSE mounts of object storage lack them; say so before any work is done."""
+    Object storage mounted through FUSE lacks them; say so before any work is done."""
     probe = stage_path(root / ".probe")
+    renamed = probe.with_name(probe.name + "-renamed")
+    for leftover in (probe, renamed):  # a killed process with this host, pid and thread left it
+        shutil.rmtree(leftover, ignore_errors=True)
     try:
         probe.mkdir()
         (probe / "a").write_bytes(b"")
-        renamed = probe.with_name(probe.name + "-renamed")
-        os.rename(probe, renamed)
-        probe = renamed
-        try:
-            os.link(probe / "a", probe / "b")
-        except OSError as exc:
-            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+        for step in ("rename", "link"):
+            try:
+                if step == "rename":
+                    os.rename(probe, renamed)
+                else:
+                    os.link(renamed / "a", renamed / "b")
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+                    raise
                 raise Seg1BError(
                     Code.E_ROOT_UNSUPPORTED,
-                    f"this filesystem has no hard links ({exc.strerror}): the run root must be a POSIX "
-                    "filesystem (local disk, NFSv4, CephFS, Lustre, GPFS); see cluster/README.md",
+                    f"this filesystem cannot {step} ({exc.strerror}): the run root must be a POSIX filesystem "
+                    "(local disk, NFSv4, CephFS, Lustre, GPFS); see cluster/README.md",
                     file=root,
                 ) from None
-            raise
     finally:
         shutil.rmtree(probe, ignore_errors=True)
+        shutil.rmtree(renamed, ignore_errors=True)
 
 
 def check_shared(client: Any, root: Path) -> None:

@@ -112,8 +112,11 @@ def pod_specs(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def bytes_of(quantity: str) -> int:
-    """A memory quantity in Compose ("5g") or Kubernetes ("5Gi") or Dask ("4GiB") notation."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)", quantity.strip().lower())
+    """A memory quantity as Compose ("5g", binary), Kubernetes ("5Gi", "5G") or Dask
+    ("4GiB", "4GB") write it."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)([bB]?)", quantity.strip())
     assert match, quantity
-    number, prefix, _, _ = match.groups()
-    return int(float(number) * 1024 ** " kmgt".index(prefix or " "))
+    number, prefix, binary, byte = match.groups()
+    compose_style = prefix.islower() and not binary and not byte
+    base = 1024 if binary or compose_style else 1000
+    return int(float(number) * base ** " kmgt".index(prefix.lower() or " "))

@@ -1,13 +1,16 @@
 """The Compose cluster without a container engine: each service of ``cluster/compose.yaml``
-runs its exact command (the image's entry point + ``command``, its ``environment``) as a
-process in its own network namespace, with its own address on a bridge, the service names
-resolving as Compose's DNS would (``/etc/netns/<ns>/hosts``), and the ``runs`` volume a
-folder mounted at the same path for the workers and the job. Health checks are the
-services' own. Then one worker is cut off the network mid-run (link down)."""
+runs its exact command (the image's entry point + ``command``, in its ``WORKDIR``, with its
+``environment``) as a process in its own network namespace, with its own address on a
+bridge. Service names resolve as Compose's DNS would (``/etc/netns/<ns>/hosts``), and the
+``runs`` volume is one folder bind-mounted at ``/runs`` in each process's own mount
+namespace, for the workers and the job alike. Health checks are the services' own. Then
+one worker is cut off the network mid-run (link down), and a worker without the volume
+joins."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from deploy_files import Service, compose
+from deploy_files import Service, compose, dockerfile
 
 from seg1b_dask.lanes import certify, pack_content_sha256
 from seg1b_dask.policies import load_bundle
@@ -101,12 +104,13 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=15)
 
 
-def _in_volume(argv: list[str], service: Service, volumes: dict[str, Path]) -> list[str]:
-    """The container paths of the service's volumes, on the folder that plays the volume."""
-    out = list(argv)
-    for volume, mount in service.mounts.items():
-        out = [str(volumes[volume]) + a[len(mount) :] if a == mount or a.startswith(mount + "/") else a for a in out]
-    return out
+def _with_volumes(argv: list[str], service: Service, volumes: dict[str, Path], workdir: str) -> list[str]:
+    """``argv`` in a private mount namespace where each of the service's volumes is the
+    folder that plays it, bind-mounted at its container path, started in ``workdir``."""
+    binds = [(str(volumes[v]), mount) for v, mount in service.mounts.items()]
+    script = "".join('mount --bind "$1" "$2" && shift 2 && ' for _ in binds) + 'cd "$1" && shift && exec "$@"'
+    flat = [part for bind in binds for part in bind]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *flat, workdir, *argv]
 
 
 @dataclass
@@ -114,15 +118,15 @@ class ComposeCluster:
     network: Network
     services: dict[str, Service]
     logs: Path
+    volume: Path  # plays the `runs` volume
 
     def start(self, host: Host, service: Service, volumes: dict[str, Path]) -> subprocess.Popen:
-        argv = _in_volume(service.argv, service, volumes)
+        argv = _with_volumes(service.argv, service, volumes, dockerfile().workdir)
         log = (self.logs / f"{host.name}.log").open("ab")
-        workdir = volumes["runs"] if "runs" in service.mounts else self.logs
         proc = subprocess.Popen(
             ["ip", "netns", "exec", host.netns, *argv],
             env={**os.environ, **service.environment},
-            cwd=workdir,
+            cwd="/",
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -154,11 +158,13 @@ class ComposeCluster:
     def workers(self) -> list[Host]:
         return [h for name, h in self.network.hosts.items() if name.startswith("worker")]
 
-    def run_job(self, volume: Path, timeout: float = 900, during=None) -> subprocess.CompletedProcess:  # noqa: ANN001
-        """The job service's command, on its own host, against the running cluster."""
+    def run_job(self, timeout: float = 900, during=None) -> subprocess.CompletedProcess:  # noqa: ANN001
+        """The job service's command, on its own host, against the running cluster, on a
+        fresh ``runs`` volume (emptied as ``docker volume rm`` would)."""
         host = self.network.hosts["job"]
-        volume.mkdir(parents=True, exist_ok=True)
-        proc = self.start(host, self.services["job"], {"runs": volume})
+        for entry in self.volume.iterdir():
+            shutil.rmtree(entry)
+        proc = self.start(host, self.services["job"], {"runs": self.volume})
         if during is not None:
             during(proc)
         try:
@@ -188,15 +194,19 @@ def compose_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compos
         pytest.skip(f"no network namespaces here: {reason}")
     services = compose()
     logs = tmp_path_factory.mktemp("compose-logs")
+    mount_points = {m for s in services.values() for m in s.mounts.values()}
+    created = [Path(m) for m in sorted(mount_points) if not Path(m).exists()]
+    for point in created:  # an empty mount point on the host; each process binds over it privately
+        point.mkdir(parents=True)
     network = Network()
     try:
-        cluster = ComposeCluster(network, services, logs)
+        cluster = ComposeCluster(network, services, logs, tmp_path_factory.mktemp("runs-volume"))
         network.add("scheduler")
         for i in range(services["worker"].replicas):
             network.add(f"worker{i + 1}")
         network.add("job")
         network.write_hosts_files({"scheduler": "scheduler", "job": "job"})
-        volumes = {"runs": tmp_path_factory.mktemp("runs-volume")}
+        volumes = {"runs": cluster.volume}
         cluster.start(network.hosts["scheduler"], services["scheduler"], volumes)
         cluster.wait_healthy(network.hosts["scheduler"], services["scheduler"])
         for host in cluster.workers:
@@ -206,6 +216,8 @@ def compose_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compos
         yield cluster
     finally:
         network.close()
+        for point in created:
+            point.rmdir()
 
 
 @pytest.fixture(scope="module")
@@ -216,9 +228,11 @@ def local_pack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     return certify(tmp_path_factory.mktemp("local") / "root", seeds, DEFAULT_POLICIES, workers=2)
 
 
-def _pack_of(volume: Path, job_argv: list[str]) -> Path:
-    root = Path(job_argv[job_argv.index("--root") + 1]).relative_to("/runs")
-    (pack,) = (volume / root / "certification").iterdir()
+def _pack_of(cluster: ComposeCluster) -> Path:
+    """The pack the job wrote, found through the volume (its --root is a container path)."""
+    argv, mount = cluster.services["job"].argv, cluster.services["job"].mounts["runs"]
+    root = Path(argv[argv.index("--root") + 1]).relative_to(mount)
+    (pack,) = (cluster.volume / root / "certification").iterdir()
     return pack
 
 
@@ -227,15 +241,14 @@ def _files(pack: Path) -> set[str]:
 
 
 def test_certification_across_hosts_equals_a_local_cluster_pack(  # noqa: ANN001
-    compose_cluster: ComposeCluster, local_pack, tmp_path: Path
+    compose_cluster: ComposeCluster, local_pack
 ) -> None:
     from distributed import Client
 
-    volume = tmp_path / "runs"
-    done = compose_cluster.run_job(volume)
+    done = compose_cluster.run_job()
     assert done.returncode == 0, done.stdout
     assert "GRADE: GREEN_BPLUS" in done.stdout
-    pack = _pack_of(volume, compose_cluster.services["job"].argv)
+    pack = _pack_of(compose_cluster)
     assert _files(pack) == _files(local_pack.folder)
     assert pack_content_sha256(pack) == pack_content_sha256(local_pack.folder) == local_pack.content_sha256
     assert f"content sha256 {local_pack.content_sha256}" in done.stdout
@@ -249,7 +262,7 @@ def test_certification_across_hosts_equals_a_local_cluster_pack(  # noqa: ANN001
 
 
 def test_a_worker_cut_off_mid_run_changes_nothing(  # noqa: ANN001
-    compose_cluster: ComposeCluster, local_pack, tmp_path: Path
+    compose_cluster: ComposeCluster, local_pack
 ) -> None:
     from distributed import Client
 
@@ -288,11 +301,10 @@ def test_a_worker_cut_off_mid_run_changes_nothing(  # noqa: ANN001
                     return
                 time.sleep(0.2)
 
-    volume = tmp_path / "runs"
-    done = compose_cluster.run_job(volume, during=cut_when_busy)
+    done = compose_cluster.run_job(during=cut_when_busy)
     assert cut, f"the victim never ran a country batch:\n{done.stdout}"
     assert done.returncode == 0, done.stdout
-    pack = _pack_of(volume, compose_cluster.services["job"].argv)
+    pack = _pack_of(compose_cluster)
     assert pack_content_sha256(pack) == local_pack.content_sha256
     assert _files(pack) == _files(local_pack.folder)
     with Client(compose_cluster.scheduler_address, timeout=10) as client:
@@ -308,3 +320,26 @@ def test_a_worker_cut_off_mid_run_changes_nothing(  # noqa: ANN001
     redone = {key for key, worker in completions if key in lost and worker != cut["worker"]}
     assert redone, "the lost worker's tasks ran again on a surviving host"
     print(f"cut {cut['worker']} while it ran {len(cut['busy'])} batch task(s); lost {len(lost)}, redone {len(redone)}")
+
+
+def test_a_worker_without_the_volume_is_named_before_any_work(compose_cluster: ComposeCluster) -> None:
+    """A worker container started without the `runs` volume sees only the image's empty
+    /runs: the job names it and stops with exit 2 before computing anything."""
+    from distributed import Client
+
+    blind = compose_cluster.network.add("blind")
+    compose_cluster.network.write_hosts_files({"scheduler": "scheduler", "job": "job"})
+    worker = compose_cluster.services["worker"]
+    no_volume = dataclasses.replace(worker, mounts={})
+    compose_cluster.start(blind, no_volume, {})
+    compose_cluster.wait_healthy(blind, no_volume)
+    with Client(compose_cluster.scheduler_address, timeout=10) as client:
+        before = sum(client.run(lambda dask_worker: len(dask_worker.state.log)).values())
+    done = compose_cluster.run_job(timeout=120)
+    assert done.returncode == 2, done.stdout
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: E_ROOT_NOT_SHARED:") and f"tcp://{blind.address}:" in line
+    assert "/runs/certification" in line
+    with Client(compose_cluster.scheduler_address, timeout=10) as client:
+        after = sum(client.run(lambda dask_worker: len(dask_worker.state.log)).values())
+    assert after == before, "no task ran"

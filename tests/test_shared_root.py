@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -34,18 +35,49 @@ def test_two_hosts_with_the_same_pid_stage_under_different_names(monkeypatch: py
 
 def test_a_task_output_is_written_whole_by_concurrent_writers(tmp_path: Path) -> None:
     """A lost worker still finishing a task and its re-run elsewhere write one file: each
-    replaces it whole, so a reader sees one complete copy and no temporary is left."""
-    table = pa.table({"site_id": pa.array(range(200_000), pa.int64())})
-    path = tmp_path / "country=DE" / "part-00000.parquet"
-    threads = [threading.Thread(target=_write_parquet, args=(table, path)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    import pyarrow.parquet as pq
+    replaces it whole, so a reader polling meanwhile only ever sees one complete copy, and
+    no temporary is left."""
+    table = pa.table({"site_id": pa.array(range(300_000), pa.int64())})
+    folder = tmp_path / "site_locations"
+    folder.mkdir()
+    path = folder / "country=DE" / "part-00000.parquet"
+    writing = threading.Event()
+    seen: list[object] = []
 
+    def writer() -> None:
+        for _ in range(10):
+            _write_parquet(table, folder, "country=DE/part-00000.parquet")
+
+    def reader() -> None:
+        while writing.is_set():
+            try:
+                seen.append(pq.read_table(path).num_rows)
+            except FileNotFoundError:
+                continue
+            except Exception as exc:  # a torn file: what a non-atomic write shows
+                seen.append(exc)
+
+    writing.set()
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    writers = [threading.Thread(target=writer) for _ in range(3)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    writing.clear()
+    watcher.join()
+    assert seen and set(seen) == {table.num_rows}, [s for s in seen if s != table.num_rows][:3]
     assert pq.read_table(path).equals(table)
     assert sorted(p.name for p in path.parent.iterdir()) == ["part-00000.parquet"]
+
+
+def test_a_late_write_into_a_sealed_dataset_fails(tmp_path: Path) -> None:
+    """Once the staged folder is renamed away, a late task cannot recreate it."""
+    table = pa.table({"site_id": pa.array([1, 2], pa.int64())})
+    with pytest.raises(FileNotFoundError):
+        _write_parquet(table, tmp_path / "gone", "country=DE/part-00000.parquet")
+    assert not (tmp_path / "gone").exists()
 
 
 def test_a_filesystem_without_hard_links_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from ..context import StateContext
 from ..datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
 from ..execution import compute
 from ..hashing import seal_bundle
-from ..lineage import check_tokens, read_manifest, write_json
+from ..lineage import check_tokens, read_manifest, replaced, write_json
 from ..nearest import ParquetBands, nearest_neighbour_km_bands
 from ..policies import GatesPolicy
 
@@ -84,7 +84,8 @@ def _batch_task(
     coords = np.column_stack([sites.lon, sites.lat])
     bucket = rng.hash64(np.uint64(0), coords.view(np.uint64)[:, 0], coords.view(np.uint64)[:, 1]) % np.uint64(buckets)
     for b in range(buckets):
-        np.save(folders["scratch"] / f"bucket-{b:05d}-batch-{batch:05d}.npy", coords[bucket == b])
+        with replaced(folders["scratch"] / f"bucket-{b:05d}-batch-{batch:05d}.npy") as tmp, tmp.open("wb") as fh:
+            np.save(fh, coords[bucket == b])
     totals["outside_country"] = outside
     return {
         "counts": totals,

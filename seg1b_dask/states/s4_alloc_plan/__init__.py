@@ -166,24 +166,10 @@ def allocate_countries(ctx: StateContext, pairs: Pairs) -> Allocation:
     mode = ctx.policies.s4_alloc_plan.country_allocation
     if not isinstance(mode, CountryAllocationRemass):
         return legacy.allocate(pairs)
-    vector = COUNTRY_MASS.read(ctx.inputs["country_mass"]).to_pydict()
-    eligible = np.asarray(vector["eligible"], dtype=bool)
-    total = int(pairs.n_sites.sum())
-    share = np.asarray(vector["mass_share"], dtype=np.float64)
-    if mode.fidelity_weight > 0:
-        a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(eligible))
-        share = (1.0 - mode.fidelity_weight) * share + mode.fidelity_weight * a_count / total
-        s2 = ctx.policies.s2_tile_weights.tile_weights
-        if isinstance(s2, S2BlendV2):  # the mixed vector obeys the same floors and caps
-            share = mass.govern(
-                share,
-                np.asarray(vector["region"], dtype="U16"),
-                np.asarray(vector["south_fraction"]),
-                eligible,
-                np.asarray(vector["population"], dtype=np.float64),
-                s2.country_mass,
-            ).share
-    targets = mass.integer_targets(share, total, mode.min_sites_per_country, eligible)
+    vector = mass.CountryVector.from_columns(COUNTRY_MASS.read(ctx.inputs["country_mass"]).to_pydict())
+    a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(vector.eligible)).astype(np.int64)
+    s2 = ctx.policies.s2_tile_weights.tile_weights
+    targets = mass.remass_targets(a_count, vector, mode, s2.country_mass if isinstance(s2, S2BlendV2) else None)
     lon, lat = refdata.country_centres()
     return remass.remass(pairs, targets, remass.country_distance_km(lon, lat), mode, ctx.seed, refdata.countries().iso2)
 
