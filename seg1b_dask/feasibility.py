@@ -42,11 +42,15 @@ COUNTRY_GATES = (*metrics.COUNTRY_METRICS,)
 
 @dataclass(frozen=True)
 class CountryInputs:
-    """1A's outlets per country and S2's country table, one row per country in code order."""
+    """1A's outlets per country and S2's country table, one row per country in code order.
+    ``site_south``: each country's southern share of sites when S4(b) does not sample tiles
+    in proportion to their weights (the legacy largest remainder with ``tile_id`` ties puts
+    leftover sites on the northernmost tiles); otherwise the tile mass's southern share."""
 
     iso2: NDArray[np.str_]
     a_count: NDArray[np.int64]
     vector: mass.CountryVector
+    site_south: NDArray[np.float64] | None = None
 
     @property
     def total(self) -> int:
@@ -69,7 +73,8 @@ def country_card(counts: NDArray[np.floating[Any] | np.integer[Any]], inputs: Co
     share = np.asarray(counts, dtype=np.float64) / float(np.sum(counts))
     active = {str(c): float(n) for c, n in zip(inputs.iso2, counts, strict=True) if n > 0}
     figures: dict[str, Any] = metrics.country_metrics(active, int(inputs.vector.eligible.sum()))
-    figures["southern_hemisphere_share"] = float((share * inputs.vector.south).sum())
+    south = inputs.vector.south if inputs.site_south is None else inputs.site_south
+    figures["southern_hemisphere_share"] = float((share * south).sum())
     regions = {r: float(share[inputs.vector.region == r].sum()) for r in REGIONS}
     return {"metrics": figures, "region_share": regions}
 

@@ -10,17 +10,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from . import discipline, feasibility, grading, scoring
 from .errors import Code, Seg1BError
 from .execution import Execution, connect
 from .lineage import read_manifest, safe_join, stage_path, write_json, write_text
-from .policies import PolicyBundle, load_bundle, sealed_bundle
+from .policies import CountryAllocationLegacy, PolicyBundle, load_bundle, sealed_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
 from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
@@ -215,7 +216,47 @@ def feasibility_of(
     chain = Chain(run_root, seed, bundle, upstream_dir, execution)
     chain.run_global()
     table = COUNTRY_MASS.read(chain.published["country_mass"]).to_pydict()
-    return feasibility.assess(feasibility.read_inputs(upstream_dir, CATALOGUE, table), bundle, seed)
+    inputs = feasibility.read_inputs(upstream_dir, CATALOGUE, table)
+    if bundle.s4_alloc_plan.tile_allocation.method != "systematic":
+        if not isinstance(bundle.s4_alloc_plan.country_allocation, CountryAllocationLegacy):
+            raise Seg1BError(
+                Code.E_POLICY_INVALID,
+                "feasibility predicts a re-mass only with systematic tile sampling",
+                key="tile_allocation.method",
+            )
+        inputs = replace(inputs, site_south=_allocated_south(upstream_dir / CATALOGUE, chain, bundle, seed, table))
+    return feasibility.assess(inputs, bundle, seed)
+
+
+def _allocated_south(catalogue: Path, chain: Chain, bundle: PolicyBundle, seed: int, table: dict) -> np.ndarray:
+    """Each country's southern share of sites under S4(b)'s own allocation of 1A's pairs
+    (the legacy posture keeps 1A's pairs): tiles never straddle the equator."""
+    import pyarrow.parquet as pq
+
+    from .datasets import TILE_GRID
+    from .states.s4_alloc_plan import allocate_country_tiles
+
+    pairs = (
+        pq.read_table(catalogue, columns=["merchant_id", "legal_country_iso"])
+        .group_by(["legal_country_iso", "merchant_id"])
+        .aggregate([("merchant_id", "count")])
+        .rename_columns(["legal_country_iso", "merchant_id", "n_sites"])
+        .sort_by([("legal_country_iso", "ascending"), ("merchant_id", "ascending")])
+    )
+    south = np.zeros(len(table["iso2"]))
+    grid = chain.grid
+    for i, iso2 in enumerate(table["iso2"]):
+        rows = pairs.filter(pc.equal(pairs["legal_country_iso"], iso2))
+        if rows.num_rows == 0 or not table["eligible"][i]:
+            continue
+        tiles, weight = TILE_GRID.country_cells(
+            chain.published["tile_grid"], chain.published["tile_weights"], table["country_id"][i]
+        )
+        plan, _ = allocate_country_tiles(rows, tiles, weight, iso2, bundle.s4_alloc_plan.tile_allocation, seed, grid)
+        lat = grid.row_centre_lat(plan["tile_id"].to_numpy() // grid.ncols)
+        n = plan["n_sites"].to_numpy()
+        south[i] = float(n[lat < 0].sum() / n.sum())
+    return south
 
 
 @dataclass
@@ -233,7 +274,9 @@ class Pack:
         return str(json.loads((self.folder / "pack.json").read_text())["content_sha256"])
 
 
-def _cluster(scheduler: str | None, workers: int | None, root: Path, connect_timeout: float):
+def open_cluster(scheduler: str | None, workers: int | None, root: Path, connect_timeout: float):  # noqa: ANN201
+    """(cluster or None, client): a LocalCluster of ``workers`` processes, or a client of the
+    running scheduler whose workers all see ``root``."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -249,7 +292,7 @@ def _warm_worker() -> int:
     return len(refdata.countries().iso2)
 
 
-def _certify_seed(
+def run_and_score_seed(
     root: Path, seed: int, bundle: PolicyBundle, execution: Execution, emit: Callable[[str], None]
 ) -> tuple[RunResult, Scored]:
     """One seed's whole chain, driven from a thread of the driver: its baseline (pinned
@@ -337,7 +380,7 @@ def _certify(
 
     root = run_root.path
     emit = on_event or (lambda _msg: None)
-    cluster, client = _cluster(scheduler, workers, root, execution.connect_timeout)
+    cluster, client = open_cluster(scheduler, workers, root, execution.connect_timeout)
     start = time.perf_counter()
     try:
         dashboard = client.dashboard_link or ""
@@ -352,7 +395,7 @@ def _certify(
                 baseline = load_bundle(BASELINE_POLICIES, refdata_version())
                 Chain(run_root, seeds[0], baseline, Path("."), execution).run_global()
             with ThreadPoolExecutor(len(seeds), thread_name_prefix="seg1b-seed") as pool:
-                futures = {seed: pool.submit(_certify_seed, root, seed, bundle, execution, emit) for seed in seeds}
+                futures = {seed: pool.submit(run_and_score_seed, root, seed, bundle, execution, emit) for seed in seeds}
                 wait_all(futures.values())  # every seed ends before an error propagates
                 done = {seed: future.result() for seed, future in futures.items()}
             for result, _ in done.values():  # matplotlib is not thread-safe: reports one by one

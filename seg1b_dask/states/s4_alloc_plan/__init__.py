@@ -28,7 +28,7 @@ from . import legacy, remass, tiles
 from .remass import Allocation, Moves, Pairs
 
 
-def _allocate_country(
+def allocate_country_tiles(
     pairs: pa.Table,
     tile_ids: NDArray[np.int64],
     weight: NDArray[np.uint64],
@@ -37,7 +37,8 @@ def _allocate_country(
     seed: int,
     grid: Grid,
 ) -> tuple[pa.Table, int]:
-    """Plan rows of one country, sorted by (merchant, tile)."""
+    """Plan rows of one country, sorted by (merchant, tile), and the lone sites moved
+    (``seg1b feasibility`` calls it too, for allocations that do not follow the weights)."""
     key = rng.stream_key(seed, "S4.tile_tie")
     code = rng.country_code_int(np.asarray([iso2]))[0]
     merchants = pairs.column("merchant_id").to_numpy()
@@ -128,7 +129,7 @@ def _batch_task(
         pairs = COUNTRY_PAIRS.read(folders["plan"], [iso2])
         retained, arrivals = batch_inputs[iso2]
         tile_ids, weight = TILE_GRID.country_cells(folders["grid"], folders["weights"], c["country_id"])
-        plan, moved = _allocate_country(pairs, tile_ids, weight, iso2, policy, seed, grid)
+        plan, moved = allocate_country_tiles(pairs, tile_ids, weight, iso2, policy, seed, grid)
         ALLOC_PLAN.write(folders["plan"], iso2, plan)
         SITE_LINEAGE.write(folders["lineage"], iso2, _lineage(iso2, retained, arrivals))
         n = plan.column("n_sites").to_numpy()

@@ -1,0 +1,111 @@
+"""``seg1b calibrate``: trials are reproducible from the search seed, a search resumes
+after interruption (trials left running are evaluated again), settings cannot change
+under a search, and the feasibility model screens trials out before any S4–S9 work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seg1b_dask import calibration
+from seg1b_dask.calibration_lane import STUDY, calibrate
+from seg1b_dask.errors import InputError
+from seg1b_dask.policies import load_bundle
+from seg1b_dask.refdata import refdata_version
+from seg1b_dask.runner import DEFAULT_POLICIES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+
+
+def _space(tmp_path: Path, **extra: object) -> Path:
+    """A small search: two S4 knobs (S2 stays the shipped one), seed 42 only."""
+    data = {
+        "version": 1,
+        "knobs": {
+            "s4_alloc_plan.country_allocation.fidelity_weight": [0.3, 0.7],
+            "s4_alloc_plan.country_allocation.max_share_of_need": [0.1, 0.25],
+        },
+        "margin": 0.005,
+        "margin_by_gate": {"nn_contraction": 0.02},
+        "min_population_rank_correlation": 0.7,
+        **extra,
+    }
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "trials.csv").open() as fh:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("calibration") / "root"
+
+
+def _search(root: Path, space: Path, out: Path, trials: int, **kwargs: object):  # noqa: ANN202
+    return calibrate(root, DEFAULT_POLICIES, space, "B_PLUS", [42], out, None, 1, trials, 1, 7, **kwargs)
+
+
+def test_same_search_seed_same_trials_and_resumable(root: Path, tmp_path: Path) -> None:
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    space_path = _space(tmp_path)
+    first = _search(root, space_path, tmp_path / "a", 3)
+    rows = _rows(tmp_path / "a")
+    assert [r["trial"] for r in rows] == ["0", "1", "2"]
+    start = calibration.knob_values(DEFAULT_POLICIES, calibration.load_space(space_path))
+    assert {k: float(rows[0][k]) for k in start} == pytest.approx(start)  # trial 0 is the start bundle
+    assert first.start.passed and first.winner is not None
+    assert first.winner.relocated_share <= first.start.relocated_share
+    winner = load_bundle(first.bundle, refdata_version())
+    assert winner.s4_alloc_plan.country_allocation.fidelity_weight == pytest.approx(
+        first.winner.params["s4_alloc_plan.country_allocation.fidelity_weight"], abs=1e-6
+    )
+    assert first.pack is not None and (first.pack.folder / "pack.json").is_file()
+
+    # Interrupted after one trial, with the next one asked but never told: the search
+    # resumes, evaluates that trial again and ends with the same table.
+    _search(root, space_path, tmp_path / "b", 1)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "b" / "study.journal"))
+    )
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    study.sampler = optuna.samplers.TPESampler(seed=7 * 1_000_003 + 1)
+    space = calibration.load_space(space_path)
+    study.ask({k: FloatDistribution(lo, hi) for k, (lo, hi) in space.knobs.items()})  # left running
+    events: list[str] = []
+    _search(root, space_path, tmp_path / "b", 3, on_event=events.append)
+    assert "resuming trial(s) 1" in events
+    assert not any(e.startswith("trial 0:") for e in events), "a finished trial is not run again"
+    assert _rows(tmp_path / "b") == rows
+
+
+def test_a_search_refuses_other_settings(root: Path, tmp_path: Path) -> None:
+    space_path = _space(tmp_path, min_population_rank_correlation=0.99)
+    _search(root, space_path, tmp_path / "c", 1)
+    with pytest.raises(InputError) as err:
+        calibrate(root, DEFAULT_POLICIES, space_path, "B", [42], tmp_path / "c", None, 1, 2, 1, 7)
+    assert err.value.code == "E_BAD_OPTION"
+
+
+def test_implausible_trials_are_screened_without_running(root: Path, tmp_path: Path) -> None:
+    """A plausibility floor no bundle of this space meets: every trial is told infeasible
+    from the feasibility model alone, and no winner is certified."""
+    space_path = _space(tmp_path, min_population_rank_correlation=0.99)
+    runs = root / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    result = _search(root, space_path, tmp_path / "d", 2)
+    assert [t.stage for t in result.trials] == ["screened", "screened"]
+    assert all(t.worst_gate.startswith("population rank correlation") for t in result.trials)
+    assert all(0.9 < t.rank_correlation < 0.99 for t in result.trials)
+    assert result.winner is None and result.pack is None
+    made = [json.loads((p / "run.json").read_text())["policy_bundle"] for p in set(runs.iterdir()) - before]
+    assert set(made) <= {"baseline"}, f"no trial bundle was run: {made}"

@@ -1,0 +1,109 @@
+"""``seg1b feasibility``: the predicted country gates agree with a real run, and the least
+relocation of each grade is a true optimum of its programme."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from seg1b_dask import feasibility, grading, metrics
+from seg1b_dask.cli import main
+from seg1b_dask.execution import Execution
+from seg1b_dask.lanes import fast_lane, feasibility_of
+from seg1b_dask.mass import CountryVector
+from seg1b_dask.policies import load_bundle
+from seg1b_dask.refdata import REGIONS, refdata_version
+from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("feasibility") / "root"
+
+
+@pytest.mark.parametrize("policies", [BASELINE_POLICIES, DEFAULT_POLICIES], ids=["baseline", "remediation"])
+def test_prediction_agrees_with_the_run(root: Path, policies: Path) -> None:
+    predicted = feasibility_of(root, 42, policies, None, Execution())
+    _, scored = fast_lane(root, 42, policies, None, Execution(), {})
+    observed = scored.card["metrics"]
+    for metric in metrics.COUNTRY_METRICS:
+        assert abs(predicted.card["metrics"][metric] - observed[metric]) <= 0.005, metric
+    for metric in ("country_gini", "top1_share", "top5_share", "top10_share", "eligible_country_nonzero_share"):
+        assert predicted.card["metrics"][metric] == pytest.approx(observed[metric], abs=1e-12), metric  # exact
+    for region in REGIONS:
+        assert predicted.card["region_share"][region] == pytest.approx(scored.card["region_share"][region], abs=1e-12)
+    assert predicted.relocated_share == pytest.approx(scored.card["fidelity"].get("relocated_share_minimum", 0.0))
+
+
+def test_baseline_is_not_reachable_without_relocation(root: Path) -> None:
+    result = feasibility_of(root, 42, BASELINE_POLICIES, None, Execution())
+    assert result.relocated_share == 0.0 and not result.passes("B") and not result.passes("B_PLUS")
+    b, b_plus = result.least["B"], result.least["B_PLUS"]
+    assert b.feasible and b_plus.feasible
+    assert 0.0 < b.relocated_share < b_plus.relocated_share < 1.0
+    assert result.verdict("B").startswith("B: not reachable without relocation; reachable only by relocating")
+    remediation = feasibility_of(root, 42, DEFAULT_POLICIES, None, Execution())
+    # the shipped bundle pays more than the least any target vector needs, never less
+    assert remediation.passes("B_PLUS") and remediation.relocated_share >= b_plus.relocated_share
+    assert remediation.least["B_PLUS"].relocated_share == pytest.approx(b_plus.relocated_share, abs=1e-9)
+
+
+def _inputs(root: Path) -> feasibility.CountryInputs:
+    from seg1b_dask.datasets import COUNTRY_MASS
+    from seg1b_dask.upstream import CATALOGUE
+
+    baseline = load_bundle(BASELINE_POLICIES, refdata_version()).parameter_hash
+    (table,) = (root / "data" / "country_mass" / f"parameter_hash={baseline}").iterdir()
+    return feasibility.read_inputs(
+        root / "upstream" / "1A" / "seed=42", CATALOGUE, COUNTRY_MASS.read(table).to_pydict()
+    )
+
+
+@pytest.mark.parametrize("level", grading.LEVELS)
+def test_the_optimal_targets_meet_the_gates_and_cost_what_is_reported(root: Path, level: grading.Level) -> None:
+    feasibility_of(root, 42, BASELINE_POLICIES, None, Execution())  # S2's table in the root
+    inputs = _inputs(root)
+    gates = load_bundle(BASELINE_POLICIES, refdata_version()).gates
+    least = feasibility.least_relocation(inputs, gates, level)
+    card = feasibility.country_card(least.share, inputs)
+    for row in feasibility.country_gate_rows(card, gates, level):
+        assert row["margin"] >= -1e-7, row
+    a = inputs.a_count / inputs.total
+    assert 0.5 * np.abs(least.share - a).sum() == pytest.approx(least.relocated_share, abs=1e-7)
+    tighter = feasibility.least_relocation(inputs, gates, level, margin=0.01)
+    assert tighter.relocated_share > least.relocated_share  # a stated margin has a price
+
+
+def test_fewer_outlets_than_countries_to_cover_is_not_reachable() -> None:
+    n = 40
+    vector = CountryVector(
+        share=np.full(n, 1 / n),
+        eligible=np.ones(n, dtype=bool),
+        region=np.asarray(["Europe"] * n, dtype="U16"),
+        south=np.zeros(n),
+        population=np.arange(n, dtype=np.float64) + 1,
+    )
+    inputs = feasibility.CountryInputs(
+        np.asarray([f"C{i}" for i in range(n)]), np.r_[np.full(5, 2), np.zeros(n - 5)].astype(np.int64), vector
+    )
+    gates = load_bundle(BASELINE_POLICIES, refdata_version()).gates
+    least = feasibility.least_relocation(inputs, gates, "B")
+    assert not least.feasible and "fewer outlets than countries" in least.message
+
+
+def test_cli_prints_the_price_of_each_grade(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "feasibility.json"
+    result = CliRunner().invoke(
+        main, ["feasibility", "--root", str(root), "--policies", str(BASELINE_POLICIES), "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "B: not reachable without relocation; reachable only by relocating" in result.output
+    assert "B+: not reachable without relocation; reachable only by relocating at least" in result.output
+    data = json.loads(out.read_text())
+    assert data["least_relocation"]["B"]["relocated_share"] > 0 and len(data["verdict"]) == 2
