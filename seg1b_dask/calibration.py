@@ -53,7 +53,10 @@ class SearchSpace(Strict):
     min_population_rank_correlation: float = Field(ge=-1.0, le=1.0)
 
     def margin_for(self, gate: str) -> float:
-        return self.margin_by_gate.get(gate, 0.0 if gate in COUNT_GATES else self.margin)
+        """A gate's own margin, else its family's (``cv`` for ``cv:…``), else the default."""
+        family = gate.split(":", 1)[0]
+        default = 0.0 if gate in COUNT_GATES else self.margin
+        return self.margin_by_gate.get(gate, self.margin_by_gate.get(family, default))
 
 
 def load_space(path: Path) -> SearchSpace:
@@ -199,7 +202,7 @@ def judge(
             if value > worst:
                 worst, gate = value, f"{name} (seed {seed})"
         fidelity = scored.card.get("fidelity", {})
-        relocated.append(float(fidelity.get("relocated_share", 0.0)))
+        relocated.append(float(fidelity.get("relocated_share", math.nan)))
         trial.per_seed[seed] = {"relocated_share": relocated[-1], **{r["gate"]: r["observed"] for r in rows}}
     if len(cards) > 1:  # the seeds' spread, as the certification grades it
         threshold = getattr(bundle.gates.cross_seed_cv_max, level)

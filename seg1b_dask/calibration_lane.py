@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import calibration, feasibility, grading, lanes
+import numpy as np
+
+from . import calibration, discipline, grading, lanes
 from .calibration import SearchSpace, TrialResult
-from .datasets import COUNTRY_MASS
 from .errors import Code, Seg1BError
 from .execution import Execution
 from .hashing import canonical_json, sha256_hex
@@ -22,7 +23,6 @@ from .refdata import refdata_version
 from .runner import BASELINE_POLICIES, Chain, code_digest, ensure_standin
 from .runroot import RunRoot
 from .states import s0_gate
-from .upstream import CATALOGUE
 
 STUDY = "seg1b-calibrate"
 
@@ -35,6 +35,11 @@ class Calibration:
     winner: TrialResult | None
     bundle: Path | None  # the winning bundle, a normal policy folder
     pack: lanes.Pack | None  # its certification
+
+
+def batch_seed(search_seed: int, first_trial: int) -> int:
+    """The sampler seed of the batch starting at ``first_trial`` (any search seed, 32 bits)."""
+    return int(np.random.SeedSequence(search_seed, spawn_key=(first_trial,)).generate_state(1)[0])
 
 
 def _settings(
@@ -114,9 +119,8 @@ def calibrate(
                 if batch:
                     emit(f"resuming trial(s) {', '.join(str(t.number) for t in batch)}")
                 else:
-                    first = len(study.trials)
-                    study.sampler = optuna.samplers.TPESampler(seed=search_seed * 1_000_003 + first)
-                    batch = [study.ask(distributions) for _ in range(min(parallel, trials - len(done)))]
+                    study.sampler = optuna.samplers.TPESampler(seed=batch_seed(search_seed, len(study.trials)))
+                    batch = [study.ask(distributions) for _ in range(parallel)]  # whole batches: --trials is a floor
                 results = _evaluate(run_root, start_dir, out, batch, seeds, upstream, level, space, execution, emit)
                 for trial, result in zip(batch, results, strict=True):
                     live = optuna.trial.Trial(study, trial._trial_id)  # a resumed trial comes back frozen
@@ -128,6 +132,7 @@ def calibrate(
                         f"{'passes' if result.passed else 'fails: ' + result.worst_gate}"
                     )
                 _write_table(out, study, space)
+            _write_table(out, study, space)  # also when a resumed search had nothing left to run
         finally:
             client.close()
             if cluster is not None:
@@ -182,10 +187,12 @@ def _evaluate(
     for trial in batch:
         folder = calibration.write_bundle(start_dir, dict(trial.params), out / "trials" / f"trial-{trial.number:04d}")
         bundle = load_bundle(folder, refdata_version())
-        chain = Chain(run_root, seeds[0], bundle, Path("."), execution)
-        chain.run_global()  # S1 from the cache; S2 once per distinct S2 policy
-        table = COUNTRY_MASS.read(chain.published["country_mass"]).to_pydict()
-        inputs = {s: feasibility.read_inputs(upstream[s], CATALOGUE, table) for s in seeds}
+        discipline.check_locks(run_root.path, bundle.digests, {})  # a locked phase's policy cannot move
+        inputs = {}
+        for seed in seeds:
+            chain = Chain(run_root, seed, bundle, upstream[seed], execution)
+            chain.run_global()  # S1 from the cache; S2 once per distinct S2 policy
+            inputs[seed] = lanes.country_inputs(chain, upstream[seed])
         screened.append(
             (calibration.screen(trial.number, dict(trial.params), folder, bundle, inputs, level, space), bundle)
         )

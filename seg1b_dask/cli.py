@@ -596,13 +596,13 @@ def feasibility_summary(result: Any) -> list[str]:
         "",
         f"  this bundle relocates {result.relocated_share:.4f} of outlets (the least its targets need); "
         f"predicted: {verdict_b} B's and {verdict_bp} B+'s country gates",
-        "  least relocation of any target vector meeting the grade's country gates (linear programme):",
+        "  least relocation of any target vector meeting the grade's country gates (a lower bound, linear programme):",
     ]
     for level in ("B", "B_PLUS"):
         lines.append(f"    {result.verdict(level)}")
     lines.append(
         "  not predicted here (they need sites): nn_contraction, sentinel, merchant footprint, near_city_share, "
-        "and B+'s bootstrap bounds (so B+'s least relocation is a lower bound)"
+        "and B+'s bootstrap bounds"
     )
     return lines
 

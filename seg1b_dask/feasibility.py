@@ -6,15 +6,16 @@ country mass vector alone: seconds, before any S4–S9 work.
   of 1A's counts, the S2 vector and the policies (``mass.remass_targets``, the run's own
   arithmetic). Country metrics follow with the scorer's functions; the southern share uses
   each country's southern fraction of its tile mass, which S4(b) samples from.
-- **Price of a grade.** A linear program over target share vectors t: minimise the total
-  variation ½ Σ |t − a| from 1A's shares a (the least share of outlets any allocation must
-  move), subject to the grade's country gates: Gini (mean absolute difference over pairs),
-  top-k shares (the sum of the k largest, in Ogryczak's form), the southern share, region
-  floors, and coverage (every 1A country and enough others hold ≥ 1 outlet).
+- **Price of a grade.** A linear programme over target share vectors t: minimise the
+  total variation ½ Σ |t − a| from 1A's shares a (the least share of outlets any
+  allocation must move) subject to a convex relaxation of the grade's country gates: Gini,
+  top-k shares, coverage, the southern share and region floors (``least_relocation``).
+  Every target vector that passes them satisfies the relaxation, so the answer is a lower
+  bound, and "not reachable at any relocation" is certain.
 
 Gates on geometry (NN, sentinel), merchant footprints, near-city share and the bootstrap
-bounds of B+ depend on S4(b)–S8 and are not predicted here: for B+ the programme's answer
-is a lower bound.
+bounds of B+ depend on S4(b)–S8 and are not predicted here, which makes the bound looser,
+never wrong.
 """
 
 from __future__ import annotations
@@ -92,21 +93,8 @@ class LeastRelocation:
     feasible: bool
     relocated_share: float  # nan when infeasible
     share: NDArray[np.float64]  # the optimal target shares (empty when infeasible)
-    active_countries: int
+    countries_to_cover: int  # K: the coverage gate's least number of countries with outlets
     message: str
-
-
-def _active_set(inputs: CountryInputs, coverage: float) -> NDArray[np.bool_]:
-    """Every eligible 1A country, then the most populous other eligible countries until the
-    coverage gate holds: adding any country costs the same one outlet."""
-    eligible = inputs.vector.eligible
-    active = eligible & (inputs.a_count > 0)
-    need = math.ceil(round(coverage * int(eligible.sum()), 9)) - int(active.sum())
-    if need > 0:
-        others = np.flatnonzero(eligible & ~active)
-        order = others[np.lexsort((others, -inputs.vector.population[others]))]
-        active[order[:need]] = True
-    return active
 
 
 class _Rows:
@@ -132,26 +120,35 @@ class _Rows:
 
 
 def least_relocation(inputs: CountryInputs, gates: GatesPolicy, level: Level, margin: float = 0.0) -> LeastRelocation:
-    """The least total variation from 1A's country shares of any target vector meeting the
-    grade's country gates (each tightened by ``margin``), by HiGHS's interior point.
+    """A lower bound on the total variation from 1A's country shares of any target vector
+    meeting the grade's country gates (each tightened by ``margin``), by HiGHS's interior
+    point. Which countries hold outlets is not fixed in advance; the programme is a convex
+    relaxation valid for every active set of at least K countries (the coverage gate):
 
-    Variables: shares t of the active countries; p, q ≥ 0 with t − p + q = a (cost ½ Σ (p+q));
-    d_ij ≥ |t_i − t_j| for the pairs (Gini = Σ d / n when Σ t = 1); per top-k, λ and u ≥ t − λ
-    (the sum of the k largest is min over λ of k·λ + Σ (t − λ)⁺)."""
+    - Gini over the m active countries, G ≤ g, with Σ t = 1: the pairwise sum over all
+      eligible countries is Σ_active + (n − m), so Σ_{i<j} |t_i − t_j| ≤ n − K (1 − g);
+    - top-k: the k = ⌈f m⌉ largest hold at least the ⌈f K⌉ largest, so T_⌈fK⌉(t) ≤ cap
+      (Ogryczak: T_k = min over λ of k λ + Σ (t − λ)⁺);
+    - coverage: Σ min(t_c, 1/N) ≥ K / N (concave, so its upper level set is convex);
+    - the southern share and region floors are linear.
+
+    Variables on the eligible countries: t; p, q ≥ 0 with t − p + q = a (cost ½ Σ (p+q));
+    d_ij ≥ |t_i − t_j|; w ≤ min(t, 1/N); per top-k, λ and u ≥ t − λ."""
     thresholds = {f: getattr(getattr(gates, f), level) for f in grading.GATE_FIELD.values()}
-    active = _active_set(inputs, thresholds["eligible_country_nonzero_share_min"])
-    idx = np.flatnonzero(active)
+    eligible = inputs.vector.eligible
+    idx = np.flatnonzero(eligible)
     n, total = len(idx), inputs.total
     a = inputs.a_count / total
-    moved_out = float(a[~active].sum())  # outlets in countries that hold none move anyway
-    if n == 0 or n > total:
-        return LeastRelocation(level, False, float("nan"), np.zeros(0), n, "fewer outlets than countries to cover")
+    moved_out = float(a[~eligible].sum())  # outlets in ineligible countries move anyway
+    cover = math.ceil(round((thresholds["eligible_country_nonzero_share_min"] + margin) * n, 9))
+    if n == 0 or cover > min(n, total):
+        return LeastRelocation(level, False, float("nan"), np.zeros(0), cover, "fewer outlets than countries to cover")
     pair_i, pair_j = np.triu_indices(n, k=1)
     n_pairs = len(pair_i)
-    ks = {name: max(1, math.ceil(round(f * n, 9))) for name, f in metrics.TOPK_FRACTIONS.items()}
-    o_p, o_q, o_d = n, 2 * n, 3 * n
-    o_k = {name: 3 * n + n_pairs + i * (n + 1) for i, name in enumerate(ks)}
-    ub = _Rows(3 * n + n_pairs + len(ks) * (n + 1))
+    ks = {name: max(1, math.ceil(round(f * cover, 9))) for name, f in metrics.TOPK_FRACTIONS.items()}
+    o_p, o_q, o_w, o_d = n, 2 * n, 3 * n, 4 * n
+    o_k = {name: 4 * n + n_pairs + i * (n + 1) for i, name in enumerate(ks)}
+    ub = _Rows(4 * n + n_pairs + len(ks) * (n + 1))
     pairs, rn = np.arange(n_pairs), np.arange(n)
     for sign in (1.0, -1.0):  # ±(t_i − t_j) − d_ij ≤ 0
         ub.add(
@@ -160,18 +157,15 @@ def least_relocation(inputs: CountryInputs, gates: GatesPolicy, level: Level, ma
             np.r_[np.full(n_pairs, sign), np.full(n_pairs, -sign), -np.ones(n_pairs)],
             [0.0] * n_pairs,
         )
-    ub.add(
-        np.zeros(n_pairs, np.intp), o_d + pairs, np.full(n_pairs, 1.0 / n), [thresholds["country_gini_max"] - margin]
-    )
+    gini = thresholds["country_gini_max"] - margin
+    ub.add(np.zeros(n_pairs, np.intp), o_d + pairs, np.ones(n_pairs), [n - cover * (1.0 - gini)])
     for name, k in ks.items():
         lam, u = o_k[name], o_k[name] + 1 + rn
         ub.add(np.r_[rn, rn, rn], np.r_[rn, np.full(n, lam), u], np.r_[np.ones(n), -np.ones(2 * n)], [0.0] * n)
-        ub.add(
-            np.zeros(n + 1, np.intp),
-            np.r_[lam, u],
-            np.r_[float(k), np.ones(n)],
-            [thresholds[f"{name}_share_max"] - margin],
-        )
+        cap = thresholds[f"{name}_share_max"] - margin
+        ub.add(np.zeros(n + 1, np.intp), np.r_[lam, u], np.r_[float(k), np.ones(n)], [cap])
+    ub.add(np.r_[rn, rn], np.r_[o_w + rn, rn], np.r_[np.ones(n), -np.ones(n)], [0.0] * n)  # w ≤ t
+    ub.add(np.zeros(n, np.intp), o_w + rn, -np.ones(n), [-cover / total])  # Σ w ≥ K / N
     south_min = thresholds["southern_hemisphere_share_min"] + margin
     ub.add(np.zeros(n, np.intp), rn, -inputs.vector.south[idx], [-south_min])
     region = inputs.vector.region[idx]
@@ -187,19 +181,20 @@ def least_relocation(inputs: CountryInputs, gates: GatesPolicy, level: Level, ma
         shape=(n + 1, ub.n_var),
     )
     cost = np.zeros(ub.n_var)
-    cost[o_p:o_d] = 0.5
+    cost[o_p:o_w] = 0.5
     bounds = np.zeros((ub.n_var, 2))
     bounds[:, 1] = np.inf
-    bounds[:n, 0] = 1.0 / total  # an active country holds at least one outlet
+    bounds[o_w : o_w + n, 1] = 1.0 / total  # w ≤ 1/N
     for name in ks:
         bounds[o_k[name]] = (-np.inf, np.inf)
-    result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.r_[a[idx], 1.0], bounds=bounds, method="highs-ipm")
+    b_eq = np.r_[a[idx], 1.0]
+    result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs-ipm")
     if result.status != 0:
-        return LeastRelocation(level, False, float("nan"), np.zeros(0), n, str(result.message))
+        return LeastRelocation(level, False, float("nan"), np.zeros(0), cover, str(result.message))
     share = np.zeros(len(a))
     share[idx] = result.x[:n]
-    # ½Σ|t−a| over the active countries, plus ½ of what sits in countries that hold nothing
-    return LeastRelocation(level, True, float(result.fun) + moved_out / 2.0, share, n, "optimal")
+    # ½Σ|t−a| over the eligible countries, plus ½ of what sits in ineligible ones
+    return LeastRelocation(level, True, float(result.fun) + moved_out / 2.0, share, cover, "optimal")
 
 
 @dataclass
@@ -224,10 +219,9 @@ class Feasibility:
         if not least.feasible:
             return f"{name}: not reachable at any relocation ({least.message})"
         if least.relocated_share <= 1e-9:
-            return f"{name}: reachable without relocation"
-        bound = " at least" if level == "B_PLUS" else ""
+            return f"{name}: its country gates allow no relocation at all"
         return (
-            f"{name}: not reachable without relocation; reachable only by relocating{bound} "
+            f"{name}: not reachable without relocation; reachable only by relocating at least "
             f"{least.relocated_share:.2%} of outlets"
         )
 
@@ -245,7 +239,7 @@ class Feasibility:
                 level: {
                     "feasible": lr.feasible,
                     "relocated_share": lr.relocated_share,
-                    "active_countries": lr.active_countries,
+                    "countries_to_cover": lr.countries_to_cover,
                     "message": lr.message,
                 }
                 for level, lr in self.least.items()

@@ -204,10 +204,8 @@ def feasibility_of(
 ) -> feasibility.Feasibility:
     """Predict a bundle's country gates for a seed, and each grade's least relocation, from
     the verified 1A bundle and S2's country mass vector (S1/S2 from the cache or built once)."""
-    from .datasets import COUNTRY_MASS
     from .runner import code_digest, ensure_standin
     from .states import s0_gate
-    from .upstream import CATALOGUE
 
     run_root = RunRoot(root)
     bundle = policies if isinstance(policies, PolicyBundle) else load_bundle(policies, refdata_version())
@@ -215,6 +213,17 @@ def feasibility_of(
     s0_gate.verify(upstream_dir, seed, bundle.parameter_hash, code_digest())
     chain = Chain(run_root, seed, bundle, upstream_dir, execution)
     chain.run_global()
+    return feasibility.assess(country_inputs(chain, upstream_dir), bundle, seed)
+
+
+def country_inputs(chain: Chain, upstream_dir: Path) -> feasibility.CountryInputs:
+    """The feasibility model's inputs for a chain whose S1/S2 are published: 1A's counts
+    from the verified bundle, S2's country table and, where S4(b) does not follow the
+    weights, each country's southern share under its own allocation."""
+    from .datasets import COUNTRY_MASS
+    from .upstream import CATALOGUE
+
+    bundle, seed = chain.bundle, chain.seed
     table = COUNTRY_MASS.read(chain.published["country_mass"]).to_pydict()
     inputs = feasibility.read_inputs(upstream_dir, CATALOGUE, table)
     if bundle.s4_alloc_plan.tile_allocation.method != "systematic":
@@ -225,7 +234,7 @@ def feasibility_of(
                 key="tile_allocation.method",
             )
         inputs = replace(inputs, site_south=_allocated_south(upstream_dir / CATALOGUE, chain, bundle, seed, table))
-    return feasibility.assess(inputs, bundle, seed)
+    return inputs
 
 
 def _allocated_south(catalogue: Path, chain: Chain, bundle: PolicyBundle, seed: int, table: dict) -> np.ndarray:

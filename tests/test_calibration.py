@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from seg1b_dask import calibration
-from seg1b_dask.calibration_lane import STUDY, calibrate
+from seg1b_dask.calibration_lane import STUDY, batch_seed, calibrate
 from seg1b_dask.errors import InputError
 from seg1b_dask.policies import load_bundle
 from seg1b_dask.refdata import refdata_version
@@ -64,7 +64,10 @@ def test_same_search_seed_same_trials_and_resumable(root: Path, tmp_path: Path) 
     start = calibration.knob_values(DEFAULT_POLICIES, calibration.load_space(space_path))
     assert {k: float(rows[0][k]) for k in start} == pytest.approx(start)  # trial 0 is the start bundle
     assert first.start.passed and first.winner is not None
-    assert first.winner.relocated_share <= first.start.relocated_share
+    passing = [r for r in rows if r["passed"] == "True"]
+    assert first.winner.number == int(
+        min(passing, key=lambda r: (float(r["relocated_share"]), int(r["trial"])))["trial"]
+    )
     winner = load_bundle(first.bundle, refdata_version())
     assert winner.s4_alloc_plan.country_allocation.fidelity_weight == pytest.approx(
         first.winner.params["s4_alloc_plan.country_allocation.fidelity_weight"], abs=1e-6
@@ -78,7 +81,7 @@ def test_same_search_seed_same_trials_and_resumable(root: Path, tmp_path: Path) 
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "b" / "study.journal"))
     )
     study = optuna.load_study(study_name=STUDY, storage=storage)
-    study.sampler = optuna.samplers.TPESampler(seed=7 * 1_000_003 + 1)
+    study.sampler = optuna.samplers.TPESampler(seed=batch_seed(7, 1))
     space = calibration.load_space(space_path)
     study.ask({k: FloatDistribution(lo, hi) for k, (lo, hi) in space.knobs.items()})  # left running
     events: list[str] = []
@@ -105,7 +108,18 @@ def test_implausible_trials_are_screened_without_running(root: Path, tmp_path: P
     result = _search(root, space_path, tmp_path / "d", 2)
     assert [t.stage for t in result.trials] == ["screened", "screened"]
     assert all(t.worst_gate.startswith("population rank correlation") for t in result.trials)
-    assert all(0.9 < t.rank_correlation < 0.99 for t in result.trials)
+    assert all(0.7 < t.rank_correlation < 0.99 for t in result.trials)  # plausible, but not this plausible
     assert result.winner is None and result.pack is None
     made = [json.loads((p / "run.json").read_text())["policy_bundle"] for p in set(runs.iterdir()) - before]
     assert set(made) <= {"baseline"}, f"no trial bundle was run: {made}"
+
+
+def test_any_search_seed_gives_a_32_bit_sampler_seed() -> None:
+    seeds = {batch_seed(s, first) for s in (0, 7, 2**32, 2**64 - 1) for first in (0, 1, 2)}
+    assert len(seeds) == 12 and all(0 <= s < 2**32 for s in seeds)
+
+
+def test_cv_margins_come_from_their_family() -> None:
+    space = calibration.load_space(calibration.SPACE_FILE)
+    assert space.margin_for("cv:top1_share") == space.margin_by_gate["cv"] == 0.02
+    assert space.margin_for("top1_share") == space.margin and space.margin_for("sentinel_flagged") == 0.0
