@@ -78,6 +78,12 @@ policies_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="policy bundle folder (the remediation bundle shipped with the package by default)",
 )
+upstream_option = click.option(
+    "--upstream",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="a 1A bundle (default: the stand-in for --seed, written under the run root)",
+)
 seed_option = click.option(
     "--seed", default=42, show_default=True, type=click.IntRange(0, U64_MAX), help="the 1A seed (0 … 2^64−1)"
 )
@@ -332,12 +338,7 @@ def task_size_options(fn: Any) -> Any:
 @seed_option
 @policies_option
 @root_option
-@click.option(
-    "--upstream",
-    default=None,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="a 1A bundle (default: the stand-in for --seed, written under the run root)",
-)
+@upstream_option
 @scheduler_option
 @click.option(
     "--workers", default=None, type=click.IntRange(1), help="worker threads or processes (default: all cores)"
@@ -554,12 +555,7 @@ def certify(
 @seed_option
 @policies_option
 @root_option
-@click.option(
-    "--upstream",
-    default=None,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="a 1A bundle (default: the stand-in for --seed, written under the run root)",
-)
+@upstream_option
 @click.option(
     "--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path), help="also write this"
 )
