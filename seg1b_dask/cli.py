@@ -620,7 +620,11 @@ def feasibility_summary(result: Any) -> list[str]:
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="the search's folder (resumable)"
 )
 @click.option(
-    "--trials", default=30, show_default=True, type=click.IntRange(1), help="trials to complete, the start bundle first"
+    "--trials",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1),
+    help="at least this many trials (whole batches), the start bundle first",
 )
 @click.option(
     "--parallel", default=2, show_default=True, type=click.IntRange(1), help="trials asked and evaluated at once"

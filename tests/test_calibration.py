@@ -123,3 +123,17 @@ def test_cv_margins_come_from_their_family() -> None:
     space = calibration.load_space(calibration.SPACE_FILE)
     assert space.margin_for("cv:top1_share") == space.margin_by_gate["cv"] == 0.02
     assert space.margin_for("top1_share") == space.margin and space.margin_for("sentinel_flagged") == 0.0
+
+
+def test_cli_summary_when_no_trial_passes(root: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from seg1b_dask.cli import main
+
+    space_path = _space(tmp_path, min_population_rank_correlation=0.99)
+    args = ["calibrate", "--root", str(root), "--out", str(tmp_path / "e"), "--space", str(space_path)]
+    result = CliRunner().invoke(main, [*args, "--seeds", "42", "--trials", "1", "--parallel", "1", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "1 trials, 1 screened out by the feasibility model, 0 run, 0 passing B+ with margins" in result.output
+    assert "no trial passed B+ with the margins" in result.output
+    assert (tmp_path / "e" / "trials.csv").read_text().count("\n") == 2
