@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import shutil
 from collections.abc import Callable
@@ -31,13 +30,13 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 from scipy.stats import spearmanr
 
 from . import feasibility, grading
 from .errors import Code, Seg1BError
 from .lineage import write_text
-from .policies import PolicyBundle, Strict
+from .policies import PolicyBundle, Strict, parse_model
 
 COUNT_GATES = ("sentinel_flagged", "merchant_countries_median")
 SPACE_FILE = Path(__file__).parent / "bundles" / "calibration.yaml"
@@ -61,13 +60,10 @@ class SearchSpace(Strict):
 
 def load_space(path: Path) -> SearchSpace:
     try:
-        space = SearchSpace.model_validate_json(json.dumps(yaml.safe_load(path.read_text())))
+        data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise Seg1BError(Code.E_POLICY_INVALID, f"cannot read the search space ({exc})", file=path) from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise Seg1BError(Code.E_POLICY_INVALID, err["msg"], file=path, key=where or "<root>") from None
+    space = parse_model(SearchSpace, data, path, (SearchSpace,))
     for knob, (low, high) in space.knobs.items():
         if not low < high:
             raise Seg1BError(

@@ -188,11 +188,9 @@ def _evaluate(
         folder = calibration.write_bundle(start_dir, dict(trial.params), out / "trials" / f"trial-{trial.number:04d}")
         bundle = load_bundle(folder, refdata_version())
         discipline.check_locks(run_root.path, bundle.digests, {})  # a locked phase's policy cannot move
-        inputs = {}
-        for seed in seeds:
-            chain = Chain(run_root, seed, bundle, upstream[seed], execution)
-            chain.run_global()  # S1 from the cache; S2 once per distinct S2 policy
-            inputs[seed] = lanes.country_inputs(chain, upstream[seed])
+        chain = Chain(run_root, seeds[0], bundle, upstream[seeds[0]], execution)
+        chain.run_global()  # S1 from the cache; S2 once per distinct S2 policy
+        inputs = {seed: lanes.country_inputs(chain, upstream[seed], seed) for seed in seeds}
         screened.append(
             (calibration.screen(trial.number, dict(trial.params), folder, bundle, inputs, level, space), bundle)
         )

@@ -20,6 +20,7 @@ never wrong.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,8 +273,15 @@ def read_inputs(upstream: Path, catalogue: str, country_mass: dict[str, list]) -
     vector = mass.CountryVector.from_columns(country_mass)
     iso2 = np.asarray(country_mass["iso2"], dtype="U2")
     assert (iso2[1:] > iso2[:-1]).all(), "S2's country table is in code order"
-    counts = pc.value_counts(pq.read_table(upstream / catalogue, columns=["legal_country_iso"]).column(0))
     a_count = np.zeros(len(iso2), dtype=np.int64)
-    for entry in counts.to_pylist():
-        a_count[int(np.searchsorted(iso2, entry["values"]))] += entry["counts"]
+    for code, count in _catalogue_counts(str(upstream / catalogue)).items():
+        a_count[int(np.searchsorted(iso2, code))] += count
     return CountryInputs(iso2, a_count, vector)
+
+
+@functools.lru_cache(maxsize=16)
+def _catalogue_counts(path: str) -> dict[str, int]:
+    """Outlets per legal country of a 1A catalogue, read once per process (a verified 1A
+    bundle is write-once; calibration asks for it once per trial and seed)."""
+    counts = pc.value_counts(pq.read_table(path, columns=["legal_country_iso"]).column(0))
+    return {entry["values"]: entry["counts"] for entry in counts.to_pylist()}

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from . import discipline, feasibility, grading, scoring
 from .errors import Code, Seg1BError
@@ -213,17 +212,18 @@ def feasibility_of(
     s0_gate.verify(upstream_dir, seed, bundle.parameter_hash, code_digest())
     chain = Chain(run_root, seed, bundle, upstream_dir, execution)
     chain.run_global()
-    return feasibility.assess(country_inputs(chain, upstream_dir), bundle, seed)
+    return feasibility.assess(country_inputs(chain, upstream_dir, seed), bundle, seed)
 
 
-def country_inputs(chain: Chain, upstream_dir: Path) -> feasibility.CountryInputs:
-    """The feasibility model's inputs for a chain whose S1/S2 are published: 1A's counts
-    from the verified bundle, S2's country table and, where S4(b) does not follow the
-    weights, each country's southern share under its own allocation."""
+def country_inputs(chain: Chain, upstream_dir: Path, seed: int) -> feasibility.CountryInputs:
+    """The feasibility model's inputs for ``seed``'s 1A bundle beside a chain whose S1/S2
+    are published (seed-free, so one chain serves every seed): 1A's counts, S2's country
+    table and, where S4(b) does not follow the weights, each country's southern share
+    under its own allocation."""
     from .datasets import COUNTRY_MASS
     from .upstream import CATALOGUE
 
-    bundle, seed = chain.bundle, chain.seed
+    bundle = chain.bundle
     table = COUNTRY_MASS.read(chain.published["country_mass"]).to_pydict()
     inputs = feasibility.read_inputs(upstream_dir, CATALOGUE, table)
     if bundle.s4_alloc_plan.tile_allocation.method != "systematic":
@@ -254,10 +254,12 @@ def _allocated_south(catalogue: Path, chain: Chain, bundle: PolicyBundle, seed: 
     )
     south = np.zeros(len(table["iso2"]))
     grid = chain.grid
+    codes = np.asarray(pairs["legal_country_iso"].to_pylist(), dtype="U2")  # sorted: one slice per country
     for i, iso2 in enumerate(table["iso2"]):
-        rows = pairs.filter(pc.equal(pairs["legal_country_iso"], iso2))
-        if rows.num_rows == 0 or not table["eligible"][i]:
+        lo, hi = np.searchsorted(codes, iso2), np.searchsorted(codes, iso2, side="right")
+        if lo == hi or not table["eligible"][i]:
             continue
+        rows = pairs.slice(lo, hi - lo)
         tiles, weight = TILE_GRID.country_cells(
             chain.published["tile_grid"], chain.published["tile_weights"], table["country_id"][i]
         )

@@ -12,7 +12,7 @@ import difflib
 import json
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -23,6 +23,9 @@ from .hashing import canonical_json, sha256_hex
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -281,7 +284,12 @@ def _load_yaml(path: Path) -> Any:
 
 
 def parse_policy(name: str, data: Any, path: Path) -> Strict:
-    model = MODELS[name]
+    return parse_model(MODELS[name], data, path, tuple(MODELS.values()))
+
+
+def parse_model(model: type[M], data: Any, path: Path, family: tuple[type[BaseModel], ...]) -> M:
+    """Validate YAML ``data`` read from ``path`` as ``model``; refusals are one coded line
+    naming the key, with a "did you mean" among the keys ``family``'s models accept."""
     try:
         # JSON-mode strict validation: YAML lists are arrays, "0.5" is not a number.
         return model.model_validate_json(json.dumps(data))
@@ -291,7 +299,7 @@ def parse_policy(name: str, data: Any, path: Path) -> Strict:
         err = exc.errors()[0]
         loc = _yaml_path(data, err["loc"])
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(err["loc"][-1]), sorted(_field_names()), n=1)
+            close = difflib.get_close_matches(str(err["loc"][-1]), sorted(_field_names(family)), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise Seg1BError(Code.E_POLICY_UNKNOWN_KEY, f"unknown policy key{hint}", file=path, key=loc) from None
         raise Seg1BError(Code.E_POLICY_INVALID, err["msg"], file=path, key=loc or "<root>") from None
@@ -317,10 +325,10 @@ def _yaml_path(data: Any, loc: tuple[Any, ...]) -> str:
 
 
 @cache
-def _field_names() -> set[str]:
-    """Every key any policy model accepts (for "did you mean" hints)."""
+def _field_names(family: tuple[type[BaseModel], ...]) -> set[str]:
+    """Every key the models of ``family`` (and the models inside them) accept."""
     names: set[str] = set()
-    stack: list[type[BaseModel]] = list(MODELS.values())
+    stack: list[type[BaseModel]] = list(family)
     seen: set[type[BaseModel]] = set()
     while stack:
         model = stack.pop()

@@ -137,3 +137,12 @@ def test_cli_summary_when_no_trial_passes(root: Path, tmp_path: Path) -> None:
     assert "1 trials, 1 screened out by the feasibility model, 0 run, 0 passing B+ with margins" in result.output
     assert "no trial passed B+ with the margins" in result.output
     assert (tmp_path / "e" / "trials.csv").read_text().count("\n") == 2
+
+
+def test_a_misspelt_search_space_key_is_one_coded_line(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(calibration.SPACE_FILE.read_text().replace("\nmargin: ", "\nmargins: "))
+    with pytest.raises(InputError) as err:
+        calibration.load_space(path)
+    assert err.value.code == "E_POLICY_UNKNOWN_KEY" and err.value.key == "margins"
+    assert "did you mean margin?" in err.value.message
