@@ -136,57 +136,6 @@ def get_pointer(root: Path, name: str) -> dict[str, Any] | None:
     return _read(RunRoot(Path(root)).pointer(name))
 
 
-# -- phase locks --------------------------------------------------------------------
-
-
-def lock_phase(root: Path, phase: str, run: Path) -> dict[str, Any]:
-    if phase not in PHASES:
-        raise Seg1BError(Code.E_UNKNOWN_PHASE, f"phases are {', '.join(PHASES)}", key=phase)
-    meta = load_run(run)
-    score = _read(run / "scorecard" / "scorecard.json") or {}
-    record = {
-        "phase": phase,
-        "policy": PHASES[phase],
-        "policy_digest": meta["policy_digests"][PHASES[phase]],
-        "run_id": meta["run_id"],
-        "accepted_metrics": score.get("metrics", {}),
-        "reopened": [],
-    }
-    _write(RunRoot(Path(root)).lock_record(phase), record)
-    return record
-
-
-def check_locks(root: Path, digests: dict[str, str], reopen: dict[str, str]) -> list[dict[str, Any]]:
-    """Refuse a bundle that changes a locked policy unless that phase is reopened with a
-    reason; reopenings are appended to the lock record. Returns the locks in force."""
-    in_force = []
-    for phase in PHASES:
-        path = RunRoot(Path(root)).lock_record(phase)
-        lock = _read(path)
-        if lock is None:
-            continue
-        in_force.append(lock)
-        if digests[lock["policy"]] == lock["policy_digest"]:
-            continue
-        reason = reopen.get(phase, "").strip()
-        if not reason:
-            raise Seg1BError(
-                Code.E_PHASE_LOCKED,
-                f"{lock['policy']} is locked by {phase} (run {lock['run_id']}); reopen it with a reason",
-                file=path,
-                key=lock["policy"],
-            )
-        lock["reopened"].append(
-            {
-                "policy_digest": digests[lock["policy"]],
-                "reason": reason,
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-        )
-        _write(path, lock)
-    return in_force
-
-
 # -- prune --------------------------------------------------------------------------
 
 
@@ -221,16 +170,21 @@ def prune(root: Path, dry_run: bool = False) -> dict[str, Any]:
     pointed-to, locked and packed runs stay. Refused while any run is in flight."""
     run_root = RunRoot.open(root)
     with run_root.exclusive():
-        leftovers = run_root.stale_staging()
-        report = _prune(run_root.path, dry_run)
-        if not dry_run:
-            for path in leftovers:
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-        report["removed_staging"] = [p.relative_to(run_root.path).as_posix() for p in leftovers]
-        return report
+        return prune_held(run_root, dry_run)
+
+
+def prune_held(run_root: RunRoot, dry_run: bool) -> dict[str, Any]:
+    """``prune`` for a caller already holding the run root alone (``seg1b freeze``)."""
+    leftovers = run_root.stale_staging()
+    report = _prune(run_root.path, dry_run)
+    if not dry_run:
+        for path in leftovers:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    report["removed_staging"] = [p.relative_to(run_root.path).as_posix() for p in leftovers]
+    return report
 
 
 def _prune(root: Path, dry_run: bool) -> dict[str, Any]:

@@ -47,6 +47,10 @@ class Code(StrEnum):
     E_BASELINE_PINNED = "E_BASELINE_PINNED"
     E_PHASE_LOCKED = "E_PHASE_LOCKED"
     E_PROMOTION_REFUSED = "E_PROMOTION_REFUSED"
+    E_DOD_FAILED = "E_DOD_FAILED"  # a phase's Definition of Done does not hold: it cannot be locked
+    E_REOPEN_REFUSED = "E_REOPEN_REFUSED"  # no reason, or no run showing the contradiction
+    E_FREEZE_REFUSED = "E_FREEZE_REFUSED"  # only a GREEN pack becomes the authority
+    E_NOT_REPRODUCIBLE = "E_NOT_REPRODUCIBLE"  # a run of one seed gave other bytes the second time
     E_VALIDATION_FAILED = "E_VALIDATION_FAILED"
     # the environment
     E_ROOT_UNWRITABLE = "E_ROOT_UNWRITABLE"
@@ -118,5 +122,6 @@ FAMILY: dict[Code, type[Seg1BError]] = {
     Code.E_IO: EnvironmentFault,
     # The engine's own fail-closed checks (S6, S7, S9): validated input never trips them.
     Code.E_VALIDATION_FAILED: InternalError,
+    Code.E_NOT_REPRODUCIBLE: InternalError,
     Code.E_INTERNAL: InternalError,
 }

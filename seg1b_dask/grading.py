@@ -213,7 +213,7 @@ def grade(
                             seed,
                             row["threshold"],
                             row["observed"],
-                            hint[_failure_family(row["gate"])],
+                            hint[family_of(row["gate"])],
                         )
                     )
         for seed in missing:
@@ -252,7 +252,7 @@ TRIAGE_ORDER = (
 )
 
 
-def _failure_family(gate: str) -> str:
+def family_of(gate: str) -> str:
     prefix = gate.split(":")[0]
     if prefix in GATE_FIELD:
         return _family(prefix)
@@ -267,7 +267,7 @@ def _failure_family(gate: str) -> str:
 def triage(failures: list[Failure], hints: dict[str, str] | None = None) -> str:
     """The seed plan's state-first order: structure, concentration, coverage, regions, NN,
     stability — the first family that fails says where to look."""
-    families = {_failure_family(f.gate) for f in failures}
+    families = {family_of(f.gate) for f in failures}
     for family in TRIAGE_ORDER:
         if family in families:
             return (hints or TRIAGE)[family]

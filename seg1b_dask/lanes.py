@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import discipline, feasibility, grading, scoring
+from . import discipline, feasibility, grading, plan, scoring
 from .errors import Code, Seg1BError
 from .execution import Execution, connect
 from .lineage import read_manifest, safe_join, stage_path, write_json, write_text
@@ -157,12 +157,11 @@ def fast_lane(
     policies: Path,
     upstream: Path | None,
     execution: Execution,
-    reopen: dict[str, str],
     on_state: Callable[[str], None] | None = None,
 ) -> tuple[RunResult, Scored]:
     """One seed from its first dirty state, scored against its pinned baseline."""
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
-    discipline.check_locks(root, bundle.digests, reopen)
+    plan.check_locks(root, bundle.digests)
     pinned_before = discipline.baseline_pointer(root, seed) is not None
     ratio = _baseline_ratio(
         root, seed, bundle, upstream, execution, (lambda name: on_state(f"baseline {name}")) if on_state else None
@@ -334,7 +333,6 @@ def certify(
     scheduler: str | None = None,
     workers: int | None = None,
     promote: bool = False,
-    reopen: dict[str, str] | None = None,
     on_event: Callable[[str], None] | None = None,
     country_batch: int = Execution.country_batch,
     sites_per_task: int = Execution.sites_per_task,
@@ -345,7 +343,7 @@ def certify(
     run_root = RunRoot.open(root)
     bundle = load_bundle(policies, refdata_version())
     seeds = list(seeds) if seeds else list(bundle.gates.required_seeds)
-    discipline.check_locks(run_root.path, bundle.digests, reopen or {})
+    plan.check_locks(run_root.path, bundle.digests)
     pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
     with run_root.shared():  # staged under the lock: a prune can never take the staging folder
         staging = stage_path(run_root.certification / pack_id)
@@ -487,6 +485,7 @@ def _write_pack(
         "seeds": seeds,
         "policy_bundle": bundle.name,
         "parameter_hash": bundle.parameter_hash,
+        "policy_digests": bundle.digests,
         "run_ids": [results[s].run_id for s in seeds],
         "baseline_run_ids": [b["run_id"] for b in baselines if b],
         "manifest_fingerprints": {str(s): results[s].tokens.manifest_fingerprint for s in seeds},

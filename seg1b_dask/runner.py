@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, checkpoints
 from .context import GateResult, StateContext
 from .errors import Code, Seg1BError
 from .execution import Execution, executing
@@ -25,6 +25,7 @@ from .policies import PolicyBundle, load_bundle
 from .refdata import refdata_version
 from .registry import DATASETS, STATES, WRITER, StateSpec, state_code_digest
 from .runroot import RunRoot, environment_error, publish_folder
+from .scoring import read_scorecard
 from .states import s0_gate
 from .upstream import write_bundle
 
@@ -329,7 +330,12 @@ def _run_seed(
         "wall_seconds": wall,
         "peak_rss_mb": peak,
     }
-    run_dir = publish_run(root, stem, receipt)
+    s4_stats = next(r.stats for r in records if r.id == "S4")
+    card = read_scorecard(outputs["validation_bundle"])
+    profiles = checkpoints.collect(outputs, s4_stats, card)
+    run_dir = publish_run(
+        root, stem, receipt, lambda folder: checkpoints.write(folder / checkpoints.FOLDER, profiles, card)
+    )
     result = RunResult(run_dir.name, run_dir, seed, tokens, records, outputs, wall, peak)
     validation = result.validation
     if not validation["passed"]:
@@ -341,14 +347,18 @@ def _run_seed(
     return result
 
 
-def publish_run(root: RunRoot, stem: str, receipt: dict[str, Any]) -> Path:
-    """Write ``run.json`` in a staged folder and rename it to a free run id (``stem``,
-    ``stem-2``…): a run folder exists whole or not at all."""
+def publish_run(
+    root: RunRoot, stem: str, receipt: dict[str, Any], write_more: Callable[[Path], None] | None = None
+) -> Path:
+    """Write ``run.json`` (and what ``write_more`` writes) in a staged folder and rename it
+    to a free run id (``stem``, ``stem-2``…): a run folder exists whole or not at all."""
     root.runs.mkdir(parents=True, exist_ok=True)
     tmp = stage_path(root.runs / stem)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        if write_more is not None:
+            write_more(tmp)
         return publish_folder(
             tmp, root.runs, stem, lambda final: write_json(tmp / "run.json", {"run_id": final.name, **receipt})
         )

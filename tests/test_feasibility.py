@@ -30,7 +30,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("policies", [BASELINE_POLICIES, DEFAULT_POLICIES], ids=["baseline", "remediation"])
 def test_prediction_agrees_with_the_run(root: Path, policies: Path) -> None:
     predicted = feasibility_of(root, 42, policies, None, Execution())
-    _, scored = fast_lane(root, 42, policies, None, Execution(), {})
+    _, scored = fast_lane(root, 42, policies, None, Execution())
     observed = scored.card["metrics"]
     for metric in metrics.COUNTRY_METRICS:
         assert abs(predicted.card["metrics"][metric] - observed[metric]) <= 0.005, metric

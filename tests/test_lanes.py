@@ -9,9 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from conftest import MakeBundle
 
 from seg1b_dask import grading
+from seg1b_dask.cli import main
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.execution import Execution
 from seg1b_dask.hashing import FLAG_NAME
@@ -31,7 +33,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_fast_lane_reruns_from_first_dirty_state_and_compares_to_baseline(root: Path, make_bundle: MakeBundle) -> None:
     policies = make_bundle(s4_alloc_plan={"tile_allocation": {"tie_break": "keyed"}})
-    result, scored = fast_lane(root, 42, policies, None, Execution(), {})
+    result, scored = fast_lane(root, 42, policies, None, Execution())
     assert [s.id for s in result.states if s.reused] == ["S1", "S2", "S3"]
     assert scored.card["baseline"]["seed"] == 42
     m = scored.card["metrics"]
@@ -85,10 +87,6 @@ def test_score_refuses_a_run_receipt_that_disagrees_with_the_sealed_bundle(root:
 def test_the_readme_main_command_with_its_default_relative_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from click.testing import CliRunner
-
-    from seg1b_dask.cli import main
-
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["run", "--quiet"])
     assert result.exit_code == 0, result.output
@@ -103,7 +101,7 @@ def test_the_readme_main_command_with_its_default_relative_root(
 def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, make_bundle: MakeBundle) -> None:
     """Editing a bundle's files after its run changes nothing about how the run is scored."""
     policies = make_bundle("baseline")
-    result, _ = fast_lane(root, 42, policies, None, Execution(), {})
+    result, _ = fast_lane(root, 42, policies, None, Execution())
     gates_file = policies.parent / "gates.yaml"
     gates_file.write_text(gates_file.read_text().replace("B: 0.68", "B: 0.99"))
     scored = score_run(root, result.run_dir)
@@ -156,3 +154,10 @@ def test_baseline_certifies_red_with_exactly_its_failing_gates(root: Path) -> No
         certify(root, [42, 7, 101, 202], BASELINE_POLICIES, workers=2, promote=True)
     assert err.value.code == "E_PROMOTION_REFUSED"
     assert not (root / "last_good" / "pointer.json").exists()
+    # Nor can a RED pack be frozen as the authority: one coded line, nothing written.
+    result = CliRunner().invoke(main, ["freeze", pack.folder.name, "--root", str(root)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: E_FREEZE_REFUSED: only a GREEN pack can be frozen; this one is RED (")
+    assert not (root / "last_good" / "pointer.json").exists() and not list(root.glob("reports/freeze-*"))
+    unknown = CliRunner().invoke(main, ["freeze", "no-such-pack", "--root", str(root)])
+    assert unknown.exit_code == 2 and "E_UNKNOWN_RUN" in unknown.output

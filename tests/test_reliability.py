@@ -359,7 +359,7 @@ def test_an_edit_elsewhere_reuses_every_state_but_the_sealing_one(root: Path, mo
     from seg1b_dask import runner
 
     monkeypatch.setattr(runner, "code_digest", lambda: "0" * 64)
-    result, scored = lanes.fast_lane(root, 42, BASELINE_POLICIES, None, Execution(), {})
+    result, scored = lanes.fast_lane(root, 42, BASELINE_POLICIES, None, Execution())
     reused = {r.id for r in result.states if r.reused}
     assert reused == {f"S{i}" for i in range(1, 9)}
     assert scored.card["sealed"] and scored.grade.outcome == "RED"  # the baseline posture, scored, not refused

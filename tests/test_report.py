@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 def candidate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A remediation run of seed 42 beside its pinned baseline (the fast lane pins it)."""
     root = tmp_path_factory.mktemp("report")
-    result, _ = fast_lane(root, 42, DEFAULT_POLICIES, None, Execution(), {})
+    result, _ = fast_lane(root, 42, DEFAULT_POLICIES, None, Execution())
     return root, result.run_dir
 
 

@@ -124,6 +124,7 @@ def _batch_task(
     (the driver wrote their pairs; ``inputs`` holds their retained stubs and arriving moves)."""
     batch_inputs = _load_batch(inputs)
     stats = {"plan_rows": 0, "lone_sites_moved": 0, "tiles_used": 0, "max_sites_per_tile": 0, "max_share": 0.0}
+    stats["south_sites"] = 0  # tiles never straddle the equator: the checkpoint's southern share
     for c in countries:
         iso2 = c["iso2"]
         pairs = COUNTRY_PAIRS.read(folders["plan"], [iso2])
@@ -141,6 +142,7 @@ def _batch_task(
         _, tile_load = np.unique(t, return_inverse=True)
         load = np.bincount(tile_load, weights=n)
         stats["plan_rows"] += plan.num_rows
+        stats["south_sites"] += int(n[grid.row_centre_lat(t // grid.ncols) < 0].sum())
         stats["lone_sites_moved"] += moved
         stats["tiles_used"] += len(load)
         stats["max_sites_per_tile"] = max(stats["max_sites_per_tile"], int(load.max()))
@@ -244,6 +246,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         **allocation.stats,
         "max_tile_share_of_pair": round(max((r["max_share"] for r in results), default=0.0), 4),
         "lone_sites_moved": sum(r["lone_sites_moved"] for r in results),
+        "south_sites": sum(r["south_sites"] for r in results),
         "tiles_used": sum(r["tiles_used"] for r in results),
         "max_sites_per_tile": max((r["max_sites_per_tile"] for r in results), default=0),
         "tasks": len(tasks),

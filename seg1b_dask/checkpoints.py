@@ -1,0 +1,290 @@
+"""State checkpoints (seed plan P0.3) and ``seg1b diagnose``: where distortion appears.
+
+Every run writes ``checkpoints/`` into its folder: the country and region profile of 1A's
+own counts, of S2's country mass vector, of S4's integer allocation (after re-mass and
+integerization) and of the published sites (S8, as S9 scored them), plus S8's
+nearest-neighbour tail and local geometry (the collapse sentinel). All are country-level
+tables the driver already holds; no site is read.
+
+``diagnose`` grades each checkpoint with the gates a checkpoint can measure and says, for
+every gate the run fails, the first state at which it goes wrong, beside the pinned
+baseline's figures at the same states.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import grading, mass, metrics, refdata
+from .datasets import COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS
+from .lineage import safe_join, write_json, write_text
+from .policies import GatesPolicy, sealed_bundle
+from .refdata import REGIONS
+
+STAGES = ("1A", "S2", "S4", "S8")  # chain order; 1A is the input, not a 1B state
+CHECKED = ("S2", "S4", "S8")  # the states where a gate can first go wrong
+CHECKED_BEFORE_SITES = ("1A", "S2", "S4")
+WHAT = {
+    "1A": "1A's outlets per country (the input 1B starts from)",
+    "S2": "S2's country mass vector (shares the tile weights carry)",
+    "S4": "S4's sites per country after re-mass and integerization",
+    "S8": "the published sites, as S9 scored them",
+}
+FOLDER = "checkpoints"
+# Gate families a checkpoint can measure: country shape everywhere, footprints once there
+# are merchants per country, geometry and the bootstrap only once there are sites.
+COUNTRY_GATES = (*metrics.COUNTRY_METRICS,)
+FOOTPRINT_GATES = ("merchant_countries_median", "merchants_above_1a_max_share")
+
+
+@dataclass(frozen=True)
+class Profile:
+    stage: str
+    figures: dict[str, float]  # metrics a gate reads (a stage holds only what it can measure)
+    region_share: dict[str, float]
+    country_share: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"what": WHAT[self.stage], "metrics": self.figures, "region_share": self.region_share}
+
+
+def _profile(stage: str, counts: np.ndarray, codes: np.ndarray, region: np.ndarray, eligible: int) -> Profile:
+    """Concentration, coverage and region shares of per-country counts (or shares)."""
+    total = float(counts.sum())
+    active = {str(c): float(n) for c, n in zip(codes, counts, strict=True) if n > 0}
+    figures = {k: float(v) for k, v in metrics.country_metrics(active, eligible).items()}
+    regions = {r: float(counts[region == r].sum() / total) for r in REGIONS}
+    return Profile(stage, figures, regions, {c: n / total for c, n in active.items()})
+
+
+def _footprint(merchant: np.ndarray, country: np.ndarray) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.merchant_footprint(merchant, country).items()}
+
+
+def collect(outputs: dict[str, Path], s4_stats: dict[str, Any], card: dict[str, Any]) -> dict[str, Profile]:
+    """The four profiles of one run from its published datasets (pair- and country-level)
+    and S9's scorecard ``card``."""
+    table = COUNTRY_MASS.read(outputs["country_mass"]).to_pydict()
+    vector = mass.CountryVector.from_columns(table)
+    codes = np.asarray(table["iso2"], dtype="U2")
+    eligible = int(vector.eligible.sum())
+
+    def counts_of(pairs: Any, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        country = np.searchsorted(codes, np.asarray(pairs.column(column).to_pylist(), dtype="U2"))
+        n = pairs.column("n_sites").to_numpy()
+        merchant = pairs.column("merchant_id").to_numpy()
+        return np.bincount(country, weights=n, minlength=len(codes)), merchant, country
+
+    a_counts, a_merchant, a_country = counts_of(S3_REQUIREMENTS.read(outputs["s3_requirements"]), "legal_country_iso")
+    one_a = _profile("1A", a_counts, codes, vector.region, eligible)
+    one_a.figures.update(_footprint(a_merchant, a_country))
+
+    s2 = _profile("S2", vector.share * vector.eligible, codes, vector.region, eligible)
+    s2.figures["southern_hemisphere_share"] = float((vector.share * vector.eligible * vector.south).sum())
+
+    b_counts, b_merchant, b_country = counts_of(COUNTRY_PAIRS.read(outputs["s4_alloc_plan"]), "legal_country_iso")
+    s4 = _profile("S4", b_counts, codes, vector.region, eligible)
+    s4.figures["southern_hemisphere_share"] = s4_stats["south_sites"] / float(b_counts.sum())
+    s4.figures.update(_footprint(b_merchant, b_country))
+
+    m = card["metrics"]
+    keep = (*COUNTRY_GATES, *FOOTPRINT_GATES, "near_city_share", "sentinel_flagged", "nn_ratio", "nn_contraction")
+    s8 = Profile(
+        "S8",
+        {k: float(m[k]) for k in keep if k in m} | {f"nn_{q}_km": float(m[f"nn_{q}_km"]) for q in NN_QUANTILES},
+        dict(card["region_share"]),
+        {c: s for c, _, s in card["country_shares"]},
+    )
+    return {"1A": one_a, "S2": s2, "S4": s4, "S8": s8}
+
+
+NN_QUANTILES = ("p50", "p75", "p90", "p95", "p99")
+
+
+def write(folder: Path, profiles: dict[str, Profile], card: dict[str, Any]) -> None:
+    """``checkpoints.json`` (every profile, S8's NN tail and sentinel) and
+    ``country_profile.csv`` (each country's share at every stage), ``checkpoints.json`` last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    countries = sorted(set().union(*(p.country_share for p in profiles.values())))
+    region_of = dict(zip(refdata.countries().iso2.tolist(), refdata.countries().region.tolist(), strict=True))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["legal_country_iso", "region", *(f"share_{s}" for s in STAGES)])
+    for code in countries:
+        writer.writerow(
+            [code, region_of.get(code, ""), *(f"{profiles[s].country_share.get(code, 0.0):.6f}" for s in STAGES)]
+        )
+    write_text(folder / "country_profile.csv", buffer.getvalue())
+    payload: dict[str, Any] = {s: profiles[s].as_dict() for s in STAGES}
+    payload["S8"]["sentinel"] = card.get("sentinel", {})
+    write_json(folder / "checkpoints.json", payload)
+
+
+def read(run: Path) -> dict[str, Profile] | None:
+    """A run's checkpoints, or None for a run written before they existed."""
+    path = run / FOLDER / "checkpoints.json"
+    if not path.is_file():
+        return None
+    from .discipline import read_json
+
+    payload = read_json(path)
+    shares: dict[str, dict[str, float]] = {s: {} for s in STAGES}
+    with open(run / FOLDER / "country_profile.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            for s in STAGES:
+                share = float(row[f"share_{s}"])
+                if share > 0:
+                    shares[s][row["legal_country_iso"]] = share
+    return {s: Profile(s, dict(payload[s]["metrics"]), dict(payload[s]["region_share"]), shares[s]) for s in STAGES}
+
+
+def ensure(root: Path, run: Path) -> dict[str, Profile]:
+    """A run's checkpoints, written now from its datasets when the run predates them."""
+    from .discipline import load_run
+    from .scoring import read_scorecard
+
+    found = read(run)
+    if found is not None:
+        return found
+    meta = load_run(run, needs=("states",))
+    outputs = {k: safe_join(root, v) for k, v in meta["outputs"].items()}
+    s4 = next(s["stats"] for s in meta["states"] if s["id"] == "S4")
+    if "south_sites" not in s4:  # S4 of an older engine: count from its tile plan
+        s4 = dict(s4, south_sites=_south_sites(outputs["s4_alloc_plan"], sealed_bundle(meta).grid.resolution_arcsec))
+    card = read_scorecard(outputs["validation_bundle"])
+    profiles = collect(outputs, s4, card)
+    write(run / FOLDER, profiles, card)
+    return profiles
+
+
+def _south_sites(plan: Path, resolution_arcsec: int) -> int:
+    from .datasets import ALLOC_PLAN
+    from .grid import Grid
+
+    grid = Grid(resolution_arcsec)
+    tiles = ALLOC_PLAN.read(plan, columns=["tile_id", "n_sites"])
+    lat = grid.row_centre_lat(tiles.column("tile_id").to_numpy() // grid.ncols)
+    return int(tiles.column("n_sites").to_numpy()[lat < 0].sum())
+
+
+# -- diagnose -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateTrace:
+    """One gate across the chain: the run's value at every stage that measures it, the
+    baseline's at the same stages, and the first 1B state at which the run fails it."""
+
+    gate: str
+    direction: str
+    threshold: float
+    run: dict[str, float]
+    baseline: dict[str, float]
+    passed: dict[str, bool]
+    baseline_passed: dict[str, bool]
+    first_wrong: str | None  # None: passes at the end
+    inherited: bool  # 1A's own counts already fail it
+    hint: str
+
+
+def _stage_card(profile: Profile) -> dict[str, Any]:
+    filled = {m: float("nan") for m, _, _ in grading.METRIC_GATES} | profile.figures
+    return {"metrics": filled, "region_share": profile.region_share}
+
+
+def _measured(gate: str, stage: str) -> bool:
+    metric = gate.split(":")[0]
+    if stage == "S8" or metric == "region_floor":
+        return True
+    if metric in COUNTRY_GATES:
+        return not (stage == "1A" and metric == "southern_hemisphere_share")  # 1A has no coordinates
+    return metric in FOOTPRINT_GATES and stage in ("1A", "S4")
+
+
+def trace(
+    run: dict[str, Profile],
+    final: list[dict[str, Any]],
+    gates: GatesPolicy,
+    level: grading.Level,
+    baseline: tuple[dict[str, Profile], list[dict[str, Any]]] | None,
+    hints: dict[str, str],
+) -> list[GateTrace]:
+    """Every gate of ``final`` (the run's own gate table at ``level``) across the stages;
+    ``baseline``: the pinned baseline's profiles and its own final gate table."""
+    tables = {s: {r["gate"]: r for r in grading.gate_table(_stage_card(run[s]), gates, level, None)} for s in STAGES}
+    base = None
+    if baseline:
+        base = {
+            s: {r["gate"]: r for r in grading.gate_table(_stage_card(baseline[0][s]), gates, level, None)}
+            for s in CHECKED_BEFORE_SITES
+        }
+        base["S8"] = {r["gate"]: r for r in baseline[1]}
+    out = []
+    for row in final:
+        gate = row["gate"]
+        stages = [s for s in STAGES if _measured(gate, s) and (gate in tables[s] or s == "S8")]
+        values = {s: (row["observed"] if s == "S8" else tables[s][gate]["observed"]) for s in stages}
+        passed = {s: (row["passed"] if s == "S8" else tables[s][gate]["passed"]) for s in stages}
+        base_rows = {s: base[s][gate] for s in stages if gate in base[s]} if base else {}
+        first = None if row["passed"] else next(s for s in CHECKED if s in passed and not passed[s])
+        out.append(
+            GateTrace(
+                gate,
+                row["direction"],
+                row["threshold"],
+                values,
+                {s: r["observed"] for s, r in base_rows.items()},
+                passed,
+                {s: r["passed"] for s, r in base_rows.items()},
+                first,
+                "1A" in passed and not passed["1A"],
+                "" if row["passed"] else hints[grading.family_of(gate)],
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    run_id: str
+    seed: int
+    bundle: str
+    level: grading.Level
+    baseline_run_id: str | None
+    traces: list[GateTrace]
+
+    @property
+    def failing(self) -> list[GateTrace]:
+        return [t for t in self.traces if t.first_wrong is not None]
+
+
+def diagnose(root: Path, run: Path, level: grading.Level | None = None) -> Diagnosis:
+    """The run's gates at ``level`` (default: its bundle's target grade, else B) traced
+    through its checkpoints, beside its seed's pinned baseline."""
+    from .discipline import baseline_pointer, load_run
+    from .errors import Code, Seg1BError
+    from .runroot import RunRoot
+    from .scoring import read_scorecard
+
+    meta = load_run(run, needs=("states", "policies"))
+    if not (run / "scorecard" / "scorecard.json").is_file():
+        raise Seg1BError(Code.E_UNKNOWN_RUN, "this run has no scorecard yet: `seg1b score RUN` first", file=run)
+    card = read_scorecard(run / "scorecard")
+    bundle = sealed_bundle(meta)
+    level = level or ("B_PLUS" if bundle.s9_validation.target_grade == "B_PLUS" else "B")
+    final = grading.gate_table(card, bundle.gates, level, card.get("bootstrap_upper_95") or None)
+    pin = baseline_pointer(root, meta["seed"])
+    baseline = None
+    if pin and pin["run_id"] != meta["run_id"]:
+        pinned = RunRoot(root).run(pin["run_id"])
+        base_card = read_scorecard(pinned / "scorecard")
+        base_final = grading.gate_table(base_card, bundle.gates, level, base_card.get("bootstrap_upper_95") or None)
+        baseline = (ensure(root, pinned), base_final)
+    traces = trace(ensure(root, run), final, bundle.gates, level, baseline, grading.triage_hints(bundle))
+    return Diagnosis(meta["run_id"], meta["seed"], bundle.name, level, pin["run_id"] if pin else None, traces)

@@ -1,0 +1,195 @@
+"""The remediation plan as a workflow, driven P0 → P5 on the stand-in: ``status`` after
+every step, a lock refused while a DoD fails, checkpoints and ``diagnose``, a reopen
+refused without evidence and accepted with it, and the freeze.
+
+P1 here locks a deliberately weak S2 mass vector: it passes P1's DoD and grade B, and the
+integrated candidate's B+ attempt then shows the contradiction that reopens P1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from seg1b_dask import checkpoints, plan
+from seg1b_dask.cli import main
+from seg1b_dask.errors import Seg1BError
+from seg1b_dask.execution import Execution
+from seg1b_dask.lanes import certify, fast_lane, pin_baseline_run
+from seg1b_dask.runner import BUNDLES
+
+pytestmark = pytest.mark.e2e
+SEEDS = [42, 7]  # required seeds of this test's gates: the plan's four would only take longer
+
+
+def _phase_bundles(folder: Path) -> dict[str, Path]:
+    """P1 = baseline + a weak S2 mass vector (B passes, B+ does not), P2 = + the remediation
+    S4, P3 = + the remediation S6, P4 = + the B+ target: each changes one more file."""
+    gates = yaml.safe_load((BUNDLES / "gates.yaml").read_text())
+    gates["required_seeds"] = SEEDS
+    (folder / "gates.yaml").write_text(yaml.safe_dump(gates, sort_keys=False))
+    s2 = yaml.safe_load((BUNDLES / "remediation" / "s2_tile_weights.yaml").read_text())
+    mass = s2["tile_weights"]["country_mass"]
+    mass.update(population_exponent=0.9, country_cap_share_hard=0.09, country_cap_share_soft=0.09)
+    mass["topk_cap_share"] = {"top1": 0.095, "top5": 0.30, "top10": 0.45}
+    bundles, previous = {}, BUNDLES / "baseline"
+    for phase, files in {
+        "P1": [],
+        "P2": ["s4_alloc_plan.yaml"],
+        "P3": ["s6_jitter.yaml"],
+        "P4": ["s9_validation.yaml"],
+    }.items():
+        target = folder / phase
+        shutil.copytree(previous, target)
+        if phase == "P1":
+            (target / "s2_tile_weights.yaml").write_text(yaml.safe_dump(s2, sort_keys=False))
+        for name in files:
+            shutil.copy(BUNDLES / "remediation" / name, target / name)
+        bundles[phase], previous = target, target
+    return bundles
+
+
+def _states(root: Path) -> dict[str, str]:
+    return {p.phase: p.state for p in plan.status(root, 42)}
+
+
+def _items(root: Path, phase: str) -> dict[str, str]:
+    found = next(p for p in plan.status(root, 42) if p.phase == phase)
+    return {i.text: i.status for i in found.items}
+
+
+def _status_text(root: Path) -> str:
+    result = CliRunner().invoke(main, ["status", "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _refused(code: str, fn: object, *args: object) -> Seg1BError:
+    with pytest.raises(Seg1BError) as err:
+        fn(*args)  # type: ignore[operator]
+    assert err.value.code == code, err.value
+    return err.value
+
+
+def test_plan_p0_to_p5(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    bundles = _phase_bundles(tmp_path)
+    ex = Execution()
+
+    assert _states(root) == dict.fromkeys(plan.TITLES, "waiting") | {"P0": "open"}
+    assert "→ seg1b baseline --seed 42" in _status_text(root)
+
+    # P0: the pinned baseline, its scorecard and checkpoints.
+    pin = pin_baseline_run(root, 42, ex)
+    base_run = root / "runs" / pin["run_id"]
+    assert _states(root)["P0"] == "done" and _states(root)["P1"] == "open"
+    text = _status_text(root)
+    assert f"baseline_authority/seed=42.json  (run {pin['run_id']})" in text
+    assert "next: P1: seg1b run --seed 42 --policies DIR (DIR changes s2_tile_weights only)" in text
+    assert set(json.loads((base_run / "checkpoints" / "checkpoints.json").read_text())) == set(checkpoints.STAGES)
+
+    # A lock while a DoD fails is refused: the baseline run as P1, and P2 before P1.
+    err = _refused("E_DOD_FAILED", plan.lock, root, "P1", base_run, ex)
+    assert "S2 runs the governed mode blend_v2" in err.message and "concentration improves" in err.message
+    assert not (root / "locks" / "P1.json").exists()
+
+    # P1: S2 changes; its checkpoints say where the rest still goes wrong.
+    p1, _ = fast_lane(root, 42, bundles["P1"], None, ex)
+    items = _items(root, "P1")
+    assert (
+        items["concentration improves vs P0 on Gini, top1, top5, top10 (S2 mass vs the baseline scorecard)"] == "pass"
+    )
+    assert items["two same-seed runs reproduce byte for byte"] == "not yet"
+    assert _states(root)["P1"] == "ready to close"
+    _refused("E_DOD_FAILED", plan.lock, root, "P2", p1.run_dir, ex)  # P2 waits for P1
+    found = checkpoints.diagnose(root, p1.run_dir, "B")
+    first = {t.gate: t.first_wrong for t in found.traces}
+    assert first["country_gini"] == "S4" and first["top1_share"] == "S4"  # legacy S4 keeps 1A's counts
+    assert first["nn_contraction"] == "S8" and first["merchant_countries_median"] is None
+    gini = next(t for t in found.traces if t.gate == "country_gini")
+    assert gini.inherited and gini.passed["S2"] and not gini.passed["S4"]
+    assert gini.baseline["S8"] == pytest.approx(gini.run["S8"])  # same 1A counts as the baseline
+
+    record = plan.lock(root, "P1", p1.run_dir, ex)
+    assert record["state"] == "locked" and record["run_id"] == p1.run_id
+    assert record["accepted_metrics"]["S2"]["metrics"]["country_gini"] < 0.68
+    assert "P1 (S2: s2_tile_weights.yaml" in record["freeze_statement"]
+    repro = json.loads((root / "reports" / f"repro-{p1.run_id}.json").read_text())
+    assert repro["identical"] and len(repro["datasets"]) == len(p1.outputs)
+    assert _states(root)["P1"] == "done" and _states(root)["P2"] == "open"
+    _refused("E_PHASE_LOCKED", plan.lock, root, "P1", p1.run_dir, ex)
+
+    # A run changing the locked S2 is refused.
+    _refused("E_PHASE_LOCKED", fast_lane, root, 42, BUNDLES / "remediation", None, ex)
+
+    # P2 and P3, one file each.
+    p2, _ = fast_lane(root, 42, bundles["P2"], None, ex)
+    items = _items(root, "P2")
+    assert items["post-S4 concentration and coverage improve vs the pre-P2 posture (P1's run at S4)"] == "pass"
+    assert items["no reconcentration breach by integerization (every B gate passing at S2 passes at S4)"] == "pass"
+    plan.lock(root, "P2", p2.run_dir, ex)
+    p3, _ = fast_lane(root, 42, bundles["P3"], None, ex)
+    assert _items(root, "P3")["no stripe or corridor collapse on the top-volume countries (sentinel clear)"] == "pass"
+    plan.lock(root, "P3", p3.run_dir, ex)
+    assert [_states(root)[p] for p in ("P1", "P2", "P3", "P4")] == ["done", "done", "done", "open"]
+
+    # P4: the integrated candidate passes B; its B+ attempt does not, and does not hold P4.
+    p4, scored = fast_lane(root, 42, bundles["P4"], None, ex)
+    assert scored.grade.outcome == "GREEN_B"
+    items = _items(root, "P4")
+    assert items["every B hard gate passes on the candidate's seed"] == "pass"
+    assert items["every B+ (attempt) gate passes on the candidate's seed"] == "not yet"
+    assert _states(root)["P4"] == "done" and _states(root)["P5"] == "open"
+
+    # P5: certify, freeze (a RED pack would be refused), status says the plan is complete.
+    pack = certify(root, None, bundles["P4"], workers=2)
+    assert pack.report.outcome == "GREEN_B"
+    assert _items(root, "P5")["final lock set recorded (policy files, code digest, scorecards, reports)"] == "not yet"
+    frozen = plan.freeze(root, pack.folder)
+    assert frozen["grade"] == "GREEN_B" and set(frozen["phase_locks"]) == {"P1", "P2", "P3"}
+    assert set(frozen["run_ids"]) <= set(frozen["retained"]) and p1.run_id in frozen["retained"]
+    assert sorted(p.name for p in (root / "runs").iterdir()) == sorted(frozen["retained"])
+    last_good = json.loads((root / "last_good" / "pointer.json").read_text())
+    assert last_good["pack_id"] == pack.folder.name and last_good["frozen"]
+    assert set(_states(root).values()) == {"done"}
+    assert "next: none: the plan is complete (P5 frozen)" in _status_text(root)
+
+    # Reopening P1: a reason and a contradicting run made under the lock are both needed.
+    _refused("E_REOPEN_REFUSED", plan.reopen, root, "P1", "  ", p4.run_dir)
+    err = _refused("E_REOPEN_REFUSED", plan.reopen, root, "P1", "B+ needs a flatter mass", p1.run_dir)
+    assert "no gate first going wrong at S2" in err.message  # P1's own run fails at S4 and S8, not S2
+    lock = plan.reopen(root, "P1", "B+ needs a flatter mass", p4.run_dir)
+    entry = lock["reopened"][-1]
+    assert entry["evidence_run"] == p4.run_id and entry["reason"] == "B+ needs a flatter mass"
+    assert any(c.startswith("top1_share first wrong at S2") for c in entry["contradiction"])
+    assert _states(root)["P1"] == "open" and _states(root)["P2"] == "waiting"
+    assert plan.check_locks(
+        root, json.loads((p4.run_dir / "run.json").read_text())["policy_digests"] | {"s2_tile_weights": "changed"}
+    ) == [
+        json.loads((root / "locks" / f"{p}.json").read_text()) for p in ("P2", "P3")
+    ]  # a reopened phase no longer binds
+
+
+def test_checkpoints_are_the_runs_own_figures_and_rebuild_identically(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    result, scored = fast_lane(root, 42, BUNDLES / "remediation", None, Execution())
+    folder = result.run_dir / "checkpoints"
+    profiles = checkpoints.read(result.run_dir)
+    assert profiles is not None
+    s2_stats = next(r.stats for r in result.states if r.id == "S2")
+    assert profiles["S2"].figures["country_gini"] == pytest.approx(s2_stats["country_gini"], abs=5e-4)
+    assert profiles["S2"].figures["southern_hemisphere_share"] == pytest.approx(s2_stats["southern_share"], abs=5e-5)
+    m = scored.card["metrics"]
+    for key in ("country_gini", "top1_share", "eligible_country_nonzero_share"):  # S4's counts are S8's
+        assert profiles["S4"].figures[key] == pytest.approx(m[key], abs=1e-12)
+    # Tiles never straddle the equator and jitter stays in the tile: S4's south is S8's.
+    assert profiles["S4"].figures["southern_hemisphere_share"] == pytest.approx(m["southern_hemisphere_share"])
+    assert profiles["1A"].figures["merchant_countries_median"] == 1.0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    shutil.rmtree(folder)  # a run made before checkpoints existed: rebuilt from its datasets
+    checkpoints.ensure(root, result.run_dir)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
