@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import calibration, grading, lanes, plan
+from . import calibration, closure, grading, lanes
 from .calibration import SearchSpace, TrialResult
 from .errors import Code, Seg1BError
 from .execution import Execution
@@ -187,7 +187,7 @@ def _evaluate(
     for trial in batch:
         folder = calibration.write_bundle(start_dir, dict(trial.params), out / "trials" / f"trial-{trial.number:04d}")
         bundle = load_bundle(folder, refdata_version())
-        plan.check_locks(run_root.path, bundle.digests)  # a locked phase's policy cannot move
+        closure.check_locks(run_root.path, bundle.digests)  # a locked phase's policy cannot move
         chain = Chain(run_root, seeds[0], bundle, upstream[seeds[0]], execution)
         chain.run_global()  # S1 from the cache; S2 once per distinct S2 policy
         inputs = {seed: lanes.country_inputs(chain, upstream[seed], seed) for seed in seeds}

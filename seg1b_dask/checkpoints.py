@@ -3,8 +3,8 @@
 Every run writes ``checkpoints/`` into its folder: the country and region profile of 1A's
 own counts, of S2's country mass vector, of S4's integer allocation (after re-mass and
 integerization) and of the published sites (S8, as S9 scored them), plus S8's
-nearest-neighbour tail and local geometry (the collapse sentinel). All are country-level
-tables the driver already holds; no site is read.
+nearest-neighbour tail and local geometry (the collapse sentinel). They are read from the
+country- and pair-level datasets and S9's scorecard; no site is read.
 
 ``diagnose`` grades each checkpoint with the gates a checkpoint can measure and says, for
 every gate the run fails, the first state at which it goes wrong, beside the pinned
@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import grading, mass, metrics, refdata
-from .datasets import COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS
+from .datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS
+from .errors import Code, Seg1BError
+from .grid import Grid
 from .lineage import safe_join, write_json, write_text
 from .policies import GatesPolicy, sealed_bundle
 from .refdata import REGIONS
 
 STAGES = ("1A", "S2", "S4", "S8")  # chain order; 1A is the input, not a 1B state
 CHECKED = ("S2", "S4", "S8")  # the states where a gate can first go wrong
-CHECKED_BEFORE_SITES = ("1A", "S2", "S4")
 WHAT = {
     "1A": "1A's outlets per country (the input 1B starts from)",
     "S2": "S2's country mass vector (shares the tile weights carry)",
@@ -37,10 +40,9 @@ WHAT = {
     "S8": "the published sites, as S9 scored them",
 }
 FOLDER = "checkpoints"
-# Gate families a checkpoint can measure: country shape everywhere, footprints once there
-# are merchants per country, geometry and the bootstrap only once there are sites.
 COUNTRY_GATES = (*metrics.COUNTRY_METRICS,)
 FOOTPRINT_GATES = ("merchant_countries_median", "merchants_above_1a_max_share")
+NN_QUANTILES = ("p50", "p75", "p90", "p95", "p99")
 
 
 @dataclass(frozen=True)
@@ -63,32 +65,33 @@ def _profile(stage: str, counts: np.ndarray, codes: np.ndarray, region: np.ndarr
     return Profile(stage, figures, regions, {c: n / total for c, n in active.items()})
 
 
+def _pairs(table: pa.Table, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sites per country (in code order), and the merchant and country code of every pair."""
+    country = pc.index_in(table.column("legal_country_iso"), value_set=pa.array(codes.tolist())).to_numpy()
+    counts = np.bincount(country, weights=table.column("n_sites").to_numpy(), minlength=len(codes))
+    return counts, table.column("merchant_id").to_numpy(), country
+
+
 def _footprint(merchant: np.ndarray, country: np.ndarray) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.merchant_footprint(merchant, country).items()}
 
 
 def collect(outputs: dict[str, Path], s4_stats: dict[str, Any], card: dict[str, Any]) -> dict[str, Profile]:
-    """The four profiles of one run from its published datasets (pair- and country-level)
-    and S9's scorecard ``card``."""
+    """The four profiles of one run from its published datasets and S9's scorecard ``card``."""
     table = COUNTRY_MASS.read(outputs["country_mass"]).to_pydict()
     vector = mass.CountryVector.from_columns(table)
     codes = np.asarray(table["iso2"], dtype="U2")
     eligible = int(vector.eligible.sum())
 
-    def counts_of(pairs: Any, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        country = np.searchsorted(codes, np.asarray(pairs.column(column).to_pylist(), dtype="U2"))
-        n = pairs.column("n_sites").to_numpy()
-        merchant = pairs.column("merchant_id").to_numpy()
-        return np.bincount(country, weights=n, minlength=len(codes)), merchant, country
-
-    a_counts, a_merchant, a_country = counts_of(S3_REQUIREMENTS.read(outputs["s3_requirements"]), "legal_country_iso")
+    a_counts, a_merchant, a_country = _pairs(S3_REQUIREMENTS.read(outputs["s3_requirements"]), codes)
     one_a = _profile("1A", a_counts, codes, vector.region, eligible)
     one_a.figures.update(_footprint(a_merchant, a_country))
 
-    s2 = _profile("S2", vector.share * vector.eligible, codes, vector.region, eligible)
-    s2.figures["southern_hemisphere_share"] = float((vector.share * vector.eligible * vector.south).sum())
+    mass_share = vector.share * vector.eligible
+    s2 = _profile("S2", mass_share, codes, vector.region, eligible)
+    s2.figures["southern_hemisphere_share"] = float((mass_share * vector.south).sum() / mass_share.sum())
 
-    b_counts, b_merchant, b_country = counts_of(COUNTRY_PAIRS.read(outputs["s4_alloc_plan"]), "legal_country_iso")
+    b_counts, b_merchant, b_country = _pairs(COUNTRY_PAIRS.read(outputs["s4_alloc_plan"]), codes)
     s4 = _profile("S4", b_counts, codes, vector.region, eligible)
     s4.figures["southern_hemisphere_share"] = s4_stats["south_sites"] / float(b_counts.sum())
     s4.figures.update(_footprint(b_merchant, b_country))
@@ -104,22 +107,19 @@ def collect(outputs: dict[str, Path], s4_stats: dict[str, Any], card: dict[str, 
     return {"1A": one_a, "S2": s2, "S4": s4, "S8": s8}
 
 
-NN_QUANTILES = ("p50", "p75", "p90", "p95", "p99")
-
-
 def write(folder: Path, profiles: dict[str, Profile], card: dict[str, Any]) -> None:
-    """``checkpoints.json`` (every profile, S8's NN tail and sentinel) and
-    ``country_profile.csv`` (each country's share at every stage), ``checkpoints.json`` last."""
+    """``country_profile.csv`` (each country's share at every stage), then
+    ``checkpoints.json`` (every profile, S8's NN tail and sentinel)."""
     folder.mkdir(parents=True, exist_ok=True)
     countries = sorted(set().union(*(p.country_share for p in profiles.values())))
-    region_of = dict(zip(refdata.countries().iso2.tolist(), refdata.countries().region.tolist(), strict=True))
+    table = refdata.countries()
+    region_of = dict(zip(table.iso2.tolist(), table.region.tolist(), strict=True))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["legal_country_iso", "region", *(f"share_{s}" for s in STAGES)])
     for code in countries:
-        writer.writerow(
-            [code, region_of.get(code, ""), *(f"{profiles[s].country_share.get(code, 0.0):.6f}" for s in STAGES)]
-        )
+        shares = (f"{profiles[s].country_share.get(code, 0.0):.6f}" for s in STAGES)
+        writer.writerow([code, region_of.get(code, ""), *shares])
     write_text(folder / "country_profile.csv", buffer.getvalue())
     payload: dict[str, Any] = {s: profiles[s].as_dict() for s in STAGES}
     payload["S8"]["sentinel"] = card.get("sentinel", {})
@@ -127,21 +127,27 @@ def write(folder: Path, profiles: dict[str, Profile], card: dict[str, Any]) -> N
 
 
 def read(run: Path) -> dict[str, Profile] | None:
-    """A run's checkpoints, or None for a run written before they existed."""
+    """A run's checkpoints, or None for a run written before they existed; a damaged one is
+    one coded line naming the file."""
+    from .discipline import read_json
+
     path = run / FOLDER / "checkpoints.json"
     if not path.is_file():
         return None
-    from .discipline import read_json
-
     payload = read_json(path)
+    table = run / FOLDER / "country_profile.csv"
     shares: dict[str, dict[str, float]] = {s: {} for s in STAGES}
-    with open(run / FOLDER / "country_profile.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            for s in STAGES:
-                share = float(row[f"share_{s}"])
-                if share > 0:
-                    shares[s][row["legal_country_iso"]] = share
-    return {s: Profile(s, dict(payload[s]["metrics"]), dict(payload[s]["region_share"]), shares[s]) for s in STAGES}
+    try:
+        with open(table, newline="") as fh:
+            for row in csv.DictReader(fh):
+                for s in STAGES:
+                    if (share := float(row[f"share_{s}"])) > 0:
+                        shares[s][row["legal_country_iso"]] = share
+        return {s: Profile(s, dict(payload[s]["metrics"]), dict(payload[s]["region_share"]), shares[s]) for s in STAGES}
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise Seg1BError(
+            Code.E_CORRUPT_FILE, f"a damaged checkpoint ({type(exc).__name__}: {exc})", file=table
+        ) from None
 
 
 def ensure(root: Path, run: Path) -> dict[str, Profile]:
@@ -164,9 +170,6 @@ def ensure(root: Path, run: Path) -> dict[str, Profile]:
 
 
 def _south_sites(plan: Path, resolution_arcsec: int) -> int:
-    from .datasets import ALLOC_PLAN
-    from .grid import Grid
-
     grid = Grid(resolution_arcsec)
     tiles = ALLOC_PLAN.read(plan, columns=["tile_id", "n_sites"])
     lat = grid.row_centre_lat(tiles.column("tile_id").to_numpy() // grid.ncols)
@@ -192,18 +195,32 @@ class GateTrace:
     inherited: bool  # 1A's own counts already fail it
     hint: str
 
+    @property
+    def sites_only(self) -> bool:
+        """Measured on the published sites only (geometry, urban share, bootstrap bounds):
+        "first wrong at S8" then says where it shows, not where it was caused."""
+        return set(self.run) == {"S8"}
 
-def _stage_card(profile: Profile) -> dict[str, Any]:
+    @property
+    def family(self) -> str:
+        return grading.family_of(self.gate)
+
+
+def stage_gates(profile: Profile, gates: GatesPolicy, level: grading.Level) -> dict[str, dict[str, Any]]:
+    """The gate table of one checkpoint: gate -> row (what it cannot measure is NaN)."""
     filled = {m: float("nan") for m, _, _ in grading.METRIC_GATES} | profile.figures
-    return {"metrics": filled, "region_share": profile.region_share}
+    rows = grading.gate_table({"metrics": filled, "region_share": profile.region_share}, gates, level, None)
+    return {r["gate"]: r for r in rows}
 
 
-def _measured(gate: str, stage: str) -> bool:
+def measured(gate: str, stage: str) -> bool:
+    """Whether a checkpoint can measure a gate: country shape everywhere (1A has no
+    coordinates), footprints once there are merchants per country, the rest on sites."""
     metric = gate.split(":")[0]
     if stage == "S8" or metric == "region_floor":
         return True
     if metric in COUNTRY_GATES:
-        return not (stage == "1A" and metric == "southern_hemisphere_share")  # 1A has no coordinates
+        return not (stage == "1A" and metric == "southern_hemisphere_share")
     return metric in FOOTPRINT_GATES and stage in ("1A", "S4")
 
 
@@ -217,33 +234,29 @@ def trace(
 ) -> list[GateTrace]:
     """Every gate of ``final`` (the run's own gate table at ``level``) across the stages;
     ``baseline``: the pinned baseline's profiles and its own final gate table."""
-    tables = {s: {r["gate"]: r for r in grading.gate_table(_stage_card(run[s]), gates, level, None)} for s in STAGES}
+    tables = {s: stage_gates(run[s], gates, level) for s in STAGES[:-1]}
+    tables["S8"] = {r["gate"]: r for r in final}
     base = None
     if baseline:
-        base = {
-            s: {r["gate"]: r for r in grading.gate_table(_stage_card(baseline[0][s]), gates, level, None)}
-            for s in CHECKED_BEFORE_SITES
-        }
+        base = {s: stage_gates(baseline[0][s], gates, level) for s in STAGES[:-1]}
         base["S8"] = {r["gate"]: r for r in baseline[1]}
     out = []
     for row in final:
         gate = row["gate"]
-        stages = [s for s in STAGES if _measured(gate, s) and (gate in tables[s] or s == "S8")]
-        values = {s: (row["observed"] if s == "S8" else tables[s][gate]["observed"]) for s in stages}
-        passed = {s: (row["passed"] if s == "S8" else tables[s][gate]["passed"]) for s in stages}
-        base_rows = {s: base[s][gate] for s in stages if gate in base[s]} if base else {}
-        first = None if row["passed"] else next(s for s in CHECKED if s in passed and not passed[s])
+        rows = {s: tables[s][gate] for s in STAGES if measured(gate, s) and gate in tables[s]}
+        base_rows = {s: base[s][gate] for s in rows if gate in base[s]} if base else {}
+        first = None if row["passed"] else next(s for s in CHECKED if s in rows and not rows[s]["passed"])
         out.append(
             GateTrace(
                 gate,
                 row["direction"],
                 row["threshold"],
-                values,
+                {s: r["observed"] for s, r in rows.items()},
                 {s: r["observed"] for s, r in base_rows.items()},
-                passed,
+                {s: r["passed"] for s, r in rows.items()},
                 {s: r["passed"] for s, r in base_rows.items()},
                 first,
-                "1A" in passed and not passed["1A"],
+                "1A" in rows and not rows["1A"]["passed"],
                 "" if row["passed"] else hints[grading.family_of(gate)],
             )
         )
@@ -268,7 +281,6 @@ def diagnose(root: Path, run: Path, level: grading.Level | None = None) -> Diagn
     """The run's gates at ``level`` (default: its bundle's target grade, else B) traced
     through its checkpoints, beside its seed's pinned baseline."""
     from .discipline import baseline_pointer, load_run
-    from .errors import Code, Seg1BError
     from .runroot import RunRoot
     from .scoring import read_scorecard
 

@@ -807,7 +807,8 @@ def diagnosis_lines(found: Any) -> list[str]:
     base = f"the pinned baseline {found.baseline_run_id}" if found.baseline_run_id else "no pinned baseline"
     lines = [
         f"diagnose {found.run_id} (seed {found.seed}, bundle {found.bundle}) at {level}, beside {base}",
-        "  values at each stage: run (baseline); * marks a failing value; 1A is the input",
+        "  values at each stage: run (baseline); * marks a failing value; 1A is the input;",
+        "  'sites only': measured on the published sites alone, so S8 says where it shows, not its cause",
         "",
         f"  {'gate':<34}{'limit':>10}" + "".join(f"{s:>22}" for s in STAGES) + "  first wrong",
     ]
@@ -824,6 +825,8 @@ def diagnosis_lines(found: Any) -> list[str]:
         where = t.first_wrong or "passes"
         if t.first_wrong and t.inherited:
             where += " (1A already)"
+        elif t.first_wrong and t.sites_only:
+            where += " (sites only)"
         lines.append(f"  {t.gate:<34}{sign + format(t.threshold, '.4f'):>10}" + "".join(cells) + f"  {where}")
     failing = found.failing
     lines.append("")
@@ -847,8 +850,8 @@ def lock(phase: str, run_ref: str, root: Path) -> None:
     """Close PHASE (P1 = S2, P2 = S4, P3 = S6) at RUN_REF: refused unless the phase's DoD
     passes; reruns the seed from scratch to prove the bytes reproduce; writes the closure
     record (locks/PHASE.json)."""
+    from .closure import lock as close_phase
     from .discipline import run_dir
-    from .plan import lock as close_phase
 
     with _existing(root).shared():
         record = close_phase(root, phase, run_dir(root, run_ref), Execution())
@@ -868,13 +871,19 @@ def lock(phase: str, run_ref: str, root: Path) -> None:
 def reopen(phase: str, root: Path, reason: str, evidence_ref: str) -> None:
     """Reopen a locked PHASE: needs a reason and a run, made under the lock, whose
     checkpoints show a gate first going wrong at the phase's state. Both are recorded."""
+    from .closure import reopen as reopen_phase
     from .discipline import run_dir
-    from .plan import reopen as reopen_phase
 
     with _existing(root).shared():
-        record = reopen_phase(root, phase, reason, run_dir(root, evidence_ref))
+        record, cascaded = reopen_phase(root, phase, reason, run_dir(root, evidence_ref))
     last = record["reopened"][-1]
-    click.echo(f"{phase} reopened on the evidence of run {last['evidence_run']}: {'; '.join(last['contradiction'])}")
+    click.echo(
+        f"{phase} reopened on the evidence of run {last['evidence_run']} ({last['level'].replace('_PLUS', '+')}):"
+    )
+    for line in last["contradiction"]:
+        click.echo(f"  {line}")
+    if cascaded:
+        click.echo(f"  reopened with it (built on {phase}): {', '.join(cascaded)}")
 
 
 @main.command()
@@ -883,8 +892,9 @@ def reopen(phase: str, root: Path, reason: str, evidence_ref: str) -> None:
 def freeze(pack_ref: str, root: Path) -> None:
     """P5: make the GREEN certification pack PACK_REF the authority: record the final lock
     set, point last_good at it, prune superseded runs. Refused while a run is in flight."""
-    from .plan import freeze as freeze_pack
-    from .plan import freeze_record_path, pack_dir
+    from .closure import freeze as freeze_pack
+    from .closure import pack_dir
+    from .plan import freeze_record_path
 
     record = freeze_pack(root, pack_dir(root, pack_ref))
     click.echo(f"frozen: pack {record['pack_id']} ({record['grade']}) is last_good")

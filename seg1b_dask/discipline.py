@@ -1,6 +1,6 @@
-"""Run discipline (DESIGN §7): pointers, the pinned baseline authority, phase locks and
-pruning. Everything is a small JSON file under the run root; nothing here touches data
-except ``prune``."""
+"""Run discipline (DESIGN §7): pointers, the pinned baseline authority and pruning (phase
+locks and closure are ``plan``'s). Everything is a small JSON file under the run root;
+nothing here touches data except ``prune``."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def read_json(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def read_optional(path: Path) -> dict[str, Any] | None:
+    """A JSON record that may not exist yet."""
     return read_json(path) if path.is_file() else None
 
 
@@ -69,7 +70,7 @@ def load_run(path: Path, needs: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def baseline_pointer(root: Path, seed: int) -> dict[str, Any] | None:
-    return _read(RunRoot(Path(root)).pin(seed))
+    return read_optional(RunRoot(Path(root)).pin(seed))
 
 
 def baseline_payload(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
@@ -92,12 +93,12 @@ def _pin(root: Path, run: Path, nn_ratio: float, write: bool) -> dict[str, Any]:
         "manifest_fingerprint": meta["manifest_fingerprint"],
         "nn_ratio": nn_ratio,
     }
-    existing = _read(path)
+    existing = read_optional(path)
     if existing is None and write and _create_once(path, payload):
         return payload
     if existing is None and not write:
         return payload
-    existing = _read(path) or {}
+    existing = read_optional(path) or {}
     if any(existing.get(k) != payload[k] for k in ("seed", "parameter_hash", "manifest_fingerprint")):
         raise Seg1BError(
             Code.E_BASELINE_PINNED,
@@ -133,7 +134,7 @@ def set_pointer(root: Path, name: str, payload: dict[str, Any]) -> None:
 
 
 def get_pointer(root: Path, name: str) -> dict[str, Any] | None:
-    return _read(RunRoot(Path(root)).pointer(name))
+    return read_optional(RunRoot(Path(root)).pointer(name))
 
 
 # -- prune --------------------------------------------------------------------------
@@ -156,7 +157,12 @@ def referenced_runs(root: Path) -> dict[str, list[str]]:
         for run_id in pointer.get("run_ids", []):
             keep(run_id, name)
     for path in sorted(RunRoot(root).locks.glob("*.json")):
-        keep(read_json(path)["run_id"], f"locks/{path.name}")
+        lock = read_json(path)
+        keep(lock["run_id"], f"locks/{path.name}")
+        for entry in lock.get("reopened", []):  # the evidence a reopen was decided on
+            keep(entry.get("evidence_run"), f"locks/{path.name} (reopen evidence)")
+        for earlier in lock.get("previous", []):
+            keep(earlier.get("run_id"), f"locks/{path.name} (earlier lock)")
     for path in sorted(RunRoot(root).certification.glob("*/pack.json")):
         pack = read_json(path)
         for run_id in pack["run_ids"] + pack.get("baseline_run_ids", []):

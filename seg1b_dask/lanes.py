@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import discipline, feasibility, grading, plan, scoring
+from . import closure, discipline, feasibility, grading, scoring
 from .errors import Code, Seg1BError
 from .execution import Execution, connect
 from .lineage import read_manifest, safe_join, stage_path, write_json, write_text
@@ -161,7 +161,7 @@ def fast_lane(
 ) -> tuple[RunResult, Scored]:
     """One seed from its first dirty state, scored against its pinned baseline."""
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
-    plan.check_locks(root, bundle.digests)
+    closure.check_locks(root, bundle.digests)
     pinned_before = discipline.baseline_pointer(root, seed) is not None
     ratio = _baseline_ratio(
         root, seed, bundle, upstream, execution, (lambda name: on_state(f"baseline {name}")) if on_state else None
@@ -343,7 +343,7 @@ def certify(
     run_root = RunRoot.open(root)
     bundle = load_bundle(policies, refdata_version())
     seeds = list(seeds) if seeds else list(bundle.gates.required_seeds)
-    plan.check_locks(run_root.path, bundle.digests)
+    closure.check_locks(run_root.path, bundle.digests)
     pack_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{bundle.parameter_hash[:8]}"
     with run_root.shared():  # staged under the lock: a prune can never take the staging folder
         staging = stage_path(run_root.certification / pack_id)

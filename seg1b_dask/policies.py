@@ -92,7 +92,8 @@ def _known_regions(floors: dict[str, float]) -> dict[str, float]:
         raise ValueError(f"unknown region {unknown[0]!r} (regions: {', '.join(REGIONS)})")
     if sum(floors.values()) >= 1.0:
         raise ValueError("region floors add up to 1 or more")
-    return floors
+    # One order whatever the file's (or a sealed run's sorted JSON): floors apply in sequence.
+    return {region: floors[region] for region in REGIONS if region in floors}
 
 
 RegionFloors = Annotated[dict[str, Share], AfterValidator(_known_regions)]

@@ -3,10 +3,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import MakeBundle
 
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.hashing import FLAG_NAME, seal_bundle, verify_bundle
 from seg1b_dask.lineage import Tokens, check_tokens, republish, safe_join
+from seg1b_dask.policies import bundle_from_canonical, load_bundle
+from seg1b_dask.refdata import REGIONS, refdata_version
 from seg1b_dask.runroot import RunRoot
 
 
@@ -112,3 +116,20 @@ def test_safe_join_refuses_escape(tmp_path: Path) -> None:
     with pytest.raises(Seg1BError) as err:
         safe_join(tmp_path, "../elsewhere")
     assert err.value.code == "E_PATH_ESCAPE"
+
+
+def test_a_sealed_bundle_is_the_loaded_bundle_in_every_order(make_bundle: MakeBundle) -> None:
+    """A run reproduced from its sealed (sorted JSON) policies iterates every mapping in the
+    same order as the YAML-loaded bundle did: floors apply in sequence, gates print in order.
+    The YAML here lists the regions in reverse."""
+    policies = make_bundle("remediation")
+    gates_file = policies.parent / "gates.yaml"
+    gates = yaml.safe_load(gates_file.read_text())
+    gates["region_floor_share"] = dict(reversed(gates["region_floor_share"].items()))
+    gates_file.write_text(yaml.safe_dump(gates, sort_keys=False))
+    loaded = load_bundle(policies, refdata_version())
+    sealed = bundle_from_canonical(loaded.name, loaded.canonical(), refdata_version())
+    assert sealed.parameter_hash == loaded.parameter_hash
+    assert list(sealed.gates.region_floor_share) == list(loaded.gates.region_floor_share) == list(REGIONS)
+    mass = sealed.s2_tile_weights.tile_weights.country_mass  # type: ignore[union-attr]
+    assert list(mass.region_floor_share) == list(REGIONS)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from seg1b_dask import checkpoints, plan
+from seg1b_dask import checkpoints, closure, plan
 from seg1b_dask.cli import main
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.execution import Execution
@@ -23,15 +23,12 @@ from seg1b_dask.lanes import certify, fast_lane, pin_baseline_run
 from seg1b_dask.runner import BUNDLES
 
 pytestmark = pytest.mark.e2e
-SEEDS = [42, 7]  # required seeds of this test's gates: the plan's four would only take longer
 
 
 def _phase_bundles(folder: Path) -> dict[str, Path]:
     """P1 = baseline + a weak S2 mass vector (B passes, B+ does not), P2 = + the remediation
     S4, P3 = + the remediation S6, P4 = + the B+ target: each changes one more file."""
-    gates = yaml.safe_load((BUNDLES / "gates.yaml").read_text())
-    gates["required_seeds"] = SEEDS
-    (folder / "gates.yaml").write_text(yaml.safe_dump(gates, sort_keys=False))
+    shutil.copy(BUNDLES / "gates.yaml", folder / "gates.yaml")  # the plan keeps the baseline's gates
     s2 = yaml.safe_load((BUNDLES / "remediation" / "s2_tile_weights.yaml").read_text())
     mass = s2["tile_weights"]["country_mass"]
     mass.update(population_exponent=0.9, country_cap_share_hard=0.09, country_cap_share_soft=0.09)
@@ -93,7 +90,7 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert set(json.loads((base_run / "checkpoints" / "checkpoints.json").read_text())) == set(checkpoints.STAGES)
 
     # A lock while a DoD fails is refused: the baseline run as P1, and P2 before P1.
-    err = _refused("E_DOD_FAILED", plan.lock, root, "P1", base_run, ex)
+    err = _refused("E_DOD_FAILED", closure.lock, root, "P1", base_run, ex)
     assert "S2 runs the governed mode blend_v2" in err.message and "concentration improves" in err.message
     assert not (root / "locks" / "P1.json").exists()
 
@@ -105,7 +102,7 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     )
     assert items["two same-seed runs reproduce byte for byte"] == "not yet"
     assert _states(root)["P1"] == "ready to close"
-    _refused("E_DOD_FAILED", plan.lock, root, "P2", p1.run_dir, ex)  # P2 waits for P1
+    _refused("E_DOD_FAILED", closure.lock, root, "P2", p1.run_dir, ex)  # P2 waits for P1
     found = checkpoints.diagnose(root, p1.run_dir, "B")
     first = {t.gate: t.first_wrong for t in found.traces}
     assert first["country_gini"] == "S4" and first["top1_share"] == "S4"  # legacy S4 keeps 1A's counts
@@ -114,27 +111,29 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert gini.inherited and gini.passed["S2"] and not gini.passed["S4"]
     assert gini.baseline["S8"] == pytest.approx(gini.run["S8"])  # same 1A counts as the baseline
 
-    record = plan.lock(root, "P1", p1.run_dir, ex)
+    record = closure.lock(root, "P1", p1.run_dir, ex)
     assert record["state"] == "locked" and record["run_id"] == p1.run_id
     assert record["accepted_metrics"]["S2"]["metrics"]["country_gini"] < 0.68
     assert "P1 (S2: s2_tile_weights.yaml" in record["freeze_statement"]
     repro = json.loads((root / "reports" / f"repro-{p1.run_id}.json").read_text())
     assert repro["identical"] and len(repro["datasets"]) == len(p1.outputs)
     assert _states(root)["P1"] == "done" and _states(root)["P2"] == "open"
-    _refused("E_PHASE_LOCKED", plan.lock, root, "P1", p1.run_dir, ex)
+    _refused("E_PHASE_LOCKED", closure.lock, root, "P1", p1.run_dir, ex)
 
     # A run changing the locked S2 is refused.
     _refused("E_PHASE_LOCKED", fast_lane, root, 42, BUNDLES / "remediation", None, ex)
 
-    # P2 and P3, one file each.
+    # P2 and P3, one file each; P3 closed from the command line.
     p2, _ = fast_lane(root, 42, bundles["P2"], None, ex)
     items = _items(root, "P2")
     assert items["post-S4 concentration and coverage improve vs the pre-P2 posture (P1's run at S4)"] == "pass"
     assert items["no reconcentration breach by integerization (every B gate passing at S2 passes at S4)"] == "pass"
-    plan.lock(root, "P2", p2.run_dir, ex)
+    closure.lock(root, "P2", p2.run_dir, ex)
     p3, _ = fast_lane(root, 42, bundles["P3"], None, ex)
     assert _items(root, "P3")["no stripe or corridor collapse on the top-volume countries (sentinel clear)"] == "pass"
-    plan.lock(root, "P3", p3.run_dir, ex)
+    result = CliRunner().invoke(main, ["lock", "P3", p3.run_id, "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"P3 locked at run {p3.run_id}: s6_jitter digest ")
     assert [_states(root)[p] for p in ("P1", "P2", "P3", "P4")] == ["done", "done", "done", "open"]
 
     # P4: the integrated candidate passes B; its B+ attempt does not, and does not hold P4.
@@ -144,34 +143,47 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert items["every B hard gate passes on the candidate's seed"] == "pass"
     assert items["every B+ (attempt) gate passes on the candidate's seed"] == "not yet"
     assert _states(root)["P4"] == "done" and _states(root)["P5"] == "open"
+    shown = CliRunner().invoke(main, ["diagnose", p4.run_id, "--root", str(root)]).output
+    assert "first wrong at S2: country_gini, top10_share, top5_share, top1_share" in shown  # at B+, its target
 
-    # P5: certify, freeze (a RED pack would be refused), status says the plan is complete.
+    # P5: certify the required seeds, freeze, and status says the plan is complete.
     pack = certify(root, None, bundles["P4"], workers=2)
-    assert pack.report.outcome == "GREEN_B"
-    assert _items(root, "P5")["final lock set recorded (policy files, code digest, scorecards, reports)"] == "not yet"
-    frozen = plan.freeze(root, pack.folder)
+    assert pack.report.outcome == "GREEN_B" and sorted(pack.results) == [7, 42, 101, 202]
+    assert _states(root)["P5"] == "ready to close"
+    result = CliRunner().invoke(main, ["freeze", pack.folder.name, "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    frozen = json.loads((root / "reports" / f"freeze-{pack.folder.name}.json").read_text())
     assert frozen["grade"] == "GREEN_B" and set(frozen["phase_locks"]) == {"P1", "P2", "P3"}
     assert set(frozen["run_ids"]) <= set(frozen["retained"]) and p1.run_id in frozen["retained"]
     assert sorted(p.name for p in (root / "runs").iterdir()) == sorted(frozen["retained"])
+    assert f"certification/{pack.folder.name}/grade.json" in frozen["artifacts"]
     last_good = json.loads((root / "last_good" / "pointer.json").read_text())
     assert last_good["pack_id"] == pack.folder.name and last_good["frozen"]
     assert set(_states(root).values()) == {"done"}
     assert "next: none: the plan is complete (P5 frozen)" in _status_text(root)
 
     # Reopening P1: a reason and a contradicting run made under the lock are both needed.
-    _refused("E_REOPEN_REFUSED", plan.reopen, root, "P1", "  ", p4.run_dir)
-    err = _refused("E_REOPEN_REFUSED", plan.reopen, root, "P1", "B+ needs a flatter mass", p1.run_dir)
-    assert "no gate first going wrong at S2" in err.message  # P1's own run fails at S4 and S8, not S2
-    lock = plan.reopen(root, "P1", "B+ needs a flatter mass", p4.run_dir)
+    _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "  ", p4.run_dir)
+    err = _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "B+ needs a flatter mass", p1.run_dir)
+    assert "shows no gate contradicting P1" in err.message  # P1's own run goes wrong at S4 and S8, not S2
+    lock, cascaded = closure.reopen(root, "P1", "B+ needs a flatter mass", p4.run_dir)
     entry = lock["reopened"][-1]
     assert entry["evidence_run"] == p4.run_id and entry["reason"] == "B+ needs a flatter mass"
     assert any(c.startswith("top1_share first wrong at S2") for c in entry["contradiction"])
+    assert cascaded == ["P2", "P3"]  # built on P1: reopened with it
     assert _states(root)["P1"] == "open" and _states(root)["P2"] == "waiting"
-    assert plan.check_locks(
-        root, json.loads((p4.run_dir / "run.json").read_text())["policy_digests"] | {"s2_tile_weights": "changed"}
-    ) == [
-        json.loads((root / "locks" / f"{p}.json").read_text()) for p in ("P2", "P3")
-    ]  # a reopened phase no longer binds
+    assert _items(root, "P1")["not the s2_tile_weights a reopen contradicted"] == "fail"  # the candidate's S2
+    assert closure.check_locks(root, {"s2_tile_weights": "a", "s4_alloc_plan": "b", "s6_jitter": "c"}) == []
+
+    # P1 closes again on a flatter S2 (the later phases' files may stay as they were locked).
+    again_bundle = tmp_path / "P1-again"
+    shutil.copytree(bundles["P4"], again_bundle)
+    shutil.copy(BUNDLES / "remediation" / "s2_tile_weights.yaml", again_bundle)
+    again, scored = fast_lane(root, 42, again_bundle, None, ex)
+    assert scored.grade.outcome == "GREEN_BPLUS"
+    relocked = closure.lock(root, "P1", again.run_dir, ex)
+    assert relocked["previous"][0]["run_id"] == p1.run_id and relocked["reopened"][-1]["evidence_run"] == p4.run_id
+    assert _states(root)["P1"] == "done" and _states(root)["P2"] == "open"
 
 
 def test_checkpoints_are_the_runs_own_figures_and_rebuild_identically(tmp_path: Path) -> None:
@@ -193,3 +205,10 @@ def test_checkpoints_are_the_runs_own_figures_and_rebuild_identically(tmp_path: 
     shutil.rmtree(folder)  # a run made before checkpoints existed: rebuilt from its datasets
     checkpoints.ensure(root, result.run_dir)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # A damaged checkpoint: status shows the phase failing on it, naming the file.
+    (folder / "country_profile.csv").write_text("legal_country_iso,region\nDE,Europe\n")
+    p1 = next(p for p in plan.status(root, 42) if p.phase == "P1")
+    assert [(i.status, i.evidence) for i in p1.items] == [
+        ("fail", f"runs/{result.run_id}/checkpoints/country_profile.csv")
+    ]
+    assert p1.items[0].detail.startswith("a damaged checkpoint (KeyError")

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seg1b_dask import discipline, grading, metrics, plan
+from seg1b_dask import closure, discipline, grading, metrics
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.policies import load_bundle
@@ -267,13 +267,13 @@ def test_phase_lock_refuses_changed_policy_until_reopened(tmp_path: Path) -> Non
     record = {"phase": "P1", "state": "locked", "policy": "s2_tile_weights", "policy_digest": "accepted", "run_id": "r"}
     (tmp_path / "locks" / "P1.json").write_text(json.dumps(record))
     same = {"s2_tile_weights": "accepted", "s4_alloc_plan": "x", "s6_jitter": "y"}
-    assert [lock["phase"] for lock in plan.check_locks(tmp_path, same)] == ["P1"]
+    assert [lock["phase"] for lock in closure.check_locks(tmp_path, same)] == ["P1"]
     changed = dict(same, s2_tile_weights="new")
     with pytest.raises(Seg1BError) as err:
-        plan.check_locks(tmp_path, changed)
+        closure.check_locks(tmp_path, changed)
     assert err.value.code == "E_PHASE_LOCKED" and err.value.key == "s2_tile_weights"
     (tmp_path / "locks" / "P1.json").write_text(json.dumps(record | {"state": "reopened"}))
-    assert plan.check_locks(tmp_path, changed) == []  # a reopened phase no longer binds
+    assert closure.check_locks(tmp_path, changed) == []  # a reopened phase no longer binds
 
 
 def test_run_folder_outside_root_is_refused(tmp_path: Path) -> None:
