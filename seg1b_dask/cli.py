@@ -744,14 +744,22 @@ phase_argument = click.argument("phase", type=click.Choice(["P1", "P2", "P3"]))
 
 @main.command()
 @root_option
-@seed_option
+@click.option(
+    "--seed",
+    default=None,
+    type=click.IntRange(0, U64_MAX),
+    help="the plan's seed (default: the seed its locks were made on, else 42)",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="also write it as JSON")
-def status(root: Path, seed: int, json_out: Path | None) -> None:
+def status(root: Path, seed: int | None, json_out: Path | None) -> None:
     """Where the remediation plan stands: every DoD item of P0–P5 from the evidence under the
     run root (pass / fail / not yet, with the file that proves it) and the next action."""
-    from .plan import next_action
+    from .plan import next_action, plan_seed
     from .plan import status as plan_status
 
+    if seed is None:
+        locked = plan_seed(root) if root.is_dir() else None
+        seed = 42 if locked is None else locked
     if root.is_dir():
         with RunRoot(root.resolve()).shared():
             phases = plan_status(root, seed)

@@ -35,6 +35,7 @@ from .plan import (
     is_locked,
     p5_items,
     pack_folders,
+    plan_seed,
     repro_item,
     status,
     utc_now,
@@ -76,13 +77,21 @@ def lock(root: Path, phase: str, run: Path, execution: Execution) -> dict[str, A
     ev = Evidence(root, meta["seed"])
     rr = ev.rr
     existing = ev.locks.get(phase)
-    if existing is not None and is_locked(existing):
+    if is_locked(existing):
         raise Seg1BError(
             Code.E_PHASE_LOCKED,
             f"{phase} is already locked by run {existing['run_id']}; reopen it with evidence first (seg1b reopen)",
             file=rr.lock_record(phase),
         )
-    before = next(p for p in status(root, meta["seed"]) if p.phase == phase)
+    seed = plan_seed(root)
+    if seed is not None and seed != meta["seed"]:
+        raise Seg1BError(
+            Code.E_DOD_FAILED,
+            f"the plan runs on seed {seed} (its locks'); run {meta['run_id']} is seed {meta['seed']}",
+            file=run / "run.json",
+            key="seed",
+        )
+    before = status(root, meta["seed"], through=phase)[-1]
     if before.waiting:
         raise Seg1BError(
             Code.E_DOD_FAILED,
@@ -102,7 +111,6 @@ def lock(root: Path, phase: str, run: Path, execution: Execution) -> dict[str, A
     card = ev.card(meta["run_id"]) or {}
     policy = PHASES[phase]
     checkpoint = {"P1": "S2", "P2": "S4", "P3": "S8"}[phase]
-    done = Evidence(root, meta["seed"])
     closure = {
         "phase": phase,
         "state": "locked",
@@ -120,7 +128,7 @@ def lock(root: Path, phase: str, run: Path, execution: Execution) -> dict[str, A
             "reproducibility": f"reports/repro-{meta['run_id']}.json",
         },
         "dod": [asdict(i) for i in judged if not i.settled_on_close]
-        + [asdict(repro_item(done, phase, meta["run_id"]))],
+        + [asdict(repro_item(phase, meta["run_id"], record))],
         "accepted_metrics": {
             "scorecard": card.get("metrics", {}),
             checkpoint: profiles[checkpoint].as_dict() if profiles else {},
@@ -128,17 +136,17 @@ def lock(root: Path, phase: str, run: Path, execution: Execution) -> dict[str, A
         "freeze_statement": FREEZE_STATEMENT.format(
             phase=phase, state=TUNES[phase], policy=policy, digest=meta["policy_digests"][policy]
         ),
-        "reopened": list(existing.get("reopened", [])) if existing else [],
+        "reopened": [],  # an earlier record, with its reopen history, is kept under previous
         "previous": ([{k: v for k, v in existing.items() if k != "previous"}, *existing.get("previous", [])])
         if existing
         else [],
     }
     with _records(rr):
-        now = read_optional(rr.lock_record(phase))
-        if now != existing:  # another lock or reopen landed while this one reproduced the run
+        now = {p: read_optional(rr.lock_record(p)) for p in PHASES if p <= phase}
+        if now != {p: ev.locks.get(p) for p in now}:  # a lock or reopen landed while this one reproduced the run
             raise Seg1BError(
                 Code.E_PHASE_LOCKED,
-                f"{phase} changed while this lock ran; check seg1b status and lock again",
+                f"{phase} or a phase before it changed while this lock ran; check seg1b status and lock again",
                 file=rr.lock_record(phase),
             )
         write_json(rr.lock_record(phase), closure)
@@ -148,17 +156,9 @@ def lock(root: Path, phase: str, run: Path, execution: Execution) -> dict[str, A
 def reproduce(root: Path, run: Path, execution: Execution) -> dict[str, Any]:
     """Run ``run``'s seed again from scratch (a fresh run root, no cache) under its sealed
     policies and compare every dataset's content digest; the record lands in ``reports/``."""
-    from .runner import code_digest, run_seed
+    from .runner import run_seed
 
     meta = discipline.load_run(run, needs=(*RUN_NEEDS, "upstream", "baseline_nn_ratio"))
-    if meta["package"]["code_digest"] != code_digest():  # the fingerprint seals the code: it could not match
-        raise Seg1BError(
-            Code.E_DOD_FAILED,
-            f"run {meta['run_id']} was made by other code (package {meta['package']['version']}, code "
-            f"{meta['package']['code_digest'][:12]}…): run its bundle again with this package and lock that run",
-            file=run / "run.json",
-            key="package.code_digest",
-        )
     rr = RunRoot(Path(root).resolve())
     reports = rr.path / "reports"
     reports.mkdir(exist_ok=True)
@@ -246,7 +246,7 @@ def reopen(root: Path, phase: str, reason: str, evidence: Path) -> tuple[dict[st
             key=", ".join(changed),
         )
     found = checkpoints.diagnose(rr.path, evidence)
-    contradicting = [t for t in found.failing if contradicts(t) == phase]
+    contradicting = [t for t in found.failing if phase in contradicts(t)]
     if not contradicting:
         failing = ", ".join(f"{t.gate} at {t.first_wrong}" for t in found.failing) or "no gate fails"
         raise Seg1BError(
@@ -271,7 +271,7 @@ def reopen(root: Path, phase: str, reason: str, evidence: Path) -> tuple[dict[st
             raise Seg1BError(Code.E_REOPEN_REFUSED, f"{phase} changed meanwhile; check seg1b status", file=path)
         for later in [p for p in PHASES if p > phase]:
             record = read_optional(rr.lock_record(later))
-            if is_locked(record) and record is not None:
+            if is_locked(record):
                 cascade = dict(entry, reason=f"{phase} reopened upstream: {entry['reason']}", cascade=True)
                 history = [*record.get("reopened", []), cascade]
                 write_json(rr.lock_record(later), record | {"state": "reopened", "reopened": history})
@@ -311,11 +311,10 @@ def freeze(root: Path, pack: Path) -> dict[str, Any]:
             file=pack / "grade.json",
         )
     info = read_json(pack / "pack.json")
-    p1 = read_optional(run_root.lock_record("P1")) or {}
-    seed = int(p1.get("tokens", {}).get("seed", info["seeds"][0]))  # the seed the plan ran on
+    locked = plan_seed(run_root.path)
+    seed = int(info["seeds"][0]) if locked is None else locked
     with run_root.exclusive():
-        phases = status(run_root.path, seed)
-        open_before = [p.phase for p in phases[:-1] if p.state != "done"]
+        open_before = [p.phase for p in status(run_root.path, seed, through="P4") if p.state != "done"]
         if open_before:
             raise Seg1BError(
                 Code.E_FREEZE_REFUSED,

@@ -1,5 +1,5 @@
 """Run discipline (DESIGN §7): pointers, the pinned baseline authority and pruning (phase
-locks and closure are ``plan``'s). Everything is a small JSON file under the run root;
+locks are ``plan``'s and ``closure``'s). Everything is a small JSON file under the run root;
 nothing here touches data except ``prune``."""
 
 from __future__ import annotations

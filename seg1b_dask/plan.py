@@ -16,11 +16,12 @@ Phases run in order (§7): a phase is judged only once every phase before it is 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from . import checkpoints, discipline, grading
 from .discipline import PHASES, read_json, read_optional
@@ -47,21 +48,31 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def is_locked(record: dict[str, Any] | None) -> bool:
+def is_locked(record: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     """A lock record in force (records written before reopening existed are in force)."""
     return record is not None and record.get("state", "locked") == "locked"
 
 
-def contradicts(trace: checkpoints.GateTrace) -> str | None:
-    """The locked phase a failing gate contradicts: the state where it first goes wrong
-    (S2 → P1, S4 → P2); on the sites, only geometry is S6's (P3)."""
+# Gates measured on the sites only show at S8 whatever caused them; the phases whose files
+# the triage map names for their family can be contradicted by them.
+SITE_GATE_OWNERS = {
+    "nn": ("P3",),  # S6's spreads
+    "collapse": ("P2", "P3"),  # S4's tile allocation lays stripes, S6's spread hides or shows them
+    "urban": ("P1", "P3"),  # S2's population basis, S6's spreads
+    "bootstrap": ("P1", "P2"),  # concentration under resampling: S2's mass, S4's counts
+}
+
+
+def contradicts(trace: checkpoints.GateTrace) -> tuple[str, ...]:
+    """The locked phases a failing gate contradicts: the state where it first goes wrong
+    (S2 → P1, S4 → P2); on the sites only, the owners of its family."""
     if trace.first_wrong == "S2":
-        return "P1"
+        return ("P1",)
     if trace.first_wrong == "S4":
-        return "P2"
-    if trace.first_wrong == "S8" and trace.family in ("nn", "collapse"):
-        return "P3"
-    return None
+        return ("P2",)
+    if trace.first_wrong == "S8":
+        return SITE_GATE_OWNERS.get(trace.family, ())
+    return ()
 
 
 @dataclass(frozen=True)
@@ -127,12 +138,17 @@ class Evidence:
         self.seed = seed
         self.locks = {p: read_json(self.rr.lock_record(p)) for p in PHASES if self.rr.lock_record(p).is_file()}
         self._meta: dict[str, dict[str, Any] | None] = {}
+        self._pins: dict[int, dict[str, Any] | None] = {}
+        self._cards: dict[str, dict[str, Any] | None] = {}
+        self._profiles: dict[str, dict[str, checkpoints.Profile] | None] = {}
 
     def rel(self, path: Path) -> str:
         return path.resolve().relative_to(self.root).as_posix()
 
     def pin(self, seed: int) -> dict[str, Any] | None:
-        return discipline.baseline_pointer(self.root, seed)
+        if seed not in self._pins:
+            self._pins[seed] = discipline.baseline_pointer(self.root, seed)
+        return self._pins[seed]
 
     def meta(self, run_id: str) -> dict[str, Any] | None:
         if run_id not in self._meta:
@@ -146,11 +162,14 @@ class Evidence:
         return self.meta(pin["run_id"]) if pin else None
 
     def card(self, run_id: str) -> dict[str, Any] | None:
-        path = self.rr.run(run_id) / "scorecard" / "scorecard.json"
-        return read_optional(path)
+        if run_id not in self._cards:
+            self._cards[run_id] = read_optional(self.rr.run(run_id) / "scorecard" / "scorecard.json")
+        return self._cards[run_id]
 
     def profiles(self, run_id: str) -> dict[str, checkpoints.Profile] | None:
-        return checkpoints.read(self.rr.run(run_id))
+        if run_id not in self._profiles:
+            self._profiles[run_id] = checkpoints.read(self.rr.run(run_id))
+        return self._profiles[run_id]
 
     def locked(self, phase: str) -> dict[str, Any] | None:
         lock = self.locks.get(phase)
@@ -262,6 +281,8 @@ def _subject(ev: Evidence, phase: str) -> str | None:
         if frozen:
             return frozen
     candidate = ev.candidate()
+    if phase == "P4":  # P3's locked run already holds the three locked files: it may be the integrated one
+        return candidate
     earlier = {lock["run_id"] for p, lock in ev.locks.items() if p < phase and is_locked(lock)}
     return None if candidate in earlier else candidate
 
@@ -351,8 +372,7 @@ def _not_contradicted(ev: Evidence, phase: str, meta: dict[str, Any]) -> list[It
     ]
 
 
-def repro_item(ev: Evidence, phase: str, run_id: str) -> Item:
-    record = ev.repro(run_id)
+def repro_item(phase: str, run_id: str, record: dict[str, Any] | None) -> Item:
     text = "two same-seed runs reproduce byte for byte"
     evidence = f"reports/repro-{run_id}.json"
     if record is None:
@@ -372,7 +392,7 @@ def _lock_item(ev: Evidence, phase: str, run_id: str) -> Item:
     lock = ev.locks.get(phase)
     text = f"{phase} closure record written (policy, tokens, evidence, metric snapshot)"
     evidence = f"locks/{phase}.json"
-    if is_locked(lock) and lock is not None and lock["run_id"] == run_id:
+    if is_locked(lock) and lock["run_id"] == run_id:
         return Item(text, "pass", evidence, f"locked {lock.get('locked_at', '')}", settled_on_close=True)
     detail = f"reopened: {lock['reopened'][-1]['reason']}" if lock and lock.get("reopened") else ""
     return Item(text, "not yet", evidence, detail, f"seg1b lock {phase} {run_id}", settled_on_close=True)
@@ -437,7 +457,7 @@ def p1_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
             "retune s2_tile_weights country_mass.region_floor_share",
         )
     )
-    return [*items, repro_item(ev, "P1", run_id), _lock_item(ev, "P1", run_id)]
+    return [*items, repro_item("P1", run_id, ev.repro(run_id)), _lock_item(ev, "P1", run_id)]
 
 
 def p2_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
@@ -490,7 +510,7 @@ def p2_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
             action,
         )
     )
-    return [*items, repro_item(ev, "P2", run_id), _lock_item(ev, "P2", run_id)]
+    return [*items, repro_item("P2", run_id, ev.repro(run_id)), _lock_item(ev, "P2", run_id)]
 
 
 def p3_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
@@ -537,7 +557,7 @@ def p3_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
             "structural contract: fix the implementation bug before further realism tuning",
         )
     )
-    return [*items, repro_item(ev, "P3", run_id), _lock_item(ev, "P3", run_id)]
+    return [*items, repro_item("P3", run_id, ev.repro(run_id)), _lock_item(ev, "P3", run_id)]
 
 
 def p4_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
@@ -571,18 +591,37 @@ def p4_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
                 blocking,
             )
         )
-    found = checkpoints.diagnose(ev.root, ev.rr.run(run_id), "B")
-    against = [(t, phase) for t in found.failing if (phase := contradicts(t))]
+    traces = b_traces(ev, run_id, meta)
+    if traces is None:
+        return [*items, _no_checkpoints(run_id)]
+    against = [(t, owners) for t in traces if t.first_wrong and (owners := contradicts(t))]
     items.append(
         Item(
-            "no locked phase contradicted (no B gate first wrong at S2, at S4 or in S6's geometry)",
+            "no locked phase contradicted (no B gate first wrong at S2, at S4, or on the sites in a family they own)",
             "fail" if against else "pass",
             f"{folder}/{checkpoints.FOLDER}/checkpoints.json",
-            "; ".join(f"{t.gate} first wrong at {t.first_wrong} ({phase})" for t, phase in against),
-            f"seg1b reopen {against[0][1]} --reason '…' --evidence {run_id}" if against else "",
+            "; ".join(f"{t.gate} first wrong at {t.first_wrong} ({'/'.join(o)})" for t, o in against),
+            f"seg1b reopen {against[0][1][0]} --reason '…' --evidence {run_id}" if against else "",
         )
     )
     return items
+
+
+def b_traces(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[checkpoints.GateTrace] | None:
+    """The run's B gates traced through its checkpoints (``seg1b diagnose`` at B), from the
+    evidence already read; None without checkpoints."""
+    card, profiles, bundle = ev.card(run_id), ev.profiles(run_id), sealed_bundle(meta)
+    if card is None or profiles is None:
+        return None
+    final = grading.gate_table(card, bundle.gates, "B", card.get("bootstrap_upper_95") or None)
+    pin = ev.pin(meta["seed"])
+    base_card = ev.card(pin["run_id"]) if pin else None
+    base_profiles = ev.profiles(pin["run_id"]) if pin else None
+    baseline = None
+    if base_card is not None and base_profiles is not None:
+        base_final = grading.gate_table(base_card, bundle.gates, "B", base_card.get("bootstrap_upper_95") or None)
+        baseline = (base_profiles, base_final)
+    return checkpoints.trace(profiles, final, bundle.gates, "B", baseline, grading.triage_hints(bundle))
 
 
 def _relocated(pack: Path) -> str:
@@ -613,7 +652,7 @@ def p5_items(ev: Evidence, pack: Path) -> list[Item]:
     ]
     base = ev.baseline_meta(ev.seed)
     required = sealed_bundle(base).gates.required_seeds if base else ()
-    missing = sorted(set(required) - set(grade["seeds"])) + list(grade["missing_seeds"])
+    missing = sorted((set(required) - set(grade["seeds"])) | set(grade["missing_seeds"]))
     outcome = grade["outcome"]
     items.append(
         Item(
@@ -673,7 +712,7 @@ def p5_items(ev: Evidence, pack: Path) -> list[Item]:
             if record
             else "",
             f"seg1b freeze {pack.name} again (prunes)" if record else f"seg1b freeze {pack.name} (prunes)",
-            settled_on_close=record is None,
+            settled_on_close=True,
         )
     )
     return items
@@ -696,61 +735,77 @@ RUN_PHASES: dict[str, ItemsOf] = {"P1": p1_items, "P2": p2_items, "P3": p3_items
 DAMAGE = (KeyError, TypeError, ValueError, IndexError, StopIteration)
 
 
-def _judged(ev: Evidence, subject: str, judge: Callable[[], list[Item]], evidence: str) -> list[Item]:
-    """A phase's items, or one failing item naming the damaged record when its evidence
-    cannot be read (status still shows every other phase)."""
+def _judged(ev: Evidence, phase: str, judge: Callable[[], PhaseStatus]) -> PhaseStatus:
+    """A phase's status, or one failing item naming the damaged record when its evidence
+    cannot be read: status still shows every other phase. ``SEG1B_DEBUG=1`` re-raises, for
+    a reader that suspects the engine rather than its records."""
     try:
         return judge()
     except Seg1BError as exc:
-        if exc.code != Code.E_CORRUPT_FILE:
+        if exc.code != Code.E_CORRUPT_FILE or os.environ.get("SEG1B_DEBUG"):
             raise
-        problem, where = exc.message, evidence
-        if exc.file and Path(exc.file).resolve().is_relative_to(ev.root):
-            where = ev.rel(Path(exc.file))
+        problem, where = exc.message, exc.file or "."
+        if Path(where).resolve().is_relative_to(ev.root):
+            where = ev.rel(Path(where))
     except DAMAGE as exc:
-        problem, where = f"{type(exc).__name__}: {exc}", evidence
-    return [
-        Item(
-            f"the evidence of {subject} can be read",
-            "fail",
-            where,
-            problem,
-            "restore the damaged record from a backup of the run root, or rerun",
-        )
-    ]
+        if os.environ.get("SEG1B_DEBUG"):
+            raise
+        problem, where = f"{type(exc).__name__}: {exc}", "."
+    unreadable = Item(
+        "its evidence can be read",
+        "fail",
+        where,
+        problem,
+        "restore the damaged record from a backup of the run root, or rerun (SEG1B_DEBUG=1 shows where it broke)",
+    )
+    return PhaseStatus(phase, None, [unreadable])
 
 
-def status(root: Path, seed: int = 42) -> list[PhaseStatus]:
-    """Every phase's DoD from the evidence under ``root``, in plan order."""
+def plan_seed(root: Path) -> int | None:
+    """The seed the plan runs on: the one its locks were made on (None before any lock)."""
+    seeds = {
+        int(lock["tokens"]["seed"])
+        for phase in PHASES
+        if (lock := read_optional(RunRoot(Path(root)).lock_record(phase))) and "tokens" in lock
+    }
+    return min(seeds) if seeds else None
+
+
+def status(root: Path, seed: int | None = None, through: str = "P5") -> list[PhaseStatus]:
+    """Every phase's DoD from the evidence under ``root``, in plan order, up to ``through``;
+    ``seed`` defaults to the plan's (its locks'), else 42."""
+    if seed is None:
+        locked = plan_seed(root)
+        seed = 42 if locked is None else locked
     ev = Evidence(root, seed)
-    subject, items = p0_items(ev)
-    out = [PhaseStatus("P0", subject, items)]
-    for phase, items_of in RUN_PHASES.items():
+    out = [_judged(ev, "P0", lambda: PhaseStatus("P0", *p0_items(ev)))]
+    for phase in [*RUN_PHASES, "P5"]:
+        if phase > through:
+            break
         if out[-1].state != "done":
             out.append(PhaseStatus(phase, None, waiting=out[-1].phase))
-            continue
-        run_id = _subject(ev, phase)
-        meta = ev.meta(run_id) if run_id else None
-        if run_id is None or meta is None:
-            holds = f"changes {PHASES[phase]} only" if phase in PHASES else "holds the locked P1–P3 files"
-            action = f"seg1b run --seed {seed} --policies DIR (DIR {holds})"
-            none_yet = Item("a candidate run of this seed", "not yet", "current_candidate/", action=action)
-            out.append(PhaseStatus(phase, None, [none_yet]))
-            continue
-        judged = _judged(ev, f"run {run_id}", functools.partial(items_of, ev, run_id, meta), f"runs/{run_id}/")
-        out.append(PhaseStatus(phase, run_id, judged, closed=ev.locked(phase) is not None))
-    if out[-1].state != "done":
-        out.append(PhaseStatus("P5", None, waiting=out[-1].phase))
-        return out
-    folders = pack_folders(ev.rr)
-    pack = ev.frozen_pack() or (folders[-1] if folders else None)
-    if pack is None:
-        item = Item("a certification pack", "not yet", "certification/", action="seg1b certify --policies DIR")
-        out.append(PhaseStatus("P5", None, [item]))
-        return out
-    judged = _judged(ev, f"pack {pack.name}", lambda: p5_items(ev, pack), ev.rel(pack))
-    out.append(PhaseStatus("P5", pack.name, judged, closed=freeze_record_path(ev.rr, pack.name).is_file()))
+        else:
+            out.append(_judged(ev, phase, functools.partial(_phase_status, ev, phase)))
     return out
+
+
+def _phase_status(ev: Evidence, phase: str) -> PhaseStatus:
+    if phase == "P5":
+        folders = pack_folders(ev.rr)
+        pack = ev.frozen_pack() or (folders[-1] if folders else None)
+        if pack is None:
+            item = Item("a certification pack", "not yet", "certification/", action="seg1b certify --policies DIR")
+            return PhaseStatus("P5", None, [item])
+        return PhaseStatus("P5", pack.name, p5_items(ev, pack), closed=freeze_record_path(ev.rr, pack.name).is_file())
+    run_id = _subject(ev, phase)
+    meta = ev.meta(run_id) if run_id else None
+    if run_id is None or meta is None:
+        holds = f"changes {PHASES[phase]} only" if phase in PHASES else "holds the locked P1–P3 files"
+        action = f"seg1b run --seed {ev.seed} --policies DIR (DIR {holds})"
+        return PhaseStatus(
+            phase, None, [Item("a candidate run of this seed", "not yet", "current_candidate/", action=action)]
+        )
+    return PhaseStatus(phase, run_id, RUN_PHASES[phase](ev, run_id, meta), closed=ev.locked(phase) is not None)
 
 
 def next_action(phases: list[PhaseStatus]) -> str:

@@ -134,7 +134,9 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["lock", "P3", p3.run_id, "--root", str(root)])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"P3 locked at run {p3.run_id}: s6_jitter digest ")
-    assert [_states(root)[p] for p in ("P1", "P2", "P3", "P4")] == ["done", "done", "done", "open"]
+    # P3's locked run already holds the three locked files: P4 judges it until a newer candidate.
+    assert [_states(root)[p] for p in ("P1", "P2", "P3", "P4")] == ["done", "done", "done", "done"]
+    assert next(p for p in plan.status(root) if p.phase == "P4").subject == p3.run_id
 
     # P4: the integrated candidate passes B; its B+ attempt does not, and does not hold P4.
     p4, scored = fast_lane(root, 42, bundles["P4"], None, ex)
@@ -182,7 +184,8 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     again, scored = fast_lane(root, 42, again_bundle, None, ex)
     assert scored.grade.outcome == "GREEN_BPLUS"
     relocked = closure.lock(root, "P1", again.run_dir, ex)
-    assert relocked["previous"][0]["run_id"] == p1.run_id and relocked["reopened"][-1]["evidence_run"] == p4.run_id
+    assert relocked["previous"][0]["run_id"] == p1.run_id and relocked["reopened"] == []
+    assert relocked["previous"][0]["reopened"][-1]["evidence_run"] == p4.run_id
     assert _states(root)["P1"] == "done" and _states(root)["P2"] == "open"
 
 
