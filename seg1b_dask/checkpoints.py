@@ -263,6 +263,24 @@ def trace(
     return out
 
 
+def trace_runs(
+    card: dict[str, Any],
+    profiles: dict[str, Profile],
+    gates: GatesPolicy,
+    level: grading.Level,
+    hints: dict[str, str],
+    base_card: dict[str, Any] | None = None,
+    base_profiles: dict[str, Profile] | None = None,
+) -> list[GateTrace]:
+    """``trace`` from two scorecards and their checkpoints: the run's and its baseline's."""
+    final = grading.gate_table(card, gates, level, card.get("bootstrap_upper_95") or None)
+    baseline = None
+    if base_card is not None and base_profiles is not None:
+        base_final = grading.gate_table(base_card, gates, level, base_card.get("bootstrap_upper_95") or None)
+        baseline = (base_profiles, base_final)
+    return trace(profiles, final, gates, level, baseline, hints)
+
+
 @dataclass(frozen=True)
 class Diagnosis:
     run_id: str
@@ -290,13 +308,11 @@ def diagnose(root: Path, run: Path, level: grading.Level | None = None) -> Diagn
     card = read_scorecard(run / "scorecard")
     bundle = sealed_bundle(meta)
     level = level or ("B_PLUS" if bundle.s9_validation.target_grade == "B_PLUS" else "B")
-    final = grading.gate_table(card, bundle.gates, level, card.get("bootstrap_upper_95") or None)
     pin = baseline_pointer(root, meta["seed"])
-    baseline = None
+    base_card = base_profiles = None
     if pin and pin["run_id"] != meta["run_id"]:
         pinned = RunRoot(root).run(pin["run_id"])
-        base_card = read_scorecard(pinned / "scorecard")
-        base_final = grading.gate_table(base_card, bundle.gates, level, base_card.get("bootstrap_upper_95") or None)
-        baseline = (ensure(root, pinned), base_final)
-    traces = trace(ensure(root, run), final, bundle.gates, level, baseline, grading.triage_hints(bundle))
+        base_card, base_profiles = read_scorecard(pinned / "scorecard"), ensure(root, pinned)
+    hints = grading.triage_hints(bundle)
+    traces = trace_runs(card, ensure(root, run), bundle.gates, level, hints, base_card, base_profiles)
     return Diagnosis(meta["run_id"], meta["seed"], bundle.name, level, pin["run_id"] if pin else None, traces)

@@ -613,15 +613,11 @@ def b_traces(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[checkpoint
     card, profiles, bundle = ev.card(run_id), ev.profiles(run_id), sealed_bundle(meta)
     if card is None or profiles is None:
         return None
-    final = grading.gate_table(card, bundle.gates, "B", card.get("bootstrap_upper_95") or None)
     pin = ev.pin(meta["seed"])
     base_card = ev.card(pin["run_id"]) if pin else None
     base_profiles = ev.profiles(pin["run_id"]) if pin else None
-    baseline = None
-    if base_card is not None and base_profiles is not None:
-        base_final = grading.gate_table(base_card, bundle.gates, "B", base_card.get("bootstrap_upper_95") or None)
-        baseline = (base_profiles, base_final)
-    return checkpoints.trace(profiles, final, bundle.gates, "B", baseline, grading.triage_hints(bundle))
+    hints = grading.triage_hints(bundle)
+    return checkpoints.trace_runs(card, profiles, bundle.gates, "B", hints, base_card, base_profiles)
 
 
 def _relocated(pack: Path) -> str:

@@ -3,8 +3,8 @@
 Everything a reader needs to judge a candidate beside its pinned baseline: where the sites
 are (aggregated with datashader, so millions of points cost one raster, with the vendored
 country outlines), how country shares fall off, the nearest-neighbour distribution, region
-shares against their floors, every gate with its margin and bootstrap bound, the collapse
-sentinel, and the price of realism (relocation, merchant footprints, the top moves). Images
+shares against their floors, every gate with its margin and bootstrap bound, where the
+shape first goes wrong (the state checkpoints), the collapse sentinel, and the price of realism (relocation, merchant footprints, the top moves). Images
 are inline PNGs and the CSS is inline: the page opens from disk with no network.
 """
 
@@ -26,14 +26,25 @@ import pyarrow.compute as pc
 import shapely
 from numpy.typing import NDArray
 
-from . import discipline, grading, metrics, refdata, scoring
+from . import checkpoints, discipline, grading, metrics, refdata, scoring
 from .datasets import SITE_LINEAGE, SITE_LOCATIONS
 from .lineage import safe_join, write_text
 from .policies import PolicyBundle, sealed_bundle
 from .refdata import REGIONS
 from .runroot import RunRoot
 
-RUN_SECTIONS = ("summary", "map", "choropleth", "lorenz", "nn", "regions", "gates", "sentinel", "fidelity")
+RUN_SECTIONS = (
+    "summary",
+    "map",
+    "choropleth",
+    "lorenz",
+    "nn",
+    "regions",
+    "gates",
+    "checkpoints",
+    "sentinel",
+    "fidelity",
+)
 PACK_SECTIONS = ("summary", "seeds", "fidelity", "grade", "performance")
 REPORT_NAME = "report.html"
 MAP_SIZE = (1440, 720)
@@ -51,6 +62,7 @@ class RunView:
     lon: NDArray[np.float64] | None  # None: S9 refused to seal, the egress is not shown
     lat: NDArray[np.float64] | None
     moves: list[tuple[str, str, int]]
+    profiles: dict[str, checkpoints.Profile] | None  # None: a run made before checkpoints existed
 
 
 def load_run(root: Path, run: Path) -> RunView:
@@ -62,7 +74,8 @@ def load_run(root: Path, run: Path) -> RunView:
         egress, _ = scoring.verified_egress(meta, root)
         coords = SITE_LOCATIONS.read(egress, columns=["lon_deg", "lat_deg"])
         lon, lat = coords.column("lon_deg").to_numpy(), coords.column("lat_deg").to_numpy()
-    return RunView(run, meta, sealed_bundle(meta), card, lon, lat, top_moves(root, meta))
+    profiles = checkpoints.read(run)
+    return RunView(run, meta, sealed_bundle(meta), card, lon, lat, top_moves(root, meta), profiles)
 
 
 def _bundle_dir(root: Path, meta: dict[str, Any]) -> Path:
@@ -227,6 +240,63 @@ def nn_figure(curves: list[tuple[str, dict[str, Any]]]) -> str:
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return _png(fig)
+
+
+STAGE_METRICS = ("country_gini", "top1_share", "eligible_country_nonzero_share", "southern_hemisphere_share")
+
+
+def checkpoint_figure(panels: list[tuple[str, dict[str, checkpoints.Profile]]], gates: Any) -> str:
+    """The country metrics a gate reads, at each state of the chain, with the B (solid) and
+    B+ (dashed) limits: where a run's shape first goes wrong."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(STAGE_METRICS), figsize=(13.0, 3.4))
+    x = np.arange(len(checkpoints.STAGES))
+    for ax, metric in zip(axes, STAGE_METRICS, strict=True):
+        for label, profiles in panels:
+            y = [profiles[s].figures.get(metric, np.nan) for s in checkpoints.STAGES]
+            ax.plot(x, y, marker="o", label=label)
+        limits = getattr(gates, grading.GATE_FIELD[metric])
+        ax.axhline(limits.B, color="0.4", lw=0.9)
+        ax.axhline(limits.B_PLUS, color="0.4", lw=0.9, ls="--")
+        ax.set_xticks(x, list(checkpoints.STAGES), fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _checkpoints(view: RunView, baseline: RunView | None) -> str:
+    if view.profiles is None:
+        return '<p class="note">This run predates checkpoints: <code>seg1b diagnose RUN</code> writes them.</p>'
+    base = baseline.profiles if baseline is not None else None
+    panels = [("baseline", base)] if base is not None else []
+    figure = _img(checkpoint_figure([*panels, ("candidate", view.profiles)], view.bundle.gates), "checkpoints")
+    level: grading.Level = "B_PLUS" if view.bundle.s9_validation.target_grade == "B_PLUS" else "B"
+    traces = checkpoints.trace_runs(
+        view.card,
+        view.profiles,
+        view.bundle.gates,
+        level,
+        grading.triage_hints(view.bundle),
+        baseline.card if baseline is not None else None,
+        base,
+    )
+    rows, classes = [], []
+    for t in traces:
+        cells = [
+            _fmt(t.run[s]) + (f" ({_fmt(t.baseline[s])})" if s in t.baseline else "") if s in t.run else "–"
+            for s in checkpoints.STAGES
+        ]
+        where = t.first_wrong or "passes"
+        rows.append([html.escape(t.gate), _fmt(t.threshold), *cells, where, html.escape(t.hint)])
+        classes.append("fail" if t.first_wrong else "pass")
+    note = (
+        f'<p class="note">Each gate at {level.replace("_PLUS", "+")} measured at every state that can measure it: '
+        "1A's counts, S2's mass vector, S4's integer allocation, the published sites (S8); the baseline's value in "
+        "brackets. Geometry, urban share and bootstrap bounds exist on sites only.</p>"
+    )
+    table = _table(["gate", "limit", *checkpoints.STAGES, "first wrong", "next"], rows, classes)
+    return figure + note + table
 
 
 def regions_figure(panels: list[tuple[str, dict[str, float]]], floors: dict[str, float]) -> str:
@@ -421,6 +491,9 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     rows, classes = gate_rows(card, view.bundle, card.get("bootstrap_upper_95") or None)
     gates = _table(["gate", "observed", "B", "B", "B+", "B+", "margin to B+", "breach"], rows, classes)
     sections.append(_section("gates", "Gates (margin > 0: room to spare)", gates))
+    sections.append(
+        _section("checkpoints", "Where the shape first goes wrong: 1A → S2 → S4 → S8", _checkpoints(view, baseline))
+    )
     sentinel = _table(
         ["country", "anisotropy", "unique lat", "unique lon", "flagged"],
         [

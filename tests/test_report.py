@@ -38,7 +38,9 @@ def test_run_report_has_every_section_and_needs_no_network(candidate: tuple[Path
     for section in RUN_SECTIONS:
         assert f'<section id="{section}">' in page
     _self_contained(page)
-    assert page.count("data:image/png;base64,") == 5  # map, choropleth, Lorenz, NN, regions
+    assert page.count("data:image/png;base64,") == 6  # map, choropleth, Lorenz, NN, regions, checkpoints
+    checkpoints_section = page[page.index('<section id="checkpoints">') :].split("</section>")[0]
+    assert "<td>country_gini</td>" in checkpoints_section and "passes" in checkpoints_section
     assert "baseline · seed 42" in page and "candidate · seed 42" in page
     assert "GREEN_BPLUS" in page and "relocated_share" in page and "Top moves" in page
     assert report(root, run.name) == run / "report.html"
