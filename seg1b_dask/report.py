@@ -4,8 +4,9 @@ Everything a reader needs to judge a candidate beside its pinned baseline: where
 are (aggregated with datashader, so millions of points cost one raster, with the vendored
 country outlines), how country shares fall off, the nearest-neighbour distribution, region
 shares against their floors, every gate with its margin and bootstrap bound, where the
-shape first goes wrong (the state checkpoints), the collapse sentinel, and the price of realism (relocation, merchant footprints, the top moves). Images
-are inline PNGs and the CSS is inline: the page opens from disk with no network.
+shape first goes wrong (the state checkpoints), the collapse sentinel, and the price of
+realism (relocation, merchant footprints, the top moves). Images are inline PNGs and the
+CSS is inline: the page opens from disk with no network.
 """
 
 from __future__ import annotations
@@ -491,9 +492,8 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     rows, classes = gate_rows(card, view.bundle, card.get("bootstrap_upper_95") or None)
     gates = _table(["gate", "observed", "B", "B", "B+", "B+", "margin to B+", "breach"], rows, classes)
     sections.append(_section("gates", "Gates (margin > 0: room to spare)", gates))
-    sections.append(
-        _section("checkpoints", "Where the shape first goes wrong: 1A → S2 → S4 → S8", _checkpoints(view, baseline))
-    )
+    stages = _checkpoints(view, baseline)
+    sections.append(_section("checkpoints", "Where the shape first goes wrong: 1A → S2 → S4 → S8", stages))
     sentinel = _table(
         ["country", "anisotropy", "unique lat", "unique lon", "flagged"],
         [
