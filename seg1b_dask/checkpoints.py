@@ -172,8 +172,7 @@ def ensure(root: Path, run: Path) -> dict[str, Profile]:
 def _south_sites(plan: Path, resolution_arcsec: int) -> int:
     grid = Grid(resolution_arcsec)
     tiles = ALLOC_PLAN.read(plan, columns=["tile_id", "n_sites"])
-    lat = grid.row_centre_lat(tiles.column("tile_id").to_numpy() // grid.ncols)
-    return int(tiles.column("n_sites").to_numpy()[lat < 0].sum())
+    return int(tiles.column("n_sites").to_numpy()[grid.south(tiles.column("tile_id").to_numpy())].sum())
 
 
 # -- diagnose -----------------------------------------------------------------------

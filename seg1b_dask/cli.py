@@ -901,7 +901,7 @@ def freeze(pack_ref: str, root: Path) -> None:
     """P5: make the GREEN certification pack PACK_REF the authority: record the final lock
     set, point last_good at it, prune superseded runs. Refused while a run is in flight."""
     from .closure import freeze as freeze_pack
-    from .closure import pack_dir
+    from .discipline import pack_dir
     from .plan import freeze_record_path
 
     record = freeze_pack(root, pack_dir(root, pack_ref))

@@ -16,11 +16,12 @@ from typing import Any
 from filelock import FileLock
 
 from . import checkpoints, discipline
-from .discipline import PHASES, read_json, read_optional
+from .discipline import PHASES, read_json, read_optional, utc_now
 from .errors import Code, Seg1BError
 from .execution import Execution
 from .lineage import read_manifest, safe_join, stage_path, write_json
 from .plan import (
+    CHECKPOINT_OF,
     PHASE_OF,
     RUN_NEEDS,
     RUN_PHASES,
@@ -34,14 +35,12 @@ from .plan import (
     freeze_record_path,
     is_locked,
     p5_items,
-    pack_folders,
     plan_seed,
     repro_item,
     status,
-    utc_now,
 )
 from .policies import sealed_bundle
-from .runroot import TMP_MARK, RunRoot
+from .runroot import RunRoot
 
 FREEZE_STATEMENT = (
     "{phase} ({state}: {policy}.yaml, digest {digest}) is locked; downstream phases must treat this "
@@ -110,7 +109,7 @@ def lock(root: Path, phase: str, run: Path, execution: Execution) -> dict[str, A
     profiles = ev.profiles(meta["run_id"])
     card = ev.card(meta["run_id"]) or {}
     policy = PHASES[phase]
-    checkpoint = {"P1": "S2", "P2": "S4", "P3": "S8"}[phase]
+    checkpoint = CHECKPOINT_OF[phase]
     closure = {
         "phase": phase,
         "state": "locked",
@@ -284,16 +283,6 @@ def reopen(root: Path, phase: str, reason: str, evidence: Path) -> tuple[dict[st
 # -- freeze -------------------------------------------------------------------------
 
 
-def pack_dir(root: Path, ref: str) -> Path:
-    rr = RunRoot(Path(root).resolve())
-    candidate = Path(ref)
-    folder = candidate.resolve() if candidate.is_absolute() or candidate.exists() else rr.certification / ref
-    folder = safe_join(rr.path, folder)
-    if TMP_MARK in folder.name or not (folder / "pack.json").is_file():
-        raise Seg1BError(Code.E_UNKNOWN_RUN, "no certification pack by this id or folder", key=ref)
-    return folder
-
-
 def freeze(root: Path, pack: Path) -> dict[str, Any]:
     """P5: make a GREEN pack whose DoD passes the authority. Holding the run root alone:
     point ``last_good`` at it, remove superseded packs and every run nothing references,
@@ -336,7 +325,7 @@ def freeze(root: Path, pack: Path) -> dict[str, Any]:
                 "frozen": True,
             },
         )
-        removed_packs = [p.name for p in pack_folders(run_root) if p.name != pack.name]
+        removed_packs = [p.name for p in run_root.packs() if p.name != pack.name]
         for name in removed_packs:
             shutil.rmtree(run_root.certification / name)
         pruned = discipline.prune_held(run_root, dry_run=False)

@@ -35,6 +35,11 @@ def read_json(path: Path) -> dict[str, Any]:
     return payload
 
 
+def utc_now() -> str:
+    """The time records carry (pointers, locks, reproductions, freezes)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def read_optional(path: Path) -> dict[str, Any] | None:
     """A JSON record that may not exist yet."""
     return read_json(path) if path.is_file() else None
@@ -51,6 +56,17 @@ def run_dir(root: Path, run: str) -> Path:
     if not (path / "run.json").is_file():
         raise Seg1BError(Code.E_UNKNOWN_RUN, "this folder holds no run.json", file=path)
     return path
+
+
+def pack_dir(root: Path, ref: str) -> Path:
+    """A certification pack by id or path, refusing anything outside the run root."""
+    run_root = RunRoot(Path(root).resolve())
+    candidate = Path(ref)
+    folder = candidate.resolve() if candidate.is_absolute() or candidate.exists() else run_root.certification / ref
+    folder = safe_join(run_root.path, folder)
+    if folder not in run_root.packs():
+        raise Seg1BError(Code.E_UNKNOWN_RUN, "no certification pack by this id or folder", key=ref)
+    return folder
 
 
 RUN_KEYS = ("run_id", "seed", "parameter_hash", "manifest_fingerprint", "outputs")
@@ -130,7 +146,7 @@ def _create_once(path: Path, payload: dict[str, Any]) -> bool:
 def set_pointer(root: Path, name: str, payload: dict[str, Any]) -> None:
     if name not in POINTERS:
         raise InternalError(Code.E_INTERNAL, f"unknown pointer {name}")
-    _write(RunRoot(Path(root)).pointer(name), dict(payload, set_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    _write(RunRoot(Path(root)).pointer(name), dict(payload, set_at=utc_now()))
 
 
 def get_pointer(root: Path, name: str) -> dict[str, Any] | None:
@@ -163,10 +179,10 @@ def referenced_runs(root: Path) -> dict[str, list[str]]:
             keep(entry.get("evidence_run"), f"locks/{path.name} (reopen evidence)")
         for earlier in lock.get("previous", []):
             keep(earlier.get("run_id"), f"locks/{path.name} (earlier lock)")
-    for path in sorted(RunRoot(root).certification.glob("*/pack.json")):
-        pack = read_json(path)
+    for folder in RunRoot(root).packs():
+        pack = read_json(folder / "pack.json")
         for run_id in pack["run_ids"] + pack.get("baseline_run_ids", []):
-            keep(run_id, f"certification/{path.parent.name}")
+            keep(run_id, f"certification/{folder.name}")
     return refs
 
 
@@ -195,9 +211,7 @@ def prune_held(run_root: RunRoot, dry_run: bool) -> dict[str, Any]:
 
 def _prune(root: Path, dry_run: bool) -> dict[str, Any]:
     refs = referenced_runs(root)
-    runs = (
-        sorted(p for p in (root / "runs").glob("*") if (p / "run.json").is_file()) if (root / "runs").exists() else []
-    )
+    runs = RunRoot(root).run_folders()
     removed = [p.name for p in runs if p.name not in refs]
     kept = {p.name: refs[p.name] for p in runs if p.name in refs}
     in_use: set[str] = set()

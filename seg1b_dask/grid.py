@@ -33,6 +33,10 @@ class Grid:
     def row_centre_lat(self, rows: NDArray[np.int64]) -> NDArray[np.float64]:
         return 90.0 - (np.asarray(rows, dtype=np.float64) + 0.5) * self.deg
 
+    def south(self, tile_ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Tiles south of the equator (rows never straddle it, so a tile's sites share its side)."""
+        return self.row_centre_lat(np.asarray(tile_ids) // self.ncols) < 0
+
     def row_area_m2(self) -> NDArray[np.float64]:
         """Area of one cell in each row (area depends on latitude only)."""
         edges = np.radians(90.0 - np.arange(self.nrows + 1, dtype=np.float64) * self.deg)

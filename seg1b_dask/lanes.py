@@ -263,9 +263,8 @@ def _allocated_south(catalogue: Path, chain: Chain, bundle: PolicyBundle, seed: 
             chain.published["tile_grid"], chain.published["tile_weights"], table["country_id"][i]
         )
         plan, _ = allocate_country_tiles(rows, tiles, weight, iso2, bundle.s4_alloc_plan.tile_allocation, seed, grid)
-        lat = grid.row_centre_lat(plan["tile_id"].to_numpy() // grid.ncols)
         n = plan["n_sites"].to_numpy()
-        south[i] = float(n[lat < 0].sum() / n.sum())
+        south[i] = float(n[grid.south(plan["tile_id"].to_numpy())].sum() / n.sum())
     return south
 
 

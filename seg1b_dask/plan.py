@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from .discipline import PHASES, read_json, read_optional
 from .errors import Code, Seg1BError
 from .policies import load_bundle, sealed_bundle
 from .refdata import refdata_version
-from .runroot import TMP_MARK, RunRoot
+from .runroot import RunRoot
 
 Status = Literal["pass", "fail", "not yet"]
 TITLES = {
@@ -40,12 +39,9 @@ TITLES = {
     "P5": "certification and freeze",
 }
 TUNES = {"P1": "S2", "P2": "S4", "P3": "S6"}  # the state whose policy each locked phase fixes
+CHECKPOINT_OF = {"P1": "S2", "P2": "S4", "P3": "S8"}  # the checkpoint where that state's shape is measured
 PHASE_OF = {policy: phase for phase, policy in PHASES.items()}
 TARGET_POLICY = "s9_validation"  # the target grade: P4 raises it; every other file is someone's
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def is_locked(record: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
@@ -66,13 +62,9 @@ SITE_GATE_OWNERS = {
 def contradicts(trace: checkpoints.GateTrace) -> tuple[str, ...]:
     """The locked phases a failing gate contradicts: the state where it first goes wrong
     (S2 → P1, S4 → P2); on the sites only, the owners of its family."""
-    if trace.first_wrong == "S2":
-        return ("P1",)
-    if trace.first_wrong == "S4":
-        return ("P2",)
     if trace.first_wrong == "S8":
         return SITE_GATE_OWNERS.get(trace.family, ())
-    return ()
+    return tuple(p for p, stage in CHECKPOINT_OF.items() if stage == trace.first_wrong)
 
 
 @dataclass(frozen=True)
@@ -662,7 +654,7 @@ def p5_items(ev: Evidence, pack: Path) -> list[Item]:
         )
     )
     claimed: grading.Level = "B_PLUS" if outcome == "GREEN_BPLUS" else "B"
-    cv_fail = [f["gate"] for f in grade["failures"][claimed] if f["gate"].startswith("cv:")]
+    cv_fail = [f["gate"] for f in grade["failures"][claimed] if grading.family_of(f["gate"]) == "cv"]
     worst = max(grade["cv"].items(), key=lambda kv: kv[1], default=("–", 0.0))
     items.append(
         Item(
@@ -696,8 +688,8 @@ def p5_items(ev: Evidence, pack: Path) -> list[Item]:
             settled_on_close=True,
         )
     )
-    superseded = sorted(set(_run_ids(ev.rr)) - set(discipline.referenced_runs(ev.root)))
-    others = sorted(p.name for p in pack_folders(ev.rr) if p.name != pack.name)
+    superseded = sorted({p.name for p in ev.rr.run_folders()} - set(discipline.referenced_runs(ev.root)))
+    others = sorted(p.name for p in ev.rr.packs() if p.name != pack.name)
     left = superseded + [f"pack {p}" for p in others]
     items.append(
         Item(
@@ -712,16 +704,6 @@ def p5_items(ev: Evidence, pack: Path) -> list[Item]:
         )
     )
     return items
-
-
-def pack_folders(rr: RunRoot) -> list[Path]:
-    if not rr.certification.is_dir():
-        return []
-    return sorted(p.parent for p in rr.certification.glob("*/pack.json") if TMP_MARK not in p.parent.name)
-
-
-def _run_ids(rr: RunRoot) -> list[str]:
-    return sorted(p.name for p in rr.runs.glob("*") if (p / "run.json").is_file()) if rr.runs.is_dir() else []
 
 
 # -- status -------------------------------------------------------------------------
@@ -787,7 +769,7 @@ def status(root: Path, seed: int | None = None, through: str = "P5") -> list[Pha
 
 def _phase_status(ev: Evidence, phase: str) -> PhaseStatus:
     if phase == "P5":
-        folders = pack_folders(ev.rr)
+        folders = ev.rr.packs()
         pack = ev.frozen_pack() or (folders[-1] if folders else None)
         if pack is None:
             item = Item("a certification pack", "not yet", "certification/", action="seg1b certify --policies DIR")

@@ -92,6 +92,16 @@ class RunRoot:
     def run(self, run_id: str) -> Path:
         return self.runs / run_id
 
+    def run_folders(self) -> list[Path]:
+        """Every published run folder (a staged one has no ``run.json`` yet), in id order."""
+        return sorted(p.parent for p in self.runs.glob("*/run.json")) if self.runs.is_dir() else []
+
+    def packs(self) -> list[Path]:
+        """Every published certification pack, in id (time) order; staging folders excluded."""
+        if not self.certification.is_dir():
+            return []
+        return sorted(p.parent for p in self.certification.glob("*/pack.json") if TMP_MARK not in p.parent.name)
+
     def upstream(self, seed: int) -> Path:
         return self.path / "upstream" / "1A" / f"seed={seed}"
 

@@ -142,7 +142,7 @@ def _batch_task(
         _, tile_load = np.unique(t, return_inverse=True)
         load = np.bincount(tile_load, weights=n)
         stats["plan_rows"] += plan.num_rows
-        stats["south_sites"] += int(n[grid.row_centre_lat(t // grid.ncols) < 0].sum())
+        stats["south_sites"] += int(n[grid.south(t)].sum())
         stats["lone_sites_moved"] += moved
         stats["tiles_used"] += len(load)
         stats["max_sites_per_tile"] = max(stats["max_sites_per_tile"], int(load.max()))
