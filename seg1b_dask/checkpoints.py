@@ -72,8 +72,8 @@ def _pairs(table: pa.Table, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return counts, table.column("merchant_id").to_numpy(), country
 
 
-def _footprint(merchant: np.ndarray, country: np.ndarray) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.merchant_footprint(merchant, country).items()}
+def _footprint(merchant: np.ndarray, country: np.ndarray, max_1a: int) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.merchant_footprint(merchant, country, max_1a).items()}
 
 
 def collect(outputs: dict[str, Path], s4_stats: dict[str, Any], card: dict[str, Any]) -> dict[str, Profile]:
@@ -85,7 +85,8 @@ def collect(outputs: dict[str, Path], s4_stats: dict[str, Any], card: dict[str, 
 
     a_counts, a_merchant, a_country = _pairs(S3_REQUIREMENTS.read(outputs["s3_requirements"]), codes)
     one_a = _profile("1A", a_counts, codes, vector.region, eligible)
-    one_a.figures.update(_footprint(a_merchant, a_country))
+    max_1a = metrics.largest_footprint(a_merchant)
+    one_a.figures.update(_footprint(a_merchant, a_country, max_1a))
 
     mass_share = vector.share * vector.eligible
     s2 = _profile("S2", mass_share, codes, vector.region, eligible)
@@ -94,7 +95,7 @@ def collect(outputs: dict[str, Path], s4_stats: dict[str, Any], card: dict[str, 
     b_counts, b_merchant, b_country = _pairs(COUNTRY_PAIRS.read(outputs["s4_alloc_plan"]), codes)
     s4 = _profile("S4", b_counts, codes, vector.region, eligible)
     s4.figures["southern_hemisphere_share"] = s4_stats["south_sites"] / float(b_counts.sum())
-    s4.figures.update(_footprint(b_merchant, b_country))
+    s4.figures.update(_footprint(b_merchant, b_country, max_1a))
 
     m = card["metrics"]
     keep = (*COUNTRY_GATES, *FOOTPRINT_GATES, "near_city_share", "sentinel_flagged", "nn_ratio", "nn_contraction")

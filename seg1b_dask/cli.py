@@ -252,6 +252,37 @@ def run_summary(result: RunResult) -> list[str]:
     return lines
 
 
+def price_lines(card: dict[str, Any]) -> list[str]:
+    """The price of realism beside the grade: relocation against each grade's least, what
+    it did to 1A's merchants, and the plausibility figures (never graded)."""
+    f, price = card.get("fidelity", {}), card.get("price", {})
+    least, ratio = price.get("least", {}), price.get("ratio", {})
+    bounds = "; ".join(
+        f"{ratio[lvl]:.2f} × the least for {lvl.replace('_PLUS', '+')} ({least[lvl]:.4f})"
+        for lvl in ("B_PLUS", "B")
+        if lvl in least
+    )
+    lines = [f"  price: relocated_share {f.get('relocated_share', 0.0):.4f}" + (f" = {bounds}" if bounds else "")]
+    if "merchant_retention_median" in f:
+        lines += [
+            f"  merchants: retention median {f['merchant_retention_median']:.2f}, p10 {f['merchant_retention_p10']:.2f};"
+            f" lost their home {f['merchants_lost_home']}; outlets in pairs 1A lacks {f['new_pair_share']:.3f};"
+            f" new countries median {f['new_countries_median']:.0f}, p90 {f['new_countries_p90']:.0f},"
+            f" max {f['new_countries_max']}",
+            f"  moves: median {f['move_km_median']:,.0f} km, p90 {f['move_km_p90']:,.0f} km; outlets in new pairs"
+            f" sit a median {f['new_pair_home_km_median']:,.0f} km (p90 {f['new_pair_home_km_p90']:,.0f}) from home",
+        ]
+    p = card.get("plausibility")
+    if p:
+        lines.append(
+            f"  plausibility (not graded): shares rank with population {_fmt(p['population_rank_correlation'])}"
+            f" (Spearman, {p['countries']} countries); most served per person {p['max_per_capita_country']}"
+            f" ×{p['max_per_capita_ratio']:.0f}; in countries < {p['small_country_population']:,} people"
+            f" {p['small_country_share']:.2%}; rural {p['rural_share']:.2%}"
+        )
+    return lines
+
+
 def score_summary(scored: Scored) -> list[str]:
     from .grading import failure_table
 
@@ -266,18 +297,9 @@ def score_summary(scored: Scored) -> list[str]:
     lines.append(
         f"  near_city_share {m['near_city_share']:.3f}   countries per merchant: median "
         f"{m['merchant_countries_median']:.0f}, p90 {m['merchant_countries_p90']:.0f}, "
-        f"above 11: {m['merchants_above_1a_max_share']:.2%}"
+        f"above 1A's largest ({m.get('merchant_countries_max_1a', 'n/a')}): {m['merchants_above_1a_max_share']:.2%}"
     )
-    f = scored.card.get("fidelity", {})
-    if "relocated_share_minimum" in f:
-        lines.append(
-            f"  price: relocated_share {f['relocated_share']:.4f} "
-            f"(minimum for the target {f['relocated_share_minimum']:.4f}; "
-            f"uniform alternative {f['uniform_alternative_relocated_share']:.4f}); "
-            f"outside home {f['outside_home_share_1a']:.3f} -> {f['outside_home_share_1b']:.3f}"
-        )
-    else:
-        lines.append(f"  price: relocated_share {f.get('relocated_share', 0.0):.4f} (country counts are 1A's)")
+    lines += price_lines(scored.card)
     pin = scored.card.get("baseline")
     pinned_now = scored.card.get("baseline_pinned_now")
     if pinned_now and pin:
@@ -522,9 +544,12 @@ def certify(
     for key in ("top1_share", "country_gini"):
         vals = "".join(f"{_fmt(pack.scored[s].bootstrap.get(key, float('nan'))):>11}" for s in seed_list)
         lines.append(f"  {'bootstrap_upper:' + key:<32}{vals}")
-    for key in ("relocated_share", "relocated_share_minimum", "uniform_alternative_relocated_share"):
+    for key in ("relocated_share", "merchant_retention_median", "merchants_lost_home"):
         vals = "".join(f"{_fmt(pack.scored[s].card['fidelity'].get(key, float('nan'))):>11}" for s in seed_list)
         lines.append(f"  {key:<32}{vals}")
+    for level in ("B_PLUS", "B"):
+        vals = "".join(f"{_fmt(pack.scored[s].card['price']['ratio'].get(level)):>11}" for s in seed_list)
+        lines.append(f"  {'relocated ÷ least for ' + level.replace('_PLUS', '+'):<32}{vals}")
     lines += ["", f"  GRADE: {report.outcome}   next: {report.next_action}"]
     if report.outcome != "GREEN_BPLUS":
         level: Literal["B", "B_PLUS"] = "B" if report.outcome == "RED" else "B_PLUS"

@@ -3,8 +3,8 @@ relocation with which any bundle can pass them (DESIGN §12), from 1A's counts a
 country mass vector alone: seconds, before any S4–S9 work.
 
 - **Prediction.** S4(a) hits its integer country targets exactly, and they are a function
-  of 1A's counts, the S2 vector and the policies (``mass.remass_targets``, the run's own
-  arithmetic). Country metrics follow with the scorer's functions; the southern share uses
+  of 1A's counts, its merchants' home counts, the S2 vector and the policies
+  (``mass.country_targets``, the run's own arithmetic). Country metrics follow with the scorer's functions; the southern share uses
   each country's southern fraction of its tile mass, which S4(b) samples from.
 - **Price of a grade.** A linear programme over target share vectors t: minimise the
   total variation ½ Σ |t − a| from 1A's shares a (the least share of outlets any
@@ -21,22 +21,26 @@ never wrong.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
-from scipy import sparse
-from scipy.optimize import linprog
 
-from . import grading, mass, metrics
+from . import grading, mass, metrics, share_lp
+from .datasets import COUNTRY_MASS, S3_REQUIREMENTS
 from .grading import Level
-from .policies import CountryAllocationRemass, GatesPolicy, PolicyBundle, S2BlendV2
+from .hashing import canonical_json, sha256_hex
+from .lineage import write_json
+from .policies import CountryAllocationRemass, GatesPolicy, PolicyBundle
 from .refdata import REGIONS
+from .runroot import RunRoot
 
 # The gates a country-level prediction decides (the rest need sites).
 COUNTRY_GATES = (*metrics.COUNTRY_METRICS,)
@@ -52,22 +56,26 @@ class CountryInputs:
     iso2: NDArray[np.str_]
     a_count: NDArray[np.int64]
     vector: mass.CountryVector
+    home_country: NDArray[np.int64]  # per merchant with outlets at home: its home country
+    home_sites: NDArray[np.int64]  # ... and its outlets there
     site_south: NDArray[np.float64] | None = None
 
     @property
     def total(self) -> int:
         return int(self.a_count.sum())
 
+    def home_floor(self, home_min: int) -> NDArray[np.int64]:
+        """Per country: the outlets its home merchants keep at least (S4's home floor)."""
+        keep = np.minimum(self.home_sites, home_min)
+        return np.bincount(self.home_country, weights=keep, minlength=len(self.iso2)).astype(np.int64)
+
 
 def predicted_counts(inputs: CountryInputs, bundle: PolicyBundle) -> NDArray[np.int64]:
-    """The 1B sites per country the bundle's S4(a) will produce."""
+    """The 1B sites per country the bundle's S4(a) will produce (S4's own function)."""
     mode = bundle.s4_alloc_plan.country_allocation
     if not isinstance(mode, CountryAllocationRemass):
         return inputs.a_count.copy()
-    s2 = bundle.s2_tile_weights.tile_weights
-    return mass.remass_targets(
-        inputs.a_count, inputs.vector, mode, s2.country_mass if isinstance(s2, S2BlendV2) else None
-    )
+    return mass.country_targets(inputs.a_count, inputs.home_floor(mode.home_sites_min), inputs.vector, mode)
 
 
 def country_card(counts: NDArray[np.floating[Any] | np.integer[Any]], inputs: CountryInputs) -> dict[str, Any]:
@@ -98,43 +106,12 @@ class LeastRelocation:
     message: str
 
 
-class _Rows:
-    """Sparse inequality rows ``A x ≤ b`` of the programme, block by block."""
-
-    def __init__(self, n_var: int) -> None:
-        self.n_var = n_var
-        self.r: list[NDArray[np.intp]] = []
-        self.c: list[NDArray[np.intp]] = []
-        self.v: list[NDArray[np.float64]] = []
-        self.b: list[float] = []
-
-    def add(self, rows: NDArray[np.intp], cols: NDArray[np.intp], values: NDArray[np.float64], b: list[float]) -> None:
-        self.r.append(np.asarray(rows) + len(self.b))
-        self.c.append(np.asarray(cols))
-        self.v.append(np.asarray(values, dtype=np.float64))
-        self.b.extend(b)
-
-    def matrix(self) -> tuple[sparse.csr_matrix, NDArray[np.float64]]:
-        shape = (len(self.b), self.n_var)
-        a = sparse.csr_matrix((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))), shape=shape)
-        return a, np.asarray(self.b)
-
-
 def least_relocation(inputs: CountryInputs, gates: GatesPolicy, level: Level, margin: float = 0.0) -> LeastRelocation:
     """A lower bound on the total variation from 1A's country shares of any target vector
-    meeting the grade's country gates (each tightened by ``margin``), by HiGHS's interior
-    point. Which countries hold outlets is not fixed in advance; the programme is a convex
-    relaxation valid for every active set of at least K countries (the coverage gate):
-
-    - Gini over the m active countries, G ≤ g, with Σ t = 1: the pairwise sum over all
-      eligible countries is Σ_active + (n − m), so Σ_{i<j} |t_i − t_j| ≤ n − K (1 − g);
-    - top-k: the k = ⌈f m⌉ largest hold at least the ⌈f K⌉ largest, so T_⌈fK⌉(t) ≤ cap
-      (Ogryczak: T_k = min over λ of k λ + Σ (t − λ)⁺);
-    - coverage: Σ min(t_c, 1/N) ≥ K / N (concave, so its upper level set is convex);
-    - the southern share and region floors are linear.
-
-    Variables on the eligible countries: t; p, q ≥ 0 with t − p + q = a (cost ½ Σ (p+q));
-    d_ij ≥ |t_i − t_j|; w ≤ min(t, 1/N); per top-k, λ and u ≥ t − λ."""
+    meeting the grade's country gates (each tightened by ``margin``). Which countries hold
+    outlets is not fixed in advance: the limits (``share_lp``) are a convex relaxation valid
+    for every active set of at least K countries, K being the coverage gate's count; top-k
+    caps bind the ⌈f K⌉ largest, which the ⌈f m⌉ largest of m ≥ K active countries contain."""
     thresholds = {f: getattr(getattr(gates, f), level) for f in grading.GATE_FIELD.values()}
     eligible = inputs.vector.eligible
     idx = np.flatnonzero(eligible)
@@ -144,58 +121,28 @@ def least_relocation(inputs: CountryInputs, gates: GatesPolicy, level: Level, ma
     cover = math.ceil(round((thresholds["eligible_country_nonzero_share_min"] + margin) * n, 9))
     if n == 0 or cover > min(n, total):
         return LeastRelocation(level, False, float("nan"), np.zeros(0), cover, "fewer outlets than countries to cover")
-    pair_i, pair_j = np.triu_indices(n, k=1)
-    n_pairs = len(pair_i)
-    ks = {name: max(1, math.ceil(round(f * cover, 9))) for name, f in metrics.TOPK_FRACTIONS.items()}
-    o_p, o_q, o_w, o_d = n, 2 * n, 3 * n, 4 * n
-    o_k = {name: 4 * n + n_pairs + i * (n + 1) for i, name in enumerate(ks)}
-    ub = _Rows(4 * n + n_pairs + len(ks) * (n + 1))
-    pairs, rn = np.arange(n_pairs), np.arange(n)
-    for sign in (1.0, -1.0):  # ±(t_i − t_j) − d_ij ≤ 0
-        ub.add(
-            np.r_[pairs, pairs, pairs],
-            np.r_[pair_i, pair_j, o_d + pairs],
-            np.r_[np.full(n_pairs, sign), np.full(n_pairs, -sign), -np.ones(n_pairs)],
-            [0.0] * n_pairs,
-        )
-    gini = thresholds["country_gini_max"] - margin
-    ub.add(np.zeros(n_pairs, np.intp), o_d + pairs, np.ones(n_pairs), [n - cover * (1.0 - gini)])
-    for name, k in ks.items():
-        lam, u = o_k[name], o_k[name] + 1 + rn
-        ub.add(np.r_[rn, rn, rn], np.r_[rn, np.full(n, lam), u], np.r_[np.ones(n), -np.ones(2 * n)], [0.0] * n)
-        cap = thresholds[f"{name}_share_max"] - margin
-        ub.add(np.zeros(n + 1, np.intp), np.r_[lam, u], np.r_[float(k), np.ones(n)], [cap])
-    ub.add(np.r_[rn, rn], np.r_[o_w + rn, rn], np.r_[np.ones(n), -np.ones(n)], [0.0] * n)  # w ≤ t
-    ub.add(np.zeros(n, np.intp), o_w + rn, -np.ones(n), [-cover / total])  # Σ w ≥ K / N
-    south_min = thresholds["southern_hemisphere_share_min"] + margin
-    ub.add(np.zeros(n, np.intp), rn, -inputs.vector.south[idx], [-south_min])
-    region = inputs.vector.region[idx]
-    for name, floor in gates.region_floor_share.items():
-        inside = np.flatnonzero(region == name)
-        ub.add(np.zeros(len(inside), np.intp), inside, -np.ones(len(inside)), [-(floor + margin)])
-    a_ub, b_ub = ub.matrix()
-    a_eq = sparse.csr_matrix(
-        (
-            np.r_[np.ones(n), -np.ones(n), np.ones(n), np.ones(n)],
-            (np.r_[rn, rn, rn, np.full(n, n)], np.r_[rn, o_p + rn, o_q + rn, rn]),
+    limits = share_lp.ShareLimits(
+        lower=np.zeros(n),
+        upper=np.full(n, np.inf),
+        gini_max=thresholds["country_gini_max"] - margin,
+        gini_active=cover,
+        top_max=tuple(
+            (max(1, math.ceil(round(f * cover, 9))), thresholds[f"{name}_share_max"] - margin)
+            for name, f in metrics.TOPK_FRACTIONS.items()
         ),
-        shape=(n + 1, ub.n_var),
+        coverage=(cover, 1.0 / total),
+        south=inputs.vector.south[idx],
+        south_min=thresholds["southern_hemisphere_share_min"] + margin,
+        region=inputs.vector.region[idx],
+        region_min={name: floor + margin for name, floor in gates.region_floor_share.items()},
     )
-    cost = np.zeros(ub.n_var)
-    cost[o_p:o_w] = 0.5
-    bounds = np.zeros((ub.n_var, 2))
-    bounds[:, 1] = np.inf
-    bounds[o_w : o_w + n, 1] = 1.0 / total  # w ≤ 1/N
-    for name in ks:
-        bounds[o_k[name]] = (-np.inf, np.inf)
-    b_eq = np.r_[a[idx], 1.0]
-    result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs-ipm")
-    if result.status != 0:
-        return LeastRelocation(level, False, float("nan"), np.zeros(0), cover, str(result.message))
+    found = share_lp.closest_shares(a[idx], limits)
+    if not found.feasible:
+        return LeastRelocation(level, False, float("nan"), np.zeros(0), cover, found.message)
     share = np.zeros(len(a))
-    share[idx] = result.x[:n]
+    share[idx] = found.share
     # ½Σ|t−a| over the eligible countries, plus ½ of what sits in ineligible ones
-    return LeastRelocation(level, True, float(result.fun) + moved_out / 2.0, share, cover, "optimal")
+    return LeastRelocation(level, True, found.distance + moved_out / 2.0, share, cover, "optimal")
 
 
 @dataclass
@@ -269,19 +216,66 @@ def assess(inputs: CountryInputs, bundle: PolicyBundle, seed: int | None = None)
 
 
 def read_inputs(upstream: Path, catalogue: str, country_mass: dict[str, list]) -> CountryInputs:
-    """1A's outlets per country (from a verified bundle's catalogue) beside S2's table."""
+    """1A's outlets per country and its merchants' home counts (from a verified bundle's
+    catalogue) beside S2's table."""
+    return inputs_from_pairs(_catalogue_pairs(str(upstream / catalogue)), country_mass)
+
+
+def inputs_from_pairs(pairs: pa.Table, country_mass: dict[str, list]) -> CountryInputs:
+    """The model's inputs from 1A's (merchant, legal country, home country, n_sites) rows."""
     vector = mass.CountryVector.from_columns(country_mass)
     iso2 = np.asarray(country_mass["iso2"], dtype="U2")
     assert (iso2[1:] > iso2[:-1]).all(), "S2's country table is in code order"
-    a_count = np.zeros(len(iso2), dtype=np.int64)
-    for code, count in _catalogue_counts(str(upstream / catalogue)).items():
-        a_count[int(np.searchsorted(iso2, code))] += count
-    return CountryInputs(iso2, a_count, vector)
+    legal = pc.index_in(pairs.column("legal_country_iso"), value_set=pa.array(iso2.tolist())).to_numpy()
+    home = pc.index_in(pairs.column("home_country_iso"), value_set=pa.array(iso2.tolist())).to_numpy()
+    n_sites = pairs.column("n_sites").to_numpy().astype(np.int64)
+    a_count = np.bincount(legal, weights=n_sites, minlength=len(iso2)).astype(np.int64)
+    at_home = legal == home
+    return CountryInputs(iso2, a_count, vector, home[at_home].astype(np.int64), n_sites[at_home])
 
 
 @functools.lru_cache(maxsize=16)
-def _catalogue_counts(path: str) -> dict[str, int]:
-    """Outlets per legal country of a 1A catalogue, read once per process (a verified 1A
-    bundle is write-once; calibration asks for it once per trial and seed)."""
-    counts = pc.value_counts(pq.read_table(path, columns=["legal_country_iso"]).column(0))
-    return {entry["values"]: entry["counts"] for entry in counts.to_pylist()}
+def _catalogue_pairs(path: str) -> pa.Table:
+    """Outlets per (merchant, legal country, home country) of a 1A catalogue, read once per
+    process (a verified 1A bundle is write-once; calibration asks once per trial and seed)."""
+    table = pq.read_table(path, columns=["merchant_id", "legal_country_iso", "home_country_iso"])
+    grouped = table.group_by(["merchant_id", "legal_country_iso", "home_country_iso"]).aggregate(
+        [("merchant_id", "count")]
+    )
+    return grouped.rename_columns(["merchant_id", "legal_country_iso", "home_country_iso", "n_sites"])
+
+
+def relocation_bounds(inputs: CountryInputs, gates: GatesPolicy) -> dict[str, float]:
+    """Each grade's least relocation (``least_relocation``; nan where no vector reaches it)."""
+    return {level: least_relocation(inputs, gates, level).relocated_share for level in grading.LEVELS}
+
+
+def price(root: RunRoot, outputs: dict[str, Path], gates: GatesPolicy, relocated_share: float) -> dict[str, Any]:
+    """A run's ``relocated_share`` beside each grade's least relocation for its own 1A bundle
+    and country table, and their ratio. The bounds are a function of those inputs and the
+    gates alone, so they are computed once and kept under the run root's cache."""
+    table = COUNTRY_MASS.read(outputs["country_mass"]).to_pydict()
+    inputs = inputs_from_pairs(S3_REQUIREMENTS.read(outputs["s3_requirements"]), table)
+    key = sha256_hex(
+        canonical_json(
+            [
+                inputs.a_count.tolist(),
+                inputs.vector.eligible.tolist(),
+                inputs.vector.south.tolist(),
+                inputs.vector.region.tolist(),
+                gates.model_dump(mode="json"),
+            ]
+        )
+    )
+    entry = root.bounds_entry(key)
+    if entry.is_file():
+        bounds = json.loads(entry.read_text())
+    else:
+        bounds = relocation_bounds(inputs, gates)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        write_json(entry, bounds)
+    return {
+        "relocated_share": relocated_share,
+        "least": bounds,
+        "ratio": {level: relocated_share / b if b and b > 0 else float("nan") for level, b in bounds.items()},
+    }

@@ -42,32 +42,28 @@ CONCENTRATION = ("country_gini", "top10_share", "top5_share", "top1_share")
 # The seed plan's failure triage map (§6), by gate family, naming the settings that move
 # each family in a bundle of the given modes.
 def triage_hints(bundle: PolicyBundle | None = None) -> dict[str, str]:
-    s2 = bundle.s2_tile_weights.tile_weights.mode if bundle else "blend_v2"
     s4 = bundle.s4_alloc_plan.country_allocation.mode if bundle else "remass"
-    s6 = bundle.s6_jitter.jitter.mode if bundle else "mixture_v2"
+    s6 = bundle.s6_jitter.jitter.mode if bundle else "mixture_v3"
     keyed = bundle is None or bundle.s4_alloc_plan.tile_allocation.tie_break == "keyed"
-    fixed = (
-        "country counts come from 1A under s4_alloc_plan country_allocation.mode legacy; switch to remass (S2 blend_v2)"
-    )
-    mass = "retune s2_tile_weights country_mass."
-    governed = s2 == "blend_v2" and s4 == "remass"
+    fixed = "country counts come from 1A under s4_alloc_plan country_allocation.mode legacy; switch to remass"
+    targets = "retune s4_alloc_plan country_allocation.targets: "
+    governed = s4 == "remass"
     return {
         "concentration": "Gini/top-k: "
         + (
-            f"{mass}country_cap_share_hard, topk_cap_share, concentration_penalty "
-            "(or lower s4_alloc_plan country_allocation.fidelity_weight)"
+            f"{targets}top_share_max, country_share_max, prior_floor "
+            "(and s2_tile_weights country_mass.population_exponent, the shape of the prior)"
             if governed
             else fixed
         ),
-        "coverage": "coverage: "
-        + (f"{mass}population_exponent, uniform_mix, southern_floor_share" if governed else fixed),
-        "region_floor": "region floor: " + (f"{mass}region_floor_share" if governed else fixed),
+        "coverage": "coverage: " + (f"{targets}min_country_population, prior_floor" if governed else fixed),
+        "region_floor": "region floor: " + (f"{targets}region_floor_share, southern_share_min" if governed else fixed),
         "nn": "NN tail: "
         + (
-            "retune s6_jitter core_sigma_km_per_sqrt_site, sigma_min_km, tail_max_km "
+            "retune s6_jitter core_density_per_km2_per_million, secondary_reach, tail_reach "
             "and s4_alloc_plan min_sites_per_tile"
-            if s6 == "mixture_v2"
-            else "s6_jitter jitter.mode uniform_v1 has no tail control; switch to mixture_v2"
+            if s6 == "mixture_v3"
+            else "s6_jitter jitter.mode uniform_v1 has no tail control; switch to mixture_v3"
         ),
         "collapse": "collapse: "
         + (
@@ -78,12 +74,13 @@ def triage_hints(bundle: PolicyBundle | None = None) -> dict[str, str]:
         "footprint": "merchant footprint: "
         + (
             "retune s4_alloc_plan country_allocation.max_new_countries, max_share_of_need"
-            if s4 == "remass"
+            if governed
             else "set by 1A under country_allocation.mode legacy"
         ),
         "urban": "urban share: retune s2_tile_weights population.rural_weight, min_place_population, basis_mix",
         "cv": "seed instability: reduce high-sensitivity knobs and tighten deterministic balancing",
-        "bootstrap": f"concentration too close to the B+ line: {mass}country_cap_share_hard, topk_cap_share",
+        "bootstrap": "concentration too close to the B+ line: "
+        + f"{targets}top_share_max; s4_alloc_plan country_allocation.max_share_of_need (fewer merchants per country)",
         "structural": "structural contract: fix the implementation bug before further realism tuning",
         "missing": "certify every required seed",
     }

@@ -39,11 +39,23 @@ class Scored:
 
 FIDELITY_KEYS = (
     "relocated_share",
-    "relocated_share_minimum",
-    "uniform_alternative_relocated_share",
     "countries_over_target",
     "countries_under_target",
     "lone_sites_moved",
+    "homes_with_widened_caps",
+    "merchants_over_new_country_limit",
+    "merchant_retention_median",
+    "merchant_retention_p10",
+    "new_pair_share",
+    "merchants_lost_home",
+    "home_outlets_kept_share",
+    "move_km_median",
+    "move_km_p90",
+    "new_pair_home_km_median",
+    "new_pair_home_km_p90",
+    "new_countries_median",
+    "new_countries_p90",
+    "new_countries_max",
 )
 
 
@@ -99,6 +111,8 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     card["bootstrap_upper_95"] = upper
     card["baseline"] = baseline
     card["fidelity"] = _fidelity(meta)
+    outputs = {name: safe_join(root, rel) for name, rel in meta["outputs"].items()}
+    card["price"] = feasibility.price(RunRoot(root), outputs, gates, card["fidelity"]["relocated_share"])
     card["sealed"] = sealed
     card["target_grade"] = bundle.s9_validation.target_grade
     scoring.write_scorecard(card, run / "scorecard")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from . import share_lp
 from .errors import Code, Seg1BError
 from .metrics import TOPK_FRACTIONS
 from .policies import CountryAllocationRemass, CountryMassPolicy
@@ -61,6 +62,8 @@ def _water_fill(
         excess = float((out[over] - cap[over]).sum())
         out[over] = cap[over]
         room = eligible & (out < cap)
+        if not room.any() or out[room].sum() == 0.0:
+            break  # nowhere to go: the caps cannot hold the mass, which the final check refuses
         out[room] += excess * out[room] / out[room].sum()
     return out
 
@@ -91,6 +94,32 @@ def _topk_cap(share: NDArray[np.float64], k: int, cap: float, eligible: NDArray[
     return out
 
 
+def _breaches(
+    share: NDArray[np.float64],
+    region: NDArray[np.str_],
+    south: NDArray[np.float64],
+    eligible: NDArray[np.bool_],
+    cap: NDArray[np.float64],
+    topk: dict[str, int],
+    policy: CountryMassPolicy,
+) -> list[str]:
+    """The limits a vector breaks (beyond rounding): the hard and per-capita caps, top-k
+    caps, region and southern floors."""
+    tol = 1e-9
+    broken = [
+        f"region_floor_share.{r}" for r, f in policy.region_floor_share.items() if share[region == r].sum() < f - tol
+    ]
+    if float((share * south).sum()) < policy.southern_floor_share - tol:
+        broken.append("southern_floor_share")
+    if (share[eligible] > cap[eligible] + tol).any():
+        broken.append("country_cap_share_hard/max_population_share_multiple")
+    top = np.sort(share)[::-1]
+    broken += [
+        f"topk_cap_share.{k}" for k, v in policy.topk_cap_share.model_dump().items() if top[: topk[k]].sum() > v + tol
+    ]
+    return broken
+
+
 def govern(
     base: NDArray[np.float64],
     region: NDArray[np.str_],
@@ -105,12 +134,6 @@ def govern(
     ``max_population_share_multiple`` × its share of the eligible population (no island of
     60 000 people holds 1.6 % of the world's outlets)."""
     n = int(eligible.sum())
-    if n == 0 or policy.country_cap_share_hard * n < 1.0:
-        raise Seg1BError(
-            Code.E_MASS_INFEASIBLE,
-            f"a hard cap of {policy.country_cap_share_hard} over {n} eligible countries cannot hold all mass",
-            key="country_mass.country_cap_share_hard",
-        )
     raw = np.where(eligible, np.maximum(base, 0.0), 0.0)
     if raw.sum() == 0.0:
         raw = eligible.astype(np.float64)
@@ -121,6 +144,12 @@ def govern(
     cap = np.full(len(share), policy.country_cap_share_hard)
     if policy.max_population_share_multiple > 0:
         cap = np.minimum(cap, policy.max_population_share_multiple * pop_share)
+    if n == 0 or float(cap[eligible].sum()) < 1.0:
+        raise Seg1BError(
+            Code.E_MASS_INFEASIBLE,
+            f"the hard caps of the {n} eligible countries hold only {float(cap[eligible].sum()):.3f} of the mass",
+            key="country_mass.country_cap_share_hard",
+        )
     topk = {name: max(1, math.ceil(round(f * n, 9))) for name, f in TOPK_FRACTIONS.items()}
     for iteration in range(1, policy.max_iterations + 1):
         before = share
@@ -129,32 +158,23 @@ def govern(
         share = _southern_floor(share, south, policy.southern_floor_share)
         share = _soft_cap(share, policy.country_cap_share_soft, policy.soft_cap_keep, eligible)
         share = _water_fill(share, cap, eligible)
-        for name, cap in policy.topk_cap_share.model_dump().items():
-            share = _topk_cap(share, topk[name], cap, eligible)
+        for name, top_cap in policy.topk_cap_share.model_dump().items():
+            share = _topk_cap(share, topk[name], top_cap, eligible)
         if float(np.abs(share - before).max()) <= policy.tolerance:
-            return MassVector(share / share.sum(), base_share, iteration)
+            share = share / share.sum()
+            broken = _breaches(share, region, south, eligible, cap, topk, policy)
+            if broken:  # a cycle of steps undoing each other: the settings contradict
+                raise Seg1BError(
+                    Code.E_MASS_INFEASIBLE,
+                    f"floors and caps contradict each other: the vector settles breaking {', '.join(broken)}",
+                    key="country_mass",
+                )
+            return MassVector(share, base_share, iteration)
     raise Seg1BError(
         Code.E_MASS_INFEASIBLE,
         f"floors and caps did not converge in {policy.max_iterations} iterations (they contradict each other)",
         key="country_mass",
     )
-
-
-def integer_targets(
-    share: NDArray[np.float64], total: int, minimum: int, eligible: NDArray[np.bool_]
-) -> NDArray[np.int64]:
-    """Integer site counts per country summing to ``total``: ``minimum`` for every eligible
-    country, the rest by largest remainder of the shares (ties to the lower index)."""
-    n = int(eligible.sum())
-    minimum = minimum if minimum * n <= total else 0
-    floor_total = minimum * n
-    quota = share * (total - floor_total)
-    counts = np.floor(quota).astype(np.int64)
-    short = total - floor_total - int(counts.sum())
-    candidates = np.flatnonzero(eligible)
-    order = candidates[np.lexsort((candidates, -(quota - counts)[candidates]))]
-    counts[order[:short]] += 1
-    return counts + np.where(eligible, minimum, 0)
 
 
 @dataclass(frozen=True)
@@ -178,20 +198,70 @@ class CountryVector:
         )
 
 
-def remass_targets(
-    a_count: NDArray[np.int64],
-    vector: CountryVector,
-    mode: CountryAllocationRemass,
-    country_mass: CountryMassPolicy | None,
+def country_targets(
+    a_count: NDArray[np.int64], home_floor: NDArray[np.int64], vector: CountryVector, mode: CountryAllocationRemass
 ) -> NDArray[np.int64]:
-    """S4(a)'s integer site targets per country: the S2 vector mixed with 1A's own shares
-    by ``fidelity_weight`` (governed again by ``country_mass`` when S2 governs one), at
-    least ``min_sites_per_country`` per eligible country, summing to the 1A total. S4 and
-    ``seg1b feasibility`` both call this, so a prediction is the run's own arithmetic."""
+    """S4(a)'s integer site targets per country, summing to the 1A total: the shares closest
+    to 1A's (the least relocation) within ``mode.targets``, ties toward S2's vector. Countries
+    below ``min_country_population`` people get outlets only where 1A or a home merchant has
+    them; every other eligible country holds at least ``min_sites_per_country``, at least
+    ``home_floor`` (the outlets its home merchants keep) and at least ``prior_floor`` × its
+    share of S2's vector. S4 and ``seg1b feasibility`` both call this, so a prediction is
+    the run's own arithmetic."""
+    limits = mode.targets
     total = int(a_count.sum())
-    share = vector.share
-    if mode.fidelity_weight > 0:
-        share = (1.0 - mode.fidelity_weight) * share + mode.fidelity_weight * a_count / total
-        if country_mass is not None:  # the mixed vector obeys the same floors and caps
-            share = govern(share, vector.region, vector.south, vector.eligible, vector.population, country_mass).share
-    return integer_targets(share, total, mode.min_sites_per_country, vector.eligible)
+    eligible = vector.eligible
+    holds = eligible & ((vector.population >= limits.min_country_population) | (a_count > 0) | (home_floor > 0))
+    idx = np.flatnonzero(holds)
+    lower = np.maximum(mode.min_sites_per_country, home_floor[idx]).astype(np.int64)
+    if int(lower.sum()) > total:
+        raise Seg1BError(
+            Code.E_REMASS_INFEASIBLE,
+            f"{len(idx)} countries with at least {mode.min_sites_per_country} outlets and the home floors need "
+            f"{int(lower.sum()):,} outlets; 1A has {total:,}",
+            key="country_allocation.targets.min_country_population",
+        )
+    population = np.where(eligible, vector.population, 0.0)
+    cap = np.full(len(idx), limits.country_share_max)
+    if limits.max_population_share_multiple > 0:
+        cap = np.minimum(cap, limits.max_population_share_multiple * population[idx] / max(population.sum(), 1.0))
+    n = len(idx)
+    prior = vector.share[idx] / vector.share[idx].sum() if vector.share[idx].sum() > 0 else np.full(n, 1.0 / n)
+    floor = np.maximum(lower / total, limits.prior_floor * prior)
+    share_limits = share_lp.ShareLimits(
+        lower=floor,
+        upper=np.maximum(cap, floor),
+        top_max=tuple(
+            (max(1, math.ceil(round(f * n, 9))), getattr(limits.top_share_max, name))
+            for name, f in TOPK_FRACTIONS.items()
+        ),
+        south=vector.south[idx],
+        south_min=limits.southern_share_min,
+        region=vector.region[idx],
+        region_min=limits.region_floor_share,
+    )
+    found = share_lp.closest_shares(a_count[idx] / total, share_limits, prior, limits.prior_weight)
+    if not found.feasible:
+        raise Seg1BError(
+            Code.E_REMASS_INFEASIBLE,
+            f"no country vector meets the target limits ({found.message})",
+            key="country_allocation.targets",
+        )
+    counts = np.zeros(len(a_count), dtype=np.int64)
+    counts[idx] = whole_counts(found.share, total, lower)
+    return counts
+
+
+def whole_counts(share: NDArray[np.float64], total: int, lower: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Integer counts summing to ``total``, each within 1 of ``share · total`` and at least
+    ``lower``: largest remainder, ties to the lower index."""
+    quota = share * total
+    counts = np.maximum(np.floor(quota + 1e-9).astype(np.int64), lower)
+    gap = quota - counts
+    short = total - int(counts.sum())
+    if short > 0:
+        counts[np.lexsort((np.arange(len(gap)), -gap))[:short]] += 1
+    elif short < 0:
+        room = np.flatnonzero(counts > lower)
+        counts[room[np.lexsort((room, gap[room]))[:-short]]] -= 1
+    return counts

@@ -10,7 +10,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 EARTH_RADIUS_KM = 6371.0088
-MAX_1A_COUNTRIES = 11  # 1A's largest merchant footprint (FACTS §3): the realism bound on 1B's
 TOPK_FRACTIONS = {"top1": 0.01, "top5": 0.05, "top10": 0.10}
 # The country-level figures of DESIGN §6, in the order summaries show them.
 COUNTRY_METRICS = (
@@ -73,16 +72,22 @@ def country_metrics(counts_by_country: Mapping[str, float], eligible_count: int)
     return out
 
 
-def merchant_footprint(merchant: NDArray[Any], country: NDArray[Any]) -> dict[str, float]:
-    """Countries per merchant over distinct (merchant, country) pairs."""
+def merchant_footprint(merchant: NDArray[Any], country: NDArray[Any], max_countries: int) -> dict[str, float]:
+    """Countries per merchant over distinct (merchant, country) pairs; the share of merchants
+    above ``max_countries`` (the graded 1A bundle's own largest footprint)."""
     pairs = np.unique(np.column_stack([merchant.astype(np.int64), country.astype(np.int64)]), axis=0)
     _, per_merchant = np.unique(pairs[:, 0], return_counts=True)
     return {
         "merchant_countries_median": float(np.median(per_merchant)),
         "merchant_countries_p90": float(np.quantile(per_merchant, 0.9)),
         "merchant_countries_max": int(per_merchant.max()),
-        "merchants_above_1a_max_share": float((per_merchant > MAX_1A_COUNTRIES).mean()),
+        "merchants_above_1a_max_share": float((per_merchant > max_countries).mean()),
     }
+
+
+def largest_footprint(pair_merchant: NDArray[Any]) -> int:
+    """The most countries any merchant spans, from one row per (merchant, country) pair."""
+    return int(np.unique(pair_merchant, return_counts=True)[1].max()) if len(pair_merchant) else 0
 
 
 NN_HISTOGRAM_EDGES_KM = np.logspace(-4, 4, 81)  # 10 cm to 10 000 km, 10 bins a decade

@@ -458,7 +458,7 @@ def p2_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
     action = (
         "set s4_alloc_plan country_allocation.mode: remass (it allocates to S2's locked mass vector)"
         if legacy
-        else "retune s4_alloc_plan country_allocation: fidelity_weight, max_share_of_need, min_sites_per_country"
+        else "retune s4_alloc_plan country_allocation: targets, max_share_of_need, min_sites_per_country"
     )
     folder = f"runs/{run_id}/{checkpoints.FOLDER}/checkpoints.json"
     items = [_scope(ev, "P2", meta), *_code(ev, "P2", meta), *_not_contradicted(ev, "P2", meta)]
@@ -513,8 +513,8 @@ def p3_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
     if card is None:
         return [*items, Item("the run is scored", "fail", f"{folder}/scorecard/", action=f"seg1b score {run_id}")]
     m = card["metrics"]
-    mixture = bundle.s6_jitter.jitter.mode == "mixture_v2"
-    spread = "retune s6_jitter jitter: core_sigma_km_per_sqrt_site, sigma_min_km, sigma_max_km, tail_max_km"
+    mixture = bundle.s6_jitter.jitter.mode == "mixture_v3"
+    spread = "retune s6_jitter jitter: core_density_per_km2_per_million, secondary_reach, tail_reach"
     floor = bundle.gates.nn_contraction_min.B
     contraction = m["nn_contraction"]
     items.append(
@@ -523,7 +523,7 @@ def p3_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
             "pass" if contraction >= floor else "fail",  # NaN (no baseline) fails
             f"{folder}/scorecard/nn_quantiles.csv",
             f"nn_contraction {fmt(contraction)}: p99/p50 {m['nn_ratio']:.3f} vs {m['baseline_nn_ratio']:.3f}",
-            spread if mixture else "set s6_jitter jitter.mode: mixture_v2 (uniform_v1 has no tail control)",
+            spread if mixture else "set s6_jitter jitter.mode: mixture_v3 (uniform_v1 has no tail control)",
         )
     )
     flagged = [c for c, s in card.get("sentinel", {}).items() if s["flagged"]]

@@ -100,7 +100,8 @@ RegionFloors = Annotated[dict[str, Share], AfterValidator(_known_regions)]
 
 
 class TopKCaps(Strict):
-    """Caps on the share of the top k = ceil(f · eligible) countries (f = .01/.05/.10)."""
+    """Caps on the share of the top k = ceil(f · n) countries (f = .01/.05/.10), n the countries
+    the vector spreads over."""
 
     top1: Share
     top5: Share
@@ -149,17 +150,42 @@ class CountryAllocationLegacy(Strict):
     mode: Literal["legacy"]
 
 
+class TargetLimits(Strict):
+    """How far S4(a) governs country totals (DESIGN §12): the target is the vector closest
+    to 1A's own counts (the least relocation) inside these limits; among equally close
+    vectors the one nearest S2's population vector wins (``prior_weight`` < 1 only breaks
+    ties), so moved outlets go where people are. Every country with outlets holds at least
+    ``min_sites_per_country``."""
+
+    country_share_max: Share = Field(description="no country above this share (a home floor wins)")
+    max_population_share_multiple: float = Field(
+        ge=0.0, le=1e6, description="no country above this × its share of people (0 = off; a home floor wins)"
+    )
+    top_share_max: TopKCaps = Field(description="caps on the top k = ceil(f · countries with outlets)")
+    prior_floor: Share = Field(description="every country holds at least this × its share of S2's vector")
+    southern_share_min: Share
+    region_floor_share: RegionFloors
+    min_country_population: int = Field(
+        ge=0, description="countries with fewer people receive outlets only where 1A or a home merchant has them"
+    )
+    prior_weight: float = Field(ge=0.0, lt=1.0, description="ties toward S2's country mass vector")
+
+
 class CountryAllocationRemass(Strict):
-    """Governed re-mass: per-country retention, mobile outlets by least-distance capped transport."""
+    """Governed re-mass: targets closest to 1A within limits; merchants keep their home;
+    moved outlets go to the merchant's own countries first, then the nearest."""
 
     mode: Literal["remass"]
-    fidelity_weight: Share = Field(description="mix of 1A's own country shares into the target before governance")
-    min_sites_per_country: int = Field(ge=0, le=1000, description="every eligible country's target is at least this")
+    targets: TargetLimits
+    min_sites_per_country: int = Field(ge=1, le=1000, description="every country with outlets holds at least this")
+    home_sites_min: int = Field(
+        ge=0, le=1000, description="every merchant keeps at least this many outlets at home (fewer if 1A has fewer)"
+    )
     max_share_of_need: Share = Field(
         description="no merchant fills more than this share of a country's need (cap per cell)"
     )
     max_new_countries: int = Field(
-        ge=1, le=1000, description="a merchant's mobile outlets always fit in this many countries"
+        ge=1, le=1000, description="a merchant's moved outlets go to at most this many countries it lacks in 1A"
     )
 
 
@@ -185,25 +211,26 @@ class S6UniformV1(Strict):
     max_attempts: int = Field(ge=1, le=1024)
 
 
-class S6MixtureV2(Strict):
-    """A governed mixture inside the tile: a dense core around the tile's anchor (its
-    population centre) whose spread grows with √(sites in the tile), secondary clusters
-    around keyed points of the tile, and a sparse tail bounded to ``tail_max_km``."""
+class S6MixtureV3(Strict):
+    """A governed mixture inside the tile, every part scaled by the tile's footprint σ (the
+    spread its expected outlets need at the stated density, outlets per km² per million
+    outlets in all): a dense core around the tile's anchor (its population centre), secondary
+    clusters around keyed points within ``secondary_reach`` σ of it, and a sparse tail within
+    ``tail_reach`` σ. Placement therefore means the same at any number of sites."""
 
-    mode: Literal["mixture_v2"]
+    mode: Literal["mixture_v3"]
     max_attempts: int = Field(ge=1, le=1024)
     core_share: Share
     secondary_share: Share
     secondary_clusters: int = Field(ge=1, le=64)
-    core_sigma_km_per_sqrt_site: float = Field(gt=0.0, le=100.0)
-    sigma_min_km: float = Field(gt=0.0, le=100.0)
-    sigma_max_km: float = Field(gt=0.0, le=500.0)
-    tail_max_km: float = Field(gt=0.0, le=500.0)
+    secondary_reach: float = Field(ge=0.0, le=100.0, description="cluster centres within this many σ of the anchor")
+    tail_reach: float = Field(gt=0.0, le=100.0, description="the tail spreads this many σ around the anchor")
+    core_density_per_km2_per_million: float = Field(gt=0.0, le=1e6)
 
 
 class S6Policy(Strict):
     version: Literal[1]
-    jitter: Annotated[S6UniformV1 | S6MixtureV2, Field(discriminator="mode")]
+    jitter: Annotated[S6UniformV1 | S6MixtureV3, Field(discriminator="mode")]
 
 
 class S8Policy(Strict):
@@ -224,6 +251,15 @@ class Gate(Strict):
     B_PLUS: float
 
 
+class Plausibility(Strict):
+    """Figures reported beside the gates, never graded: how rural the sites are and how much
+    goes to very small countries."""
+
+    rural_km: float = Field(gt=0.0, le=1000.0, description="a site is rural beyond this from a town")
+    rural_min_population: int = Field(ge=0, description="the people a place needs to count as a town")
+    small_country_population: int = Field(ge=0, description="countries below this many people are small")
+
+
 class GatesPolicy(Strict):
     version: Literal[1]
     required_seeds: tuple[int, ...]
@@ -240,6 +276,7 @@ class GatesPolicy(Strict):
     near_city_share_min: Gate
     near_city_km: float = Field(gt=0.0, le=1000.0)
     near_city_min_population: int = Field(ge=0)
+    plausibility: Plausibility
     cross_seed_cv_max: Gate
     region_floor_share: RegionFloors
     bootstrap_replicates: int = Field(ge=100, le=100_000)

@@ -103,7 +103,15 @@ STATES: tuple[StateSpec, ...] = (
         True,
     ),
     StateSpec("S5", "assignment", s5_assignment.run, ("s4_alloc_plan",), ("s5_site_tile_assignment",), (), True),
-    StateSpec("S6", "jitter", s6_jitter.run, ("s5_site_tile_assignment",), ("s6_site_jitter",), ("s6_jitter",), True),
+    StateSpec(
+        "S6",
+        "jitter",
+        s6_jitter.run,
+        ("s5_site_tile_assignment", "tile_grid", "tile_weights"),
+        ("s6_site_jitter",),
+        ("s6_jitter",),
+        True,
+    ),
     StateSpec(
         "S7",
         "synthesis",

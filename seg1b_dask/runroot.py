@@ -4,6 +4,7 @@ Layout (every path below the root is built here and nowhere else)::
 
     data/<dataset>/<tokens…>/     published datasets, each with _manifest.json
     cache/<state>/<key>.json      which published datasets a state's cache key produced
+    cache/bounds/<key>.json       each grade's least relocation for one 1A posture and country table
     runs/<run_id>/run.json        one receipt per run (and its scorecard/ and report)
     upstream/1A/seed=<n>/         the 1A stand-in bundles the engine wrote itself
     baseline_authority/           the pinned baseline of each seed
@@ -111,6 +112,10 @@ class RunRoot:
 
     def cache_entry(self, state_id: str, key: str) -> Path:
         return self.cache / state_id / f"{key}.json"
+
+    def bounds_entry(self, key: str) -> Path:
+        """Each grade's least relocation for one 1A posture and country table (``feasibility.price``)."""
+        return self.cache / "bounds" / f"{key}.json"
 
     # -- the lock ----------------------------------------------------------------------
     def _lock(self) -> ReadWriteLock:

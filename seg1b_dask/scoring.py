@@ -16,6 +16,7 @@ import pyarrow as pa
 import scipy.sparse
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
+from scipy.stats import spearmanr
 
 from . import metrics, refdata, rng
 from .datasets import SITE_LOCATIONS
@@ -23,7 +24,7 @@ from .errors import Code, Seg1BError
 from .hashing import tree_digest, verify_bundle
 from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json, write_text
 from .nearest import LAT_BINS, nearest_neighbour_km_chunked
-from .policies import GatesPolicy
+from .policies import GatesPolicy, Plausibility
 from .refdata import REGIONS
 
 SENTINEL_MIN_SITES = 50
@@ -106,6 +107,7 @@ class SiteFigures:
     sites: int
     south: int
     near_city: int
+    rural: int
     country_counts: dict[str, int]
     pair_merchant: NDArray[np.uint64]
     pair_country: NDArray[np.str_]
@@ -119,6 +121,7 @@ class SiteFigures:
             sum(p.sites for p in parts),
             sum(p.south for p in parts),
             sum(p.near_city for p in parts),
+            sum(p.rural for p in parts),
             {c: n for p in parts for c, n in p.country_counts.items()},
             np.concatenate([p.pair_merchant for p in parts]) if parts else np.zeros(0, np.uint64),
             np.concatenate([p.pair_country for p in parts]) if parts else np.zeros(0, "U2"),
@@ -143,6 +146,8 @@ def site_figures(sites: SiteFrame, gates: GatesPolicy, cell_deg: float) -> SiteF
         sites=len(sites.lat),
         south=int((sites.lat < 0).sum()),
         near_city=near_city_count(sites, gates.near_city_km, gates.near_city_min_population),
+        rural=len(sites.lat)
+        - near_city_count(sites, gates.plausibility.rural_km, gates.plausibility.rural_min_population),
         country_counts=dict(zip(codes.tolist(), counts.tolist(), strict=True)),
         pair_merchant=pairs[:, 0].astype(np.uint64),
         pair_country=rng.country_code_str(pairs[:, 1]),
@@ -158,8 +163,12 @@ def assemble_scorecard(
     region_of: dict[str, str],
     eligible_count: int,
     baseline_nn_ratio: float | None,
+    max_1a_countries: int,
+    plausible: Plausibility,
 ) -> dict[str, Any]:
-    """Every metric of DESIGN §6 for one seed, plus merchant footprint and urban proximity."""
+    """Every metric of DESIGN §6 for one seed, plus merchant footprint (against the graded 1A
+    bundle's own largest footprint, ``max_1a_countries``), urban proximity and the
+    plausibility figures."""
     f = figures_in
     figures: dict[str, Any] = metrics.country_metrics(f.country_counts, eligible_count)
     figures["sites"] = f.sites
@@ -168,14 +177,50 @@ def assemble_scorecard(
     for code, n in f.country_counts.items():
         regions[region_of[code]] += n / f.sites
     shares = sorted(((c, n, n / f.sites) for c, n in f.country_counts.items()), key=lambda t: (-t[1], t[0]))
-    figures.update(metrics.merchant_footprint(f.pair_merchant, rng.country_code_int(f.pair_country)))
+    figures.update(metrics.merchant_footprint(f.pair_merchant, rng.country_code_int(f.pair_country), max_1a_countries))
+    figures["merchant_countries_max_1a"] = max_1a_countries
     figures["near_city_share"] = f.near_city / f.sites if f.sites else 0.0
     figures.update(metrics.nn_metrics(nn_km))
     figures["nn_histogram"] = metrics.nn_histogram(nn_km)
     set_baseline(figures, baseline_nn_ratio)
     sentinels = {c: f.sentinels[c] for c, n, _ in shares[:10] if c in f.sentinels}
     figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
-    return {"metrics": figures, "region_share": regions, "country_shares": shares, "sentinel": sentinels}
+    return {
+        "metrics": figures,
+        "region_share": regions,
+        "country_shares": shares,
+        "sentinel": sentinels,
+        "plausibility": plausibility(f, plausible),
+    }
+
+
+def plausibility(f: SiteFigures, settings: Plausibility) -> dict[str, Any]:
+    """Beside the gates, never graded: do countries' shares rank with their people (Spearman
+    over the countries with sites), which country is served most per person (its share ÷ its
+    share of the people of the countries with sites), how much goes to countries of fewer
+    than ``small_country_population`` people, and the rural share."""
+    table = refdata.countries()
+    people = dict(zip(table.iso2.tolist(), table.population.tolist(), strict=True))
+    codes = sorted(f.country_counts)
+    counts = np.asarray([f.country_counts[c] for c in codes], dtype=np.float64)
+    population = np.asarray([people.get(c, 0) for c in codes], dtype=np.float64)
+    share = counts / max(counts.sum(), 1.0)
+    per_capita = np.divide(
+        share, population / max(population.sum(), 1.0), out=np.full(len(codes), np.inf), where=population > 0
+    )
+    worst = int(np.argmax(per_capita)) if len(codes) else 0
+    rho = float(spearmanr(share, population).statistic) if len(codes) > 2 else float("nan")
+    return {
+        "population_rank_correlation": rho,
+        "countries": len(codes),
+        "max_per_capita_ratio": float(per_capita[worst]) if len(codes) else float("nan"),
+        "max_per_capita_country": codes[worst] if len(codes) else "",
+        "small_country_share": float(share[population < settings.small_country_population].sum()),
+        "small_country_population": settings.small_country_population,
+        "rural_share": f.rural / f.sites if f.sites else float("nan"),
+        "rural_km": settings.rural_km,
+        "rural_min_population": settings.rural_min_population,
+    }
 
 
 def compute_scorecard(
@@ -185,11 +230,14 @@ def compute_scorecard(
     baseline_nn_ratio: float | None,
     gates: GatesPolicy,
     cell_deg: float,
+    max_1a_countries: int,
 ) -> dict[str, Any]:
     """The scorecard of sites held in memory (S9 computes the same per country batch)."""
     figures = site_figures(sites, gates, cell_deg)
     nn = nearest_neighbour_km_chunked(sites.lon, sites.lat)
-    return assemble_scorecard(figures, nn, region_of, eligible_count, baseline_nn_ratio)
+    return assemble_scorecard(
+        figures, nn, region_of, eligible_count, baseline_nn_ratio, max_1a_countries, gates.plausibility
+    )
 
 
 def set_baseline(figures: dict[str, Any], baseline_nn_ratio: float | None) -> None:

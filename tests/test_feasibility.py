@@ -38,7 +38,9 @@ def test_prediction_agrees_with_the_run(root: Path, policies: Path) -> None:
         assert predicted.card["metrics"][metric] == pytest.approx(observed[metric], abs=1e-12), metric  # exact
     for region in REGIONS:
         assert predicted.card["region_share"][region] == pytest.approx(scored.card["region_share"][region], abs=1e-12)
-    assert predicted.relocated_share == pytest.approx(scored.card["fidelity"].get("relocated_share_minimum", 0.0))
+    assert predicted.relocated_share == pytest.approx(scored.card["fidelity"]["relocated_share"], abs=1e-6)
+    for level, least in predicted.least.items():  # every grade line shows the same bound beside it
+        assert scored.card["price"]["least"][level] == pytest.approx(least.relocated_share, abs=1e-12)
 
 
 def test_baseline_is_not_reachable_without_relocation(root: Path) -> None:
@@ -91,7 +93,13 @@ def _toy(n: int, a_count: np.ndarray, south: np.ndarray) -> feasibility.CountryI
         south=south,
         population=np.arange(n, 0, -1, dtype=np.float64),
     )
-    return feasibility.CountryInputs(np.asarray([f"C{i:02d}" for i in range(n)]), a_count.astype(np.int64), vector)
+    return feasibility.CountryInputs(
+        np.asarray([f"C{i:02d}" for i in range(n)]),
+        a_count.astype(np.int64),
+        vector,
+        np.zeros(0, dtype=np.int64),
+        np.zeros(0, dtype=np.int64),
+    )
 
 
 def test_the_bound_does_not_fix_which_countries_hold_outlets() -> None:

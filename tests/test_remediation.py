@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from seg1b_dask import rng
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.grid import Grid
-from seg1b_dask.mass import govern, integer_targets
+from seg1b_dask.mass import govern, whole_counts
 from seg1b_dask.policies import CountryAllocationRemass, S2BlendV2, load_bundle
 from seg1b_dask.runner import DEFAULT_POLICIES
 from seg1b_dask.states.s4_alloc_plan import remass, tiles
@@ -39,19 +39,48 @@ def _countries(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return population, south, np.ones(len(REGIONS), dtype=bool)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_governed_vector_meets_every_floor_and_cap(seed: int) -> None:
+@given(
+    st.integers(0, 2**32 - 1),
+    st.floats(0.004, 0.05),
+    st.floats(0.0, 300.0),
+    st.floats(0.0, 1.0),
+    st.floats(0.1, 0.3),
+)
+@settings(max_examples=40, deadline=None)
+def test_governed_vector_meets_every_floor_and_cap(
+    seed: int, hard_cap: float, per_capita: float, exponent: float, south_floor: float
+) -> None:
+    """For random bundles the governed vector holds every limit it was given — the hard cap,
+    the per-capita cap, the top-k caps, the region and southern floors — or the bundle is
+    refused as contradictory; it never returns a vector that breaks one."""
     population, south, eligible = _countries(seed)
     eligible[:5] = False
-    vector = govern(population**MASS.population_exponent, REGIONS, south, eligible, population, MASS)
-    share = vector.share
+    policy = MASS.model_copy(
+        update={
+            "country_cap_share_hard": hard_cap,
+            "max_population_share_multiple": per_capita,
+            "population_exponent": exponent,
+            "southern_floor_share": south_floor,
+        }
+    )
+    try:
+        share = govern(population**exponent, REGIONS, south, eligible, population, policy).share
+    except Seg1BError as err:
+        assert err.code == "E_MASS_INFEASIBLE"
+        return
+    tol = 1e-9
     assert share.sum() == pytest.approx(1.0) and (share[~eligible] == 0).all()
-    for region, floor in MASS.region_floor_share.items():
-        assert share[region == REGIONS].sum() >= floor - 1e-9
-    assert (share * south).sum() >= MASS.southern_floor_share - 1e-9
-    assert share.max() <= MASS.country_cap_share_hard + 1e-9
+    for region, floor in policy.region_floor_share.items():
+        assert share[region == REGIONS].sum() >= floor - tol
+    assert (share * south).sum() >= policy.southern_floor_share - tol
+    assert share.max() <= policy.country_cap_share_hard + tol
+    if per_capita > 0:
+        pop_share = np.where(eligible, population, 0) / population[eligible].sum()
+        assert (share <= per_capita * pop_share + tol).all()
     top = np.sort(share)[::-1]
-    assert top[:3].sum() <= MASS.topk_cap_share.top1 + 1e-9
+    n = int(eligible.sum())
+    for name, f in (("top1", 0.01), ("top5", 0.05), ("top10", 0.10)):
+        assert top[: int(np.ceil(f * n))].sum() <= getattr(policy.topk_cap_share, name) + tol
 
 
 def test_contradictory_caps_are_a_coded_refusal() -> None:
@@ -60,18 +89,35 @@ def test_contradictory_caps_are_a_coded_refusal() -> None:
     with pytest.raises(Seg1BError) as err:
         govern(population, REGIONS, south, eligible, population, tight)
     assert err.value.code == "E_MASS_INFEASIBLE" and "country_cap_share_hard" in str(err.value)
+    floors = MASS.model_copy(update={"southern_floor_share": 0.6, "country_cap_share_hard": 0.005})
+    with pytest.raises(Seg1BError) as err:  # south can hold only so much under these caps
+        govern(population, REGIONS, south, eligible, population, floors)
+    assert err.value.code == "E_MASS_INFEASIBLE"
 
 
 @given(st.integers(50, 5000), st.integers(0, 5), st.integers(0, 2**32 - 1))
 @settings(max_examples=50, deadline=None)
-def test_integer_targets_are_exact(total: int, minimum: int, seed: int) -> None:
+def test_whole_counts_are_exact_and_keep_their_floors(total: int, minimum: int, seed: int) -> None:
     g = np.random.default_rng(seed)
-    share = g.dirichlet(np.ones(30))
-    eligible = np.ones(30, dtype=bool)
-    targets = integer_targets(share, total, minimum, eligible)
-    assert targets.sum() == total
-    if minimum * 30 <= total:
-        assert targets.min() >= minimum
+    lower = np.minimum(g.integers(0, 3, 30), minimum)
+    share = np.maximum(g.dirichlet(np.ones(30)), lower / total)
+    share /= share.sum()
+    counts = whole_counts(share, total, lower)
+    assert counts.sum() == total and (counts >= lower).all()
+    assert (np.abs(counts - share * total) < 1 + lower.max()).all()
+
+
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=40), st.integers(0, 2000), st.integers(0, 2**32 - 1))
+@settings(max_examples=100, deadline=None)
+def test_water_filling_keeps_small_counts_whole_and_cuts_the_largest(raw: list[int], budget: int, seed: int) -> None:
+    counts = np.asarray(raw, dtype=np.int64)
+    tie = np.random.default_rng(seed).integers(0, 2**63, len(counts)).astype(np.uint64)
+    keep = remass.water_fill(budget, counts, tie)
+    assert keep.sum() == min(budget, counts.sum()) and (keep <= counts).all() and (keep >= 0).all()
+    cut = keep < counts
+    if cut.any():  # everyone cut sits at one level (±1), and everyone kept whole is at most that level + 1
+        assert keep[cut].max() - keep[cut].min() <= 1
+        assert (counts[~cut] <= keep[cut].min() + 1).all()
 
 
 def _pairs(seed: int, n_merchants: int = 300, n_countries: int = 40) -> remass.Pairs:
@@ -93,7 +139,9 @@ def test_remass_hits_targets_keeps_totals_and_moves_the_minimum(seed: int) -> No
     pairs = _pairs(seed)
     n_countries = 40
     total = int(pairs.n_sites.sum())
-    targets = integer_targets(np.full(n_countries, 1 / n_countries), total, 3, np.ones(n_countries, dtype=bool))
+    targets = whole_counts(np.full(n_countries, 1 / n_countries), total, np.full(n_countries, 3))
+    targets = np.maximum(targets, remass.home_floor(pairs, n_countries, REMASS.home_sites_min))
+    targets[np.argmax(targets)] -= int(targets.sum()) - total
     g = np.random.default_rng(seed)
     lon, lat = g.uniform(-180, 180, n_countries), g.uniform(-60, 70, n_countries)
     policy = REMASS
@@ -107,7 +155,16 @@ def test_remass_hits_targets_keeps_totals_and_moves_the_minimum(seed: int) -> No
     a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=n_countries)
     minimum = np.abs(targets - a_count).sum() / 2 / total
     assert out.stats["relocated_share"] == pytest.approx(minimum, abs=1e-6)
-    assert out.stats["uniform_alternative_relocated_share"] > out.stats["relocated_share"]
+    # Every merchant keeps its home: at least home_sites_min outlets there (fewer only if 1A had fewer).
+    home_1a = {int(m): int(n) for m, c, n, h in zip(*map(np.asarray, vars(pairs).values()), strict=True) if c == h}
+    home_of = dict(zip(pairs.merchant.tolist(), pairs.home.tolist(), strict=False))
+    home_1b = {
+        int(m): int(n) for m, c, n in zip(out.merchant, out.country, out.n_sites, strict=True) if c == home_of[m]
+    }
+    assert all(home_1b.get(m, 0) >= min(n, policy.home_sites_min) for m, n in home_1a.items())
+    assert out.stats["merchants_lost_home"] == 0
+    if out.stats["merchants_over_new_country_limit"] == 0:  # the limit of new countries binds
+        assert out.stats["new_countries_max"] <= policy.max_new_countries
     # Every moved stub leaves a slot above what its 1A pair kept and lands on a new, distinct
     # 1B key above what that merchant kept in the destination (runs expand to one row per stub).
     merchant, src_c, src_o, dst_c, dst_o = out.moves.expand()
@@ -123,6 +180,25 @@ def test_remass_hits_targets_keeps_totals_and_moves_the_minimum(seed: int) -> No
     assert all(o > kept_of.get((int(m), int(c)), 0) for m, c, o in zip(merchant, dst_c, dst_o, strict=True))
     again = remass.remass(*args)
     assert np.array_equal(again.n_sites, out.n_sites) and np.array_equal(again.country, out.country)
+
+
+def test_moved_outlets_go_to_the_merchants_own_countries_first() -> None:
+    """Country 0 is over target; merchant 1 already has outlets in country 2 (under target),
+    merchant 2 has none there. Country 1 is nearer to both homes, yet merchant 1's outlets
+    fill country 2 first: its own country beats a nearer new one."""
+    pairs = remass.Pairs(
+        np.asarray([1, 1, 2], dtype=np.uint64),
+        np.asarray([0, 2, 0], dtype=np.int64),
+        np.asarray([20, 2, 20], dtype=np.int64),
+        np.asarray([0, 0, 0], dtype=np.int64),
+    )
+    targets = np.asarray([20, 10, 12], dtype=np.int64)
+    distance = np.asarray([[0.0, 100.0, 5000.0], [100.0, 0.0, 5000.0], [5000.0, 5000.0, 0.0]])
+    policy = REMASS.model_copy(update={"max_share_of_need": 1.0})
+    out = remass.remass(pairs, targets, distance, policy, 1, np.asarray(["AA", "BB", "CC"]))
+    cells = {(int(m), int(c)): int(n) for m, c, n in zip(out.merchant, out.country, out.n_sites, strict=True)}
+    assert cells[(1, 2)] == 12 and cells.get((2, 2), 0) == 0  # merchant 1's own country took all its need
+    assert cells[(2, 1)] == 10 and out.stats["merchants_lost_home"] == 0
 
 
 @given(st.integers(1, 300), st.lists(st.integers(1, 10**9), min_size=1, max_size=200), st.floats(0, 0.999999))
@@ -161,23 +237,26 @@ def test_mixture_sites_stay_in_tile_and_country_and_are_distinct() -> None:
     tile[300:] += 1
     fields = (np.arange(400, dtype=np.uint64), np.zeros(400, dtype=np.uint64), np.arange(400, dtype=np.uint64))
     policy = BUNDLE.s6_jitter.jitter
-    lon, lat, _ = place_sites(tile, fields, country, grid, rng.stream_key(3, "S6"), policy)
+    expected = np.where(tile == tile[0], 300.0, 100.0)
+    lon, lat, attempts = place_sites(tile, fields, country, grid, rng.stream_key(3, "S6"), policy, expected, 10_000)
     west, south, east, north = grid.tile_bounds(tile)
     assert ((lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)).all()
     assert shapely.contains_xy(country, lon, lat).all()
     assert len(set(zip(lon.tolist(), lat.tolist(), strict=True))) == 400
+    assert attempts.mean() < 1.5  # drawn inside the tile by construction: only the border redraws
 
 
 def test_targets_the_mobile_outlets_cannot_meet_are_a_coded_refusal() -> None:
-    """Two merchants with 5 mobile outlets each cannot fill a need of 10 when no merchant may
-    fill more than 1 % of a country's need and both must fit in 10 countries (1 per cell)."""
+    """Two merchants keep one outlet each at home and cannot fill a need of 8 with their 4
+    mobile outlets each when no merchant may fill more than 1 % of a country's need and
+    both must fit in 10 countries (1 per cell)."""
     pairs = remass.Pairs(
         np.asarray([1, 2], dtype=np.uint64),
         np.asarray([0, 0], dtype=np.int64),
         np.asarray([5, 5], dtype=np.int64),
         np.asarray([0, 0], dtype=np.int64),
     )
-    targets = np.asarray([0, 10], dtype=np.int64)
+    targets = np.asarray([2, 8], dtype=np.int64)
     policy = REMASS.model_copy(update={"max_share_of_need": 0.01})
     with pytest.raises(Seg1BError) as err:
         remass.remass(pairs, targets, np.zeros((2, 2)), policy, 1, np.asarray(["AA", "BB"]))
@@ -191,6 +270,6 @@ def test_triage_names_the_settings_of_the_bundle_that_failed() -> None:
     legacy = grading.triage_hints(load_bundle(BASELINE_POLICIES, "v"))
     governed = grading.triage_hints(BUNDLE)
     assert "country_allocation.mode legacy" in legacy["concentration"]
-    assert "country_cap_share_hard" in governed["concentration"] and "legacy" not in governed["concentration"]
-    assert "uniform_v1" in legacy["nn"] and "core_sigma_km_per_sqrt_site" in governed["nn"]
+    assert "top_share_max" in governed["concentration"] and "legacy" not in governed["concentration"]
+    assert "uniform_v1" in legacy["nn"] and "core_density_per_km2_per_million" in governed["nn"]
     assert "tie_break tile_id" in legacy["collapse"]

@@ -11,15 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse
 
-from seg1b_dask import grading, rng, upstream
+from seg1b_dask import grading, upstream
 from seg1b_dask.hashing import verify_bundle
 from seg1b_dask.policies import CountryAllocationRemass, TileAllocation, load_bundle
 from seg1b_dask.refdata import refdata_version
 from seg1b_dask.registry import STATES
 from seg1b_dask.runner import DEFAULT_POLICIES, cache_keys
-from seg1b_dask.states.s4_alloc_plan import remass, tiles
+from seg1b_dask.states.s4_alloc_plan import moves, tiles
 from seg1b_dask.states.s6_jitter import _Accepted, _distinct
 
+_REMASS = load_bundle(DEFAULT_POLICIES, "v").s4_alloc_plan.country_allocation
+assert isinstance(_REMASS, CountryAllocationRemass)
+REMASS = _REMASS
 TILE_POLICIES = [
     TileAllocation(method="largest_remainder", tie_break="tile_id", max_tile_share=1.0, min_sites_per_tile=1),
     TileAllocation(method="largest_remainder", tie_break="tile_id", max_tile_share=0.3, min_sites_per_tile=1),
@@ -94,32 +97,38 @@ def test_incremental_distinct_points_equal_a_full_recheck() -> None:
                 break
 
 
-def test_transport_built_in_blocks_equals_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_moves_by_home_reach_the_merchant_level_optimum() -> None:
+    """The nearest-country step solves one flow per home country instead of one arc per
+    merchant and country: with caps off, its total distance equals the exact merchant-level
+    min-cost flow's, and every merchant's outlets and every country's need are met."""
+    from ortools.graph.python import min_cost_flow
+
     g = np.random.default_rng(3)
-    rows, cols = 120, 17
-    need = g.integers(1, 40, cols).astype(np.int64)
-    mobile = np.bincount(g.integers(0, rows, int(need.sum())), minlength=rows).astype(np.int64)
-    keep = mobile > 0
-    mobile = mobile[keep]
-    home = g.integers(0, 30, len(mobile))
-    distance = g.uniform(0, 15_000, (30, cols))
-    ids = np.arange(len(mobile), dtype=np.uint64) * np.uint64(7919)
-    policy = CountryAllocationRemass(
-        mode="remass", fidelity_weight=0.3, min_sites_per_country=3, max_share_of_need=0.5, max_new_countries=10
+    n_merchants, n_countries = 150, 17
+    need = g.integers(1, 40, n_countries).astype(np.int64)
+    need[:4] = 0  # over-target countries: no need
+    count = np.bincount(g.integers(0, n_merchants, int(need.sum())), minlength=n_merchants).astype(np.int64)
+    home = g.integers(0, 4, n_merchants)
+    distance = g.uniform(0, 15_000, (n_countries, n_countries))
+    mobile = moves.Mobile(
+        np.zeros(0, np.int64), np.zeros(0, np.int64), np.arange(n_merchants, dtype=np.uint64) * 7919, home, count
     )
-
-    def tie(r: np.ndarray) -> np.ndarray:
-        return rng.hash64(np.uint64(5), ids[r][:, None], np.arange(cols, dtype=np.uint64)[None, :])
-
-    whole = remass.transport(mobile, need, distance, home, tie, policy)
-    monkeypatch.setattr(remass, "ARCS_PER_BLOCK", 3 * cols + 5)
-    blocked = remass.transport(mobile, need, distance, home, tie, policy)
-    assert whole is not None and blocked is not None
-    for a, b in zip(whole, blocked, strict=True):
-        assert np.array_equal(a, b)
-    r, c, x = whole
-    assert np.array_equal(np.bincount(c, weights=x, minlength=cols), need)
-    assert np.array_equal(np.bincount(r, weights=x, minlength=len(mobile)), mobile)
+    policy = REMASS.model_copy(update={"max_share_of_need": 1.0, "max_new_countries": 1000})
+    out = moves.place_mobile(mobile, need, distance, policy, np.uint64(5))
+    assert np.array_equal(np.bincount(out.country, weights=out.n_sites, minlength=n_countries), need)
+    assert np.array_equal(np.bincount(out.merchant, weights=out.n_sites, minlength=n_merchants), count)
+    km = np.rint(distance).astype(np.int64)
+    by_home = int((km[home[out.merchant], out.country] * out.n_sites).sum())
+    dense = min_cost_flow.SimpleMinCostFlow()
+    rows, cols = np.flatnonzero(count), np.flatnonzero(need)
+    tail = np.repeat(np.arange(len(rows)), len(cols))
+    head = len(rows) + np.tile(np.arange(len(cols)), len(rows))
+    dense.add_arcs_with_capacity_and_unit_cost(
+        tail, head, np.repeat(count[rows], len(cols)), km[np.ix_(home[rows], cols)].ravel()
+    )
+    dense.set_nodes_supplies(np.arange(len(rows) + len(cols)), np.r_[count[rows], -need[cols]])
+    assert dense.solve() == dense.OPTIMAL
+    assert by_home == dense.optimal_cost()
 
 
 def test_bootstrap_in_blocks_over_a_sparse_matrix_equals_one_dense_product(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import grading, refdata, rng, scoring
+from .. import grading, metrics, refdata, rng, scoring
 from ..containment import inside_country
 from ..context import StateContext
 from ..datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
@@ -180,7 +180,10 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     nn, extras = nearest_neighbour_km_bands(
         ParquetBands(SITE_LOCATIONS.files(egress)), n, figures.lat_histogram, alongside=extra
     )
-    card = scoring.assemble_scorecard(figures, nn, region_of, eligible, ctx.baseline_nn_ratio)
+    max_1a = metrics.largest_footprint(req.column("merchant_id").to_numpy())
+    card = scoring.assemble_scorecard(
+        figures, nn, region_of, eligible, ctx.baseline_nn_ratio, max_1a, gates.plausibility
+    )
     structural_ok = all(c["passed"] for c in checks.values())
     realism: list[dict[str, Any]] = []
     if target != "none":

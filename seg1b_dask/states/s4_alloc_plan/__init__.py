@@ -23,9 +23,10 @@ from ...context import StateContext
 from ...datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID
 from ...execution import compute
 from ...grid import Grid
-from ...policies import CountryAllocationRemass, S2BlendV2, TileAllocation
+from ...policies import CountryAllocationRemass, TileAllocation
 from . import legacy, remass, tiles
-from .remass import Allocation, Moves, Pairs
+from .moves import Moves, ranks
+from .remass import Allocation, Pairs
 
 
 def allocate_country_tiles(
@@ -69,7 +70,7 @@ def _lineage(iso2: str, retained: tuple[NDArray[np.uint64], NDArray[np.int64]], 
     codes = refdata.countries().iso2
     merchant, kept = retained
     stay_m = np.repeat(merchant, kept)
-    stay_o = remass._ranks(kept) + 1
+    stay_o = ranks(kept) + 1
     in_m, in_src_c, in_src_o, _, in_o = arrivals.expand()
     m = np.r_[stay_m, in_m].astype(np.uint64)
     order = np.r_[stay_o, in_o]
@@ -170,9 +171,9 @@ def allocate_countries(ctx: StateContext, pairs: Pairs) -> Allocation:
     if not isinstance(mode, CountryAllocationRemass):
         return legacy.allocate(pairs)
     vector = mass.CountryVector.from_columns(COUNTRY_MASS.read(ctx.inputs["country_mass"]).to_pydict())
-    a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(vector.eligible)).astype(np.int64)
-    s2 = ctx.policies.s2_tile_weights.tile_weights
-    targets = mass.remass_targets(a_count, vector, mode, s2.country_mass if isinstance(s2, S2BlendV2) else None)
+    n = len(vector.eligible)
+    a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=n).astype(np.int64)
+    targets = mass.country_targets(a_count, remass.home_floor(pairs, n, mode.home_sites_min), vector, mode)
     lon, lat = refdata.country_centres()
     return remass.remass(pairs, targets, remass.country_distance_km(lon, lat), mode, ctx.seed, refdata.countries().iso2)
 

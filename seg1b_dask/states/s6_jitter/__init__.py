@@ -1,9 +1,9 @@
 """S6 jitter: place each site inside its tile and inside its country polygon.
 
-The mode proposes points (``uniform_v1.py``: uniform in the cell, the legacy posture;
-``mixture_v2.py``: core, secondary clusters and a bounded tail); a proposal outside the
-tile or the country, or repeating another site's coordinates, is redrawn with the next
-keyed counter. Sites still pending after ``max_attempts`` (cells the border clips to a
+The mode proposes points inside the tile (``uniform_v1.py``: uniform in the cell, the legacy
+posture; ``mixture_v3.py``: core, secondary clusters and a bounded tail, spread by the
+tile's expected outlets); a proposal outside the country, or repeating another site's
+coordinates, is redrawn with the next keyed counter. Sites still pending after ``max_attempts`` (cells the border clips to a
 sliver) draw uniformly inside (cell ∩ country) through its constrained triangulation:
 always inside, always deterministic, still distinct.
 """
@@ -20,12 +20,12 @@ from numpy.typing import NDArray
 
 from ... import refdata, rng
 from ...context import StateContext
-from ...datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT
+from ...datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT, TILE_GRID
 from ...errors import Code, Seg1BError
 from ...execution import compute
 from ...grid import Grid
-from ...policies import S6MixtureV2, S6UniformV1
-from . import mixture_v2, uniform_v1
+from ...policies import S6MixtureV3, S6UniformV1
+from . import mixture_v3, uniform_v1
 
 
 def _distinct(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:
@@ -88,15 +88,23 @@ def place_sites(
     geom: shapely.Geometry,
     grid: Grid,
     key: np.uint64,
-    policy: S6UniformV1 | S6MixtureV2,
+    policy: S6UniformV1 | S6MixtureV3,
+    expected_sites: NDArray[np.float64] | None = None,
+    total_sites: int = 0,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int16]]:
     """A point for every site inside its tile and its country, distinct from every other:
     the mode proposes, attempt after attempt with keyed counters; after ``max_attempts`` a
-    uniform point of (cell ∩ country) from its triangulation, which is always inside."""
+    uniform point of (cell ∩ country) from its triangulation, which is always inside.
+    ``expected_sites`` (per site: its tile's expected outlets) and ``total_sites`` feed the
+    mixture's footprint."""
     max_attempts = policy.max_attempts
     bounds = grid.tile_bounds(tile_id)
     west, south, east, north = bounds
-    mix = mixture_v2.components(tile_id, key_fields, grid, key, policy) if isinstance(policy, S6MixtureV2) else None
+    mix = None
+    if isinstance(policy, S6MixtureV3):
+        if expected_sites is None:
+            raise Seg1BError(Code.E_INTERNAL, "mixture_v3 needs each tile's expected outlets")
+        mix = mixture_v3.components(tile_id, expected_sites, total_sites, key_fields, grid, key, policy)
     lon = np.full(len(tile_id), np.nan)
     lat = np.full(len(tile_id), np.nan)
     attempts = np.zeros(len(tile_id), dtype=np.int16)
@@ -114,7 +122,7 @@ def place_sites(
             if mix is None:
                 lon[pending], lat[pending] = uniform_v1.propose(sub, u, v)
             else:
-                lon[pending], lat[pending] = mixture_v2.propose(mix, pending, sub, u, v)
+                lon[pending], lat[pending] = mixture_v3.propose(mix, pending, sub, u, v)
         else:
             w = rng.uniform(key, *fields, np.uint64(1 << 20 | attempt))
             for tile in np.unique(tile_id[pending]).tolist():
@@ -129,8 +137,6 @@ def place_sites(
             & (lat[pending] >= south[pending])
             & (lat[pending] <= north[pending])
         )
-        if mix is not None and attempt < max_attempts:
-            ok &= mixture_v2.within_tail(mix, pending, lon[pending], lat[pending])
         ok[ok] = shapely.contains_xy(geom, lon[pending[ok]], lat[pending[ok]])
         lon[pending[~ok]] = np.nan
         lost = accepted.add(pending[ok], lon, lat)
@@ -175,15 +181,29 @@ def _in_triangles(
     return point[:, 0], point[:, 1]
 
 
+def _expected_sites(folders: dict[str, Path], country_id: int, tile: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Each site's tile's expected outlets: the country's outlets × the tile's share of the
+    country's tile weight (people), a function of geography, not of the draw."""
+    tiles, weight = TILE_GRID.country_cells(folders["tile_grid"], folders["tile_weights"], country_id)
+    share = weight.astype(np.float64) / float(weight.sum(dtype=np.uint64))
+    pos = np.minimum(np.searchsorted(tiles, tile), len(tiles) - 1)
+    return np.where(tiles[pos] == tile, share[pos], 0.0) * len(tile)
+
+
 def _batch_task(
-    assignment: Path, countries: list[str], grid: Grid, seed: int, policy: S6UniformV1 | S6MixtureV2
+    folders: dict[str, Path],
+    countries: list[str],
+    grid: Grid,
+    seed: int,
+    policy: S6UniformV1 | S6MixtureV3,
+    total_sites: int,
 ) -> dict[str, NDArray[Any]]:
     """Points of a batch of countries, in canonical order (country, merchant, site_order)."""
     ref = refdata.countries()
     key = rng.stream_key(seed, "S6.jitter")
     cols: dict[str, list[NDArray[Any]]] = {name: [] for name in SITE_JITTER.ARRAYS}
     for iso2 in countries:
-        table = SITE_TILE_ASSIGNMENT.read(assignment, [iso2])  # sorted by (merchant, site_order)
+        table = SITE_TILE_ASSIGNMENT.read(folders["assignment"], [iso2])  # sorted by (merchant, site_order)
         merchant = table.column("merchant_id").to_numpy()
         site_order = table.column("site_order").to_numpy()
         tile = table.column("tile_id").to_numpy()
@@ -193,7 +213,8 @@ def _batch_task(
             rng.country_code_int(np.asarray([iso2] * len(tile), dtype="U2")),
             site_order.astype(np.uint64),
         )
-        lon, lat, attempts = place_sites(tile, fields, ref.geometry[cid - 1], grid, key, policy)
+        expected = _expected_sites(folders, cid, tile) if isinstance(policy, S6MixtureV3) else None
+        lon, lat, attempts = place_sites(tile, fields, ref.geometry[cid - 1], grid, key, policy, expected, total_sites)
         for name, values in (
             ("merchant_id", merchant),
             ("country_id", np.full(len(tile), cid, dtype=np.int16)),
@@ -212,7 +233,13 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     sizes = SITE_TILE_ASSIGNMENT.row_counts(assignment)
     policy = ctx.policies.s6_jitter.jitter
     country_batches = ctx.execution.country_batches(sizes)
-    pieces = [dask.delayed(_batch_task)(assignment, b, ctx.grid, ctx.seed, policy) for b in country_batches]
+    folders = {
+        "assignment": assignment,
+        "tile_grid": ctx.inputs["tile_grid"],
+        "tile_weights": ctx.inputs["tile_weights"],
+    }
+    total = int(sum(sizes.values()))
+    pieces = [dask.delayed(_batch_task)(folders, b, ctx.grid, ctx.seed, policy, total) for b in country_batches]
     folder = out["s6_site_jitter"]
     store = SITE_JITTER.write(
         folder,
