@@ -46,12 +46,13 @@ import psutil
 from seg1b_dask import metrics
 from seg1b_dask.datasets import SITE_LOCATIONS, TILE_GRID
 from seg1b_dask.execution import Execution
-from seg1b_dask.lanes import certify, pin_baseline_run, score_run
+from seg1b_dask.lanes import certify
 from seg1b_dask.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.policies import load_bundle
 from seg1b_dask.refdata import refdata_version
 from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, Chain, run_seed
 from seg1b_dask.runroot import RunRoot
+from seg1b_dask.scorer import pin_baseline_run, score_run
 
 
 class RssSampler:
@@ -209,7 +210,7 @@ def bench_grid30(work: Path, execution: Execution, large_sites: int | None) -> d
 def _drop_seeded(root: Path) -> None:
     """Keep S1/S2, baselines and the 1A bundles; forget every seeded result of candidates."""
     keep = set()
-    for pointer in (root / "baseline_authority").glob("*.json"):
+    for pointer in RunRoot(root).pin_files():
         keep.add(json.loads(pointer.read_text())["run_id"])
     for run in list((root / "runs").iterdir()):
         if run.name not in keep:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import calibration, closure, grading, lanes
+from . import calibration, closure, grading, lanes, scorer
 from .calibration import SearchSpace, TrialResult
 from .errors import Code, Seg1BError
 from .execution import Execution
@@ -20,7 +20,7 @@ from .hashing import canonical_json, sha256_hex
 from .lineage import write_text
 from .policies import PolicyBundle, load_bundle
 from .refdata import refdata_version
-from .runner import BASELINE_POLICIES, Chain, code_digest, ensure_standin
+from .runner import Chain, code_digest, ensure_standin
 from .runroot import RunRoot
 from .states import s0_gate
 
@@ -110,7 +110,7 @@ def calibrate(
         try:
             execution = Execution(scheduler="attached")
             emit(f"dashboard {client.dashboard_link or ''}")
-            upstream = _prepare(run_root, seeds, execution, emit)
+            upstream = _prepare(run_root, start, seeds, execution, emit)
             while True:
                 done = [t for t in study.trials if t.state == TrialState.COMPLETE]
                 if len(done) >= trials:
@@ -150,18 +150,20 @@ def calibrate(
     return Calibration(out, results, start_result, winner, bundle_dir, pack)
 
 
-def _prepare(run_root: RunRoot, seeds: list[int], execution: Execution, emit: Callable[[str], None]) -> dict[int, Path]:
-    """Verify every seed's 1A bundle and pin its baseline once (its states first, so no two
-    threads build the same global state)."""
-    baseline = load_bundle(BASELINE_POLICIES, refdata_version())
+def _prepare(
+    run_root: RunRoot, start: PolicyBundle, seeds: list[int], execution: Execution, emit: Callable[[str], None]
+) -> dict[int, Path]:
+    """Verify every seed's 1A bundle and pin its baseline on the start bundle's grid once
+    (its states first, so no two threads build the same global state)."""
+    baseline = scorer.baseline_bundle(start.grid)
     Chain(run_root, seeds[0], baseline, Path("."), execution).run_global()
     upstream = {}
     for seed in seeds:
         upstream[seed] = ensure_standin(run_root, seed)
         s0_gate.verify(upstream[seed], seed, baseline.parameter_hash, code_digest())
     calibration.parallel_map(
-        lambda seed: lanes.pin_baseline_run(
-            run_root.path, seed, execution, lambda name: emit(f"seed {seed} baseline {name}")
+        lambda seed: scorer.pin_baseline_run(
+            run_root.path, seed, execution, lambda name: emit(f"seed {seed} baseline {name}"), grid=start.grid
         ),
         seeds,
         len(seeds),

@@ -297,8 +297,8 @@ class Diagnosis:
 
 def diagnose(root: Path, run: Path, level: grading.Level | None = None) -> Diagnosis:
     """The run's gates at ``level`` (default: its bundle's target grade, else B) traced
-    through its checkpoints, beside its seed's pinned baseline."""
-    from .discipline import baseline_pointer, load_run
+    through its checkpoints, beside the pinned baseline it is graded against."""
+    from .discipline import baseline_of_run, load_run
     from .runroot import RunRoot
     from .scoring import read_scorecard
 
@@ -308,7 +308,7 @@ def diagnose(root: Path, run: Path, level: grading.Level | None = None) -> Diagn
     card = read_scorecard(run / "scorecard")
     bundle = sealed_bundle(meta)
     level = level or ("B_PLUS" if bundle.s9_validation.target_grade == "B_PLUS" else "B")
-    pin = baseline_pointer(root, meta["seed"])
+    pin = baseline_of_run(root, meta)
     base_card = base_profiles = None
     if pin and pin["run_id"] != meta["run_id"]:
         pinned = RunRoot(root).run(pin["run_id"])

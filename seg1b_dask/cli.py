@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -10,19 +9,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import click
 
 from . import __version__
 from .errors import Code, InternalError, Seg1BError
 from .execution import Execution, check_scheduler, reporting
-from .metrics import COUNTRY_METRICS
-from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, RunResult, peak_rss_mb
+from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, peak_rss_mb
 from .runroot import RunRoot, environment_error
-
-if TYPE_CHECKING:
-    from .lanes import Scored
 
 U64_MAX = 2**64 - 1
 
@@ -179,11 +174,6 @@ def progress(total: int, desc: str, quiet: bool = False) -> Iterator[Progress]:
         bar.close()
 
 
-# What a run's and a pack's summary show, in this order.
-CORE_METRICS = (*COUNTRY_METRICS, "nn_ratio", "nn_contraction")
-REALISM_METRICS = ("sentinel_flagged", "merchant_countries_median", "merchants_above_1a_max_share", "near_city_share")
-
-
 def _existing(root: Path) -> RunRoot:
     """The run root a command reads from; a missing one is refused, never created."""
     if not root.is_dir():
@@ -193,131 +183,6 @@ def _existing(root: Path) -> RunRoot:
 
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def clip(text: str, width: int) -> str:
-    """``text`` cut at the last whole item (or word) that fits, marked with "…"."""
-    if len(text) <= width:
-        return text
-    head = text[: width - 1]
-    cut = max(head.rfind(", "), head.rfind(" "))
-    return (head[:cut] if cut > 0 else head).rstrip(", ") + "…"
-
-
-def _fmt(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-
-def _validation_line(stats: dict) -> str:
-    if not stats["passed"]:
-        return "FAIL (structural checks)"
-    if stats.get("sealed", True):
-        target = stats.get("target_grade", "none")
-        return (
-            "PASS (bundle sealed with _passed.flag"
-            + ("" if target == "none" else f"; every per-seed {target.replace('_PLUS', '+')} gate passes")
-            + ")"
-        )
-    grade = stats["target_grade"].replace("_PLUS", "+")
-    return f"NOT SEALED: structure passes, {grade} gates fail: {', '.join(stats['failed_gates'])}"
-
-
-def run_summary(result: RunResult) -> list[str]:
-    lines = [
-        f"seg1b run {result.run_id}  seed={result.seed}",
-        f"  parameter_hash       {result.tokens.parameter_hash}",
-        f"  manifest_fingerprint {result.tokens.manifest_fingerprint}",
-        "",
-        "  state              seconds  note",
-    ]
-    for r in result.states:
-        note = (
-            "reused from cache"
-            if r.reused
-            else clip(", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, dict | list)), 70)
-        )
-        if r.note:
-            note = r.note
-        lines.append(f"  {r.id} {r.name:<15} {r.seconds:7.2f}  {note}")
-    m = result.validation["metrics"]
-    lines += [
-        "",
-        f"  validation: {_validation_line(result.validation)}",
-        f"  sites {m['sites']:,}  active countries {m['active_countries']} of {m['eligible_countries']} eligible  "
-        f"({m['eligible_country_nonzero_share']:.4f})",
-        f"  country_gini {m['country_gini']:.4f}  top1/5/10 {m['top1_share']:.4f} / {m['top5_share']:.4f} / "
-        f"{m['top10_share']:.4f}  (k = {m['top1_k']} / {m['top5_k']} / {m['top10_k']})",
-        f"  southern_hemisphere_share {m['southern_hemisphere_share']:.4f}",
-    ]
-    return lines
-
-
-def price_lines(card: dict[str, Any]) -> list[str]:
-    """The price of realism beside the grade: relocation against each grade's least, what
-    it did to 1A's merchants, and the plausibility figures (never graded)."""
-    f, price = card.get("fidelity", {}), card.get("price", {})
-    least, ratio = price.get("least", {}), price.get("ratio", {})
-    bounds = "; ".join(
-        f"{ratio[lvl]:.2f} × the least for {lvl.replace('_PLUS', '+')} ({least[lvl]:.4f})"
-        for lvl in ("B_PLUS", "B")
-        if lvl in least
-    )
-    lines = [f"  price: relocated_share {f.get('relocated_share', 0.0):.4f}" + (f" = {bounds}" if bounds else "")]
-    if "merchant_retention_median" in f:
-        lines += [
-            f"  merchants: retention median {f['merchant_retention_median']:.2f}, p10 {f['merchant_retention_p10']:.2f};"
-            f" lost their home {f['merchants_lost_home']}; outlets in pairs 1A lacks {f['new_pair_share']:.3f};"
-            f" new countries median {f['new_countries_median']:.0f}, p90 {f['new_countries_p90']:.0f},"
-            f" max {f['new_countries_max']}",
-            f"  moves: median {f['move_km_median']:,.0f} km, p90 {f['move_km_p90']:,.0f} km; outlets in new pairs"
-            f" sit a median {f['new_pair_home_km_median']:,.0f} km (p90 {f['new_pair_home_km_p90']:,.0f}) from home",
-        ]
-    p = card.get("plausibility")
-    if p:
-        lines.append(
-            f"  plausibility (not graded): shares rank with population {_fmt(p['population_rank_correlation'])}"
-            f" (Spearman, {p['countries']} countries); most served per person {p['max_per_capita_country']}"
-            f" ×{p['max_per_capita_ratio']:.0f}; in countries < {p['small_country_population']:,} people"
-            f" {p['small_country_share']:.2%}; rural {p['rural_share']:.2%}"
-        )
-    return lines
-
-
-def score_summary(scored: Scored) -> list[str]:
-    from .grading import failure_table
-
-    m = scored.card["metrics"]
-    lines = ["", f"  scorecard ({scored.run_dir / 'scorecard'})", f"  {'metric':<32} {'value':>9} {'vs baseline':>12}"]
-    for key in CORE_METRICS:
-        delta = scored.delta.get(key)
-        lines.append(f"  {key:<32} {_fmt(m[key]):>9} {f'{delta:+.4f}' if delta is not None else '':>12}")
-    lines.append(f"  nearest neighbour p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km")
-    lines.append("  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
-    lines.append(f"  collapse sentinel: {m['sentinel_flagged']} of the top-10 countries flagged")
-    lines.append(
-        f"  near_city_share {m['near_city_share']:.3f}   countries per merchant: median "
-        f"{m['merchant_countries_median']:.0f}, p90 {m['merchant_countries_p90']:.0f}, "
-        f"above 1A's largest ({m.get('merchant_countries_max_1a', 'n/a')}): {m['merchants_above_1a_max_share']:.2%}"
-    )
-    lines += price_lines(scored.card)
-    pin = scored.card.get("baseline")
-    pinned_now = scored.card.get("baseline_pinned_now")
-    if pinned_now and pin:
-        lines.append(
-            f"  baseline of seed {scored.seed}: pinned now, by this command's first run {pinned_now['run_id']} "
-            f"(nn_ratio {pin['nn_ratio']:.3f}; its own grade {pinned_now['grade']}; `seg1b score` it for details)"
-        )
-    elif pin is None:
-        lines.append(f"  no baseline pinned for seed {scored.seed}: `seg1b baseline --seed {scored.seed}` pins one")
-    elif pin["run_id"] == scored.run_dir.name:
-        lines.append(f"  this run is now the pinned baseline of seed {scored.seed} (nn_ratio {pin['nn_ratio']:.3f})")
-    else:
-        lines.append(f"  baseline of seed {scored.seed}: run {pin['run_id']} (nn_ratio {pin['nn_ratio']:.3f})")
-    report = scored.grade
-    lines.append(f"  single-seed grade: {report.outcome}  (next: {report.next_action})")
-    if report.outcome == "RED":
-        lines += failure_table(report, "B")
-    return lines
 
 
 scheduler_option = click.option(
@@ -383,10 +248,12 @@ def run(
     """Fast lane: run one seed from the first dirty state, score it, compare to its baseline.
 
     A bundle that targets a grade (the default remediation bundle) first runs and pins the
-    seed's baseline if none is pinned yet: the summary says so.
+    baseline of the seed, the bundle's grid and the 1A bundle if none is pinned yet: the
+    summary says so. A grade below the bundle's target ends the summary with one loud line.
     """
     from .lanes import fast_lane
     from .registry import STATES
+    from .summaries import below_target_line, run_summary, score_summary
 
     started = time.perf_counter()
     click.echo(f"run root: {root.resolve()}", err=True)
@@ -419,7 +286,8 @@ def run(
         f"(baseline, scoring, report included): {time.perf_counter() - started:.1f} s, "
         f"peak RSS {peak_rss_mb():.0f} MiB",
     ]
-    click.echo("\n".join(lines))
+    below = below_target_line(scored.grade, scored.card["target_grade"])
+    click.echo("\n".join([*lines, *([f"\n{below}"] if below else [])]))
 
 
 GLOSSARY = (
@@ -446,7 +314,8 @@ GLOSSARY = (
 def score(run_ref: str | None, root: Path, explain: bool) -> None:
     """Score RUN_REF (a run id or folder) with the policies sealed in it."""
     from .discipline import run_dir
-    from .lanes import score_run
+    from .scorer import score_run
+    from .summaries import below_target_line, score_summary
 
     if explain:
         click.echo("\n".join(f"  {term:<32} {text}" for term, text in GLOSSARY))
@@ -455,19 +324,30 @@ def score(run_ref: str | None, root: Path, explain: bool) -> None:
         raise Seg1BError(Code.E_BAD_OPTION, "name a run (its id or folder), or pass --explain", key="RUN_REF")
     with _existing(root).shared():  # writes the run's scorecard: never while a prune runs
         scored = score_run(root, run_dir(root, run_ref))
-    click.echo("\n".join(score_summary(scored)))
+    below = below_target_line(scored.grade, scored.card["target_grade"])
+    click.echo("\n".join([*score_summary(scored), *([f"\n{below}"] if below else [])]))
 
 
 @main.command()
 @seed_option
 @root_option
 @scheduler_option
-def baseline(seed: int, root: Path, scheduler: str) -> None:
-    """Run the baseline bundle for SEED and pin it as that seed's authority."""
-    from .lanes import pin_baseline_run
+@policies_option
+@upstream_option
+def baseline(seed: int, root: Path, scheduler: str, policies: Path, upstream: Path | None) -> None:
+    """Run the baseline bundle for SEED on the grid of --policies over the 1A bundle
+    (--upstream, default the seed's stand-in) and pin it: runs on that grid over that 1A
+    bundle are graded against it."""
+    from .policies import load_bundle
+    from .refdata import refdata_version
+    from .scorer import pin_baseline_run
 
-    pin = pin_baseline_run(root, seed, Execution(scheduler=scheduler))
-    click.echo(f"baseline for seed {seed}: run {pin['run_id']}, nn_ratio {pin['nn_ratio']:.3f} (pinned)")
+    grid = load_bundle(policies, refdata_version()).grid
+    pin = pin_baseline_run(root, seed, Execution(scheduler=scheduler), upstream=upstream, grid=grid)
+    click.echo(
+        f"baseline for seed {seed} ({pin['grid_arcsec']}″ grid, 1A {pin['upstream_flag'][:16]}): "
+        f"run {pin['run_id']}, nn_ratio {pin['nn_ratio']:.3f} (pinned)"
+    )
 
 
 @main.command()
@@ -497,18 +377,23 @@ def certify(
     promote: bool,
     quiet: bool,
 ) -> None:
-    """Certification lane: every seed's full chain in parallel on Dask, graded across seeds."""
+    """Certification lane: every seed's full chain in parallel on Dask, graded across seeds.
+    Exits 1 when the pack grades below the bundle's target grade (s9_validation.yaml)."""
     from .discipline import baseline_pointer
-    from .grading import failure_table
     from .lanes import certify as run_certify
     from .policies import load_bundle
     from .refdata import refdata_version
     from .registry import STATES
+    from .scorer import candidate_key
+    from .summaries import below_target_line, pack_summary
 
     parsed = parse_seeds(seeds)
-    seed_list = parsed if parsed is not None else list(load_bundle(policies, refdata_version()).gates.required_seeds)
+    bundle = load_bundle(policies, refdata_version())
+    seed_list = parsed if parsed is not None else list(bundle.gates.required_seeds)
     click.echo(f"run root: {root.resolve()}", err=True)
-    unpinned = sum(baseline_pointer(root, s) is None for s in seed_list) if root.is_dir() else len(seed_list)
+    keys = [candidate_key(root, s, bundle.grid, None) for s in seed_list] if root.is_dir() else []
+    pins = [baseline_pointer(root, key) for key in keys]
+    unpinned = len(seed_list) - sum(pin is not None for pin in pins)
     with progress(len(STATES) * (len(seed_list) + unpinned), "certify", quiet) as bar:
 
         def on_event(msg: str) -> None:
@@ -529,40 +414,11 @@ def certify(
             sites_per_task,
             connect_timeout,
         )
-    report = pack.report
-    seed_list = list(pack.results)  # in certification order
-    lines = [
-        f"certification pack {pack.folder}",
-        f"  seeds {', '.join(map(str, seed_list))}  wall {pack.wall_seconds:.1f} s",
-        f"  content sha256 {pack.content_sha256}  (equal for this bundle and these seeds on any cluster)",
-        "",
-        f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}",
-    ]
-    for key in (*CORE_METRICS, *REALISM_METRICS):
-        vals = "".join(f"{_fmt(pack.scored[s].card['metrics'][key]):>11}" for s in seed_list)
-        lines.append(f"  {key:<32}{vals}{_fmt(report.cv.get(key, float('nan'))):>9}")
-    for key in ("top1_share", "country_gini"):
-        vals = "".join(f"{_fmt(pack.scored[s].bootstrap.get(key, float('nan'))):>11}" for s in seed_list)
-        lines.append(f"  {'bootstrap_upper:' + key:<32}{vals}")
-    for key in ("relocated_share", "merchant_retention_median", "merchants_lost_home"):
-        vals = "".join(f"{_fmt(pack.scored[s].card['fidelity'].get(key, float('nan'))):>11}" for s in seed_list)
-        lines.append(f"  {key:<32}{vals}")
-    for level in ("B_PLUS", "B"):
-        vals = "".join(f"{_fmt(pack.scored[s].card['price']['ratio'].get(level)):>11}" for s in seed_list)
-        lines.append(f"  {'relocated ÷ least for ' + level.replace('_PLUS', '+'):<32}{vals}")
-    lines += ["", f"  GRADE: {report.outcome}   next: {report.next_action}"]
-    if report.outcome != "GREEN_BPLUS":
-        level: Literal["B", "B_PLUS"] = "B" if report.outcome == "RED" else "B_PLUS"
-        lines.append(f"  failing {level.replace('_PLUS', '+')} gates:")
-        lines += failure_table(report, level)
-    if pack.promoted:
-        promotion = "done (last_good -> this pack)"
-    else:
-        promotion = "refused: RED" if report.outcome == "RED" else "not requested"
-    lines.append(f"  promotion: {promotion}")
-    lines.append(f"  Dask performance report: {pack.folder / 'dask-report.html'}")
-    lines.append(f"  report: {pack.folder / 'report.html'}")
-    click.echo("\n".join(lines))
+    click.echo("\n".join(pack_summary(pack)))
+    below = below_target_line(pack.report, pack.target_grade)
+    if below:  # after the pack and its summary: a job or CI step sees the failure
+        click.echo(f"CERTIFICATION FAILED: {below}")
+        sys.exit(1)
 
 
 @main.command()

@@ -18,22 +18,20 @@ from filelock import FileLock
 from . import checkpoints, discipline
 from .discipline import PHASES, read_json, read_optional, utc_now
 from .errors import Code, Seg1BError
+from .evidence import RUN_NEEDS, Evidence, is_locked
 from .execution import Execution
 from .lineage import read_manifest, safe_join, stage_path, write_json
 from .plan import (
     CHECKPOINT_OF,
     PHASE_OF,
-    RUN_NEEDS,
     RUN_PHASES,
     TARGET_POLICY,
     TUNES,
-    Evidence,
     Item,
     PhaseStatus,
     contradicts,
     fmt,
     freeze_record_path,
-    is_locked,
     p5_items,
     plan_seed,
     repro_item,

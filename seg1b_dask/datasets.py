@@ -29,7 +29,7 @@ import zarr
 from numpy.typing import NDArray
 
 from .grid import Grid
-from .lineage import replaced
+from .lineage import replaced, write_json
 
 PART = "part-{:05d}.parquet"
 # Fixed writer options and no pandas metadata: the same rows always give the same bytes.
@@ -67,6 +67,19 @@ class Table:
 
     def read(self, folder: Path, columns: list[str] | None = None) -> pa.Table:
         return pq.ParquetFile(folder / self.subdir / PART.format(0)).read(columns=columns)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One small JSON file written whole (S0's gate receipt); readers take its ``path``."""
+
+    name: str
+
+    def path(self, folder: Path) -> Path:
+        return folder / self.name
+
+    def write(self, folder: Path, payload: Mapping[str, Any]) -> None:
+        write_json(self.path(folder), dict(payload))
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ _ORDER = ("site_order", pa.int32())
 _TILE = ("tile_id", pa.int64())
 _LON_LAT = [("lon_deg", pa.float64()), ("lat_deg", pa.float64())]
 
+GATE_RECEIPT = Record("gate_receipt.json")  # S0: the sealed inputs, the 1A flag among them
 S3_REQUIREMENTS = Table()
 COUNTRY_MASS = Table()
 COUNTRY_PAIRS = CountryParts(pa.schema([_MERCHANT, _COUNTRY, ("n_sites", pa.int64())]), "pairs")  # S4(a)

@@ -1,4 +1,4 @@
-"""Run discipline (DESIGN §7): pointers, the pinned baseline authority and pruning (phase
+"""Run discipline (DESIGN §7): pointers, the pinned baseline authorities and pruning (phase
 locks are ``plan``'s and ``closure``'s). Everything is a small JSON file under the run root;
 nothing here touches data except ``prune``."""
 
@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .datasets import GATE_RECEIPT
 from .errors import Code, InternalError, Seg1BError
 from .lineage import safe_join, stage_path, write_json
 from .runroot import RunRoot
@@ -85,26 +87,61 @@ def load_run(path: Path, needs: tuple[str, ...] = ()) -> dict[str, Any]:
 # -- baseline authority -------------------------------------------------------------
 
 
-def baseline_pointer(root: Path, seed: int) -> dict[str, Any] | None:
-    return read_optional(RunRoot(Path(root)).pin(seed))
+@dataclass(frozen=True)
+class PinKey:
+    """What a baseline shares with every run graded against it: the seed, the grid
+    resolution and the 1A bundle (its flag). NN distances depend on all three, so a 30″ or
+    another 1A's candidate is never graded against the 5′ stand-in's baseline."""
+
+    seed: int
+    grid_arcsec: int
+    upstream_flag: str
+
+    def path(self, root: Path) -> Path:
+        return RunRoot(Path(root)).pin(self.seed, self.grid_arcsec, self.upstream_flag)
+
+    def where(self) -> str:
+        return f"{self.grid_arcsec}″ grid, 1A {self.upstream_flag[:16]}"
+
+    def __str__(self) -> str:
+        return f"seed {self.seed}, {self.where()}"
+
+
+def run_pin_key(root: Path, meta: dict[str, Any]) -> PinKey:
+    """The key of a run: its seed, the grid sealed with it, the 1A flag its S0 verified."""
+    receipt = read_json(GATE_RECEIPT.path(safe_join(root, meta["outputs"]["s0_gate_receipt"])))
+    grid = int(meta["policies"]["grid"]["resolution_arcsec"])
+    return PinKey(int(meta["seed"]), grid, str(receipt["upstream_flag_sha256"]))
+
+
+def baseline_pointer(root: Path, key: PinKey) -> dict[str, Any] | None:
+    return read_optional(key.path(root))
+
+
+def baseline_of_run(root: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The pinned baseline a run is graded against (None before one is pinned)."""
+    return baseline_pointer(root, run_pin_key(root, meta))
 
 
 def baseline_payload(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
-    """The pin ``pin_baseline`` would write, refused now if the seed is pinned otherwise."""
+    """The pin ``pin_baseline`` would write, refused now if its key is pinned otherwise."""
     return _pin(root, run, nn_ratio, write=False)
 
 
 def pin_baseline(root: Path, run: Path, nn_ratio: float) -> dict[str, Any]:
-    """Pin a run as the baseline of its seed. A pinned baseline is never replaced."""
+    """Pin a run as the baseline of its seed, grid and 1A bundle. A pin is never replaced."""
     return _pin(root, run, nn_ratio, write=True)
 
 
 def _pin(root: Path, run: Path, nn_ratio: float, write: bool) -> dict[str, Any]:
-    meta = load_run(run)
-    path = RunRoot(Path(root)).pin(meta["seed"])
+    meta = load_run(run, needs=("policies",))
+    key = run_pin_key(root, meta)
+    path = key.path(root)
     payload = {
         "run_id": meta["run_id"],
         "seed": meta["seed"],
+        "grid_arcsec": key.grid_arcsec,
+        "upstream_flag": key.upstream_flag,
         "parameter_hash": meta["parameter_hash"],
         "manifest_fingerprint": meta["manifest_fingerprint"],
         "nn_ratio": nn_ratio,
@@ -118,7 +155,7 @@ def _pin(root: Path, run: Path, nn_ratio: float, write: bool) -> dict[str, Any]:
     if any(existing.get(k) != payload[k] for k in ("seed", "parameter_hash", "manifest_fingerprint")):
         raise Seg1BError(
             Code.E_BASELINE_PINNED,
-            "the baseline authority of this seed is pinned and refuses modification",
+            f"the baseline authority of {key} is pinned and refuses modification",
             file=path,
             key=f"seed={meta['seed']}",
         )
@@ -165,8 +202,8 @@ def referenced_runs(root: Path) -> dict[str, list[str]]:
         if run_id:
             refs.setdefault(run_id, []).append(why)
 
-    for path in sorted(RunRoot(root).pins.glob("seed=*.json")):
-        keep(read_json(path)["run_id"], f"baseline_authority/{path.name}")
+    for path in RunRoot(root).pin_files():
+        keep(read_json(path)["run_id"], path.relative_to(root).as_posix())
     for name in POINTERS:
         pointer = get_pointer(root, name) or {}
         keep(pointer.get("run_id"), name)

@@ -83,6 +83,8 @@ def triage_hints(bundle: PolicyBundle | None = None) -> dict[str, str]:
         + f"{targets}top_share_max; s4_alloc_plan country_allocation.max_share_of_need (fewer merchants per country)",
         "structural": "structural contract: fix the implementation bug before further realism tuning",
         "missing": "certify every required seed",
+        "unsealed": "no valid 1B flag, so nothing vouches for these figures: S9 seals only when the structure and "
+        "the target grade's gates pass (s9_validation.yaml), and a bundle changed since is unsealed; run again",
     }
 
 
@@ -185,12 +187,14 @@ def bootstrap_upper(
 def grade(
     cards: dict[int, dict[str, Any]],
     gates: GatesPolicy,
-    structural_ok: dict[int, bool],
+    structural: dict[int, list[str]],
     bootstrap: dict[int, dict[str, float]] | None = None,
     required_seeds: tuple[int, ...] | None = None,
     hints: dict[str, str] | None = None,
 ) -> GradeReport:
-    """Grade scorecards keyed by seed. ``bootstrap`` holds per-seed upper bounds (B+ only)."""
+    """Grade scorecards keyed by seed. ``structural`` holds each seed's failing structural
+    gates from its validation bundle (``verdict.Verdict.failures``; a seed without an entry
+    fails ``structural``); ``bootstrap`` its upper bounds (B+ only)."""
     hint = hints or TRIAGE
     seeds = sorted(cards)
     required = tuple(required_seeds if required_seeds is not None else gates.required_seeds)
@@ -198,8 +202,8 @@ def grade(
     failures: dict[str, list[Failure]] = {lvl: [] for lvl in LEVELS}
     for level in LEVELS:
         for seed in seeds:
-            if not structural_ok.get(seed, False):
-                failures[level].append(Failure("structural", level, seed, 1.0, 0.0, hint["structural"]))
+            for gate in structural.get(seed, ["structural"]):
+                failures[level].append(Failure(gate, level, seed, 1.0, 0.0, hint[family_of(gate)]))
             bounds = bootstrap[seed] if bootstrap is not None else None
             for row in gate_table(cards[seed], gates, level, bounds):
                 if not row["passed"]:
@@ -246,6 +250,7 @@ TRIAGE_ORDER = (
     "urban",
     "cv",
     "bootstrap",
+    "unsealed",  # last: a gate that failed is why S9 did not seal, and what to fix
 )
 
 
@@ -258,7 +263,17 @@ def family_of(gate: str) -> str:
         "cv": "cv",
         "bootstrap_upper": "bootstrap",
         "required_seed_missing": "missing",
+        "unsealed": "unsealed",
     }.get(prefix, "structural")
+
+
+# The outcomes that reach each target grade of ``s9_validation.yaml``.
+REACHES = {"none": ("GREEN_BPLUS", "GREEN_B", "RED"), "B": ("GREEN_BPLUS", "GREEN_B"), "B_PLUS": ("GREEN_BPLUS",)}
+
+
+def below_target(outcome: str, target: str) -> bool:
+    """Whether a grade falls short of a bundle's target: the certification then fails."""
+    return outcome not in REACHES[target]
 
 
 def triage(failures: list[Failure], hints: dict[str, str] | None = None) -> str:

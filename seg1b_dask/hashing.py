@@ -74,9 +74,7 @@ def seal_bundle(root: Path, meta: dict[str, Any]) -> str:
 def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
     """Refuse a bundle whose index or flag is missing, malformed or does not match the bytes."""
     index_path = root / INDEX_NAME
-    flag_path = root / FLAG_NAME
-    if not flag_path.is_file():
-        raise Seg1BError(Code.E_BUNDLE_FLAG_MISSING, "bundle has no _passed.flag: no PASS, no read", file=flag_path)
+    claimed = read_flag(root)
     if not index_path.is_file():
         raise Seg1BError(Code.E_BUNDLE_INDEX, "bundle has no index.json", file=index_path)
     try:
@@ -113,18 +111,26 @@ def verify_bundle(root: Path) -> tuple[dict[str, Any], str]:
         raise Seg1BError(
             Code.E_BUNDLE_INDEX, "bundle holds a file the index does not list", file=index_path, key=unlisted[0]
         )
+    actual = _concat_digest(root, listed)
+    if claimed != actual:
+        raise Seg1BError(
+            Code.E_BUNDLE_FLAG_MISMATCH,
+            f"flag says {claimed[:16]}… but the listed files hash to {actual[:16]}…",
+            file=root / FLAG_NAME,
+        )
+    return index, actual
+
+
+def read_flag(root: Path) -> str:
+    """The hex a bundle's flag claims, unverified (``verify_bundle`` checks it against the
+    bytes): enough to name which bundle a record belongs to."""
+    flag_path = root / FLAG_NAME
+    if not flag_path.is_file():
+        raise Seg1BError(Code.E_BUNDLE_FLAG_MISSING, "bundle has no _passed.flag: no PASS, no read", file=flag_path)
     try:
         text = flag_path.read_bytes().decode("ascii").strip()
     except UnicodeDecodeError:
         text = ""
     if not text.startswith("sha256_hex = "):
         raise Seg1BError(Code.E_BUNDLE_FLAG_MISMATCH, "flag is not of the form 'sha256_hex = <hex>'", file=flag_path)
-    claimed = text.split("=", 1)[1].strip()
-    actual = _concat_digest(root, listed)
-    if claimed != actual:
-        raise Seg1BError(
-            Code.E_BUNDLE_FLAG_MISMATCH,
-            f"flag says {claimed[:16]}… but the listed files hash to {actual[:16]}…",
-            file=flag_path,
-        )
-    return index, actual
+    return text.split("=", 1)[1].strip()

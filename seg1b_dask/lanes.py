@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,149 +19,13 @@ import numpy as np
 from . import closure, discipline, feasibility, grading, scoring
 from .errors import Code, Seg1BError
 from .execution import Execution, connect
-from .lineage import read_manifest, safe_join, stage_path, write_json, write_text
-from .policies import CountryAllocationLegacy, PolicyBundle, load_bundle, sealed_bundle
+from .lineage import read_manifest, stage_path, write_json, write_text
+from .policies import CountryAllocationLegacy, PolicyBundle, load_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
-from .runner import BASELINE_POLICIES, Chain, RunResult, run_seed
+from .runner import Chain, RunResult, run_seed
 from .runroot import RunRoot, publish_folder, shared_root
-
-
-@dataclass
-class Scored:
-    run_dir: Path
-    seed: int
-    card: dict[str, Any]
-    grade: grading.GradeReport
-    bootstrap: dict[str, float]
-    delta: dict[str, float] = field(default_factory=dict)
-
-
-FIDELITY_KEYS = (
-    "relocated_share",
-    "countries_over_target",
-    "countries_under_target",
-    "lone_sites_moved",
-    "homes_with_widened_caps",
-    "merchants_over_new_country_limit",
-    "merchant_retention_median",
-    "merchant_retention_p10",
-    "new_pair_share",
-    "merchants_lost_home",
-    "home_outlets_kept_share",
-    "move_km_median",
-    "move_km_p90",
-    "new_pair_home_km_median",
-    "new_pair_home_km_p90",
-    "new_countries_median",
-    "new_countries_p90",
-    "new_countries_max",
-)
-
-
-def _fidelity(meta: dict[str, Any]) -> dict[str, Any]:
-    """The price of realism, as S4 measured it: relocation and merchant footprints."""
-    s4 = next(s["stats"] for s in meta["states"] if s["id"] == "S4")
-    return {k: v for k, v in s4.items() if k in FIDELITY_KEYS or k.endswith(("_1a", "_1b"))}
-
-
-def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
-    """Score one run and write ``scorecard/`` into it. The metrics are those S9 computed over
-    every part of the egress and sealed with the 1B flag: the flag and the egress digest are
-    verified first, and the rows are read again only for the bootstrap when S9 did not need
-    it (a bundle without a B+ target). A run whose S9 refused to seal is reported from S9's own record,
-    never from its egress, and grades RED on the gates it failed. With ``pin_as_baseline``
-    the run becomes its seed's baseline authority in the same pass (contraction 0)."""
-    root = Path(root).resolve()
-    meta = discipline.load_run(run, needs=("states", "policies"))
-    bundle = sealed_bundle(meta)
-    gates = bundle.gates
-    s9 = next(s["stats"] for s in meta["states"] if s["id"] == "S9")
-    sealed = bool(s9.get("sealed", True))
-    egress = scoring.verified_egress(meta, root)[0] if sealed else None
-    card = scoring.read_scorecard(safe_join(root, meta["outputs"]["validation_bundle"]))
-    baseline = discipline.baseline_pointer(root, meta["seed"])
-    if pin_as_baseline:  # checked now, committed only once the scorecard is on disk
-        baseline = discipline.baseline_payload(root, run, card["metrics"]["nn_ratio"])
-    scoring.set_baseline(card["metrics"], baseline["nn_ratio"] if baseline else None)
-    upper: dict[str, float] = card.get("bootstrap_upper_95", {})
-    if not upper and egress is not None:
-        matrix, _ = scoring.merchant_country_matrix(*scoring.egress_pairs(egress))
-        upper = grading.bootstrap_upper(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + meta["seed"])
-    report = grading.grade(
-        {meta["seed"]: card},
-        gates,
-        {meta["seed"]: True},
-        {meta["seed"]: upper} if upper else None,
-        required_seeds=(meta["seed"],),
-        hints=grading.triage_hints(bundle),
-    )
-    delta: dict[str, float] = {}
-    if baseline and baseline["run_id"] != meta["run_id"]:
-        base_card = RunRoot(root).run(baseline["run_id"]) / "scorecard" / "scorecard.json"
-        if base_card.is_file():
-            base = json.loads(base_card.read_text())["metrics"]
-            delta = {
-                k: card["metrics"][k] - base[k]
-                for k, _, _ in grading.METRIC_GATES
-                if k in base and k != "nn_contraction"
-            }
-            delta["nn_ratio"] = card["metrics"]["nn_ratio"] - base["nn_ratio"]
-    card["grade_single_seed"] = report.as_dict()
-    card["bootstrap_upper_95"] = upper
-    card["baseline"] = baseline
-    card["fidelity"] = _fidelity(meta)
-    outputs = {name: safe_join(root, rel) for name, rel in meta["outputs"].items()}
-    card["price"] = feasibility.price(RunRoot(root), outputs, gates, card["fidelity"]["relocated_share"])
-    card["sealed"] = sealed
-    card["target_grade"] = bundle.s9_validation.target_grade
-    scoring.write_scorecard(card, run / "scorecard")
-    if pin_as_baseline:
-        discipline.pin_baseline(root, run, card["metrics"]["nn_ratio"])
-    return Scored(run, meta["seed"], card, report, upper, delta)
-
-
-def _baseline_ratio(
-    root: Path,
-    seed: int,
-    bundle: PolicyBundle,
-    upstream: Path | None,
-    execution: Execution,
-    on_state: Callable[[str], None] | None,
-) -> float | None:
-    """The seed's pinned baseline NN ratio, pinning the baseline first when a bundle that
-    targets a grade needs it (S9 grades nn_contraction against it)."""
-    if bundle.s9_validation.target_grade == "none":
-        return None
-    return float(pin_baseline_run(root, seed, execution, on_state, upstream)["nn_ratio"])
-
-
-@shared_root
-def pin_baseline_run(
-    root: Path,
-    seed: int,
-    execution: Execution,
-    on_state: Callable[[str], None] | None = None,
-    upstream: Path | None = None,
-) -> dict[str, Any]:
-    """The pinned baseline of ``seed``: run the baseline bundle and pin it the first time,
-    then return the pin (a pinned baseline refuses changes)."""
-    existing = discipline.baseline_pointer(root, seed)
-    if existing:
-        pinned = RunRoot(Path(root)).run(existing["run_id"])
-        if (pinned / "scorecard" / "scorecard.json").is_file():
-            return existing
-        if (pinned / "run.json").is_file():  # pinned, but interrupted before its scorecard: finish it
-            return score_run(root, pinned, pin_as_baseline=True).card["baseline"]
-        raise Seg1BError(
-            Code.E_CORRUPT_FILE,
-            f"the pinned baseline run {existing['run_id']} is missing from the run root",
-            file=RunRoot(Path(root)).pin(seed),
-        )
-    result = run_seed(
-        root=root, seed=seed, policies=BASELINE_POLICIES, upstream=upstream, execution=execution, on_state=on_state
-    )
-    return score_run(root, result.run_dir, pin_as_baseline=True).card["baseline"]
+from .scorer import Scored, baseline_bundle, baseline_ratio, candidate_key, pin_baseline_run, score_run
 
 
 @shared_root
@@ -173,11 +37,13 @@ def fast_lane(
     execution: Execution,
     on_state: Callable[[str], None] | None = None,
 ) -> tuple[RunResult, Scored]:
-    """One seed from its first dirty state, scored against its pinned baseline."""
+    """One seed from its first dirty state, scored against the pinned baseline of its seed,
+    grid and 1A bundle."""
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     closure.check_locks(root, bundle.digests)
-    pinned_before = discipline.baseline_pointer(root, seed) is not None
-    ratio = _baseline_ratio(
+    key = candidate_key(root, seed, bundle.grid, upstream)
+    pinned_before = discipline.baseline_pointer(root, key) is not None
+    ratio = baseline_ratio(
         root, seed, bundle, upstream, execution, (lambda name: on_state(f"baseline {name}")) if on_state else None
     )
     result = run_seed(
@@ -189,11 +55,10 @@ def fast_lane(
         on_state=on_state,
         baseline_nn_ratio=ratio,
     )
-    # The first baseline run of a seed becomes its pinned authority.
+    # The first baseline run of a seed, grid and 1A bundle becomes their pinned authority.
     first_baseline = (
-        upstream is None
-        and discipline.baseline_pointer(root, seed) is None
-        and bundle.parameter_hash == load_bundle(BASELINE_POLICIES, refdata_version()).parameter_hash
+        discipline.baseline_pointer(root, key) is None
+        and bundle.parameter_hash == baseline_bundle(bundle.grid).parameter_hash
     )
     scored = score_run(root, result.run_dir, pin_as_baseline=first_baseline)
     pin = scored.card.get("baseline")
@@ -291,6 +156,7 @@ class Pack:
     wall_seconds: float
     dashboard: str
     promoted: bool
+    target_grade: str  # the bundle's (s9_validation.yaml): a pack below it fails the certification
 
     @property
     def content_sha256(self) -> str:
@@ -318,16 +184,16 @@ def _warm_worker() -> int:
 def run_and_score_seed(
     root: Path, seed: int, bundle: PolicyBundle, execution: Execution, emit: Callable[[str], None]
 ) -> tuple[RunResult, Scored]:
-    """One seed's whole chain, driven from a thread of the driver: its baseline (pinned
-    once), the candidate run and its scorecard (its report follows, in the main thread).
-    Every state's tasks go to the shared cluster, so all seeds' country batches and spatial
-    chunks interleave in one graph; a lost worker costs only its tasks, which the scheduler
-    reruns elsewhere."""
+    """One seed's whole chain, driven from a thread of the driver: its baseline on the
+    bundle's grid (pinned once), the candidate run and its scorecard (its report follows,
+    in the main thread). Every state's tasks go to the shared cluster, so all seeds' country
+    batches and spatial chunks interleave in one graph; a lost worker costs only its tasks,
+    which the scheduler reruns elsewhere."""
 
     def state(name: str) -> None:
         emit(f"seed {seed} {name}")
 
-    pin = pin_baseline_run(root, seed, execution, lambda name: state(f"baseline {name}"))
+    pin = pin_baseline_run(root, seed, execution, lambda name: state(f"baseline {name}"), grid=bundle.grid)
     result = run_seed(
         root=root,
         seed=seed,
@@ -413,9 +279,9 @@ def _certify(
             # cluster; then every seed's chain from its own driver thread, all submitting to
             # the same cluster.
             Chain(run_root, seeds[0], bundle, Path("."), execution).run_global()
-            if any(discipline.baseline_pointer(root, seed) is None for seed in seeds):  # baselines to pin: theirs too
-                baseline = load_bundle(BASELINE_POLICIES, refdata_version())
-                Chain(run_root, seeds[0], baseline, Path("."), execution).run_global()
+            keys = [candidate_key(root, seed, bundle.grid, None) for seed in seeds]
+            if any(discipline.baseline_pointer(root, key) is None for key in keys):  # baselines to pin: theirs too
+                Chain(run_root, seeds[0], baseline_bundle(bundle.grid), Path("."), execution).run_global()
             with ThreadPoolExecutor(len(seeds), thread_name_prefix="seg1b-seed") as pool:
                 futures = {seed: pool.submit(run_and_score_seed, root, seed, bundle, execution, emit) for seed in seeds}
                 wait_all(futures.values())  # every seed ends before an error propagates
@@ -437,17 +303,15 @@ def _certify(
                 f"the pack certifies {bundle.parameter_hash[:12]}…",
                 file=folder,
             )
-    # score_run refuses any run whose structural checks failed (no 1B flag): all scored
-    # runs are structurally valid.
     bootstrap = {s: sc.bootstrap for s, sc in scored.items()}
     report = grading.grade(
         {s: sc.card for s, sc in scored.items()},
         bundle.gates,
-        dict.fromkeys(scored, True),
+        {s: sc.structural for s, sc in scored.items()},
         bootstrap if all(bootstrap.values()) else None,
         hints=grading.triage_hints(bundle),
     )
-    _write_pack(root, folder, bundle, seeds, results, scored, report, wall)
+    _write_pack(folder, bundle, seeds, results, scored, report, wall)
     folder = publish_folder(folder, run_root.certification, pack_id, lambda final: pack_report(root, folder, final))
     promoted = False
     if promote:
@@ -467,11 +331,10 @@ def _certify(
         discipline.set_pointer(root, "last_good", pointer)
         discipline.set_pointer(root, "current_candidate", pointer)
         promoted = True
-    return Pack(folder, report, scored, results, wall, dashboard, promoted)
+    return Pack(folder, report, scored, results, wall, dashboard, promoted, bundle.s9_validation.target_grade)
 
 
 def _write_pack(
-    root: Path,
     folder: Path,
     bundle: PolicyBundle,
     seeds: list[int],
@@ -493,7 +356,7 @@ def _write_pack(
         )
     write_text(folder / "cv.csv", "\n".join(lines) + "\n")
     write_json(folder / "grade.json", report.as_dict())
-    baselines = [discipline.baseline_pointer(root, s) for s in seeds]
+    baselines = [scored[s].card["baseline"] for s in seeds]
     pack = {
         "seeds": seeds,
         "policy_bundle": bundle.name,

@@ -1,7 +1,8 @@
 """The remediation plan as a workflow (seed plan §5–§7): every phase's Definition of Done
 evaluated from the evidence under the run root, closure records, reopening, freezing.
 
-- P0 baseline authority: the seed's pinned baseline, its scorecard, its checkpoints.
+- P0 baseline authority: the seed's pinned baseline (on the shipped grid, over the seed's
+  stand-in), its scorecard, its checkpoints. Later phases compare with their run's own pin.
 - P1 S2 reshape, P2 S4 allocation, P3 S6 geometry: each judged on its candidate run (the
   locked run once locked, else the current candidate), each changing only its own policy
   file on top of the locked phases before it (grid, S3, S8 and the gates stay the
@@ -20,11 +21,12 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal
 
 from . import checkpoints, discipline, grading
 from .discipline import PHASES, read_json, read_optional
 from .errors import Code, Seg1BError
+from .evidence import Evidence, is_locked
 from .policies import load_bundle, sealed_bundle
 from .refdata import refdata_version
 from .runroot import RunRoot
@@ -42,11 +44,6 @@ TUNES = {"P1": "S2", "P2": "S4", "P3": "S6"}  # the state whose policy each lock
 CHECKPOINT_OF = {"P1": "S2", "P2": "S4", "P3": "S8"}  # the checkpoint where that state's shape is measured
 PHASE_OF = {policy: phase for phase, policy in PHASES.items()}
 TARGET_POLICY = "s9_validation"  # the target grade: P4 raises it; every other file is someone's
-
-
-def is_locked(record: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
-    """A lock record in force (records written before reopening existed are in force)."""
-    return record is not None and record.get("state", "locked") == "locked"
 
 
 # Gates measured on the sites only show at S8 whatever caused them; the phases whose files
@@ -121,73 +118,6 @@ class PhaseStatus:
         }
 
 
-class Evidence:
-    """What the run root holds, read once: pins, runs, scorecards, checkpoints, locks, packs."""
-
-    def __init__(self, root: Path, seed: int) -> None:
-        self.root = Path(root).resolve()
-        self.rr = RunRoot(self.root)
-        self.seed = seed
-        self.locks = {p: read_json(self.rr.lock_record(p)) for p in PHASES if self.rr.lock_record(p).is_file()}
-        self._meta: dict[str, dict[str, Any] | None] = {}
-        self._pins: dict[int, dict[str, Any] | None] = {}
-        self._cards: dict[str, dict[str, Any] | None] = {}
-        self._profiles: dict[str, dict[str, checkpoints.Profile] | None] = {}
-
-    def rel(self, path: Path) -> str:
-        return path.resolve().relative_to(self.root).as_posix()
-
-    def pin(self, seed: int) -> dict[str, Any] | None:
-        if seed not in self._pins:
-            self._pins[seed] = discipline.baseline_pointer(self.root, seed)
-        return self._pins[seed]
-
-    def meta(self, run_id: str) -> dict[str, Any] | None:
-        if run_id not in self._meta:
-            folder = self.rr.run(run_id)
-            found = (folder / "run.json").is_file()
-            self._meta[run_id] = discipline.load_run(folder, needs=RUN_NEEDS) if found else None
-        return self._meta[run_id]
-
-    def baseline_meta(self, seed: int) -> dict[str, Any] | None:
-        pin = self.pin(seed)
-        return self.meta(pin["run_id"]) if pin else None
-
-    def card(self, run_id: str) -> dict[str, Any] | None:
-        if run_id not in self._cards:
-            self._cards[run_id] = read_optional(self.rr.run(run_id) / "scorecard" / "scorecard.json")
-        return self._cards[run_id]
-
-    def profiles(self, run_id: str) -> dict[str, checkpoints.Profile] | None:
-        if run_id not in self._profiles:
-            self._profiles[run_id] = checkpoints.read(self.rr.run(run_id))
-        return self._profiles[run_id]
-
-    def locked(self, phase: str) -> dict[str, Any] | None:
-        lock = self.locks.get(phase)
-        return lock if is_locked(lock) else None
-
-    def frozen_pack(self) -> Path | None:
-        last = discipline.get_pointer(self.root, "last_good") or {}
-        pack = self.rr.certification / str(last.get("pack_id", ""))
-        return pack if last.get("frozen") and (pack / "pack.json").is_file() else None
-
-    def run_of_seed(self, run_ids: list[str]) -> str | None:
-        return next((r for r in run_ids if (m := self.meta(r)) is not None and m["seed"] == self.seed), None)
-
-    def candidate(self) -> str | None:
-        """The current candidate run of this seed (a promoted pack's run of the seed)."""
-        pointer = discipline.get_pointer(self.root, "current_candidate") or {}
-        return self.run_of_seed([pointer["run_id"]] if "run_id" in pointer else list(pointer.get("run_ids", [])))
-
-    def repro(self, run_id: str) -> dict[str, Any] | None:
-        path = self.rr.path / "reports" / f"repro-{run_id}.json"
-        return read_optional(path)
-
-
-RUN_NEEDS = ("states", "policies", "policy_digests", "package", "policy_bundle")
-
-
 # -- DoD items ----------------------------------------------------------------------
 
 
@@ -197,8 +127,8 @@ def fmt(value: float) -> str:
 
 def p0_items(ev: Evidence) -> tuple[str | None, list[Item]]:
     seed = ev.seed
-    pin = ev.pin(seed)
-    pin_file = f"baseline_authority/seed={seed}.json"
+    pin, key = ev.pin(seed), ev.pin_key(seed)
+    pin_file = ev.rel(key.path(ev.root)) if key else f"{ev.rel(ev.rr.pins)}/seed={seed}/"
     text = f"baseline of seed {seed} pinned, its lineage tokens equal its run's"
     if pin is None:
         return None, [Item(text, "not yet", pin_file, action=f"seg1b baseline --seed {seed}")]
@@ -419,7 +349,7 @@ def p1_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
             "set s2_tile_weights.yaml tile_weights.mode: blend_v2 (policies/remediation has one)",
         ),
     ]
-    pin = ev.pin(meta["seed"])
+    pin = ev.run_pin(meta)
     profiles = ev.profiles(run_id)
     base_profiles = ev.profiles(pin["run_id"]) if pin else None
     base_card = ev.card(pin["run_id"]) if pin else None
@@ -464,7 +394,8 @@ def p2_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
     items = [_scope(ev, "P2", meta), *_code(ev, "P2", meta), *_not_contradicted(ev, "P2", meta)]
     # The pre-P2 posture: P1's run at S4, unless P1 ran with an S4 other than the baseline's.
     p1 = ev.locked("P1")
-    base = ev.baseline_meta(meta["seed"])
+    pin = ev.run_pin(meta)
+    base = ev.meta(pin["run_id"]) if pin else None
     before_run = p1["run_id"] if p1 else None
     p1_meta = ev.meta(before_run) if before_run else None
     if base and p1_meta and p1_meta["policy_digests"]["s4_alloc_plan"] != base["policy_digests"]["s4_alloc_plan"]:
@@ -605,7 +536,7 @@ def b_traces(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[checkpoint
     card, profiles, bundle = ev.card(run_id), ev.profiles(run_id), sealed_bundle(meta)
     if card is None or profiles is None:
         return None
-    pin = ev.pin(meta["seed"])
+    pin = ev.run_pin(meta)
     base_card = ev.card(pin["run_id"]) if pin else None
     base_profiles = ev.profiles(pin["run_id"]) if pin else None
     hints = grading.triage_hints(bundle)

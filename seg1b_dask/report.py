@@ -33,6 +33,7 @@ from .lineage import safe_join, write_text
 from .policies import PolicyBundle, sealed_bundle
 from .refdata import REGIONS
 from .runroot import RunRoot
+from .verdict import bundle_verdict
 
 RUN_SECTIONS = (
     "summary",
@@ -60,7 +61,8 @@ class RunView:
     meta: dict[str, Any]
     bundle: PolicyBundle
     card: dict[str, Any]
-    lon: NDArray[np.float64] | None  # None: S9 refused to seal, the egress is not shown
+    unsealed_because: str  # "" when a valid 1B flag vouches for the egress and the figures
+    lon: NDArray[np.float64] | None  # None: unsealed, the egress is not shown
     lat: NDArray[np.float64] | None
     moves: list[tuple[str, str, int]]
     profiles: dict[str, checkpoints.Profile] | None  # None: a run made before checkpoints existed
@@ -68,19 +70,15 @@ class RunView:
 
 def load_run(root: Path, run: Path) -> RunView:
     meta = discipline.load_run(run, needs=("states", "policies"))
+    judged = bundle_verdict(meta, root)
     card_path = run / "scorecard"
-    card = scoring.read_scorecard(card_path if (card_path / "scorecard.json").is_file() else _bundle_dir(root, meta))
+    card = scoring.read_scorecard(card_path if (card_path / "scorecard.json").is_file() else judged.folder)
     lon = lat = None
-    if card.get("sealed", True) and (_bundle_dir(root, meta) / "_passed.flag").is_file():
-        egress, _ = scoring.verified_egress(meta, root)
-        coords = SITE_LOCATIONS.read(egress, columns=["lon_deg", "lat_deg"])
+    if judged.egress is not None:
+        coords = SITE_LOCATIONS.read(judged.egress, columns=["lon_deg", "lat_deg"])
         lon, lat = coords.column("lon_deg").to_numpy(), coords.column("lat_deg").to_numpy()
     profiles = checkpoints.read(run)
-    return RunView(run, meta, sealed_bundle(meta), card, lon, lat, top_moves(root, meta), profiles)
-
-
-def _bundle_dir(root: Path, meta: dict[str, Any]) -> Path:
-    return safe_join(root, meta["outputs"]["validation_bundle"])
+    return RunView(run, meta, sealed_bundle(meta), card, judged.problem, lon, lat, top_moves(root, meta), profiles)
 
 
 def top_moves(root: Path, meta: dict[str, Any], limit: int = 15) -> list[tuple[str, str, int]]:
@@ -420,6 +418,7 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     pair = [("baseline", baseline)] if baseline is not None else []
     views = [*pair, ("candidate" if baseline is not None else "this run", view)]
     grade = card.get("grade_single_seed", {}).get("outcome", "?")
+    sealed = f"no, every figure is unverified: {view.unsealed_because}" if view.unsealed_because else "yes"
     summary = _table(
         ["", ""],
         [
@@ -427,7 +426,7 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
             ["seed", str(meta["seed"])],
             ["policy bundle", html.escape(meta["policy_bundle"])],
             ["target grade (S9)", html.escape(view.bundle.s9_validation.target_grade)],
-            ["sealed", "yes" if card.get("sealed", True) else "no: S9 refused, a target-grade gate failed"],
+            ["sealed", html.escape(sealed)],
             ["single-seed grade", f'<span class="grade">{html.escape(grade)}</span>'],
             [
                 "sites / active of eligible countries",
@@ -556,7 +555,7 @@ def run_report(root: Path, run: Path) -> Path:
     root = Path(root).resolve()
     view = load_run(root, run)
     baseline = None
-    pin = discipline.baseline_pointer(root, view.meta["seed"])
+    pin = discipline.baseline_of_run(root, view.meta)
     if pin and pin["run_id"] != view.meta["run_id"] and (RunRoot(root).run(pin["run_id"]) / "run.json").is_file():
         baseline = load_run(root, RunRoot(root).run(pin["run_id"]))
     path = run / REPORT_NAME

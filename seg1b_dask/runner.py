@@ -341,7 +341,8 @@ def _run_seed(
     if not validation["passed"]:
         raise Seg1BError(
             Code.E_VALIDATION_FAILED,
-            f"S9 structural checks failed: {', '.join(validation['failed_checks'])}",
+            f"S9 structural checks failed: {', '.join(validation['failed_checks'])} (run {result.run_id} is "
+            "kept for diagnosis: `seg1b score` grades it RED)",
             file=result.outputs["validation_bundle"] / "checks.json",
         )
     return result

@@ -7,7 +7,8 @@ Layout (every path below the root is built here and nowhere else)::
     cache/bounds/<key>.json       each grade's least relocation for one 1A posture and country table
     runs/<run_id>/run.json        one receipt per run (and its scorecard/ and report)
     upstream/1A/seed=<n>/         the 1A stand-in bundles the engine wrote itself
-    baseline_authority/           the pinned baseline of each seed
+    baseline_authority/seed=<n>/grid=<arcsec>/upstream=<flag prefix>.json
+                                  the pinned baseline of a seed, per grid and 1A bundle
     current_candidate/ last_good/ pointers
     locks/                        phase locks
     certification/<pack>/         certification packs
@@ -81,8 +82,14 @@ class RunRoot:
     def pins(self) -> Path:
         return self.path / "baseline_authority"
 
-    def pin(self, seed: int) -> Path:
-        return self.pins / f"seed={seed}.json"
+    def pin(self, seed: int, grid_arcsec: int, upstream_flag: str) -> Path:
+        """A baseline pin: NN distances depend on the seed, the cell size and the sites 1A
+        gives, so a pin is per seed, grid resolution and 1A bundle (the first 16 hex of its flag)."""
+        return self.pins / f"seed={seed}" / f"grid={grid_arcsec}" / f"upstream={upstream_flag[:16]}.json"
+
+    def pin_files(self) -> list[Path]:
+        """Every pin record, in path order (a staged one is named ``….json.tmp-…``)."""
+        return sorted(self.pins.rglob("*.json")) if self.pins.is_dir() else []
 
     def pointer(self, name: str) -> Path:
         return self.path / name / "pointer.json"

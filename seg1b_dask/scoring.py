@@ -1,5 +1,5 @@
 """The realism scorecard of one run (DESIGN §6), computed from every part file of its
-``site_locations`` and refusing egress whose 1B validation flag is missing or wrong."""
+``site_locations`` (``verdict`` says whether a 1B flag vouches for them)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ from scipy.stats import spearmanr
 
 from . import metrics, refdata, rng
 from .datasets import SITE_LOCATIONS
-from .errors import Code, Seg1BError
-from .hashing import tree_digest, verify_bundle
-from .lineage import MANIFEST, check_tokens, read_manifest, safe_join, write_json, write_text
+from .lineage import write_json, write_text
 from .nearest import LAT_BINS, nearest_neighbour_km_chunked
 from .policies import GatesPolicy, Plausibility
 from .refdata import REGIONS
@@ -275,40 +273,6 @@ def egress_pairs(egress: Path) -> tuple[NDArray[np.uint64], NDArray[np.str_], ND
     if not merchant:
         return np.zeros(0, np.uint64), np.zeros(0, "U2"), np.zeros(0, np.int64)
     return np.concatenate(merchant), np.concatenate(iso2), np.concatenate(n).astype(np.int64)
-
-
-def verified_egress(run: dict[str, Any], root: Path) -> tuple[Path, Path]:
-    """The run's egress and validation bundle, refusing either if the 1B flag is not valid
-    for exactly these bytes and these tokens."""
-    egress = safe_join(root, run["outputs"]["site_locations"])
-    bundle = safe_join(root, run["outputs"]["validation_bundle"])
-    index, _ = verify_bundle(bundle)
-    check_tokens(egress)
-    for token in ("seed", "parameter_hash", "manifest_fingerprint"):
-        if str(index.get(token)) != str(run[token]):
-            raise Seg1BError(
-                Code.E_TOKEN_MISMATCH,
-                f"the sealed bundle says {token}={index.get(token)}, run.json says {run[token]}",
-                file=bundle / "index.json",
-                key=token,
-            )
-    for token, value in read_manifest(egress)["tokens"].items():
-        if str(value) != str(run[token]):
-            raise Seg1BError(
-                Code.E_TOKEN_MISMATCH,
-                f"site_locations says {token}={value}, run.json says {run[token]}",
-                file=egress,
-                key=token,
-            )
-    sealed = json.loads((bundle / "egress.json").read_text())["site_locations_sha256"]
-    actual = tree_digest(egress, exclude=frozenset({MANIFEST}))
-    if sealed != actual or read_manifest(egress)["content_sha256"] != actual:
-        raise Seg1BError(
-            Code.E_BUNDLE_FLAG_MISMATCH,
-            "site_locations bytes differ from those the 1B validation bundle sealed",
-            file=egress,
-        )
-    return egress, bundle
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> None:

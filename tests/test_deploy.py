@@ -15,7 +15,17 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_files import DOCKERFILE, REPO, bytes_of, compose, compose_spec, dockerfile, k8s_documents, pod_specs
+from deploy_files import (
+    COMPOSE,
+    DOCKERFILE,
+    REPO,
+    bytes_of,
+    compose,
+    compose_spec,
+    dockerfile,
+    k8s_documents,
+    pod_specs,
+)
 
 import seg1b_dask
 
@@ -169,3 +179,16 @@ def test_health_checks_probe_the_ports_the_commands_open() -> None:
     dask_limit = bytes_of(worker[worker.index("--memory-limit") + 1])
     assert dask_limit < bytes_of(services["worker"].memory_limit or "0"), "Dask spills before the container is killed"
     assert services["job"].depends_on == ["scheduler", "worker"]
+
+
+def test_the_job_exits_with_the_certifications_status() -> None:
+    """``seg1b certify`` exits 1 on a pack below its target grade: the job runs seg1b itself
+    (no shell to swallow the status) in Compose and in the DaskJob, and Compose is told to
+    exit with the job's status."""
+    assert dockerfile().entrypoint == ["seg1b"]
+    assert compose()["job"].argv[:2] == ["seg1b", "certify"]
+    assert "entrypoint" not in compose_spec()["services"]["job"]
+    assert "--exit-code-from job" in COMPOSE.read_text()
+    pod = pod_specs(k8s_documents()["daskjob.yaml"])["job"]
+    (container,) = pod["containers"]
+    assert "command" not in container and container["args"][0] == "certify" and pod["restartPolicy"] == "Never"

@@ -105,7 +105,7 @@ def test_a_failing_target_grade_is_not_sealed_and_grades_red(remediation: RunRes
     whose cache key moves) records the breach and writes no flag; the scorer reports S9's
     record and grades RED on that gate. The ratio is a sealed input: a new fingerprint, no conflict."""
     from seg1b_dask.hashing import FLAG_NAME
-    from seg1b_dask.lanes import score_run
+    from seg1b_dask.scorer import score_run
 
     root = remediation.run_dir.parent.parent
     failing = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, baseline_nn_ratio=1.0)

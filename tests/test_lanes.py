@@ -1,6 +1,8 @@
-"""The lanes end to end on the real data: scoring refuses unsealed egress, uses the
-policies sealed with the run, the fast lane compares to the pinned baseline, and the
-baseline bundle certifies RED with exactly its failing gates."""
+"""The lanes end to end on the real data: scoring takes the seal and the structural checks
+from the validation bundle (never from run.json) and uses the policies sealed with the run,
+the fast lane compares to the baseline pinned for its seed, grid and 1A bundle, a grade
+below the bundle's target fails a certification, and the baseline bundle certifies RED
+with exactly its failing gates."""
 
 from __future__ import annotations
 
@@ -12,14 +14,18 @@ import pytest
 from click.testing import CliRunner
 from conftest import MakeBundle
 
-from seg1b_dask import grading
+from seg1b_dask import discipline, grading
 from seg1b_dask.cli import main
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.execution import Execution
-from seg1b_dask.hashing import FLAG_NAME
-from seg1b_dask.lanes import certify, fast_lane, pin_baseline_run, score_run
+from seg1b_dask.hashing import FLAG_NAME, read_flag, seal_bundle
+from seg1b_dask.lanes import certify, fast_lane
 from seg1b_dask.policies import load_bundle
-from seg1b_dask.runner import BASELINE_POLICIES
+from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
+from seg1b_dask.runroot import RunRoot
+from seg1b_dask.scorer import pin_baseline_run, score_run
+from seg1b_dask.states import s9_validation
+from seg1b_dask.upstream import write_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -52,24 +58,126 @@ def test_fast_lane_reruns_from_first_dirty_state_and_compares_to_baseline(root: 
     assert shares[1].startswith("DE,4269,")
 
 
-def test_score_refuses_egress_without_a_valid_flag(root: Path, tmp_path: Path) -> None:
-    run_dir = sorted((root / "runs").iterdir())[0]
+@pytest.fixture(scope="module")
+def green(root: Path) -> RunResult:
+    """The default bundle's run of seed 42: sealed at B+, GREEN_BPLUS beside its baseline."""
+    result, scored = fast_lane(root, 42, DEFAULT_POLICIES, None, Execution())
+    assert scored.grade.outcome == "GREEN_BPLUS" and scored.card["sealed"]
+    return result
+
+
+def _copied(root: Path, run_id: str, tmp_path: Path) -> tuple[Path, dict, Path]:
+    """A copy of the run root to damage: the run's folder, its run.json and its bundle."""
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
+    run_dir = copy / "runs" / run_id
     meta = json.loads((run_dir / "run.json").read_text())
-    bundle = copy / meta["outputs"]["validation_bundle"]
-    egress = copy / meta["outputs"]["site_locations"]
-    part = sorted(egress.rglob("part-*.parquet"))[0]
-    original = part.read_bytes()
-    part.write_bytes(original[:-8] + bytes(8))
+    return run_dir, meta, copy / meta["outputs"]["validation_bundle"]
+
+
+def _forge_s9(run_dir: Path, **stats: object) -> None:
+    """Edit S9's record in run.json, which no seal covers."""
+    meta = json.loads((run_dir / "run.json").read_text())
+    next(s for s in meta["states"] if s["id"] == "S9")["stats"].update(stats)
+    (run_dir / "run.json").write_text(json.dumps(meta))
+
+
+def _score_cli(copy: Path, run_dir: Path) -> str:
+    result = CliRunner().invoke(main, ["score", run_dir.name, "--root", str(copy)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_score_refuses_egress_bytes_the_flag_did_not_seal(root: Path, tmp_path: Path) -> None:
+    run_dir, meta, _ = _copied(root, sorted((root / "runs").iterdir())[0].name, tmp_path)
+    part = sorted((tmp_path / "copy" / meta["outputs"]["site_locations"]).rglob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:-8] + bytes(8))
     with pytest.raises(Seg1BError) as err:
-        score_run(copy, copy / "runs" / run_dir.name)
+        score_run(tmp_path / "copy", run_dir)
     assert err.value.code == "E_BUNDLE_FLAG_MISMATCH"
-    part.write_bytes(original)
+
+
+@pytest.mark.parametrize("damage", ["no flag", "wrong flag", "no index"])
+def test_a_green_run_without_a_valid_flag_grades_red(root: Path, green: RunResult, tmp_path: Path, damage: str) -> None:
+    """The figures pass B+ and run.json says sealed; without a valid flag over the bundle
+    nothing vouches for them: RED, labelled unverified, and the reason named."""
+    run_dir, _, bundle = _copied(root, green.run_id, tmp_path)
+    if damage == "no flag":
+        (bundle / FLAG_NAME).unlink()
+    elif damage == "wrong flag":
+        (bundle / FLAG_NAME).write_text(f"sha256_hex = {'0' * 64}\n")
+    else:
+        (bundle / "index.json").unlink()
+    _forge_s9(run_dir, sealed=True, passed=True, failed_checks=[])
+    scored = score_run(tmp_path / "copy", run_dir)
+    assert scored.grade.outcome == "RED" and not scored.card["sealed"]
+    assert [f.gate for f in scored.grade.failures["B"]] == ["unsealed"]  # every figure passes
+    code = {"no flag": "E_BUNDLE_FLAG_MISSING", "wrong flag": "E_BUNDLE_FLAG_MISMATCH", "no index": "E_BUNDLE_INDEX"}
+    assert scored.card["unsealed_because"].startswith(code[damage])
+    shown = _score_cli(tmp_path / "copy", run_dir)
+    assert f"UNVERIFIED: no valid 1B flag ({code[damage]}" in shown and "single-seed grade: RED" in shown
+    assert shown.rstrip().endswith("RED — below the bundle's target grade B+: unsealed")
+    assert CliRunner().invoke(main, ["report", run_dir.name, "--root", str(tmp_path / "copy")]).exit_code == 0
+    assert "no, every figure is unverified" in (run_dir / "report.html").read_text()
+
+
+def test_an_unsealed_run_stays_red_whatever_run_json_says(root: Path, green: RunResult, tmp_path: Path) -> None:
+    """S9 refused the flag (its baseline ratio made the B+ contraction fail); scored against
+    the real pin, its figures would pass. Neither that nor a forged receipt lifts it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    refused = run_seed(root=copy, seed=42, policies=DEFAULT_POLICIES, baseline_nn_ratio=1.0)
+    assert not refused.validation["sealed"] and refused.validation["failed_gates"] == ["nn_contraction"]
+    honest = score_run(copy, refused.run_dir)
+    assert honest.grade.outcome == "RED" and [f.gate for f in honest.grade.failures["B"]] == ["unsealed"]
+    assert honest.card["metrics"]["nn_contraction"] > 0.35  # against the pin: the figures alone would pass
+    _forge_s9(refused.run_dir, sealed=True, passed=True, failed_gates=[])
+    forged = score_run(copy, refused.run_dir)
+    assert forged.grade.outcome == "RED" and not forged.card["sealed"]
+    assert "UNVERIFIED: no valid 1B flag (E_BUNDLE_FLAG_MISSING" in _score_cli(copy, refused.run_dir)
+
+
+def test_sealed_checks_that_fail_grade_red(root: Path, green: RunResult, tmp_path: Path) -> None:
+    """A validly sealed bundle whose checks.json records a failing check: RED on that check,
+    though run.json says every check passed."""
+    run_dir, _, bundle = _copied(root, green.run_id, tmp_path)
+    checks = json.loads((bundle / "checks.json").read_text())
+    checks["point_in_country"]["passed"] = False
+    (bundle / "checks.json").write_text(json.dumps(checks))
+    index = json.loads((bundle / "index.json").read_text())
     (bundle / FLAG_NAME).unlink()
+    seal_bundle(bundle, {k: v for k, v in index.items() if k != "files"})
+    scored = score_run(tmp_path / "copy", run_dir)
+    assert scored.card["sealed"] and scored.grade.outcome == "RED"
+    assert [f.gate for f in scored.grade.failures["B"]] == ["structural:point_in_country"]
+    shown = _score_cli(tmp_path / "copy", run_dir)
+    assert "STRUCTURAL FAIL: point_in_country" in shown and "UNVERIFIED" not in shown
+
+
+def test_a_structurally_failed_run_is_published_and_scores_red(
+    root: Path, tmp_path: Path, make_bundle: MakeBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner publishes the run before it refuses it: ``seg1b score`` on that folder
+    grades RED on the failing check, whatever its realism figures."""
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    real = s9_validation.inside_country
+
+    def one_site_outside(lon: object, lat: object, cid: object) -> object:
+        inside = real(lon, lat, cid)
+        inside[:1] = False
+        return inside
+
+    monkeypatch.setattr(s9_validation, "inside_country", one_site_outside)
+    policies = make_bundle("baseline", gates={"bootstrap_replicates": 999})  # S9 recomputes
     with pytest.raises(Seg1BError) as err:
-        score_run(copy, copy / "runs" / run_dir.name)
-    assert err.value.code == "E_BUNDLE_FLAG_MISSING"
+        run_seed(root=copy, seed=42, policies=policies, execution=Execution(scheduler="threads"))
+    assert err.value.code == "E_VALIDATION_FAILED" and "point_in_country" in err.value.message
+    monkeypatch.undo()
+    run_id = err.value.message.split("(run ", 1)[1].split()[0]
+    shown = _score_cli(copy, copy / "runs" / run_id)
+    assert "STRUCTURAL FAIL: point_in_country" in shown and "UNVERIFIED: no valid 1B flag" in shown
+    assert "single-seed grade: RED" in shown and "structural:point_in_country" in shown
 
 
 def test_score_refuses_a_run_receipt_that_disagrees_with_the_sealed_bundle(root: Path, tmp_path: Path) -> None:
@@ -91,11 +199,64 @@ def test_the_readme_main_command_with_its_default_relative_root(
     result = CliRunner().invoke(main, ["run", "--quiet"])
     assert result.exit_code == 0, result.output
     root = tmp_path / "runs" / "fix-data-engine" / "segment_1B"
-    assert (root / "baseline_authority" / "seed=42.json").is_file()  # the seed's baseline is run and pinned first
+    pin = RunRoot(root).pin(42, 300, read_flag(RunRoot(root).upstream(42)))
+    assert pin.is_file()  # the seed's baseline on the bundle's grid and stand-in is run and pinned first
     assert len(list((root / "runs").glob("*/run.json"))) == 2
     # The default is the remediation bundle: sealed at B+, graded against the pinned baseline.
     assert "every per-seed B+ gate passes" in result.output and "single-seed grade: GREEN_BPLUS" in result.output
     assert "relocated_share" in result.output
+
+
+def test_baselines_are_pinned_per_grid_and_1a_bundle(root: Path, make_bundle: MakeBundle, tmp_path: Path) -> None:
+    """A coarser grid's candidate and another 1A bundle's candidate each get their own
+    baseline: the baseline bundle run on the candidate's grid over the candidate's 1A
+    bundle. The seed's default pin is untouched and the pins coexist."""
+    rr = RunRoot(root)
+    standin = read_flag(rr.upstream(42))
+    default_pin = rr.pin(42, 300, standin)
+    before = default_pin.read_bytes()
+    shipped = load_bundle(BASELINE_POLICIES, "v").digests
+
+    coarse = make_bundle("baseline", grid={"resolution_arcsec": 600}, s9_validation={"target_grade": "B"})
+    _, scored = fast_lane(root, 42, coarse, None, Execution())
+    pin = json.loads(rr.pin(42, 600, standin).read_text())
+    assert scored.card["baseline"] == pin and pin["grid_arcsec"] == 600 and pin["upstream_flag"] == standin
+    pinned = json.loads((rr.run(pin["run_id"]) / "run.json").read_text())
+    assert pinned["policy_bundle"] == "baseline" and pinned["policies"]["grid"]["resolution_arcsec"] == 600
+    assert {k for k, v in pinned["policy_digests"].items() if v != shipped[k]} == {"grid"}
+    m = scored.card["metrics"]
+    assert m["nn_contraction"] == pytest.approx((pin["nn_ratio"] - m["nn_ratio"]) / pin["nn_ratio"])
+    assert pin["nn_ratio"] != json.loads(before)["nn_ratio"]  # another grid, another NN tail
+
+    other = tmp_path / "1A-other"
+    flag = write_bundle(42, other, scale=1)  # one merchant block: as large as the stand-in, other merchants
+    _, scored = fast_lane(root, 42, make_bundle("baseline", s9_validation={"target_grade": "B"}), other, Execution())
+    pin = json.loads(rr.pin(42, 300, flag).read_text())
+    assert scored.card["baseline"] == pin and pin["upstream_flag"] == flag != standin
+    assert json.loads((rr.run(pin["run_id"]) / "run.json").read_text())["upstream"] == str(other)
+
+    assert default_pin.read_bytes() == before
+    assert len([p for p in rr.pin_files() if p.is_relative_to(rr.pins / "seed=42")]) == 3
+    kept = discipline.prune(root, dry_run=True)["kept_runs"]
+    assert all(json.loads(p.read_text())["run_id"] in kept for p in rr.pin_files())
+    shown = CliRunner().invoke(main, ["baseline", "--seed", "42", "--root", str(root), "--policies", str(coarse)])
+    assert shown.exit_code == 0 and shown.output.startswith(f"baseline for seed 42 (600″ grid, 1A {standin[:16]}): ")
+
+
+def test_a_grade_below_the_target_is_loud_and_fails_certification(root: Path, make_bundle: MakeBundle) -> None:
+    """The baseline posture declared to target B: ``run`` still exits 0 but ends on one loud
+    line; ``certify`` writes the pack, prints it, and exits 1."""
+    policies = make_bundle("baseline", s9_validation={"target_grade": "B"}, gates={"required_seeds": [42]})
+    ran = CliRunner().invoke(main, ["run", "--root", str(root), "--policies", str(policies), "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    assert ran.output.rstrip().splitlines()[-1].startswith("RED — below the bundle's target grade B: unsealed, ")
+    packs = len(RunRoot(root).packs())
+    args = ["certify", "--root", str(root), "--policies", str(policies), "--workers", "1", "--quiet"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 1, done.output
+    last = done.output.rstrip().splitlines()[-1]
+    assert last.startswith("CERTIFICATION FAILED: RED — below the bundle's target grade B: unsealed, country_gini")
+    assert "GRADE: RED" in done.output and len(RunRoot(root).packs()) == packs + 1  # the pack is written first
 
 
 def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, make_bundle: MakeBundle) -> None:

@@ -2,8 +2,9 @@
 every step, a lock refused while a DoD fails, checkpoints and ``diagnose``, a reopen
 refused without evidence and accepted with it, and the freeze.
 
-P1 here locks a deliberately weak S2 mass vector: it passes P1's DoD and grade B, and the
-integrated candidate's B+ attempt then shows the contradiction that reopens P1."""
+P1 here locks a deliberately weak S2 mass vector: it passes P1's DoD and grade B, and a
+B+-target run of the integrated files (unsealed, so RED) then shows the contradiction that
+reopens P1."""
 
 from __future__ import annotations
 
@@ -19,15 +20,19 @@ from seg1b_dask import checkpoints, closure, plan
 from seg1b_dask.cli import main
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.execution import Execution
-from seg1b_dask.lanes import certify, fast_lane, pin_baseline_run
+from seg1b_dask.hashing import read_flag
+from seg1b_dask.lanes import certify, fast_lane
 from seg1b_dask.runner import BUNDLES
+from seg1b_dask.runroot import RunRoot
+from seg1b_dask.scorer import pin_baseline_run
 
 pytestmark = pytest.mark.e2e
 
 
 def _phase_bundles(folder: Path) -> dict[str, Path]:
     """P1 = baseline + a weak S2 mass vector (B passes, B+ does not), P2 = + the remediation
-    S4, P3 = + the remediation S6, P4 = + the B+ target: each changes one more file."""
+    S4, P3 = + the remediation S6, P4 = + the B target (the plan's P4: B, with B+ as its
+    attempt): each changes one more file."""
     shutil.copy(BUNDLES / "gates.yaml", folder / "gates.yaml")  # the plan keeps the baseline's gates
     s2 = yaml.safe_load((BUNDLES / "remediation" / "s2_tile_weights.yaml").read_text())
     mass = s2["tile_weights"]["country_mass"]
@@ -46,6 +51,8 @@ def _phase_bundles(folder: Path) -> dict[str, Path]:
             (target / "s2_tile_weights.yaml").write_text(yaml.safe_dump(s2, sort_keys=False))
         for name in files:
             shutil.copy(BUNDLES / "remediation" / name, target / name)
+        if phase == "P4":
+            (target / "s9_validation.yaml").write_text("version: 1\ntarget_grade: B\n")
         bundles[phase], previous = target, target
     return bundles
 
@@ -85,7 +92,8 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     base_run = root / "runs" / pin["run_id"]
     assert _states(root)["P0"] == "done" and _states(root)["P1"] == "open"
     text = _status_text(root)
-    assert f"baseline_authority/seed=42.json  (run {pin['run_id']})" in text
+    flag = read_flag(RunRoot(root).upstream(42))
+    assert f"baseline_authority/seed=42/grid=300/upstream={flag[:16]}.json  (run {pin['run_id']})" in text
     assert "next: P1: seg1b run --seed 42 --policies DIR (DIR changes s2_tile_weights only)" in text
     assert set(json.loads((base_run / "checkpoints" / "checkpoints.json").read_text())) == set(checkpoints.STAGES)
 
@@ -138,15 +146,16 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert [_states(root)[p] for p in ("P1", "P2", "P3", "P4")] == ["done", "done", "done", "done"]
     assert next(p for p in plan.status(root) if p.phase == "P4").subject == p3.run_id
 
-    # P4: the integrated candidate passes B; its B+ attempt does not, and does not hold P4.
+    # P4: the integrated candidate passes B, its target (sealed); its B+ attempt does not, and
+    # does not hold P4.
     p4, scored = fast_lane(root, 42, bundles["P4"], None, ex)
-    assert scored.grade.outcome == "GREEN_B"
+    assert scored.grade.outcome == "GREEN_B" and scored.card["sealed"]
     items = _items(root, "P4")
     assert items["every B hard gate passes on the candidate's seed"] == "pass"
     assert items["every B+ (attempt) gate passes on the candidate's seed"] == "not yet"
     assert _states(root)["P4"] == "done" and _states(root)["P5"] == "open"
-    shown = CliRunner().invoke(main, ["diagnose", p4.run_id, "--root", str(root)]).output
-    assert "first wrong at S2: country_gini, top10_share, top5_share, top1_share" in shown  # at B+, its target
+    shown = CliRunner().invoke(main, ["diagnose", p4.run_id, "--root", str(root), "--grade", "B+"]).output
+    assert "first wrong at S2: country_gini, top10_share, top5_share, top1_share" in shown
 
     # P5: certify the required seeds, freeze, and status says the plan is complete.
     pack = certify(root, None, bundles["P4"], workers=2)
@@ -164,13 +173,25 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert set(_states(root).values()) == {"done"}
     assert "next: none: the plan is complete (P5 frozen)" in _status_text(root)
 
+    # The same files targeting B+: S9 refuses to seal, so the run grades RED; its diagnosis
+    # still shows where B+ first goes wrong.
+    attempt_bundle = tmp_path / "P4-bplus"
+    shutil.copytree(bundles["P4"], attempt_bundle)
+    shutil.copy(BUNDLES / "remediation" / "s9_validation.yaml", attempt_bundle)
+    attempt, scored = fast_lane(root, 42, attempt_bundle, None, ex)
+    assert scored.grade.outcome == "RED" and not scored.card["sealed"]
+    assert [f.gate for f in scored.grade.failures["B"]] == ["unsealed"]  # its figures pass B: only the seal fails
+    assert {"country_gini", "top1_share"} <= {f.gate for f in scored.grade.failures["B_PLUS"]}
+
     # Reopening P1: a reason and a contradicting run made under the lock are both needed.
-    _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "  ", p4.run_dir)
+    _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "  ", attempt.run_dir)
     err = _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "B+ needs a flatter mass", p1.run_dir)
     assert "shows no gate contradicting P1" in err.message  # P1's own run goes wrong at S4 and S8, not S2
-    lock, cascaded = closure.reopen(root, "P1", "B+ needs a flatter mass", p4.run_dir)
+    err = _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "B+ needs a flatter mass", p4.run_dir)
+    assert "(no gate fails)" in err.message  # at its target, B, the integrated candidate contradicts nothing
+    lock, cascaded = closure.reopen(root, "P1", "B+ needs a flatter mass", attempt.run_dir)
     entry = lock["reopened"][-1]
-    assert entry["evidence_run"] == p4.run_id and entry["reason"] == "B+ needs a flatter mass"
+    assert entry["evidence_run"] == attempt.run_id and entry["reason"] == "B+ needs a flatter mass"
     assert any(c.startswith("top1_share first wrong at S2") for c in entry["contradiction"])
     assert cascaded == ["P2", "P3"]  # built on P1: reopened with it
     assert _states(root)["P1"] == "open" and _states(root)["P2"] == "waiting"
@@ -185,7 +206,7 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert scored.grade.outcome == "GREEN_BPLUS"
     relocked = closure.lock(root, "P1", again.run_dir, ex)
     assert relocked["previous"][0]["run_id"] == p1.run_id and relocked["reopened"] == []
-    assert relocked["previous"][0]["reopened"][-1]["evidence_run"] == p4.run_id
+    assert relocked["previous"][0]["reopened"][-1]["evidence_run"] == attempt.run_id
     assert _states(root)["P1"] == "done" and _states(root)["P2"] == "open"
 
 

@@ -21,12 +21,12 @@ import xarray as xr
 from click.testing import CliRunner
 from conftest import MakeBundle
 
-from seg1b_dask import __version__, discipline, lanes, registry, scoring
+from seg1b_dask import __version__, discipline, lanes, registry, scorer, scoring
 from seg1b_dask.cli import main
 from seg1b_dask.datasets import SITE_JITTER, TILE_GRID, TILE_WEIGHTS
 from seg1b_dask.errors import Code, EnvironmentFault, InputError, InternalError, Seg1BError
 from seg1b_dask.execution import Execution
-from seg1b_dask.hashing import FLAG_NAME, seal_bundle
+from seg1b_dask.hashing import FLAG_NAME, read_flag, seal_bundle
 from seg1b_dask.lineage import read_manifest
 from seg1b_dask.runner import BASELINE_POLICIES, RunResult, run_seed
 from seg1b_dask.runroot import RunRoot
@@ -204,7 +204,7 @@ def test_damaged_cache_entries_are_recomputed_not_reused(root: Path, warm: RunRe
 def test_an_interrupted_pin_leaves_no_pin(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scorecard is written before the pin: Ctrl-C between them leaves no pin pointing
     at a run without a scorecard; a pin left that way by an older run is completed."""
-    pin_file = root / "baseline_authority" / "seed=42.json"
+    pin_file = RunRoot(root).pin(42, 300, read_flag(RunRoot(root).upstream(42)))
     run_dir = next(p for p in (root / "runs").iterdir() if (p / "run.json").is_file())
     assert not pin_file.exists()
 
@@ -214,10 +214,10 @@ def test_an_interrupted_pin_leaves_no_pin(root: Path, monkeypatch: pytest.Monkey
     with monkeypatch.context() as m:
         m.setattr(scoring, "write_scorecard", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            lanes.score_run(root, run_dir, pin_as_baseline=True)
+            scorer.score_run(root, run_dir, pin_as_baseline=True)
     assert not pin_file.exists()
     discipline.pin_baseline(root, run_dir, 16.0)  # the old failure mode: a pin, no scorecard
-    pin = lanes.pin_baseline_run(root, 42, Execution())
+    pin = scorer.pin_baseline_run(root, 42, Execution())
     assert pin["run_id"] == run_dir.name and (run_dir / "scorecard" / "scorecard.json").is_file()
 
 
@@ -299,11 +299,11 @@ def test_corrupt_records_of_the_run_root(root: Path) -> None:
     (run_dir / "run.json").write_text("{not json")
     code, out = _cli("score", run_dir.name, "--root", str(root))
     assert code == 2 and "E_CORRUPT_FILE" in out and "run.json" in out
-    pin = root / "baseline_authority" / "seed=42.json"
-    pin.parent.mkdir(exist_ok=True)
+    pin = RunRoot(root).pin(42, 300, read_flag(RunRoot(root).upstream(42)))
+    pin.parent.mkdir(parents=True, exist_ok=True)
     pin.write_text("[1, 2")
     code, out = _cli("run", "--root", str(root), "--quiet")
-    assert code == 2 and "E_CORRUPT_FILE" in out and "seed=42.json" in out
+    assert code == 2 and "E_CORRUPT_FILE" in out and f"seed=42/grid=300/{pin.name}" in out
 
 
 def test_root_that_is_a_file(tmp_path: Path) -> None:
@@ -344,7 +344,7 @@ def test_disk_full_leaves_nothing_half_written(tmp_path: Path, bundle42: Path) -
 
 
 def test_summary_notes_are_cut_at_a_whole_item() -> None:
-    from seg1b_dask.cli import clip
+    from seg1b_dask.summaries import clip
 
     text = "plan_rows=21828, relocated_share=0.653486, relocated_share_minimum=0.653486, tiles_used=4215"
     cut = clip(text, 70)

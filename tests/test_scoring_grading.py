@@ -17,6 +17,7 @@ from seg1b_dask.errors import Seg1BError
 from seg1b_dask.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.policies import load_bundle
 from seg1b_dask.runner import BASELINE_POLICIES
+from seg1b_dask.runroot import RunRoot
 from seg1b_dask.scoring import sentinel
 
 
@@ -85,7 +86,7 @@ def test_duplicate_sites_give_zero_and_p50_zero_fails() -> None:
         "region_share": {r: 0.2 for r in ("Africa", "Asia", "Europe", "North America", "South America", "Oceania")},
     }
     gates = load_bundle(BASELINE_POLICIES, "v").gates
-    report = grading.grade({1: card}, gates, {1: True}, required_seeds=(1,))
+    report = grading.grade({1: card}, gates, {1: []}, required_seeds=(1,))
     assert report.outcome == "RED"
     assert [f.gate for f in report.failures["B"]] == ["nn_contraction"]
 
@@ -130,7 +131,7 @@ def _card(**over: float) -> dict:
 
 def test_grading_outcomes_and_failure_rows() -> None:
     gates = load_bundle(BASELINE_POLICIES, "v").gates
-    ok = {s: True for s in gates.required_seeds}
+    ok: dict[int, list[str]] = {s: [] for s in gates.required_seeds}
     low = {s: {k: 0.0 for k in grading.CONCENTRATION} for s in gates.required_seeds}
     green = grading.grade({s: _card() for s in gates.required_seeds}, gates, ok, low)
     assert green.outcome == "GREEN_BPLUS" and not green.failures["B_PLUS"]
@@ -146,10 +147,25 @@ def test_grading_outcomes_and_failure_rows() -> None:
     assert rows == [("country_gini", 7, 0.68, 0.70)]
     assert red.next_action.startswith("Gini/top-k")
     # A missing required seed blocks any grade; a structural failure too.
-    partial = grading.grade({42: _card()}, gates, {42: True}, {42: low[42]})
+    partial = grading.grade({42: _card()}, gates, {42: []}, {42: low[42]})
     assert partial.outcome == "RED" and partial.missing_seeds == [7, 101, 202]
-    broken = grading.grade({s: _card() for s in gates.required_seeds}, gates, {**ok, 101: False}, low)
+    broken = grading.grade(
+        {s: _card() for s in gates.required_seeds}, gates, {**ok, 101: ["structural:unique_keys"]}, low
+    )
     assert broken.outcome == "RED" and broken.next_action.startswith("structural")
+    assert [(f.gate, f.seed) for f in broken.failures["B"]] == [("structural:unique_keys", 101)]
+    # Perfect figures without a valid 1B flag: RED, and the hint says why.
+    unsealed = grading.grade({s: _card() for s in gates.required_seeds}, gates, {**ok, 7: ["unsealed"]}, low)
+    assert unsealed.outcome == "RED" and [f.gate for f in unsealed.failures["B"]] == ["unsealed"]
+    assert unsealed.next_action.startswith("no valid 1B flag")
+    # A seed with no structural verdict at all fails too (fail-closed).
+    assert grading.grade({42: _card()}, gates, {}, {42: low[42]}, required_seeds=(42,)).outcome == "RED"
+
+
+def test_a_grade_below_the_target_grade() -> None:
+    assert [grading.below_target(o, "B_PLUS") for o in ("GREEN_BPLUS", "GREEN_B", "RED")] == [False, True, True]
+    assert [grading.below_target(o, "B") for o in ("GREEN_BPLUS", "GREEN_B", "RED")] == [False, False, True]
+    assert not any(grading.below_target(o, "none") for o in ("GREEN_BPLUS", "GREEN_B", "RED"))
 
 
 def test_cross_seed_cv_is_population_std_over_mean() -> None:
@@ -164,7 +180,7 @@ def test_cross_seed_cv_is_population_std_over_mean() -> None:
         101: _card(top1_share=0.07),
         202: _card(top1_share=0.07),
     }
-    report = grading.grade(cards, gates, {s: True for s in cards})
+    report = grading.grade(cards, gates, {s: [] for s in cards})
     assert report.cv["top1_share"] > 0.3
     assert set(report.cv) == set(grading.CV_METRICS)  # the seed plan's core metrics
     assert ("cv:top1_share", None) in [(f.gate, f.seed) for f in report.failures["B"]]
@@ -209,12 +225,17 @@ def test_sentinel_quantum_scales_with_the_cell() -> None:
     assert not spread["flagged"]
 
 
-def _fake_run(root: Path, run_id: str, seed: int, digest: str = "d2") -> Path:
+def _fake_run(root: Path, run_id: str, seed: int, digest: str = "d2", grid: int = 300, flag: str = "f" * 64) -> Path:
     run = root / "runs" / run_id
     run.mkdir(parents=True)
-    out = {"site_locations": f"data/site_locations/seed={seed}/manifest_fingerprint={run_id}"}
+    out = {
+        "site_locations": f"data/site_locations/seed={seed}/manifest_fingerprint={run_id}",
+        "s0_gate_receipt": f"data/s0_gate_receipt/seed={seed}/manifest_fingerprint={run_id}",
+    }
     (root / out["site_locations"]).mkdir(parents=True)
     (root / out["site_locations"] / "_manifest.json").write_text("{}")
+    (root / out["s0_gate_receipt"]).mkdir(parents=True)
+    (root / out["s0_gate_receipt"] / "gate_receipt.json").write_text(json.dumps({"upstream_flag_sha256": flag}))
     digests = {"s2_tile_weights": digest, "s4_alloc_plan": "d4", "s6_jitter": "d6"}
     (run / "run.json").write_text(
         json.dumps(
@@ -224,6 +245,7 @@ def _fake_run(root: Path, run_id: str, seed: int, digest: str = "d2") -> Path:
                 "parameter_hash": run_id,
                 "manifest_fingerprint": run_id,
                 "policy_digests": digests,
+                "policies": {"grid": {"resolution_arcsec": grid}},
                 "outputs": out,
             }
         )
@@ -239,6 +261,34 @@ def test_baseline_authority_refuses_modification(tmp_path: Path) -> None:
     with pytest.raises(Seg1BError) as err:
         discipline.pin_baseline(tmp_path, b, 9.0)
     assert err.value.code == "E_BASELINE_PINNED"
+
+
+def test_pins_are_keyed_by_seed_grid_and_1a_bundle(tmp_path: Path) -> None:
+    """One seed, three authorities: its 5′ stand-in's, a 30″ grid's and another 1A bundle's,
+    each at its own path, each refusing another run, all kept by prune."""
+    runs = {
+        "five": _fake_run(tmp_path, "five", 42),
+        "thirty": _fake_run(tmp_path, "thirty", 42, grid=30),
+        "other1a": _fake_run(tmp_path, "other1a", 42, flag="a" * 64),
+        "rival": _fake_run(tmp_path, "rival", 42, grid=30),
+    }
+    for name in ("five", "thirty", "other1a"):
+        discipline.pin_baseline(tmp_path, runs[name], 10.0)
+    pins = {
+        p.relative_to(tmp_path).as_posix(): json.loads(p.read_text())["run_id"] for p in RunRoot(tmp_path).pin_files()
+    }
+    assert pins == {
+        "baseline_authority/seed=42/grid=30/upstream=ffffffffffffffff.json": "thirty",
+        "baseline_authority/seed=42/grid=300/upstream=aaaaaaaaaaaaaaaa.json": "other1a",
+        "baseline_authority/seed=42/grid=300/upstream=ffffffffffffffff.json": "five",
+    }
+    assert discipline.baseline_pointer(tmp_path, discipline.PinKey(42, 30, "f" * 64))["grid_arcsec"] == 30
+    with pytest.raises(Seg1BError) as err:
+        discipline.pin_baseline(tmp_path, runs["rival"], 9.0)  # the 30″ pin is taken
+    assert err.value.code == "E_BASELINE_PINNED" and "30″ grid" in err.value.message
+    kept = discipline.prune(tmp_path)["kept_runs"]
+    assert sorted(kept) == ["five", "other1a", "thirty"] and not runs["rival"].exists()
+    assert kept["thirty"] == ["baseline_authority/seed=42/grid=30/upstream=ffffffffffffffff.json"]
 
 
 def test_prune_keeps_everything_referenced(tmp_path: Path) -> None:

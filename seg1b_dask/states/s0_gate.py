@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 
 from .. import __version__, refdata
 from ..context import GateResult, StateContext
+from ..datasets import GATE_RECEIPT
 from ..errors import Code, Seg1BError
 from ..hashing import canonical_json, sha256_file, sha256_hex, verify_bundle
-from ..lineage import write_json
 from ..upstream import CATALOGUE
 
 REQUIRED = {
@@ -161,5 +161,5 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         "sealed_inputs": gate.sealed_inputs,
         "outlets": gate.n_outlets,
     }
-    write_json(out["s0_gate_receipt"] / "gate_receipt.json", receipt)
+    GATE_RECEIPT.write(out["s0_gate_receipt"], receipt)
     return {"outlets": gate.n_outlets}
