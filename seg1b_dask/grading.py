@@ -73,14 +73,14 @@ def triage_hints(bundle: PolicyBundle | None = None) -> dict[str, str]:
         ),
         "footprint": "merchant footprint: "
         + (
-            "retune s4_alloc_plan country_allocation.max_new_countries, max_share_of_need"
+            "retune s4_alloc_plan country_allocation.max_new_countries, max_merchant_share"
             if governed
             else "set by 1A under country_allocation.mode legacy"
         ),
         "urban": "urban share: retune s2_tile_weights population.rural_weight, min_place_population, basis_mix",
         "cv": "seed instability: reduce high-sensitivity knobs and tighten deterministic balancing",
         "bootstrap": "concentration too close to the B+ line: "
-        + f"{targets}top_share_max; s4_alloc_plan country_allocation.max_share_of_need (fewer merchants per country)",
+        + f"{targets}top_share_max; s4_alloc_plan country_allocation.max_merchant_share (fewer merchants per country)",
         "structural": "structural contract: fix the implementation bug before further realism tuning",
         "missing": "certify every required seed",
         "unsealed": "no valid 1B flag, so nothing vouches for these figures: S9 seals only when the structure and "

@@ -388,7 +388,7 @@ def p2_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
     action = (
         "set s4_alloc_plan country_allocation.mode: remass (it allocates to S2's locked mass vector)"
         if legacy
-        else "retune s4_alloc_plan country_allocation: targets, max_share_of_need, min_sites_per_country"
+        else "retune s4_alloc_plan country_allocation: targets, max_merchant_share, min_sites_per_country"
     )
     folder = f"runs/{run_id}/{checkpoints.FOLDER}/checkpoints.json"
     items = [_scope(ev, "P2", meta), *_code(ev, "P2", meta), *_not_contradicted(ev, "P2", meta)]

@@ -181,8 +181,8 @@ class CountryAllocationRemass(Strict):
     home_sites_min: int = Field(
         ge=0, le=1000, description="every merchant keeps at least this many outlets at home (fewer if 1A has fewer)"
     )
-    max_share_of_need: Share = Field(
-        description="no merchant fills more than this share of a country's need (cap per cell)"
+    max_merchant_share: Share = Field(
+        description="no merchant holds more than this share of what a country keeps or receives, where others can"
     )
     max_new_countries: int = Field(
         ge=1, le=1000, description="a merchant's moved outlets go to at most this many countries it lacks in 1A"

@@ -14,7 +14,7 @@ import yaml
 from seg1b_dask import calibration
 from seg1b_dask.calibration_lane import STUDY, batch_seed, calibrate
 from seg1b_dask.errors import InputError
-from seg1b_dask.policies import load_bundle
+from seg1b_dask.policies import CountryAllocationRemass, load_bundle
 from seg1b_dask.refdata import refdata_version
 from seg1b_dask.runner import DEFAULT_POLICIES
 
@@ -26,8 +26,8 @@ def _space(tmp_path: Path, **extra: object) -> Path:
     data = {
         "version": 1,
         "knobs": {
-            "s4_alloc_plan.country_allocation.fidelity_weight": [0.3, 0.7],
-            "s4_alloc_plan.country_allocation.max_share_of_need": [0.1, 0.25],
+            "s4_alloc_plan.country_allocation.targets.top_share_max.top1": [0.045, 0.06],
+            "s4_alloc_plan.country_allocation.max_merchant_share": [0.1, 0.25],
         },
         "margin": 0.005,
         "margin_by_gate": {"nn_contraction": 0.02},
@@ -69,8 +69,10 @@ def test_same_search_seed_same_trials_and_resumable(root: Path, tmp_path: Path) 
         min(passing, key=lambda r: (float(r["relocated_share"]), int(r["trial"])))["trial"]
     )
     winner = load_bundle(first.bundle, refdata_version())
-    assert winner.s4_alloc_plan.country_allocation.fidelity_weight == pytest.approx(
-        first.winner.params["s4_alloc_plan.country_allocation.fidelity_weight"], abs=1e-6
+    allocation = winner.s4_alloc_plan.country_allocation
+    assert isinstance(allocation, CountryAllocationRemass)
+    assert allocation.targets.top_share_max.top1 == pytest.approx(
+        first.winner.params["s4_alloc_plan.country_allocation.targets.top_share_max.top1"], abs=1e-6
     )
     assert first.pack is not None and (first.pack.folder / "pack.json").is_file()
 

@@ -194,7 +194,7 @@ def test_moved_outlets_go_to_the_merchants_own_countries_first() -> None:
     )
     targets = np.asarray([20, 10, 12], dtype=np.int64)
     distance = np.asarray([[0.0, 100.0, 5000.0], [100.0, 0.0, 5000.0], [5000.0, 5000.0, 0.0]])
-    policy = REMASS.model_copy(update={"max_share_of_need": 1.0})
+    policy = REMASS.model_copy(update={"max_merchant_share": 1.0})
     out = remass.remass(pairs, targets, distance, policy, 1, np.asarray(["AA", "BB", "CC"]))
     cells = {(int(m), int(c)): int(n) for m, c, n in zip(out.merchant, out.country, out.n_sites, strict=True)}
     assert cells[(1, 2)] == 12 and cells.get((2, 2), 0) == 0  # merchant 1's own country took all its need
@@ -257,7 +257,7 @@ def test_targets_the_mobile_outlets_cannot_meet_are_a_coded_refusal() -> None:
         np.asarray([0, 0], dtype=np.int64),
     )
     targets = np.asarray([2, 8], dtype=np.int64)
-    policy = REMASS.model_copy(update={"max_share_of_need": 0.01})
+    policy = REMASS.model_copy(update={"max_merchant_share": 0.01})
     with pytest.raises(Seg1BError) as err:
         remass.remass(pairs, targets, np.zeros((2, 2)), policy, 1, np.asarray(["AA", "BB"]))
     assert err.value.code == "E_REMASS_INFEASIBLE" and "BB" in str(err.value)

@@ -113,7 +113,7 @@ def test_moves_by_home_reach_the_merchant_level_optimum() -> None:
     mobile = moves.Mobile(
         np.zeros(0, np.int64), np.zeros(0, np.int64), np.arange(n_merchants, dtype=np.uint64) * 7919, home, count
     )
-    policy = REMASS.model_copy(update={"max_share_of_need": 1.0, "max_new_countries": 1000})
+    policy = REMASS.model_copy(update={"max_merchant_share": 1.0, "max_new_countries": 1000})
     out = moves.place_mobile(mobile, need, distance, policy, np.uint64(5))
     assert np.array_equal(np.bincount(out.country, weights=out.n_sites, minlength=n_countries), need)
     assert np.array_equal(np.bincount(out.merchant, weights=out.n_sites, minlength=n_merchants), count)

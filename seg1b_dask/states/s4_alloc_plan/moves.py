@@ -5,15 +5,19 @@ not keep) onto the under-target countries' needs, in three min-cost flows (OR-To
 
 (a) **own countries**: each merchant fills what it can of the needs of the countries where
     1A already has it (nearest to its home first);
-(b) **nearest countries**: the rest, aggregated per home country, by least great-circle km
-    from the home onto the remaining needs. The cost depends on the home alone, so this is
-    the exact optimum of the merchant-level problem, on a home × country graph;
+(b) **nearest countries**: the rest, aggregated per home country (a merchant larger than a
+    typical country's cap on its own), by least great-circle km from the home onto the
+    remaining needs. The cost depends on the home alone, so this is the exact optimum of the
+    merchant-level problem, on a home × country graph;
 (c) **split**: each home's flows go to its merchants by a capped transport with keyed
     costs, whose optimum is sparse (most merchants land in one or two countries).
 
-Every cell is capped at max(⌈``max_share_of_need`` · need⌉, ⌈mobile / ``max_new_countries``⌉)
-so a country's need is spread over several merchants while each merchant fits its limit of
-new countries. Arcs are built per merchant, pair and home: never a merchants × countries matrix.
+Every cell is capped at ⌈``max_merchant_share`` · need⌉, so a country's need is spread over
+several merchants (a country carried by one merchant swings with it), unless a merchant is too
+large for its limit of ``max_new_countries``: its cells may then hold ⌈mobile / limit⌉. Each
+merchant is offered a window of that many destinations; one whose window cannot hold its
+outlets gets a wider one (counted and reported). Arcs are built per merchant, pair and home:
+never a merchants × countries matrix.
 """
 
 from __future__ import annotations
@@ -127,8 +131,9 @@ def _solve(
 
 
 def _cell_cap(need: NDArray[np.int64], mobile: NDArray[np.int64], policy: CountryAllocationRemass) -> NDArray:
-    """Caps of cells (merchant rows × country columns, broadcast)."""
-    by_need = np.maximum(np.ceil(policy.max_share_of_need * need), 1).astype(np.int64)
+    """Caps of cells (merchant rows × country columns, broadcast): ⌈max_merchant_share · need⌉,
+    or for a merchant too large for that within its limit of new countries, ⌈mobile / limit⌉."""
+    by_need = np.maximum(np.ceil(policy.max_merchant_share * need), 1).astype(np.int64)
     by_merchant = -(-mobile // policy.max_new_countries)
     return np.minimum(np.maximum(by_need[None, :], by_merchant[:, None]), mobile[:, None])
 
@@ -145,7 +150,7 @@ def _own_countries(
     open_c, c_node = np.unique(c, return_inverse=True)
     n_m, n_c = len(movers), len(open_c)
     sink = n_m + n_c
-    cap = np.minimum(np.maximum(np.ceil(policy.max_share_of_need * need[c]), 1).astype(np.int64), mobile.count[m])
+    cap = np.minimum(np.maximum(np.ceil(policy.max_merchant_share * need[c]), 1).astype(np.int64), mobile.count[m])
     tie = (rng.hash64(key, mobile.merchant_id[m], c.astype(np.uint64)) % np.uint64(1000)).astype(np.int64)
     cost = np.rint(distance_km[mobile.home[m], c]).astype(np.int64) * 1000 + tie
     supply = np.zeros(sink + 1, dtype=np.int64)
@@ -166,7 +171,17 @@ def _own_countries(
     return movers[m_node[sent]], c[sent], x[: len(rows)][sent]
 
 
+def _groups(home: NDArray[np.int64], count: NDArray[np.int64], need: NDArray[np.int64], policy) -> NDArray:
+    """The flow's sources: merchants of one home together, but a merchant larger than a
+    typical country's cap alone (a home's column caps cannot see that one merchant carries
+    most of it). Returns a group label per merchant."""
+    open_cap = _cell_cap(need[need > 0], np.asarray([np.iinfo(np.int64).max]), policy)[0]
+    large = count > np.median(open_cap) if len(open_cap) else np.zeros(len(count), dtype=bool)
+    return np.where(large, len(need) + np.arange(len(count)), home)
+
+
 def _home_flows(
+    group_of: NDArray[np.int64],
     home: NDArray[np.int64],
     count: NDArray[np.int64],
     need: NDArray[np.int64],
@@ -174,14 +189,16 @@ def _home_flows(
     policy: CountryAllocationRemass,
     key,
 ) -> NDArray[np.int64]:
-    """(b): outlets per (home, country) by least km, each arc capped at what its merchants'
-    cells can carry; a hubs × countries matrix."""
-    hubs, hub_of = np.unique(home, return_inverse=True)
+    """(b): outlets per (group, country) by least km from the group's home, each arc capped
+    at what its merchants' cells can carry; a groups × countries matrix."""
+    labels, hub_of = np.unique(group_of, return_inverse=True)
+    hubs = np.zeros(len(labels), dtype=np.int64)
+    hubs[hub_of] = home
     open_c = np.flatnonzero(need > 0)
     capacity = np.zeros((len(hubs), len(open_c)), dtype=np.int64)
     for h in range(len(hubs)):
         capacity[h] = _cell_cap(need[open_c], count[hub_of == h], policy).sum(axis=0)
-    tie = rng.hash64(key, hubs[:, None].astype(np.uint64), open_c[None, :].astype(np.uint64)) % np.uint64(1000)
+    tie = rng.hash64(key, labels[:, None].astype(np.uint64), open_c[None, :].astype(np.uint64)) % np.uint64(1000)
     cost = np.rint(distance_km[np.ix_(hubs, open_c)]).astype(np.int64) * 1000 + tie.astype(np.int64)
     n_h = len(hubs)
     supply = np.r_[np.bincount(hub_of, weights=count, minlength=n_h).astype(np.int64), -need[open_c]]
@@ -255,12 +272,14 @@ def place_mobile(
     widened = Widened()
     movers = np.flatnonzero(left > 0)
     if len(movers):
-        by_home = _home_flows(mobile.home[movers], left[movers], need_left, distance_km, policy, key)
-        hubs, hub_of = np.unique(mobile.home[movers], return_inverse=True)
-        for h in range(len(hubs)):
+        group_of = _groups(mobile.home[movers], left[movers], need_left, policy)
+        by_group = _home_flows(group_of, mobile.home[movers], left[movers], need_left, distance_km, policy, key)
+        _, hub_of = np.unique(group_of, return_inverse=True)
+        for h in range(len(by_group)):
             rows = movers[hub_of == h]
+            home = mobile.home[rows[0]]
             r, c, n, wide = _split(
-                mobile.merchant_id[rows], left[rows], by_home[h], need_left, distance_km[hubs[h]], policy, key
+                mobile.merchant_id[rows], left[rows], by_group[h], need_left, distance_km[home], policy, key
             )
             parts.append((rows[r], c, n))
             widened += wide

@@ -6,14 +6,15 @@
 2. Retention: a country above its target keeps exactly its target of 1A outlets. Every
    merchant at home keeps ``home_sites_min`` first, then its home merchants share the rest
    by water-filling (small merchants keep all, the largest are cut to a common level, so the
-   most merchants keep their home and no merchant dominates a country), then foreign
-   merchants the same way. A country at or below target keeps all.
+   most merchants keep their home), then foreign merchants the same way — none above
+   ``max_merchant_share`` of the target while others can fill it. A country at or below
+   target keeps all.
 3. Moves, in order of preference: (a) to the merchant's own 1A countries that are under
    target; (b) to the countries nearest the merchant's home: one min-cost flow of every home
    country's mobile outlets onto the remaining needs (cost = great-circle km between the
    countries; exact, since the cost depends on the home only); (c) each home's flows split
    over its merchants by a capped transport whose optimum is sparse. No merchant fills more
-   than ``max_share_of_need`` of a country's need, unless its own limit of
+   than ``max_merchant_share`` of a country's need, unless its own limit of
    ``max_new_countries`` new countries needs more room. Merchant totals never change.
 """
 
@@ -101,22 +102,33 @@ def water_fill(budget: int, counts: NDArray[np.int64], tie: NDArray[np.uint64]) 
     return keep
 
 
-def retain(pairs: Pairs, targets: NDArray[np.int64], key: np.uint64, home_min: int) -> NDArray[np.int64]:
+def retain(
+    pairs: Pairs, targets: NDArray[np.int64], key: np.uint64, home_min: int, max_share: float
+) -> NDArray[np.int64]:
     """Outlets each pair keeps in its 1A country: an over-target country keeps exactly its
-    target (home floors, then its home merchants water-filled, then the others); others keep all."""
+    target — home floors, then its home merchants water-filled, then the others — with no
+    merchant above ``max_share`` of the target while the country's other merchants can fill
+    it (a country carried by a few merchants swings with them); others keep all."""
     keep = pairs.n_sites.copy()
     totals = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(targets)).astype(np.int64)
     for c in np.flatnonzero(totals > targets).tolist():
         rows = np.flatnonzero(pairs.country == c)
-        home = rows[pairs.home[rows] == c]
-        away = rows[pairs.home[rows] != c]
-        tie = rng.hash64(key, pairs.merchant, np.uint64(c))
-        floor = np.minimum(pairs.n_sites[home], home_min)
+        tie = rng.hash64(key, pairs.merchant[rows], np.uint64(c))
+        home = pairs.home[rows] == c
+        floor = np.where(home, np.minimum(pairs.n_sites[rows], home_min), 0)
         budget = int(targets[c]) - int(floor.sum())
         if budget < 0:
             raise InternalError(Code.E_INTERNAL, f"country index {c}: target below its home floor")
-        keep[home] = floor + water_fill(budget, pairs.n_sites[home] - floor, tie[home])
-        keep[away] = water_fill(budget - int((keep[home] - floor).sum()), pairs.n_sites[away], tie[away])
+        ceiling = max(home_min, int(np.ceil(max_share * int(targets[c]))))
+        kept = floor.copy()
+        for cap in (ceiling, None):  # within the ceiling first; past it only if the country needs it
+            for group in (home, ~home):
+                room = pairs.n_sites[rows] - kept if cap is None else np.minimum(pairs.n_sites[rows], cap) - kept
+                room = np.where(group, np.maximum(room, 0), 0)
+                add = water_fill(budget, room, tie)
+                kept += add
+                budget -= int(add.sum())
+        keep[rows] = kept
     return keep
 
 
@@ -140,7 +152,7 @@ def remass(
     if int(targets.sum()) != total:
         raise InternalError(Code.E_INTERNAL, f"targets sum to {int(targets.sum())}, 1A has {total} outlets")
     key = rng.stream_key(seed, "S4.remass")
-    keep = retain(pairs, targets, key, policy.home_sites_min)
+    keep = retain(pairs, targets, key, policy.home_sites_min, policy.max_merchant_share)
     merchants, m_index = np.unique(pairs.merchant, return_inverse=True)
     mobile = np.bincount(m_index, weights=pairs.n_sites - keep, minlength=len(merchants)).astype(np.int64)
     a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=n_countries).astype(np.int64)
@@ -156,7 +168,7 @@ def remass(
         raise Seg1BError(
             Code.E_REMASS_INFEASIBLE,
             f"targets cannot be met from the mobile outlets; countries short of supply: {names}",
-            key="country_allocation.max_share_of_need",
+            key="country_allocation.max_merchant_share",
         ) from None
     dest_m, dest_c, dest_n = arrivals.merchant, arrivals.country, arrivals.n_sites
     # Final pairs: kept counts plus arrivals, per (merchant, country).
