@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,18 +92,21 @@ class SiteFigures:
 
 
 def site_figures(
-    sites: SiteFrame, gates: GatesPolicy, reference: Callable[[str], sentinel.CountryReference]
+    sites: SiteFrame,
+    gates: GatesPolicy,
+    watched: Collection[str],
+    reference: Callable[[str], sentinel.CountryReference],
 ) -> SiteFigures:
     """The scorecard's share of ``sites``, which must hold every site of its countries;
-    ``reference`` gives a country's uniform placement for the collapse sentinel."""
+    the collapse sentinel of those in ``watched`` (``sentinel.watched`` of every country's
+    count), each against ``reference(country)``."""
     codes, counts = np.unique(sites.iso2, return_counts=True)
     key = np.column_stack([sites.merchant_id.astype(np.uint64), rng.country_code_int(sites.iso2)])
     pairs, pair_n = np.unique(key, axis=0, return_counts=True) if len(key) else (key, np.zeros(0, np.int64))
     sentinels = {}
-    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
-        if n >= sentinel.MIN_SITES:
-            sel = sites.iso2 == code
-            sentinels[code] = sentinel.measure(sites.lon[sel], sites.lat[sel], reference(code))
+    for code in sorted(set(watched) & set(codes.tolist())):
+        sel = sites.iso2 == code
+        sentinels[code] = sentinel.measure(sites.lon[sel], sites.lat[sel], reference(code))
     histogram, _ = np.histogram(sites.lat, bins=LAT_BINS)
     return SiteFigures(
         sites=len(sites.lat),
@@ -139,7 +142,7 @@ def assemble_scorecard(
     figures.update(metrics.nn_metrics(nn_km))
     figures["nn_histogram"] = metrics.nn_histogram(nn_km)
     set_baseline(figures, baseline_nn_ratio)
-    sentinels = {c: f.sentinels[c] for c, n, _ in shares[:10] if c in f.sentinels}
+    sentinels = {c: f.sentinels[c] for c in sentinel.watched(f.country_counts)}
     figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
     return {"metrics": figures, "region_share": regions, "country_shares": shares, "sentinel": sentinels}
 
@@ -155,7 +158,9 @@ def compute_scorecard(
     """The scorecard of sites held in memory (S9 computes the same per country batch);
     ``reference`` as for ``site_figures`` (e.g. ``sentinel.grid_reference`` on the run's tile
     grid)."""
-    figures = site_figures(sites, gates, reference)
+    codes, counts = np.unique(sites.iso2, return_counts=True)
+    watched = sentinel.watched(dict(zip(codes.tolist(), counts.tolist(), strict=True)))
+    figures = site_figures(sites, gates, watched, reference)
     nn = nearest_neighbour_km_chunked(sites.lon, sites.lat)
     return assemble_scorecard(figures, nn, region_of, eligible_count, baseline_nn_ratio)
 

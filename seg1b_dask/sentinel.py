@@ -12,6 +12,7 @@ covariance of positions.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .datasets import TILE_GRID
 from .grid import Grid
 from .metrics import EARTH_RADIUS_KM
 
+TOP_COUNTRIES = 10
 MIN_SITES = 50
 MAX_RELATIVE_ANISOTROPY = 12.0
 MIN_DISTINCT_SHARE = 0.15
@@ -46,22 +48,23 @@ FIGURES = {
 }
 
 
+def watched(counts: Mapping[str, int]) -> list[str]:
+    """The countries the sentinel measures: the ten with the most sites (ties by code) that
+    hold at least 50."""
+    top = sorted(counts, key=lambda c: (-counts[c], c))[:TOP_COUNTRIES]
+    return [c for c in top if counts[c] >= MIN_SITES]
+
+
 def _level_probabilities(edge0: float, mass: NDArray[np.float64], width: float, quantum: float) -> NDArray[np.float64]:
     """Probability of every level a draw can fall on, along one axis: cell ``j`` spans
     [edge0 + j·width, edge0 + (j+1)·width) with probability ``mass[j]``, uniform inside it;
-    level ``k`` is [(k − ½)·quantum, (k + ½)·quantum), the values that round to k."""
+    level ``k`` is [(k − ½)·quantum, (k + ½)·quantum), the values that round to k. The
+    draw's CDF is piecewise linear between cell edges, so each level's probability is the
+    CDF's rise across it."""
     cells = width / quantum  # levels per cell
     u0 = edge0 / quantum
-    occupied = np.flatnonzero(mass > 0)
-    first = np.floor(u0 + occupied * cells - 0.5).astype(np.int64)
-    last = np.ceil(u0 + (occupied + 1) * cells + 0.5).astype(np.int64)
-    span = last - first + 1
-    ramp = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-    levels = np.unique(np.repeat(first, span) + ramp)
-    # The CDF of the draw is piecewise linear between cell edges.
-    cdf_x = u0 + cells * np.arange(len(mass) + 1)
-    cdf = np.r_[0.0, np.cumsum(mass)]
-    p = np.interp(levels + 0.5, cdf_x, cdf) - np.interp(levels - 0.5, cdf_x, cdf)
+    edges = math.floor(u0 + 0.5) - 0.5 + np.arange(math.ceil(len(mass) * cells) + 2)
+    p = np.diff(np.interp(edges, u0 + cells * np.arange(len(mass) + 1), np.r_[0.0, np.cumsum(mass)]))
     return p[p > 0]
 
 
@@ -99,23 +102,26 @@ class CountryReference:
         if len(rows) == 0:
             raise ValueError("a country with no cell has no reference placement")
         d = grid.deg
-        r0, c0 = int(rows.min()), int(cols.min())
-        row_id, col_id = rows - r0, cols - c0
-        cell_area = grid.row_area_m2()[r0 : int(rows.max()) + 1]
-        cell_area = cell_area / cell_area[row_id].sum()  # probability of one cell of each row
-        row_mass = np.bincount(row_id, weights=cell_area[row_id]).astype(np.float64, copy=False)
-        col_mass = np.bincount(col_id, weights=cell_area[row_id]).astype(np.float64, copy=False)
+        r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        cells = np.bincount(rows, minlength=r1)[r0:]  # per row, from r0
+        area = grid.row_area_m2()[r0:r1]
+        area = area / (cells @ area)  # probability of one cell of each row
+        row_mass = area * cells
+        per_cell = np.empty(len(rows))  # one buffer for the per-cell weights
+        np.take(np.r_[np.zeros(r0), area], rows, out=per_cell)
+        col_mass = np.bincount(cols, weights=per_cell, minlength=c1)[c0:].astype(np.float64)
         quantum = d / LEVELS_PER_CELL
-        lat_p = _level_probabilities(90.0 - (r0 + len(row_mass)) * d, row_mass[::-1], d, quantum)
+        lat_p = _level_probabilities(90.0 - r1 * d, row_mass[::-1], d, quantum)  # ascending latitude
         lon_p = _level_probabilities(-180.0 + c0 * d, col_mass, d, quantum)
-        lon = -180.0 + (c0 + np.arange(len(col_mass)) + 0.5) * d
-        lat = grid.row_centre_lat(r0 + np.arange(len(row_mass)))
+        lon = -180.0 + (np.arange(c0, c1) + 0.5) * d
+        lat = grid.row_centre_lat(np.arange(r0, r1))
         lam = np.radians(lon)
         centre_lon = math.degrees(math.atan2(float(col_mass @ np.sin(lam)), float(col_mass @ np.cos(lam))))
         centre_lat = float(row_mass @ lat)
         x, y = local_km(lon, lat, centre_lon, centre_lat)  # per column, per row
         x, y = x - col_mass @ x, y - row_mass @ y
-        xy = float((np.bincount(row_id, weights=x[col_id], minlength=len(y)) * cell_area) @ y)
+        np.take(np.r_[np.zeros(r0), area * y], rows, out=per_cell)
+        xy = float(np.bincount(cols, weights=per_cell, minlength=c1)[c0:] @ x)
         # Cell centres by area, plus the spread of a uniform draw inside a cell.
         cell_km = math.radians(d) * EARTH_RADIUS_KM
         xx = col_mass @ x**2 + (cell_km * math.cos(math.radians(centre_lat))) ** 2 / 12.0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import pytest
@@ -46,17 +45,19 @@ SETTINGS = settings(max_examples=4, derandomize=True, deadline=None, database=No
 
 @dataclass(frozen=True)
 class Country:
+    """A country's geometry, the cells it owns on a grid and its sentinel reference."""
+
     grid: Grid
     geometry: shapely.Geometry
     rows: NDArray[np.int64]
     cols: NDArray[np.int64]
     reference: CountryReference
 
-    @cached_property
+    @functools.cached_property
     def tiles(self) -> NDArray[np.int64]:
         return np.sort(self.rows * self.grid.ncols + self.cols)
 
-    @cached_property
+    @functools.cached_property
     def centres_km(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Cell centres in the reference's local km frame."""
         ref, d = self.reference, self.grid.deg
@@ -76,6 +77,7 @@ class Country:
 
 
 def _edges(geometry: shapely.Geometry) -> EdgeTable:
+    """Every ring edge of one geometry, for S1's scanline rasterizer."""
     rings = [shapely.get_coordinates(r) for r in shapely.get_rings(shapely.get_parts(geometry))]
     a = np.concatenate([xy[:-1] for xy in rings])
     b = np.concatenate([xy[1:] for xy in rings])

@@ -55,11 +55,17 @@ def country_checks(
 
 
 def _batch_task(
-    folders: dict[str, Path], countries: list[str], gates: GatesPolicy, grid: Grid, batch: int, buckets: int
+    folders: dict[str, Path],
+    countries: list[str],
+    gates: GatesPolicy,
+    watched: list[str],
+    grid: Grid,
+    batch: int,
+    buckets: int,
 ) -> dict[str, Any]:
     """Check a batch of countries, add up its share of the scorecard (the collapse sentinel
-    against each country's cells on the tile grid), and drop its coordinates into hash
-    buckets for the global duplicate check."""
+    of those ``watched``, against each one's cells on the tile grid), and drop its
+    coordinates into hash buckets for the global duplicate check."""
     ref = refdata.countries()
     totals: dict[str, int] = {}
     merchants, merchant_sites, frames = [], [], []
@@ -95,7 +101,7 @@ def _batch_task(
         "merchants": np.concatenate(merchants),
         "merchant_sites": np.concatenate(merchant_sites),
         "figures": scoring.site_figures(
-            sites, gates, functools.partial(sentinel.grid_reference, folders["tile_grid"], grid)
+            sites, gates, watched, functools.partial(sentinel.grid_reference, folders["tile_grid"], grid)
         ),
     }
 
@@ -135,8 +141,12 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     buckets = max(1, -(-sum(rows.values()) // SITES_PER_BUCKET))
     gates = ctx.policies.gates
     country_batches = ctx.execution.country_batches(rows)
+    watched = sentinel.watched(rows)
     parts = compute(
-        [dask.delayed(_batch_task)(folders, b, gates, ctx.grid, i, buckets) for i, b in enumerate(country_batches)]
+        [
+            dask.delayed(_batch_task)(folders, b, gates, watched, ctx.grid, i, buckets)
+            for i, b in enumerate(country_batches)
+        ]
     )
     repeats = sum(compute([dask.delayed(_repeats_task)(scratch, b) for b in range(buckets)]))
     shutil.rmtree(scratch)
