@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ import psutil
 from seg1b_dask import metrics
 from seg1b_dask.datasets import SITE_LOCATIONS, TILE_GRID
 from seg1b_dask.execution import Execution
+from seg1b_dask.grid import Grid
 from seg1b_dask.lanes import certify
 from seg1b_dask.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.policies import load_bundle
@@ -287,6 +289,7 @@ def bench_certify(work: Path, repeat: int) -> dict:
 
 def bench_scorer(work: Path) -> dict:
     from seg1b_dask.scoring import compute_scorecard, load_sites
+    from seg1b_dask.sentinel import grid_reference
 
     root = work / "scorer"
     result = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, execution=Execution(), baseline_nn_ratio=10.0)
@@ -310,9 +313,8 @@ def bench_scorer(work: Path) -> dict:
                 np.clip(sites.lat[pick] + g.normal(0, 0.02, n), -90, 90),
             )
         t = time.perf_counter()
-        compute_scorecard(
-            frame, region_of, int(np.sum(ct["eligible"])), 10.0, bundle.gates, bundle.grid.resolution_arcsec / 3600
-        )
+        reference = functools.partial(grid_reference, result.outputs["tile_grid"], Grid(bundle.grid.resolution_arcsec))
+        compute_scorecard(frame, region_of, int(np.sum(ct["eligible"])), 10.0, bundle.gates, reference, 11)
         card_s = time.perf_counter() - t
         t = time.perf_counter()
         chunked = nearest_neighbour_km_chunked(frame.lon, frame.lat)

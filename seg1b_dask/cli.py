@@ -298,7 +298,11 @@ GLOSSARY = (
     ("southern_hemisphere_share", "share of sites south of the equator"),
     ("nn_ratio", "p99 / p50 of each site's distance to its nearest neighbour (great circle, km)"),
     ("nn_contraction", "(baseline nn_ratio − nn_ratio) / baseline nn_ratio, against the seed's pinned baseline"),
-    ("sentinel", "collapse detector on the 10 largest countries: a stripe (anisotropy) or too few distinct lat/lon"),
+    (
+        "sentinel",
+        "collapse detector on the 10 largest countries, against a uniform placement of as many sites over the "
+        "country: elongated relative to the country's own shape, or too few distinct lat/lon",
+    ),
     ("merchant_countries_*", "countries per merchant over distinct (merchant, country) pairs"),
     ("near_city_share", "share of sites within gates.yaml near_city_km of a place of near_city_min_population"),
     ("bootstrap_upper", "upper 95 % bound of a concentration metric, resampling merchants, bias-corrected (B+)"),

@@ -258,37 +258,45 @@ class TileGrid:
         self.countries_table.write(folder, table)
         self.chunk_index.write(folder, chunks)
 
-    def country_cells(
-        self, folder: Path, weights_folder: Path, country_id: int
-    ) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
-        """Tile ids (ascending) and weights of one country's cells with positive weight, read
-        chunk by chunk from the index (never the country's bounding box)."""
+    def _country_windows(self, folder: Path, country_id: int) -> list[tuple[slice, slice]]:
+        """Grid windows holding every cell of one country, from the chunk index (never the
+        country's bounding box): one over a compact country's chunks, else one per run of
+        adjacent chunks in a chunk row."""
         chunk_rows, chunk_cols = self.chunk_shape(folder)
         index = _published_table(str(folder / self.chunk_index.subdir))
         mine = pc.equal(index.column("country_id"), country_id)
         rows = index.column("chunk_row").filter(mine).to_numpy()
         cols = index.column("chunk_col").filter(mine).to_numpy()
-        grid, weights = self.array(folder), TILE_WEIGHTS.array(weights_folder)
-        ncols = int(grid.shape[1])
-        ids, values = [], []
+        ncols = int(self.array(folder).shape[1])
         if len(rows) and (np.ptp(rows) + 1) * (np.ptp(cols) + 1) <= 2 * len(rows):
             # A compact country: one window over its chunks' bounding box (fewer, larger reads).
-            windows = [(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)]
+            boxes = [(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)]
         else:  # runs of adjacent chunks in one chunk row, one window each
             start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)])
             end = np.r_[start[1:], len(rows)] - 1
-            windows = [
+            boxes = [
                 (int(rows[a]), int(rows[a]) + 1, int(cols[a]), int(cols[b]) + 1)
                 for a, b in zip(start, end, strict=True)
             ]
-        for row_lo, row_hi, col_lo, col_hi in windows:
-            r0, c0 = row_lo * chunk_rows, col_lo * chunk_cols
-            window = (slice(r0, row_hi * chunk_rows), slice(c0, min(col_hi * chunk_cols, ncols)))
+        return [
+            (slice(r0 * chunk_rows, r1 * chunk_rows), slice(c0 * chunk_cols, min(c1 * chunk_cols, ncols)))
+            for r0, r1, c0, c1 in boxes
+        ]
+
+    def country_cells(
+        self, folder: Path, weights_folder: Path, country_id: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
+        """Tile ids (ascending) and weights of one country's cells with positive weight, read
+        chunk by chunk from the index (never the country's bounding box)."""
+        grid, weights = self.array(folder), TILE_WEIGHTS.array(weights_folder)
+        ncols = int(grid.shape[1])
+        ids, values = [], []
+        for window in self._country_windows(folder, country_id):
             cid, weight = np.asarray(grid[window]), np.asarray(weights[window]).ravel()
             flat = np.flatnonzero(cid.ravel() == country_id)
             flat = flat[weight[flat] > 0]
             row, col = np.divmod(flat, cid.shape[1])
-            ids.append((row + r0) * ncols + col + c0)
+            ids.append((row + window[0].start) * ncols + col + window[1].start)
             values.append(weight[flat])
         if not ids:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
@@ -297,6 +305,15 @@ class TileGrid:
             order = np.argsort(tile_ids, kind="stable")
             tile_ids, weight = tile_ids[order], weight[order]
         return tile_ids.astype(np.int64, copy=False), weight.astype(np.uint64, copy=False)
+
+    def country_tiles(self, folder: Path, country_id: int) -> NDArray[np.int64]:
+        """Tile ids (ascending) of every cell of one country, whatever its weight."""
+        grid = self.array(folder)
+        ids = [np.zeros(0, dtype=np.int64)]
+        for window in self._country_windows(folder, country_id):
+            row, col = np.nonzero(np.asarray(grid[window]) == country_id)
+            ids.append((row + window[0].start) * int(grid.shape[1]) + col + window[1].start)
+        return np.sort(np.concatenate(ids)).astype(np.int64, copy=False)
 
     def countries(self, folder: Path, columns: list[str] | None = None) -> pa.Table:
         return self.countries_table.read(folder, columns)

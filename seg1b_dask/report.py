@@ -493,21 +493,27 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     sections.append(_section("gates", "Gates (margin > 0: room to spare)", gates))
     stages = _checkpoints(view, baseline)
     sections.append(_section("checkpoints", "Where the shape first goes wrong: 1A → S2 → S4 → S8", stages))
+    # Figures against a uniform placement over the country (n/a in a scorecard that predates them).
     sentinel = _table(
-        ["country", "anisotropy", "unique lat", "unique lon", "flagged"],
+        ["country", "sites", "lat levels seen (uniform)", "lat share", "lon levels seen (uniform)", "lon share"]
+        + ["relative anisotropy", "flagged"],
         [
             [
                 html.escape(c),
-                _fmt(s["anisotropy"], 2),
-                _fmt(s["unique_lat_share"]),
-                _fmt(s["unique_lon_share"]),
+                _fmt(s.get("sites")),
+                f"{_fmt(s.get('distinct_lat'))} ({_fmt(s.get('expected_distinct_lat'), 0)})",
+                _fmt(s.get("distinct_lat_share"), 3),
+                f"{_fmt(s.get('distinct_lon'))} ({_fmt(s.get('expected_distinct_lon'), 0)})",
+                _fmt(s.get("distinct_lon_share"), 3),
+                _fmt(s.get("relative_anisotropy"), 2),
                 "FLAGGED" if s["flagged"] else "clear",
             ]
             for c, s in card.get("sentinel", {}).items()
         ],
         ["fail" if s["flagged"] else "pass" for s in card.get("sentinel", {}).values()],
     )
-    sections.append(_section("sentinel", "Collapse sentinel (top-10 countries with ≥ 50 sites)", sentinel))
+    title = "Collapse sentinel (top-10 countries with ≥ 50 sites, against a uniform placement over each country)"
+    sections.append(_section("sentinel", title, sentinel))
     sections.append(
         _section("fidelity", "The price of realism: fidelity to 1A", _fidelity(card.get("fidelity", {}), view.moves))
     )

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,23 +19,12 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
 
-from . import metrics, refdata, rng
+from . import metrics, refdata, rng, sentinel
 from .datasets import SITE_LOCATIONS
 from .lineage import write_json, write_text
 from .nearest import LAT_BINS, nearest_neighbour_km_chunked
 from .policies import GatesPolicy, Plausibility
 from .refdata import REGIONS
-
-SENTINEL_MIN_SITES = 50
-SENTINEL_MAX_ANISOTROPY = 12.0
-SENTINEL_MIN_UNIQUE = 0.15
-# The old engine's thresholds were set on its 30″ grid, counting unique values at 4 dp: a
-# 30″ cell is 0.00833°, so 4 dp cut a cell into 83 levels. A one-row stripe then has at most
-# 83 distinct latitudes. On a grid of cell size c the same test counts values at the quantum
-# c / 83.3 (3 dp on 5′): "fewer than 15 % unique" keeps meaning "the sites sit on a handful
-# of cell rows or columns" at any resolution. Anisotropy is a ratio of lengths and needs no
-# scaling.
-SENTINEL_LEVELS_PER_CELL = (30.0 / 3600.0) / 1e-4
 
 
 @dataclass(frozen=True)
@@ -52,33 +42,6 @@ class SiteFrame:
             table.column("lon_deg").to_numpy(),
             table.column("lat_deg").to_numpy(),
         )
-
-
-def sentinel(lon: NDArray[np.float64], lat: NDArray[np.float64], cell_deg: float = 30.0 / 3600.0) -> dict[str, float]:
-    """Collapse diagnostics of one country's sites: anisotropy = ratio of the principal
-    standard deviations of positions in local km (longitude unwrapped around the circular
-    mean, scaled by cos(lat)); unique shares of lat and lon at the quantum cell_deg / 83.3
-    (4 dp on the 30″ grid, 3 dp on 5′)."""
-    lam = np.radians(lon)
-    centre = math.atan2(np.sin(lam).mean(), np.cos(lam).mean())
-    dlon = (lam - centre + np.pi) % (2 * np.pi) - np.pi
-    phi0 = np.radians(lat).mean()
-    x = dlon * np.cos(phi0) * metrics.EARTH_RADIUS_KM
-    y = (np.radians(lat) - phi0) * metrics.EARTH_RADIUS_KM
-    eig = np.linalg.eigvalsh(np.cov(np.vstack([x, y])))
-    anisotropy = float(np.sqrt(eig[1] / eig[0])) if eig[0] > 0 else float("inf")
-    quantum = cell_deg / SENTINEL_LEVELS_PER_CELL
-    unique_lat = len(np.unique(np.round(lat / quantum))) / len(lat)
-    unique_lon = len(np.unique(np.round(lon / quantum))) / len(lon)
-    flagged = (
-        anisotropy > SENTINEL_MAX_ANISOTROPY or unique_lat < SENTINEL_MIN_UNIQUE or unique_lon < SENTINEL_MIN_UNIQUE
-    )
-    return {
-        "anisotropy": anisotropy,
-        "unique_lat_share": unique_lat,
-        "unique_lon_share": unique_lon,
-        "flagged": bool(flagged),
-    }
 
 
 def near_city_count(sites: SiteFrame, km: float, min_population: int) -> int:
@@ -129,16 +92,22 @@ class SiteFigures:
         )
 
 
-def site_figures(sites: SiteFrame, gates: GatesPolicy, cell_deg: float) -> SiteFigures:
-    """The scorecard's share of ``sites``, which must hold every site of its countries."""
+def site_figures(
+    sites: SiteFrame,
+    gates: GatesPolicy,
+    watched: Collection[str],
+    reference: Callable[[str], sentinel.CountryReference],
+) -> SiteFigures:
+    """The scorecard's share of ``sites``, which must hold every site of its countries;
+    the collapse sentinel of those in ``watched`` (``sentinel.watched`` of every country's
+    count), each against ``reference(country)``."""
     codes, counts = np.unique(sites.iso2, return_counts=True)
     key = np.column_stack([sites.merchant_id.astype(np.uint64), rng.country_code_int(sites.iso2)])
     pairs, pair_n = np.unique(key, axis=0, return_counts=True) if len(key) else (key, np.zeros(0, np.int64))
     sentinels = {}
-    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
-        if n >= SENTINEL_MIN_SITES:
-            sel = sites.iso2 == code
-            sentinels[code] = sentinel(sites.lon[sel], sites.lat[sel], cell_deg)
+    for code in sorted(set(watched) & set(codes.tolist())):
+        sel = sites.iso2 == code
+        sentinels[code] = sentinel.measure(sites.lon[sel], sites.lat[sel], reference(code))
     histogram, _ = np.histogram(sites.lat, bins=LAT_BINS)
     return SiteFigures(
         sites=len(sites.lat),
@@ -181,7 +150,7 @@ def assemble_scorecard(
     figures.update(metrics.nn_metrics(nn_km))
     figures["nn_histogram"] = metrics.nn_histogram(nn_km)
     set_baseline(figures, baseline_nn_ratio)
-    sentinels = {c: f.sentinels[c] for c, n, _ in shares[:10] if c in f.sentinels}
+    sentinels = {c: f.sentinels[c] for c in sentinel.watched(f.country_counts)}
     figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
     return {
         "metrics": figures,
@@ -227,11 +196,15 @@ def compute_scorecard(
     eligible_count: int,
     baseline_nn_ratio: float | None,
     gates: GatesPolicy,
-    cell_deg: float,
+    reference: Callable[[str], sentinel.CountryReference],
     max_1a_countries: int,
 ) -> dict[str, Any]:
-    """The scorecard of sites held in memory (S9 computes the same per country batch)."""
-    figures = site_figures(sites, gates, cell_deg)
+    """The scorecard of sites held in memory (S9 computes the same per country batch);
+    ``reference`` as for ``site_figures`` (e.g. ``sentinel.grid_reference`` on the run's tile
+    grid)."""
+    codes, counts = np.unique(sites.iso2, return_counts=True)
+    watched = sentinel.watched(dict(zip(codes.tolist(), counts.tolist(), strict=True)))
+    figures = site_figures(sites, gates, watched, reference)
     nn = nearest_neighbour_km_chunked(sites.lon, sites.lat)
     return assemble_scorecard(
         figures, nn, region_of, eligible_count, baseline_nn_ratio, max_1a_countries, gates.plausibility
@@ -302,9 +275,9 @@ def write_scorecard(card: dict[str, Any], folder: Path) -> None:
     )
     _write_csv(
         folder / "sentinel.csv",
-        ["legal_country_iso", "anisotropy", "unique_lat_share", "unique_lon_share", "flagged"],
+        ["legal_country_iso", *sentinel.FIGURES],
         [
-            (c, f"{s['anisotropy']:.3f}", f"{s['unique_lat_share']:.4f}", f"{s['unique_lon_share']:.4f}", s["flagged"])
+            (c, *(f"{s[k]:.{digits}f}" if digits else s[k] for k, digits in sentinel.FIGURES.items()))
             for c, s in card["sentinel"].items()
         ],
     )

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from seg1b_dask import upstream
-from seg1b_dask.datasets import ALLOC_PLAN, SITE_LINEAGE, SITE_LOCATIONS
+from seg1b_dask import sentinel, upstream
+from seg1b_dask.datasets import ALLOC_PLAN, SITE_LINEAGE, SITE_LOCATIONS, TILE_GRID
 from seg1b_dask.execution import Execution
+from seg1b_dask.grid import Grid
 from seg1b_dask.hashing import verify_bundle
 from seg1b_dask.lineage import read_manifest
+from seg1b_dask.policies import load_bundle
+from seg1b_dask.refdata import refdata_version
 from seg1b_dask.registry import first_dirty_state, rerun_matrix
 from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
+from seg1b_dask.scoring import compute_scorecard, load_sites
 
 pytestmark = pytest.mark.e2e
 
@@ -171,6 +176,30 @@ def test_baseline_keeps_the_legacy_stripes(reference: RunResult) -> None:
     de = plan[plan.legal_country_iso == "DE"]
     first = de.groupby("merchant_id").tile_id.min()
     assert len(first) > 300 and first.nunique() <= 0.05 * len(first)
+
+
+def test_s9_and_the_in_memory_scorer_measure_the_same_sentinel(reference: RunResult) -> None:
+    """S9 measures each country against its cells on the published tile grid, batch by batch;
+    the in-memory scorer given the same grid finds the same figures, and sentinel.csv
+    carries every one of them."""
+    bundle = load_bundle(BASELINE_POLICIES, refdata_version())
+    tile_grid = reference.outputs["tile_grid"]
+    countries = TILE_GRID.countries(tile_grid, ["iso2", "region", "eligible"]).to_pydict()
+    card = compute_scorecard(
+        load_sites(reference.outputs["site_locations"]),
+        dict(zip(countries["iso2"], countries["region"], strict=True)),
+        sum(countries["eligible"]),
+        None,
+        bundle.gates,
+        functools.partial(sentinel.grid_reference, tile_grid, Grid(bundle.grid.resolution_arcsec)),
+        11,  # the stand-in's largest merchant footprint
+    )
+    folder = reference.outputs["validation_bundle"]
+    sealed = json.loads((folder / "scorecard.json").read_text())
+    assert card["sentinel"] == sealed["sentinel"] and len(sealed["sentinel"]) == 10
+    assert card["metrics"]["sentinel_flagged"] == sealed["metrics"]["sentinel_flagged"]
+    header = (folder / "sentinel.csv").read_text().splitlines()[0]
+    assert header.split(",") == ["legal_country_iso", *sentinel.FIGURES]
 
 
 def test_outputs_are_byte_identical_across_schedulers_and_chunks(

@@ -80,7 +80,8 @@ def test_grids_open_with_xarray_and_match_the_engine_readers(warm: RunResult) ->
 
 def test_the_chunk_index_gives_every_country_exactly_its_cells(warm: RunResult) -> None:
     """Reading a country chunk by chunk from S1's index gives the same cells and weights as
-    scanning the whole grid (the old bounding-box reader), for every country."""
+    scanning the whole grid (the old bounding-box reader), for every country; with every
+    cell whatever its weight for the collapse sentinel."""
     cid = np.asarray(TILE_GRID.array(warm.outputs["tile_grid"])[:, :])
     weight = np.asarray(TILE_WEIGHTS.array(warm.outputs["tile_weights"])[:, :])
     live = np.flatnonzero(((cid > 0) & (weight > 0)).ravel())
@@ -95,6 +96,8 @@ def test_the_chunk_index_gives_every_country_exactly_its_cells(warm: RunResult) 
             continue
         ids, w = TILE_GRID.country_cells(warm.outputs["tile_grid"], warm.outputs["tile_weights"], country_id)
         assert np.array_equal(ids, expected) and np.array_equal(w, weight.ravel()[expected])
+        every = np.flatnonzero(cid.ravel() == country_id)
+        assert np.array_equal(TILE_GRID.country_tiles(warm.outputs["tile_grid"], country_id), every)
         checked += 1
     assert checked > 200
 

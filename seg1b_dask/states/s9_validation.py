@@ -7,6 +7,7 @@ is recorded in ``realism.json`` with threshold, observed value, margin and breac
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import grading, metrics, refdata, rng, scoring
+from .. import grading, metrics, refdata, rng, scoring, sentinel
 from ..containment import inside_country
 from ..context import StateContext
 from ..datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
 from ..execution import compute
+from ..grid import Grid
 from ..hashing import seal_bundle
 from ..lineage import check_tokens, read_manifest, replaced, write_json
 from ..nearest import ParquetBands, nearest_neighbour_km_bands
@@ -53,9 +55,16 @@ def country_checks(
 
 
 def _batch_task(
-    folders: dict[str, Path], countries: list[str], gates: GatesPolicy, cell_deg: float, batch: int, buckets: int
+    folders: dict[str, Path],
+    countries: list[str],
+    gates: GatesPolicy,
+    watched: list[str],
+    grid: Grid,
+    batch: int,
+    buckets: int,
 ) -> dict[str, Any]:
-    """Check a batch of countries, add up its share of the scorecard, and drop its
+    """Check a batch of countries, add up its share of the scorecard (the collapse sentinel
+    of those ``watched``, against each one's cells on the tile grid), and drop its
     coordinates into hash buckets for the global duplicate check."""
     ref = refdata.countries()
     totals: dict[str, int] = {}
@@ -91,7 +100,9 @@ def _batch_task(
         "counts": totals,
         "merchants": np.concatenate(merchants),
         "merchant_sites": np.concatenate(merchant_sites),
-        "figures": scoring.site_figures(sites, gates, cell_deg),
+        "figures": scoring.site_figures(
+            sites, gates, watched, functools.partial(sentinel.grid_reference, folders["tile_grid"], grid)
+        ),
     }
 
 
@@ -120,13 +131,22 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     folder = out["validation_bundle"]
     scratch = folder / ".scratch"
     scratch.mkdir()
-    folders = {"egress": egress, "plan": ctx.inputs["s4_alloc_plan"], "scratch": scratch}
+    folders = {
+        "egress": egress,
+        "plan": ctx.inputs["s4_alloc_plan"],
+        "tile_grid": ctx.inputs["tile_grid"],
+        "scratch": scratch,
+    }
     rows = SITE_LOCATIONS.row_counts(egress)
     buckets = max(1, -(-sum(rows.values()) // SITES_PER_BUCKET))
     gates = ctx.policies.gates
     country_batches = ctx.execution.country_batches(rows)
+    watched = sentinel.watched(rows)
     parts = compute(
-        [dask.delayed(_batch_task)(folders, b, gates, ctx.grid.deg, i, buckets) for i, b in enumerate(country_batches)]
+        [
+            dask.delayed(_batch_task)(folders, b, gates, watched, ctx.grid, i, buckets)
+            for i, b in enumerate(country_batches)
+        ]
     )
     repeats = sum(compute([dask.delayed(_repeats_task)(scratch, b) for b in range(buckets)]))
     shutil.rmtree(scratch)
