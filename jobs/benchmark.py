@@ -313,7 +313,12 @@ def bench_scorer(work: Path) -> dict:
                 np.clip(sites.lat[pick] + g.normal(0, 0.02, n), -90, 90),
             )
         t = time.perf_counter()
-        reference = functools.partial(grid_reference, result.outputs["tile_grid"], Grid(bundle.grid.resolution_arcsec))
+        reference = functools.partial(
+            grid_reference,
+            result.outputs["tile_grid"],
+            result.outputs["tile_weights"],
+            Grid(bundle.grid.resolution_arcsec),
+        )
         compute_scorecard(frame, region_of, int(np.sum(ct["eligible"])), 10.0, bundle.gates, reference, 11)
         card_s = time.perf_counter() - t
         t = time.perf_counter()

@@ -300,8 +300,8 @@ GLOSSARY = (
     ("nn_contraction", "(baseline nn_ratio − nn_ratio) / baseline nn_ratio, against the seed's pinned baseline"),
     (
         "sentinel",
-        "collapse detector on the 10 largest countries, against a uniform placement of as many sites over the "
-        "country: elongated relative to the country's own shape, or too few distinct lat/lon",
+        "collapse detector on the 10 largest countries, against as many sites drawn by the country's own tile "
+        "weights: a corridor far narrower than the weights, or sites on under 15 % of the grid rows/columns they fill",
     ),
     ("merchant_countries_*", "countries per merchant over distinct (merchant, country) pairs"),
     ("near_city_share", "share of sites within gates.yaml near_city_km of a place of near_city_min_population"),

@@ -126,7 +126,7 @@ STATES: tuple[StateSpec, ...] = (
         "S9",
         "validation",
         s9_validation.run,
-        ("site_locations", "s3_requirements", "s4_alloc_plan", "tile_grid"),
+        ("site_locations", "s3_requirements", "s4_alloc_plan", "tile_grid", "tile_weights"),
         ("validation_bundle",),
         ("s9_validation", "gates"),
         True,

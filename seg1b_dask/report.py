@@ -493,18 +493,18 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     sections.append(_section("gates", "Gates (margin > 0: room to spare)", gates))
     stages = _checkpoints(view, baseline)
     sections.append(_section("checkpoints", "Where the shape first goes wrong: 1A → S2 → S4 → S8", stages))
-    # Figures against a uniform placement over the country (n/a in a scorecard that predates them).
+    # Figures against the placement the country's tile weights ask for (n/a in an older scorecard).
     sentinel = _table(
-        ["country", "sites", "lat levels seen (uniform)", "lat share", "lon levels seen (uniform)", "lon share"]
+        ["country", "sites", "grid rows seen (expected)", "row share", "grid columns seen (expected)", "column share"]
         + ["relative anisotropy", "flagged"],
         [
             [
                 html.escape(c),
                 _fmt(s.get("sites")),
-                f"{_fmt(s.get('distinct_lat'))} ({_fmt(s.get('expected_distinct_lat'), 0)})",
-                _fmt(s.get("distinct_lat_share"), 3),
-                f"{_fmt(s.get('distinct_lon'))} ({_fmt(s.get('expected_distinct_lon'), 0)})",
-                _fmt(s.get("distinct_lon_share"), 3),
+                f"{_fmt(s.get('distinct_rows'))} ({_fmt(s.get('expected_distinct_rows'), 0)})",
+                _fmt(s.get("distinct_rows_share"), 3),
+                f"{_fmt(s.get('distinct_cols'))} ({_fmt(s.get('expected_distinct_cols'), 0)})",
+                _fmt(s.get("distinct_cols_share"), 3),
                 _fmt(s.get("relative_anisotropy"), 2),
                 "FLAGGED" if s["flagged"] else "clear",
             ]
@@ -512,7 +512,7 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
         ],
         ["fail" if s["flagged"] else "pass" for s in card.get("sentinel", {}).values()],
     )
-    title = "Collapse sentinel (top-10 countries with ≥ 50 sites, against a uniform placement over each country)"
+    title = "Collapse sentinel (top-10 countries with ≥ 50 sites, against the placement their tile weights ask for)"
     sections.append(_section("sentinel", title, sentinel))
     sections.append(
         _section("fidelity", "The price of realism: fidelity to 1A", _fidelity(card.get("fidelity", {}), view.moves))

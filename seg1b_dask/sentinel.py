@@ -4,9 +4,21 @@ Collapse is measured against what the country and the site count allow, never in
 terms. Counted naively, a country's extent bounds its distinct latitudes (a 2°-tall country
 shows at most 2,000 at 3 dp, so every large country looks collapsed at scale), and an
 elongated country's own shape is anisotropic (a uniform placement in Chile looks like a
-stripe). The reference is a uniform random placement of the same number of sites over the
-country's own grid cells: its expected distinct latitude and longitude levels, and its
-covariance of positions.
+stripe). The reference is the placement the run's own tile weights ask for: as many sites
+drawn independently over the country's cells by ``tile_weight`` (its people under
+``blend_v2``, its area under the legacy posture), uniform inside a cell. Against it:
+
+- the grid rows (columns) the sites occupy, over the rows the reference occupies in
+  expectation: below 15 %, sites sit on a handful of rows (columns) of a country whose
+  weights spread over many — the old engine's stripes and bands;
+- the relative anisotropy sqrt(λmax/λmin) of C_reference⁻¹ C_sites: above 12, the sites
+  form a corridor much narrower, relative to their length, than the weights.
+
+Rows and columns, not finer levels: a town puts many sites inside one cell, which at scale
+leaves most of a cell's sub-cell levels empty — clustering, not collapse. A uniform
+placement occupies at least the rows the weights' draws do (distinct counts are
+Schur-concave, and a more even spread fills more rows), and its covariance differs from the
+weights' by a factor of at most 5 along any axis on the vendored countries (5′).
 """
 
 from __future__ import annotations
@@ -29,20 +41,15 @@ TOP_COUNTRIES = 10
 MIN_SITES = 50
 MAX_RELATIVE_ANISOTROPY = 12.0
 MIN_DISTINCT_SHARE = 0.15
-# The old engine's thresholds were set on its 30″ grid, counting values at 4 dp: a 30″ cell
-# is 0.00833°, so 4 dp cut a cell into 83.3 levels and a one-row stripe shows at most ~85
-# distinct latitudes. On a grid of cell size c the sentinel counts levels at c / 83.3 (3 dp
-# on 5′), so a level means the same fraction of a cell at any resolution.
-LEVELS_PER_CELL = (30.0 / 3600.0) / 1e-4
 # What ``measure`` returns for a country, with the decimals sentinel.csv prints (0: as is).
 FIGURES = {
     "sites": 0,
-    "distinct_lat": 0,
-    "expected_distinct_lat": 1,
-    "distinct_lat_share": 4,
-    "distinct_lon": 0,
-    "expected_distinct_lon": 1,
-    "distinct_lon_share": 4,
+    "distinct_rows": 0,
+    "expected_distinct_rows": 1,
+    "distinct_rows_share": 4,
+    "distinct_cols": 0,
+    "expected_distinct_cols": 1,
+    "distinct_cols_share": 4,
     "relative_anisotropy": 3,
     "flagged": 0,
 }
@@ -55,19 +62,6 @@ def watched(counts: Mapping[str, int]) -> list[str]:
     return [c for c in top if counts[c] >= MIN_SITES]
 
 
-def _level_probabilities(edge0: float, mass: NDArray[np.float64], width: float, quantum: float) -> NDArray[np.float64]:
-    """Probability of every level a draw can fall on, along one axis: cell ``j`` spans
-    [edge0 + j·width, edge0 + (j+1)·width) with probability ``mass[j]``, uniform inside it;
-    level ``k`` is [(k − ½)·quantum, (k + ½)·quantum), the values that round to k. The
-    draw's CDF is piecewise linear between cell edges, so each level's probability is the
-    CDF's rise across it."""
-    cells = width / quantum  # levels per cell
-    u0 = edge0 / quantum
-    edges = math.floor(u0 + 0.5) - 0.5 + np.arange(math.ceil(len(mass) * cells) + 2)
-    p = np.diff(np.interp(edges, u0 + cells * np.arange(len(mass) + 1), np.r_[0.0, np.cumsum(mass)]))
-    return p[p > 0]
-
-
 def local_km(
     lon: ArrayLike, lat: ArrayLike, centre_lon: float, centre_lat: float
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -78,72 +72,68 @@ def local_km(
 
 
 def expected_distinct(p: NDArray[np.float64], n: int) -> float:
-    """E[distinct levels] of ``n`` independent draws: Σ 1 − (1 − p)ⁿ over the levels."""
-    return float(-np.expm1(n * np.log1p(-np.minimum(p, 1.0))).sum())
+    """E[distinct values] of ``n`` independent draws: Σ 1 − (1 − p)ⁿ over the values."""
+    p = np.minimum(p[p > 0], 1.0)
+    return float(-np.expm1(n * np.log1p(-p)).sum()) if len(p) else 0.0
 
 
 @dataclass(frozen=True)
 class CountryReference:
-    """A uniform random placement over one country's cells (by area): the probability of
-    each latitude and longitude level, and the covariance of positions in the country's local
-    frame (km east and north of its centre, longitude unwrapped around it)."""
+    """The placement a country's tile weights ask for: the probability of each of its grid
+    rows and columns, and the covariance of positions in its local frame (km east and north
+    of its weighted centre, longitude unwrapped around it)."""
 
-    quantum: float
-    lat_level_p: NDArray[np.float64]
-    lon_level_p: NDArray[np.float64]
+    deg: float
+    row_p: NDArray[np.float64]
+    col_p: NDArray[np.float64]
     centre_lon: float
     centre_lat: float
     covariance: NDArray[np.float64]
 
     @classmethod
-    def from_cells(cls, grid: Grid, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> CountryReference:
-        """The reference of the country owning the cells (``rows``, ``cols``) of ``grid``;
-        sums run per row and per column (a cell's area depends on its row only)."""
+    def from_cells(
+        cls, grid: Grid, rows: NDArray[np.int64], cols: NDArray[np.int64], weight: NDArray | None = None
+    ) -> CountryReference:
+        """The reference of the cells (``rows``, ``cols``) of ``grid`` weighted by ``weight``
+        (by default their area: a uniform placement)."""
         if len(rows) == 0:
             raise ValueError("a country with no cell has no reference placement")
         d = grid.deg
-        r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-        cells = np.bincount(rows, minlength=r1)[r0:]  # per row, from r0
-        area = grid.row_area_m2()[r0:r1]
-        area = area / (cells @ area)  # probability of one cell of each row
-        row_mass = area * cells
-        per_cell = np.empty(len(rows))  # one buffer for the per-cell weights
-        np.take(np.r_[np.zeros(r0), area], rows, out=per_cell)
-        col_mass = np.bincount(cols, weights=per_cell, minlength=c1)[c0:].astype(np.float64)
-        quantum = d / LEVELS_PER_CELL
-        lat_p = _level_probabilities(90.0 - r1 * d, row_mass[::-1], d, quantum)  # ascending latitude
-        lon_p = _level_probabilities(-180.0 + c0 * d, col_mass, d, quantum)
-        lon = -180.0 + (np.arange(c0, c1) + 0.5) * d
-        lat = grid.row_centre_lat(np.arange(r0, r1))
+        w = grid.row_area_m2()[rows] if weight is None else np.asarray(weight, dtype=np.float64)
+        w = w / w.sum()
+        row_p, col_p = np.bincount(rows, weights=w), np.bincount(cols, weights=w)
+        lon, lat = -180.0 + (cols + 0.5) * d, grid.row_centre_lat(rows)
         lam = np.radians(lon)
-        centre_lon = math.degrees(math.atan2(float(col_mass @ np.sin(lam)), float(col_mass @ np.cos(lam))))
-        centre_lat = float(row_mass @ lat)
-        x, y = local_km(lon, lat, centre_lon, centre_lat)  # per column, per row
-        x, y = x - col_mass @ x, y - row_mass @ y
-        np.take(np.r_[np.zeros(r0), area * y], rows, out=per_cell)
-        xy = float(np.bincount(cols, weights=per_cell, minlength=c1)[c0:] @ x)
-        # Cell centres by area, plus the spread of a uniform draw inside a cell.
+        centre_lon = math.degrees(math.atan2(float(w @ np.sin(lam)), float(w @ np.cos(lam))))
+        centre_lat = float(w @ lat)
+        x, y = local_km(lon, lat, centre_lon, centre_lat)
+        x, y = x - w @ x, y - w @ y
+        # Cell centres by weight, plus the spread of a uniform draw inside a cell.
         cell_km = math.radians(d) * EARTH_RADIUS_KM
-        xx = col_mass @ x**2 + (cell_km * math.cos(math.radians(centre_lat))) ** 2 / 12.0
-        yy = row_mass @ y**2 + cell_km**2 / 12.0
-        return cls(quantum, lat_p, lon_p, centre_lon, centre_lat, np.array([[xx, xy], [xy, yy]]))
+        xx = float(w @ x**2) + (cell_km * math.cos(math.radians(centre_lat))) ** 2 / 12.0
+        yy = float(w @ y**2) + cell_km**2 / 12.0
+        xy = float(w @ (x * y))
+        return cls(d, row_p[row_p > 0], col_p[col_p > 0], centre_lon, centre_lat, np.array([[xx, xy], [xy, yy]]))
 
 
-def grid_reference(tile_grid: Path, grid: Grid, iso2: str) -> CountryReference:
-    """The reference of one country from the tile grid S1 published."""
-    rows, cols = np.divmod(TILE_GRID.country_tiles(tile_grid, refdata.countries().country_id(iso2)), grid.ncols)
-    return CountryReference.from_cells(grid, rows, cols)
+def grid_reference(tile_grid: Path, tile_weights: Path, grid: Grid, iso2: str) -> CountryReference:
+    """The reference of one country from the tile grid and weights S1 and S2 published."""
+    tiles, weight = TILE_GRID.country_cells(tile_grid, tile_weights, refdata.countries().country_id(iso2))
+    rows, cols = np.divmod(tiles, grid.ncols)
+    return CountryReference.from_cells(grid, rows, cols, weight.astype(np.float64))
 
 
 def measure(lon: NDArray[np.float64], lat: NDArray[np.float64], ref: CountryReference) -> dict[str, float]:
     """One country's collapse figures against its reference placement of as many sites:
-    distinct latitude (longitude) levels observed and expected, their ratio (the share),
-    and the relative anisotropy sqrt(λmax / λmin) of C_country⁻¹ C_sites. Flagged when a
-    share is below 0.15 or the relative anisotropy above 12."""
+    distinct grid rows (columns) observed and expected, their ratio (the share), and the
+    relative anisotropy sqrt(λmax / λmin) of C_reference⁻¹ C_sites. Flagged when a share is
+    below 0.15 or the relative anisotropy above 12."""
     n = len(lat)
     figures: dict[str, float] = {"sites": n}
-    for axis, values, p in (("lat", lat, ref.lat_level_p), ("lon", lon, ref.lon_level_p)):
-        observed = len(np.unique(np.round(np.asarray(values) / ref.quantum)))
+    rows = np.floor((90.0 - np.asarray(lat)) / ref.deg)
+    cols = np.floor((np.asarray(lon) + 180.0) / ref.deg)
+    for axis, values, p in (("rows", rows, ref.row_p), ("cols", cols, ref.col_p)):
+        observed = len(np.unique(values))
         expected = expected_distinct(p, n)
         figures[f"distinct_{axis}"] = observed
         figures[f"expected_distinct_{axis}"] = expected
@@ -153,6 +143,6 @@ def measure(lon: NDArray[np.float64], lat: NDArray[np.float64], ref: CountryRefe
     figures["relative_anisotropy"] = float(np.sqrt(high / low)) if low > 0 else float("inf")
     figures["flagged"] = bool(
         figures["relative_anisotropy"] > MAX_RELATIVE_ANISOTROPY
-        or min(figures["distinct_lat_share"], figures["distinct_lon_share"]) < MIN_DISTINCT_SHARE
+        or min(figures["distinct_rows_share"], figures["distinct_cols_share"]) < MIN_DISTINCT_SHARE
     )
     return figures

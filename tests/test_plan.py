@@ -30,9 +30,9 @@ pytestmark = pytest.mark.e2e
 
 
 def _phase_bundles(folder: Path) -> dict[str, Path]:
-    """P1 = baseline + a weak S2 mass vector (B passes, B+ does not), P2 = + the remediation
-    S4, P3 = + the remediation S6, P4 = + the B target (the plan's P4: B, with B+ as its
-    attempt): each changes one more file."""
+    """P1 = baseline + a weak S2 mass vector, P2 = + the B-level S4 of remediation_b (its
+    country limits pass B, not B+), P3 = + the remediation S6, P4 = + the B target (the
+    plan's P4: B, with B+ as its attempt): each changes one more file."""
     shutil.copy(BUNDLES / "gates.yaml", folder / "gates.yaml")  # the plan keeps the baseline's gates
     s2 = yaml.safe_load((BUNDLES / "remediation" / "s2_tile_weights.yaml").read_text())
     mass = s2["tile_weights"]["country_mass"]
@@ -50,7 +50,7 @@ def _phase_bundles(folder: Path) -> dict[str, Path]:
         if phase == "P1":
             (target / "s2_tile_weights.yaml").write_text(yaml.safe_dump(s2, sort_keys=False))
         for name in files:
-            shutil.copy(BUNDLES / "remediation" / name, target / name)
+            shutil.copy(BUNDLES / ("remediation_b" if phase == "P2" else "remediation") / name, target / name)
         if phase == "P4":
             (target / "s9_validation.yaml").write_text("version: 1\ntarget_grade: B\n")
         bundles[phase], previous = target, target
@@ -155,7 +155,7 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert items["every B+ (attempt) gate passes on the candidate's seed"] == "not yet"
     assert _states(root)["P4"] == "done" and _states(root)["P5"] == "open"
     shown = CliRunner().invoke(main, ["diagnose", p4.run_id, "--root", str(root), "--grade", "B+"]).output
-    assert "first wrong at S2: country_gini, top10_share, top5_share, top1_share" in shown
+    assert "first wrong at S4: country_gini, top10_share, top5_share, top1_share" in shown  # S4's B-level limits
 
     # P5: certify the required seeds, freeze, and status says the plan is complete.
     pack = certify(root, None, bundles["P4"], workers=2)
@@ -183,31 +183,31 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert [f.gate for f in scored.grade.failures["B"]] == ["unsealed"]  # its figures pass B: only the seal fails
     assert {"country_gini", "top1_share"} <= {f.gate for f in scored.grade.failures["B_PLUS"]}
 
-    # Reopening P1: a reason and a contradicting run made under the lock are both needed.
-    _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "  ", attempt.run_dir)
-    err = _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "B+ needs a flatter mass", p1.run_dir)
-    assert "shows no gate contradicting P1" in err.message  # P1's own run goes wrong at S4 and S8, not S2
-    err = _refused("E_REOPEN_REFUSED", closure.reopen, root, "P1", "B+ needs a flatter mass", p4.run_dir)
+    # Reopening P2: a reason and a contradicting run made under the lock are both needed.
+    _refused("E_REOPEN_REFUSED", closure.reopen, root, "P2", "  ", attempt.run_dir)
+    err = _refused("E_REOPEN_REFUSED", closure.reopen, root, "P2", "B+ needs tighter country limits", p4.run_dir)
     assert "(no gate fails)" in err.message  # at its target, B, the integrated candidate contradicts nothing
-    lock, cascaded = closure.reopen(root, "P1", "B+ needs a flatter mass", attempt.run_dir)
+    lock, cascaded = closure.reopen(root, "P2", "B+ needs tighter country limits", attempt.run_dir)
     entry = lock["reopened"][-1]
-    assert entry["evidence_run"] == attempt.run_id and entry["reason"] == "B+ needs a flatter mass"
-    assert any(c.startswith("top1_share first wrong at S2") for c in entry["contradiction"])
-    assert cascaded == ["P2", "P3"]  # built on P1: reopened with it
-    assert _states(root)["P1"] == "open" and _states(root)["P2"] == "waiting"
-    assert _items(root, "P1")["not the s2_tile_weights a reopen contradicted"] == "fail"  # the candidate's S2
-    assert closure.check_locks(root, {"s2_tile_weights": "a", "s4_alloc_plan": "b", "s6_jitter": "c"}) == []
+    assert entry["evidence_run"] == attempt.run_id and entry["reason"] == "B+ needs tighter country limits"
+    assert any(c.startswith("top1_share first wrong at S4") for c in entry["contradiction"])
+    assert cascaded == ["P3"]  # built on P2: reopened with it
+    assert _states(root)["P1"] == "done" and _states(root)["P2"] == "open" and _states(root)["P3"] == "waiting"
+    assert _items(root, "P2")["not the s4_alloc_plan a reopen contradicted"] == "fail"  # the candidate's S4
+    p1_digest = json.loads((root / "locks" / "P1.json").read_text())["policy_digest"]
+    in_force = closure.check_locks(root, {"s2_tile_weights": p1_digest, "s4_alloc_plan": "b", "s6_jitter": "c"})
+    assert [lock["run_id"] for lock in in_force] == [p1.run_id]  # only P1 still binds
 
-    # P1 closes again on a flatter S2 (the later phases' files may stay as they were locked).
-    again_bundle = tmp_path / "P1-again"
+    # P2 closes again on the remediation's S4 (the later phases' files may stay as they were locked).
+    again_bundle = tmp_path / "P2-again"
     shutil.copytree(bundles["P4"], again_bundle)
-    shutil.copy(BUNDLES / "remediation" / "s2_tile_weights.yaml", again_bundle)
+    shutil.copy(BUNDLES / "remediation" / "s4_alloc_plan.yaml", again_bundle)
     again, scored = fast_lane(root, 42, again_bundle, None, ex)
     assert scored.grade.outcome == "GREEN_BPLUS"
-    relocked = closure.lock(root, "P1", again.run_dir, ex)
-    assert relocked["previous"][0]["run_id"] == p1.run_id and relocked["reopened"] == []
+    relocked = closure.lock(root, "P2", again.run_dir, ex)
+    assert relocked["previous"][0]["run_id"] == p2.run_id and relocked["reopened"] == []
     assert relocked["previous"][0]["reopened"][-1]["evidence_run"] == attempt.run_id
-    assert _states(root)["P1"] == "done" and _states(root)["P2"] == "open"
+    assert _states(root)["P2"] == "done" and _states(root)["P3"] == "open"
 
 
 def test_checkpoints_are_the_runs_own_figures_and_rebuild_identically(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The collapse sentinel measures collapse against what a country and a site count allow
 (DESIGN §6, "Scale invariance"): on real vendored countries and synthetic rectangles, on the
-5′ and 30″ grids, a uniform random placement is never flagged at any size, and a one-row
-stripe or a narrow corridor always is."""
+5′ and 30″ grids, a uniform random placement is never flagged at any size against a uniform
+reference, a placement that follows concentrated weights is never flagged against them, and
+a one-row stripe or a narrow corridor always is."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from seg1b_dask.grid import Grid
 from seg1b_dask.metrics import EARTH_RADIUS_KM
 from seg1b_dask.refdata import EdgeTable
 from seg1b_dask.sentinel import (
-    LEVELS_PER_CELL,
     MAX_RELATIVE_ANISOTROPY,
     MIN_DISTINCT_SHARE,
     CountryReference,
@@ -127,31 +127,45 @@ def _uniform(c: Country, n: int, g: np.random.Generator) -> tuple[NDArray, NDArr
 
 def _consistent(m: dict[str, float]) -> bool:
     """The flag says exactly what the recorded figures say."""
-    low_share = min(m["distinct_lat_share"], m["distinct_lon_share"]) < MIN_DISTINCT_SHARE
+    low_share = min(m["distinct_rows_share"], m["distinct_cols_share"]) < MIN_DISTINCT_SHARE
     return m["flagged"] == (m["relative_anisotropy"] > MAX_RELATIVE_ANISOTROPY or low_share)
 
 
-def test_the_reference_is_the_uniform_placement_cell_by_cell() -> None:
-    """Its covariance and level probabilities equal a direct computation over the cells, and
-    at small n its expected distinct count is n: the share is the old one."""
+def test_the_reference_is_the_weighted_placement_cell_by_cell() -> None:
+    """Its covariance and row and column probabilities equal a direct computation over the
+    cells (by area by default), and at small n its expected distinct rows is about n."""
     for name, arcsec in (("US", 300), ("antimeridian", 300), ("CH", 30)):
         c = country(name, arcsec)
         direct = c.cell_covariance()
         np.testing.assert_allclose(c.reference.covariance, direct, rtol=1e-9, atol=1e-9 * direct.max())
-        assert math.isclose(c.reference.lat_level_p.sum(), 1.0) and math.isclose(c.reference.lon_level_p.sum(), 1.0)
-        assert expected_distinct(c.reference.lat_level_p, 50) == pytest.approx(50, rel=0.01)
-    # Two 5′ rows (one cell, two cells) of a rectangle: each level's probability by hand.
+        assert math.isclose(c.reference.row_p.sum(), 1.0) and math.isclose(c.reference.col_p.sum(), 1.0)
+    assert expected_distinct(country("US", 30).reference.row_p, 50) == pytest.approx(50, rel=0.02)
+    # Two 5′ rows (one cell, two cells) weighted 1, 2, 3: each row's and column's probability by hand.
     grid = Grid(300)
-    ref = CountryReference.from_cells(grid, np.array([600, 601, 601]), np.array([10, 10, 11]))
-    area = grid.row_area_m2()[[601, 600]]  # ascending latitude
-    mass = np.array([2 * area[0], area[1]]) / (2 * area[0] + area[1])
-    edges = 90.0 - 602 * grid.deg + grid.deg * np.arange(3)
-    quantum = grid.deg / LEVELS_PER_CELL
-    levels = np.arange(math.floor(edges[0] / quantum), math.ceil(edges[-1] / quantum) + 1)
-    lo, hi = (levels - 0.5) * quantum, (levels + 0.5) * quantum
-    overlap = np.clip(np.minimum(hi[:, None], edges[1:]) - np.maximum(lo[:, None], edges[:-1]), 0, None)
-    p = (overlap / grid.deg) @ mass
-    np.testing.assert_allclose(np.sort(ref.lat_level_p), np.sort(p[p > 0]), rtol=1e-9, atol=1e-12)
+    ref = CountryReference.from_cells(grid, np.array([600, 601, 601]), np.array([10, 10, 11]), np.array([1, 2, 3]))
+    np.testing.assert_allclose(ref.row_p, [1 / 6, 5 / 6])
+    np.testing.assert_allclose(ref.col_p, [3 / 6, 3 / 6])
+    assert expected_distinct(ref.row_p, 2) == pytest.approx(1 - (5 / 6) ** 2 + 1 - (1 / 6) ** 2)
+
+
+def test_a_placement_that_follows_its_weights_is_never_flagged_though_uniform_would_be() -> None:
+    """Weights concentrated on a coastal band of the rectangle (people by the sea): sites
+    drawn by those weights are clear against them at any size, though against a uniform
+    reference they occupy few rows; a band the weights do not ask for is flagged."""
+    c = country("rectangle", 300)
+    coast = c.rows >= np.quantile(c.rows, 0.9)  # the southernmost tenth of the rows
+    weight = coast.astype(np.float64)  # cells without weight hold no outlets (S2 writes 0)
+    ref = CountryReference.from_cells(c.grid, c.rows, c.cols, weight)
+    g = np.random.default_rng(5)
+    for n in (1_000, 100_000, 1_000_000):
+        pick = g.choice(len(c.rows), n, p=weight / weight.sum())
+        lon = -180.0 + (c.cols[pick] + g.random(n)) * c.grid.deg
+        lat = c.grid.row_centre_lat(c.rows[pick]) + (g.random(n) - 0.5) * c.grid.deg
+        m = measure(lon, lat, ref)
+        assert not m["flagged"] and _consistent(m)
+        assert measure(lon, lat, c.reference)["flagged"]  # against the uniform reference: a band
+    band = measure(*_in_cells(c, coast, 10_000, g), c.reference)
+    assert band["flagged"] and _consistent(band)
 
 
 @pytest.mark.parametrize("exponent", [3, 4, 5, 6])
@@ -166,14 +180,14 @@ def test_a_uniform_placement_is_never_flagged(name: str, arcsec: int, exponent: 
 
 @pytest.mark.slow
 def test_ten_million_uniform_sites_in_switzerland_are_not_flagged() -> None:
-    """Switzerland is about 2° tall: at the 30″ quantum (4 dp) it has ~20,000 latitudes, so
-    counting distinct values against the site count flagged any placement of more than
+    """Switzerland is about 2° tall: at the old 30″ quantum (4 dp) it has ~20,000 latitudes,
+    so counting distinct values against the site count flagged any placement of more than
     ~130 k sites; against what a uniform placement shows, 10 M sites are not collapsed."""
     c = country("CH", 30)
     lon, lat = _uniform(c, 10_000_000, np.random.default_rng(7))
     m = measure(lon, lat, c.reference)
     assert len(np.unique(np.round(lat, 4))) / len(lat) < MIN_DISTINCT_SHARE  # the naive share
-    assert not m["flagged"] and _consistent(m) and m["distinct_lat_share"] > 0.99
+    assert not m["flagged"] and _consistent(m) and m["distinct_rows_share"] > 0.99
 
 
 @functools.cache

@@ -101,7 +101,10 @@ def _batch_task(
         "merchants": np.concatenate(merchants),
         "merchant_sites": np.concatenate(merchant_sites),
         "figures": scoring.site_figures(
-            sites, gates, watched, functools.partial(sentinel.grid_reference, folders["tile_grid"], grid)
+            sites,
+            gates,
+            watched,
+            functools.partial(sentinel.grid_reference, folders["tile_grid"], folders["tile_weights"], grid),
         ),
     }
 
@@ -135,6 +138,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         "egress": egress,
         "plan": ctx.inputs["s4_alloc_plan"],
         "tile_grid": ctx.inputs["tile_grid"],
+        "tile_weights": ctx.inputs["tile_weights"],
         "scratch": scratch,
     }
     rows = SITE_LOCATIONS.row_counts(egress)
