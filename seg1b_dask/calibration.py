@@ -173,7 +173,10 @@ def screen(
     their margins and its plausibility."""
     worst, gate, rhos, relocated = -math.inf, "", [], []
     for seed, seed_inputs in inputs.items():
-        counts = feasibility.predicted_counts(seed_inputs, bundle)
+        try:
+            counts = feasibility.predicted_counts(seed_inputs, bundle)
+        except Seg1BError as exc:  # limits no vector meets: an infeasible trial, not a failed search
+            return TrialResult(number, params, bundle_dir, "screened", 1.0, f"{exc.code} (seed {seed})", math.inf, 0.0)
         rows = feasibility.country_gate_rows(feasibility.country_card(counts, seed_inputs), bundle.gates, level)
         for name, value in shortfalls(rows, space).items():
             if value > worst:

@@ -4,6 +4,7 @@ Dask cluster, resumable from its journal, ending with the winner's certification
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -14,7 +15,7 @@ import numpy as np
 
 from . import calibration, closure, grading, lanes, scorer
 from .calibration import SearchSpace, TrialResult
-from .errors import Code, Seg1BError
+from .errors import Code, InputError, Seg1BError
 from .execution import Execution
 from .hashing import canonical_json, sha256_hex
 from .lineage import write_text
@@ -202,13 +203,21 @@ def _evaluate(
     def run_one(job: tuple[TrialResult, PolicyBundle, int]) -> Any:
         result, bundle, seed = job
         emit(f"trial {result.number} seed {seed}")
-        return lanes.run_and_score_seed(run_root.path, seed, bundle, execution, lambda _msg: None)[1]
+        try:
+            return lanes.run_and_score_seed(run_root.path, seed, bundle, execution, lambda _msg: None)[1]
+        except InputError as exc:  # the trial's settings refused by a state: a failed trial
+            return exc
 
     scored = calibration.parallel_map(run_one, jobs, len(jobs))
     by_trial: dict[int, dict[int, Any]] = {}
     for (result, _, seed), card in zip(jobs, scored, strict=True):
         by_trial.setdefault(result.number, {})[seed] = card
     for result, bundle in survivors:
+        refused = [(seed, c) for seed, c in by_trial[result.number].items() if isinstance(c, InputError)]
+        if refused:
+            seed, exc = refused[0]
+            result.stage, result.worst_gate, result.worst_shortfall = "ran", f"{exc.code} (seed {seed})", math.inf
+            continue
         calibration.judge(result, by_trial[result.number], level, bundle, space)
     seconds = (time.perf_counter() - started) / max(len(batch), 1)
     for result, _ in screened:

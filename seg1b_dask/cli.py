@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import Code, InternalError, Seg1BError
 from .execution import Execution, check_scheduler, reporting
-from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, peak_rss_mb
+from .runner import DEFAULT_POLICIES, DEFAULT_ROOT, ensure_standin, peak_rss_mb
 from .runroot import RunRoot, environment_error
 
 U64_MAX = 2**64 - 1
@@ -24,6 +24,26 @@ U64_MAX = 2**64 - 1
 
 class _Group(click.Group):
     """Every refusal is one coded line: input and environment exit 2, a bug exits 3."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Click's own parse errors (a value out of range, an unknown option or command, a
+        missing argument) become one ``E_BAD_OPTION`` line naming the option and what it
+        accepts, like every other refusal."""
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `seg1b` alone: the help, as asked
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(0)
+        except click.ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            bad = Seg1BError(Code.E_BAD_OPTION, f"{message} (see --help)", key=_option_of(exc))
+            click.echo(f"error: {bad}", err=True)
+            sys.exit(bad.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -53,6 +73,18 @@ class _Group(click.Group):
             sys.exit(bug.exit_code)
 
 
+def _option_of(exc: click.ClickException) -> str | None:
+    """The option, argument or command a click error is about."""
+    if isinstance(exc, click.NoSuchOption):
+        return exc.option_name
+    param = getattr(exc, "param", None)
+    if param is not None:
+        return param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+    if isinstance(exc, click.UsageError) and exc.ctx is not None and exc.ctx.command is not None:
+        return exc.ctx.command_path
+    return None
+
+
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="seg1b")
 def main() -> None:
@@ -78,6 +110,12 @@ upstream_option = click.option(
     default=None,
     type=click.Path(file_okay=False, path_type=Path),
     help="a 1A bundle (default: the stand-in for --seed, written under the run root)",
+)
+scale_option = click.option(
+    "--scale",
+    default=None,
+    type=click.IntRange(1, 1_000_000_000),
+    help="run on the seed's 1A stand-in at about this many outlets (written once under the run root)",
 )
 seed_option = click.option(
     "--seed", default=42, show_default=True, type=click.IntRange(0, U64_MAX), help="the 1A seed (0 … 2^64−1)"
@@ -226,6 +264,7 @@ def task_size_options(fn: Any) -> Any:
 @policies_option
 @root_option
 @upstream_option
+@scale_option
 @scheduler_option
 @click.option(
     "--workers", default=None, type=click.IntRange(1), help="worker threads or processes (default: all cores)"
@@ -238,6 +277,7 @@ def run(
     policies: Path,
     root: Path,
     upstream: Path | None,
+    scale: int | None,
     scheduler: str,
     workers: int | None,
     country_batch: int,
@@ -257,6 +297,10 @@ def run(
 
     started = time.perf_counter()
     click.echo(f"run root: {root.resolve()}", err=True)
+    if scale is not None:
+        if upstream is not None:
+            raise Seg1BError(Code.E_BAD_OPTION, "give --upstream or --scale, not both", key="--scale")
+        upstream = ensure_standin(RunRoot.open(root), seed, scale)
     execution = Execution(
         scheduler=scheduler,
         workers=workers,
@@ -367,6 +411,7 @@ def baseline(seed: int, root: Path, scheduler: str, policies: Path, upstream: Pa
 @click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (default 2)")
 @task_size_options
 @connect_timeout_option
+@scale_option
 @click.option("--promote", is_flag=True, help="move last_good to this pack if it grades GREEN")
 @click.option("--quiet", is_flag=True, help="no progress output (the summary still prints)")
 def certify(
@@ -378,6 +423,7 @@ def certify(
     country_batch: int,
     sites_per_task: int,
     connect_timeout: float,
+    scale: int | None,
     promote: bool,
     quiet: bool,
 ) -> None:
@@ -395,7 +441,8 @@ def certify(
     bundle = load_bundle(policies, refdata_version())
     seed_list = parsed if parsed is not None else list(bundle.gates.required_seeds)
     click.echo(f"run root: {root.resolve()}", err=True)
-    keys = [candidate_key(root, s, bundle.grid, None) for s in seed_list] if root.is_dir() else []
+    upstreams = [None if scale is None else ensure_standin(RunRoot.open(root), s, scale) for s in seed_list]
+    keys = [candidate_key(root, s, bundle.grid, up) for s, up in zip(seed_list, upstreams, strict=True)]
     pins = [baseline_pointer(root, key) for key in keys]
     unpinned = len(seed_list) - sum(pin is not None for pin in pins)
     with progress(len(STATES) * (len(seed_list) + unpinned), "certify", quiet) as bar:
@@ -417,6 +464,7 @@ def certify(
             country_batch,
             sites_per_task,
             connect_timeout,
+            scale,
         )
     click.echo("\n".join(pack_summary(pack)))
     below = below_target_line(pack.report, pack.target_grade)

@@ -122,6 +122,12 @@ class GradeReport:
     cv: dict[str, float] = field(default_factory=dict)
     bootstrap_upper: dict[int, dict[str, float]] = field(default_factory=dict)
     next_action: str = ""
+    reached_without_missing: str = ""  # what the graded seeds reach, the missing ones aside
+
+    @property
+    def uncertified(self) -> bool:
+        """Every graded seed reaches a grade, but required seeds are missing: not a certification."""
+        return bool(self.missing_seeds) and self.reached_without_missing != "RED"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -235,6 +241,10 @@ def grade(
         outcome = "RED"
     report = GradeReport(outcome, seeds, missing, failures, cv, bootstrap or {})
     report.next_action = triage(failures["B"] if outcome == "RED" else failures["B_PLUS"], hint)
+    present = {lvl: [f for f in fs if f.gate != "required_seed_missing"] for lvl, fs in failures.items()}
+    report.reached_without_missing = (
+        "GREEN_BPLUS" if not present["B_PLUS"] and bootstrap is not None else ("GREEN_B" if not present["B"] else "RED")
+    )
     return report
 
 

@@ -23,9 +23,9 @@ from .lineage import read_manifest, stage_path, write_json, write_text
 from .policies import CountryAllocationLegacy, PolicyBundle, load_bundle
 from .refdata import refdata_version
 from .report import pack_report, run_report
-from .runner import Chain, RunResult, run_seed
+from .runner import Chain, RunResult, ensure_standin, run_seed
 from .runroot import RunRoot, publish_folder, shared_root
-from .scorer import Scored, baseline_bundle, baseline_ratio, candidate_key, pin_baseline_run, score_run
+from .scorer import Scored, baseline_bundle, candidate_key, pin_baseline_run, score_run
 
 
 @shared_root
@@ -42,10 +42,12 @@ def fast_lane(
     bundle = load_bundle(policies, refdata_version())  # loaded once: checked, run and recorded alike
     closure.check_locks(root, bundle.digests)
     key = candidate_key(root, seed, bundle.grid, upstream)
-    pinned_before = discipline.baseline_pointer(root, key) is not None
-    ratio = baseline_ratio(
-        root, seed, bundle, upstream, execution, (lambda name: on_state(f"baseline {name}")) if on_state else None
-    )
+    ran = None
+    ratio = None
+    if bundle.s9_validation.target_grade != "none":  # graded against the pinned baseline: pin it first
+        on_baseline = (lambda name: on_state(f"baseline {name}")) if on_state else None
+        pinned = pin_baseline_run(root, seed, execution, on_baseline, upstream, bundle.grid)
+        ratio, ran = float(pinned["nn_ratio"]), pinned.get("ran_run_id")
     result = run_seed(
         root=root,
         seed=seed,
@@ -62,10 +64,10 @@ def fast_lane(
     )
     scored = score_run(root, result.run_dir, pin_as_baseline=first_baseline)
     pin = scored.card.get("baseline")
-    if pin and not pinned_before and pin["run_id"] != result.run_id:  # pinned by this command, first
+    if pin and ran is not None:  # this command ran a baseline: say whether it is the one pinned
         base_card = RunRoot(root).run(pin["run_id"]) / "scorecard" / "scorecard.json"
         grade = discipline.read_json(base_card).get("grade_single_seed", {}) if base_card.is_file() else {}
-        scored.card["baseline_pinned_now"] = {"run_id": pin["run_id"], "grade": grade.get("outcome")}
+        scored.card["baseline_pinned_now"] = {"run_id": pin["run_id"], "grade": grade.get("outcome"), "ran": ran}
     discipline.set_pointer(
         root,
         "current_candidate",
@@ -81,7 +83,7 @@ def feasibility_of(
 ) -> feasibility.Feasibility:
     """Predict a bundle's country gates for a seed, and each grade's least relocation, from
     the verified 1A bundle and S2's country mass vector (S1/S2 from the cache or built once)."""
-    from .runner import code_digest, ensure_standin
+    from .runner import code_digest
     from .states import s0_gate
 
     run_root = RunRoot(root)
@@ -182,22 +184,30 @@ def _warm_worker() -> int:
 
 
 def run_and_score_seed(
-    root: Path, seed: int, bundle: PolicyBundle, execution: Execution, emit: Callable[[str], None]
+    root: Path,
+    seed: int,
+    bundle: PolicyBundle,
+    execution: Execution,
+    emit: Callable[[str], None],
+    scale: int | None = None,
 ) -> tuple[RunResult, Scored]:
     """One seed's whole chain, driven from a thread of the driver: its baseline on the
     bundle's grid (pinned once), the candidate run and its scorecard (its report follows,
     in the main thread). Every state's tasks go to the shared cluster, so all seeds' country
     batches and spatial chunks interleave in one graph; a lost worker costs only its tasks,
-    which the scheduler reruns elsewhere."""
+    which the scheduler reruns elsewhere. With ``scale``, the seed's stand-in holds about
+    that many outlets."""
 
     def state(name: str) -> None:
         emit(f"seed {seed} {name}")
 
-    pin = pin_baseline_run(root, seed, execution, lambda name: state(f"baseline {name}"), grid=bundle.grid)
+    upstream = None if scale is None else ensure_standin(RunRoot(Path(root)), seed, scale)
+    pin = pin_baseline_run(root, seed, execution, lambda name: state(f"baseline {name}"), upstream, bundle.grid)
     result = run_seed(
         root=root,
         seed=seed,
         policies=bundle,
+        upstream=upstream,
         execution=execution,
         on_state=state,
         baseline_nn_ratio=float(pin["nn_ratio"]),
@@ -216,9 +226,11 @@ def certify(
     country_batch: int = Execution.country_batch,
     sites_per_task: int = Execution.sites_per_task,
     connect_timeout: float = Execution.connect_timeout,
+    scale: int | None = None,
 ) -> Pack:
     """Run the full chain for every seed (default: the gates' required seeds) in parallel on
-    a Dask cluster and write a pack (whole or not at all)."""
+    a Dask cluster and write a pack (whole or not at all). With ``scale``, every seed's 1A
+    stand-in holds about that many outlets."""
     run_root = RunRoot.open(root)
     bundle = load_bundle(policies, refdata_version())
     seeds = list(seeds) if seeds else list(bundle.gates.required_seeds)
@@ -245,6 +257,7 @@ def certify(
                     sites_per_task=sites_per_task,
                     connect_timeout=connect_timeout,
                 ),
+                scale,
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -261,6 +274,7 @@ def _certify(
     promote: bool,
     on_event: Callable[[str], None] | None,
     execution: Execution,
+    scale: int | None,
 ) -> Pack:
     """The pack is written into the staging ``folder`` and renamed into place whole; every
     seed's tasks go to the cluster (``execution`` is attached to it)."""
@@ -279,11 +293,14 @@ def _certify(
             # cluster; then every seed's chain from its own driver thread, all submitting to
             # the same cluster.
             Chain(run_root, seeds[0], bundle, Path("."), execution).run_global()
-            keys = [candidate_key(root, seed, bundle.grid, None) for seed in seeds]
+            upstreams = [None if scale is None else ensure_standin(run_root, seed, scale) for seed in seeds]
+            keys = [candidate_key(root, seed, bundle.grid, up) for seed, up in zip(seeds, upstreams, strict=True)]
             if any(discipline.baseline_pointer(root, key) is None for key in keys):  # baselines to pin: theirs too
                 Chain(run_root, seeds[0], baseline_bundle(bundle.grid), Path("."), execution).run_global()
             with ThreadPoolExecutor(len(seeds), thread_name_prefix="seg1b-seed") as pool:
-                futures = {seed: pool.submit(run_and_score_seed, root, seed, bundle, execution, emit) for seed in seeds}
+                futures = {
+                    seed: pool.submit(run_and_score_seed, root, seed, bundle, execution, emit, scale) for seed in seeds
+                }
                 wait_all(futures.values())  # every seed ends before an error propagates
                 done = {seed: future.result() for seed, future in futures.items()}
             for result, _ in done.values():  # matplotlib is not thread-safe: reports one by one
@@ -311,7 +328,7 @@ def _certify(
         bootstrap if all(bootstrap.values()) else None,
         hints=grading.triage_hints(bundle),
     )
-    _write_pack(folder, bundle, seeds, results, scored, report, wall)
+    _write_pack(folder, bundle, seeds, results, scored, report, wall, scale)
     folder = publish_folder(folder, run_root.certification, pack_id, lambda final: pack_report(root, folder, final))
     promoted = False
     if promote:
@@ -342,6 +359,7 @@ def _write_pack(
     scored: dict[int, Scored],
     report: grading.GradeReport,
     wall: float,
+    scale: int | None,
 ) -> None:
     for seed, sc in scored.items():
         scoring.write_scorecard(sc.card, folder / "seeds" / f"seed={seed}")
@@ -359,6 +377,7 @@ def _write_pack(
     baselines = [scored[s].card["baseline"] for s in seeds]
     pack = {
         "seeds": seeds,
+        "scale": scale,  # the stand-ins' outlets (None: the plain stand-in)
         "policy_bundle": bundle.name,
         "parameter_hash": bundle.parameter_hash,
         "policy_digests": bundle.digests,

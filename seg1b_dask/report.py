@@ -514,9 +514,7 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     )
     title = "Collapse sentinel (top-10 countries with ≥ 50 sites, against the placement their tile weights ask for)"
     sections.append(_section("sentinel", title, sentinel))
-    sections.append(
-        _section("fidelity", "The price of realism: fidelity to 1A", _fidelity(card.get("fidelity", {}), view.moves))
-    )
+    sections.append(_section("fidelity", "The price of realism: fidelity to 1A", _fidelity(card, view.moves)))
     return _page(f"seg1b run report · seed {meta['seed']} · {meta['policy_bundle']}", sections, RUN_SECTIONS)
 
 
@@ -525,18 +523,44 @@ def _concentration_table(views: list[tuple[str, RunView]]) -> str:
     return _table(["", *keys], [[label, *(_fmt(v.card["metrics"][k]) for k in keys)] for label, v in views])
 
 
-def _fidelity(f: dict[str, Any], moves: list[tuple[str, str, int]]) -> str:
+MERCHANT_FIGURES = (
+    ("merchant_retention_median", "outlets in the merchant's own 1A countries: median merchant"),
+    ("merchant_retention_p10", "… 10th percentile merchant"),
+    ("merchants_lost_home", "merchants without an outlet at home (must be 0)"),
+    ("home_outlets_kept_share", "1A home outlets kept at home"),
+    ("new_pair_share", "outlets in (merchant, country) pairs 1A lacks"),
+    ("new_countries_median", "new countries per merchant: median"),
+    ("new_countries_p90", "… p90"),
+    ("new_countries_max", "… max"),
+    ("merchants_over_new_country_limit", "merchants above the limit of new countries"),
+    ("move_km_median", "moved outlets: km from source country, median"),
+    ("move_km_p90", "… p90"),
+    ("new_pair_home_km_median", "outlets in new pairs: km from home, median"),
+    ("new_pair_home_km_p90", "… p90"),
+)
+
+
+def _price_rows(card: dict[str, Any]) -> list[list[str]]:
+    """``relocated_share`` beside each grade's least relocation (its bound) and their ratio."""
+    price = card.get("price", {})
+    rows = [["relocated_share", _fmt(card.get("fidelity", {}).get("relocated_share", 0.0)), ""]]
+    for level in ("B_PLUS", "B"):
+        if level in price.get("least", {}):
+            name = level.replace("_PLUS", "+")
+            rows.append(
+                [f"least relocation any vector passing {name}'s country gates needs", _fmt(price["least"][level]), ""]
+            )
+            rows.append([f"relocated ÷ least for {name}", _fmt(price["ratio"][level]), ""])
+    return rows
+
+
+def _fidelity(card: dict[str, Any], moves: list[tuple[str, str, int]]) -> str:
+    f = card.get("fidelity", {})
     if not f:
         return '<p class="note">No fidelity figures recorded.</p>'
-    price = _table(
-        ["relocated_share", "minimum for the target", "uniform alternative"],
-        [
-            [
-                _fmt(f.get("relocated_share", 0.0)),
-                _fmt(f.get("relocated_share_minimum")),
-                _fmt(f.get("uniform_alternative_relocated_share")),
-            ]
-        ],
+    price = _table(["price", "value", ""], _price_rows(card))
+    merchants = _table(
+        ["what 1A's merchants kept", "value"], [[label, _fmt(f.get(k))] for k, label in MERCHANT_FIGURES if k in f]
     )
     names = (
         "merchant_countries_median",
@@ -548,12 +572,35 @@ def _fidelity(f: dict[str, Any], moves: list[tuple[str, str, int]]) -> str:
     footprint = _table(
         ["merchant footprint", "1A", "1B"], [[n, _fmt(f.get(f"{n}_1a")), _fmt(f.get(f"{n}_1b"))] for n in names]
     )
+    p = card.get("plausibility")
+    plausible = (
+        _table(
+            ["plausibility (reported, not graded)", "value"],
+            [
+                ["country shares rank with population (Spearman)", _fmt(p["population_rank_correlation"])],
+                [
+                    f"most served per person: {html.escape(p['max_per_capita_country'])}",
+                    f"×{p['max_per_capita_ratio']:.0f}",
+                ],
+                [
+                    f"outlets in countries of fewer than {p['small_country_population']:,} people",
+                    _fmt(p["small_country_share"]),
+                ],
+                [
+                    f"rural: farther than {p['rural_km']:g} km from a place of {p['rural_min_population']:,}",
+                    _fmt(p["rural_share"]),
+                ],
+            ],
+        )
+        if p
+        else ""
+    )
     flows = (
         _table(["1A country", "1B country", "outlets"], [[a, b, f"{n:,}"] for a, b, n in moves])
         if moves
         else "<p>No outlet moved.</p>"
     )
-    return price + footprint + "<h3>Top moves</h3>" + flows
+    return price + merchants + footprint + plausible + "<h3>Top moves</h3>" + flows
 
 
 def run_report(root: Path, run: Path) -> Path:
@@ -615,8 +662,18 @@ def pack_report(root: Path, pack: Path, final: Path | None = None) -> Path:
             _table(["metric", *(f"seed {s}" for s in seeds), "cv"], seed_rows),
         )
     )
-    fidelity_keys = ("relocated_share", "relocated_share_minimum", "uniform_alternative_relocated_share")
-    fidelity = [[k, *(_fmt(cards[s].get("fidelity", {}).get(k)) for s in seeds)] for k in fidelity_keys]
+    fidelity = [[k, *(_fmt(cards[s].get("fidelity", {}).get(k)) for s in seeds)] for k in ("relocated_share",)]
+    for level in ("B_PLUS", "B"):
+        name = level.replace("_PLUS", "+")
+        fidelity.append(
+            [
+                f"relocated ÷ least for {name}",
+                *(_fmt(cards[s].get("price", {}).get("ratio", {}).get(level)) for s in seeds),
+            ]
+        )
+    fidelity += [
+        [label, *(_fmt(cards[s].get("fidelity", {}).get(k)) for s in seeds)] for k, label in MERCHANT_FIGURES[:5]
+    ]
     sections.append(
         _section("fidelity", "The price of realism per seed", _table(["", *(f"seed {s}" for s in seeds)], fidelity))
     )

@@ -70,16 +70,17 @@ class RunResult:
         return next(s.stats for s in self.states if s.id == "S9")
 
 
-def ensure_standin(root: RunRoot, seed: int) -> Path:
-    """The 1A stand-in bundle for ``seed`` under the run root (written once)."""
-    final = root.upstream(seed)
+def ensure_standin(root: RunRoot, seed: int, scale: int | None = None) -> Path:
+    """The 1A stand-in bundle for ``seed`` (about ``scale`` outlets when given) under the run
+    root, written once."""
+    final = root.upstream(seed, scale)
     if (final / FLAG_NAME).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = stage_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        write_bundle(seed, tmp)
+        write_bundle(seed, tmp, scale=scale)
         try:
             tmp.rename(final)
         except OSError:  # another process wrote the same bundle first

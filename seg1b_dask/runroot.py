@@ -7,6 +7,7 @@ Layout (every path below the root is built here and nowhere else)::
     cache/bounds/<key>.json       each grade's least relocation for one 1A posture and country table
     runs/<run_id>/run.json        one receipt per run (and its scorecard/ and report)
     upstream/1A/seed=<n>/         the 1A stand-in bundles the engine wrote itself
+    upstream/1A/scale=<N>/seed=<n>/  … and at about N outlets (``--scale``)
     baseline_authority/seed=<n>/grid=<arcsec>/upstream=<flag prefix>.json
                                   the pinned baseline of a seed, per grid and 1A bundle
     current_candidate/ last_good/ pointers
@@ -110,8 +111,10 @@ class RunRoot:
             return []
         return sorted(p.parent for p in self.certification.glob("*/pack.json") if TMP_MARK not in p.parent.name)
 
-    def upstream(self, seed: int) -> Path:
-        return self.path / "upstream" / "1A" / f"seed={seed}"
+    def upstream(self, seed: int, scale: int | None = None) -> Path:
+        """The 1A stand-in of ``seed`` (at about ``scale`` outlets when given)."""
+        base = self.path / "upstream" / "1A"
+        return base / f"seed={seed}" if scale is None else base / f"scale={scale}" / f"seed={seed}"
 
     def dataset(self, name: str, tokens: dict[str, object]) -> Path:
         """``data/<name>/<token>=<value>/…``: the path says what the manifest says."""

@@ -42,6 +42,7 @@ FIDELITY_KEYS = (
     "countries_over_target",
     "countries_under_target",
     "lone_sites_moved",
+    "cell_cap_doublings",
     "homes_with_widened_caps",
     "merchants_over_new_country_limit",
     "merchant_retention_median",
@@ -147,21 +148,6 @@ def candidate_key(root: Path, seed: int, grid: GridPolicy, upstream: Path | None
     return PinKey(seed, grid.resolution_arcsec, read_flag(upstream_dir))
 
 
-def baseline_ratio(
-    root: Path,
-    seed: int,
-    bundle: PolicyBundle,
-    upstream: Path | None,
-    execution: Execution,
-    on_state: Callable[[str], None] | None,
-) -> float | None:
-    """The NN ratio of the baseline a bundle that targets a grade is graded against (S9
-    grades nn_contraction against it), pinned first if need be."""
-    if bundle.s9_validation.target_grade == "none":
-        return None
-    return float(pin_baseline_run(root, seed, execution, on_state, upstream, bundle.grid)["nn_ratio"])
-
-
 @shared_root
 def pin_baseline_run(
     root: Path,
@@ -173,7 +159,8 @@ def pin_baseline_run(
 ) -> dict[str, Any]:
     """The pinned baseline of ``seed`` on ``grid`` over ``upstream``: the baseline bundle,
     with that grid, is run and pinned the first time; then the pin is returned (a pin
-    refuses changes)."""
+    refuses changes). When this call ran a baseline, ``ran_run_id`` names it: another process
+    may have pinned its own first, which the pin then names instead."""
     bundle = baseline_bundle(grid)
     key = candidate_key(root, seed, bundle.grid, upstream)
     existing = discipline.baseline_pointer(root, key)
@@ -189,4 +176,4 @@ def pin_baseline_run(
             file=key.path(root),
         )
     result = run_seed(root=root, seed=seed, policies=bundle, upstream=upstream, execution=execution, on_state=on_state)
-    return score_run(root, result.run_dir, pin_as_baseline=True).card["baseline"]
+    return {**score_run(root, result.run_dir, pin_as_baseline=True).card["baseline"], "ran_run_id": result.run_id}

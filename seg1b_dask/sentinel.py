@@ -73,8 +73,9 @@ def local_km(
 
 def expected_distinct(p: NDArray[np.float64], n: int) -> float:
     """E[distinct values] of ``n`` independent draws: Σ 1 − (1 − p)ⁿ over the values."""
-    p = np.minimum(p[p > 0], 1.0)
-    return float(-np.expm1(n * np.log1p(-p)).sum()) if len(p) else 0.0
+    p = p[p > 0]
+    with np.errstate(divide="ignore"):  # p = 1: log1p(−1) = −inf, one certain value
+        return float(-np.expm1(n * np.log1p(-np.minimum(p, 1.0))).sum()) if len(p) else 0.0
 
 
 @dataclass(frozen=True)

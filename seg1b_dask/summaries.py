@@ -139,11 +139,17 @@ def score_summary(scored: Scored) -> list[str]:
     lines += price_lines(scored.card)
     pin, where = scored.card.get("baseline"), scored.key.where()
     pinned_now = scored.card.get("baseline_pinned_now")
-    if pinned_now and pin:
+    if pinned_now and pin and pinned_now.get("ran", pinned_now["run_id"]) == pinned_now["run_id"]:
         lines.append(
             f"  baseline of seed {scored.seed}: pinned now, by this command's first run {pinned_now['run_id']} "
             f"({where}; nn_ratio {pin['nn_ratio']:.3f}; its own grade {pinned_now['grade']}; "
             "`seg1b score` it for details)"
+        )
+    elif pinned_now and pin:  # another process pinned its own baseline first
+        lines.append(
+            f"  baseline of seed {scored.seed}: run {pinned_now['run_id']}, pinned by another process while this "
+            f"command ran its own ({pinned_now['ran']}, identical bytes, not pinned) ({where}; "
+            f"nn_ratio {pin['nn_ratio']:.3f})"
         )
     elif pin is None:
         lines.append(
@@ -191,6 +197,12 @@ def pack_summary(pack: Pack) -> list[str]:
             f"  UNVERIFIED: no valid 1B flag on seed(s) {', '.join(unsealed)}: their figures are for diagnosis"
         )
     lines += ["", f"  GRADE: {report.outcome}   next: {report.next_action}"]
+    if report.uncertified:
+        reached = report.reached_without_missing.replace("GREEN_", "").replace("PLUS", "+")
+        lines.append(
+            f"  per seed: {reached} on every seed graded; not a certification: required seed(s) "
+            f"{', '.join(map(str, report.missing_seeds))} missing"
+        )
     if report.outcome != "GREEN_BPLUS":
         level: Level = "B" if report.outcome == "RED" else "B_PLUS"
         lines.append(f"  failing {level.replace('_PLUS', '+')} gates:")

@@ -349,9 +349,9 @@ def test_disk_full_leaves_nothing_half_written(tmp_path: Path, bundle42: Path) -
 def test_summary_notes_are_cut_at_a_whole_item() -> None:
     from seg1b_dask.summaries import clip
 
-    text = "plan_rows=21828, relocated_share=0.653486, relocated_share_minimum=0.653486, tiles_used=4215"
+    text = "plan_rows=21828, relocated_share=0.653486, countries_over_target=17, tiles_used=4215"
     cut = clip(text, 70)
-    assert cut == "plan_rows=21828, relocated_share=0.653486…" and len(cut) <= 70
+    assert cut == "plan_rows=21828, relocated_share=0.653486, countries_over_target=17…" and len(cut) <= 70
     assert clip("short", 70) == "short"
 
 

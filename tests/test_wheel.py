@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,19 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
     )
     (wheel,) = wheels.glob("seg1b_dask-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # The new venv sees the dependencies of the interpreter running the tests — a system
+    # Python or a virtualenv alike (--system-site-packages would give a virtualenv's base
+    # interpreter instead) — and takes seg1b_dask from the wheel alone.
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(purelib) / "test-dependencies.pth").write_text("\n".join(sorted(ours)) + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     volume = tmp_path / "runs"  # plays the image's /runs
     volume.mkdir()

@@ -175,7 +175,7 @@ def allocate_countries(ctx: StateContext, pairs: Pairs) -> Allocation:
     a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=n).astype(np.int64)
     targets = mass.country_targets(a_count, remass.home_floor(pairs, n, mode.home_sites_min), vector, mode)
     lon, lat = refdata.country_centres()
-    return remass.remass(pairs, targets, remass.country_distance_km(lon, lat), mode, ctx.seed, refdata.countries().iso2)
+    return remass.remass(pairs, targets, remass.country_distance_km(lon, lat), mode, ctx.seed)
 
 
 def _by_country(

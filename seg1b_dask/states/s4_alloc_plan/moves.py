@@ -13,11 +13,12 @@ not keep) onto the under-target countries' needs, in three min-cost flows (OR-To
     costs, whose optimum is sparse (most merchants land in one or two countries).
 
 Every cell is capped at ⌈``max_merchant_share`` · need⌉, so a country's need is spread over
-several merchants (a country carried by one merchant swings with it), unless a merchant is too
-large for its limit of ``max_new_countries``: its cells may then hold ⌈mobile / limit⌉. Each
-merchant is offered a window of that many destinations; one whose window cannot hold its
-outlets gets a wider one (counted and reported). Arcs are built per merchant, pair and home:
-never a merchants × countries matrix.
+several merchants: a country carried by one merchant swings with it, and a very large merchant
+spread over many countries in proportion to their needs barely moves any country's share
+(resampling merchants, as the B+ bootstrap does, then shifts every country alike). Each
+merchant is offered a window of ``max_new_countries`` destinations; one whose window cannot
+hold its outlets under the caps — only the largest — gets a wider one (counted and reported).
+Arcs are built per merchant, pair and home: never a merchants × countries matrix.
 """
 
 from __future__ import annotations
@@ -90,14 +91,20 @@ class Mobile:
 
 @dataclass(frozen=True)
 class Widened:
-    """What a split had to give up: homes whose cell caps widened, merchants whose window of
-    new countries exceeds ``max_new_countries``."""
+    """What the placement had to give up: doublings of every cell cap (too few merchants to
+    meet the needs under them), homes whose split widened its caps further, merchants whose
+    new countries exceed ``max_new_countries``."""
 
+    cap_doublings: int = 0
     cap_homes: int = 0
     wide_merchants: int = 0
 
     def __add__(self, other: Widened) -> Widened:
-        return Widened(self.cap_homes + other.cap_homes, self.wide_merchants + other.wide_merchants)
+        return Widened(
+            self.cap_doublings + other.cap_doublings,
+            self.cap_homes + other.cap_homes,
+            self.wide_merchants + other.wide_merchants,
+        )
 
 
 @dataclass(frozen=True)
@@ -108,12 +115,6 @@ class Arrivals:
     country: NDArray[np.int64]
     n_sites: NDArray[np.int64]
     widened: Widened
-
-
-class Infeasible(Exception):
-    def __init__(self, countries: NDArray[np.int64]) -> None:
-        super().__init__("needs cannot be met")
-        self.countries = countries
 
 
 def _solve(
@@ -130,12 +131,13 @@ def _solve(
     return np.asarray(solver.flows(arcs), dtype=np.int64)
 
 
-def _cell_cap(need: NDArray[np.int64], mobile: NDArray[np.int64], policy: CountryAllocationRemass) -> NDArray:
+def _cell_cap(
+    need: NDArray[np.int64], mobile: NDArray[np.int64], policy: CountryAllocationRemass, widen: int = 0
+) -> NDArray:
     """Caps of cells (merchant rows × country columns, broadcast): ⌈max_merchant_share · need⌉,
-    or for a merchant too large for that within its limit of new countries, ⌈mobile / limit⌉."""
-    by_need = np.maximum(np.ceil(policy.max_merchant_share * need), 1).astype(np.int64)
-    by_merchant = -(-mobile // policy.max_new_countries)
-    return np.minimum(np.maximum(by_need[None, :], by_merchant[:, None]), mobile[:, None])
+    doubled ``widen`` times where the merchants at hand cannot meet the needs under it."""
+    by_need = np.maximum(np.ceil(policy.max_merchant_share * need), 1).astype(np.int64) << widen
+    return np.minimum(by_need[None, :], mobile[:, None])
 
 
 def _own_countries(
@@ -188,29 +190,30 @@ def _home_flows(
     distance_km: NDArray[np.float64],
     policy: CountryAllocationRemass,
     key,
-) -> NDArray[np.int64]:
+) -> tuple[NDArray[np.int64], int]:
     """(b): outlets per (group, country) by least km from the group's home, each arc capped
-    at what its merchants' cells can carry; a groups × countries matrix."""
+    at what its merchants' cells can carry; a groups × countries matrix, and how many times
+    the caps had to double for the needs to be met (uncapped, they always are)."""
     labels, hub_of = np.unique(group_of, return_inverse=True)
     hubs = np.zeros(len(labels), dtype=np.int64)
     hubs[hub_of] = home
     open_c = np.flatnonzero(need > 0)
-    capacity = np.zeros((len(hubs), len(open_c)), dtype=np.int64)
-    for h in range(len(hubs)):
-        capacity[h] = _cell_cap(need[open_c], count[hub_of == h], policy).sum(axis=0)
     tie = rng.hash64(key, labels[:, None].astype(np.uint64), open_c[None, :].astype(np.uint64)) % np.uint64(1000)
     cost = np.rint(distance_km[np.ix_(hubs, open_c)]).astype(np.int64) * 1000 + tie.astype(np.int64)
     n_h = len(hubs)
     supply = np.r_[np.bincount(hub_of, weights=count, minlength=n_h).astype(np.int64), -need[open_c]]
     tail = np.repeat(np.arange(n_h), len(open_c))
     head = n_h + np.tile(np.arange(len(open_c)), n_h)
-    x = _solve(tail, head, capacity.ravel(), cost.ravel(), supply)
-    if x is None:
-        short = open_c[capacity.sum(axis=0) < need[open_c]]
-        raise Infeasible(short)
-    out = np.zeros((n_h, len(need)), dtype=np.int64)
-    out[:, open_c] = x.reshape(n_h, len(open_c))
-    return out
+    for widen in range(64):
+        capacity = np.zeros((n_h, len(open_c)), dtype=np.int64)
+        for h in range(n_h):
+            capacity[h] = _cell_cap(need[open_c], count[hub_of == h], policy, widen).sum(axis=0)
+        x = _solve(tail, head, capacity.ravel(), cost.ravel(), supply)
+        if x is not None:
+            out = np.zeros((n_h, len(need)), dtype=np.int64)
+            out[:, open_c] = x.reshape(n_h, len(open_c))
+            return out, widen
+    raise InternalError(Code.E_INTERNAL, "uncapped, the mobile outlets always meet the needs")
 
 
 def _split(
@@ -221,6 +224,7 @@ def _split(
     distance_from_home: NDArray[np.float64],
     policy: CountryAllocationRemass,
     key: np.uint64,
+    widen: int,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], Widened]:
     """(c): one home's country flows (``flow``, its columns in order of distance from the
     home) over its merchants (rows with ``count`` outlets). Each merchant is offered a window
@@ -231,7 +235,7 @@ def _split(
     cols = np.flatnonzero(flow)
     cols = cols[np.argsort(distance_from_home[cols], kind="stable")]
     rows, n_cols = len(count), len(cols)
-    cap = _cell_cap(need[cols], count, policy)
+    cap = _cell_cap(need[cols], count, policy, widen)
     tie = rng.hash64(key, merchant_id[:, None], cols[None, :].astype(np.uint64)) % np.uint64(1 << 20)
     start = (rng.hash64(key, merchant_id, np.uint64(n_cols)) % np.uint64(max(n_cols, 1))).astype(np.int64)
     offset = (np.arange(n_cols)[None, :] - start[:, None]) % max(n_cols, 1)  # position in the merchant's window
@@ -247,7 +251,7 @@ def _split(
         if x is not None:
             sent = x > 0
             wide = int((np.bincount(r[sent], minlength=rows) > policy.max_new_countries).sum())
-            return r[sent], cols[c[sent]], x[sent], Widened(int(widened > 0), wide)
+            return r[sent], cols[c[sent]], x[sent], Widened(cap_homes=int(widened > 0), wide_merchants=wide)
         if (cap < count[:, None]).any():  # the caps meet jointly what no column alone shows: widen them
             cap = np.minimum(cap * 2, count[:, None])
         else:
@@ -273,13 +277,14 @@ def place_mobile(
     movers = np.flatnonzero(left > 0)
     if len(movers):
         group_of = _groups(mobile.home[movers], left[movers], need_left, policy)
-        by_group = _home_flows(group_of, mobile.home[movers], left[movers], need_left, distance_km, policy, key)
+        by_group, widen = _home_flows(group_of, mobile.home[movers], left[movers], need_left, distance_km, policy, key)
+        widened += Widened(cap_doublings=widen)
         _, hub_of = np.unique(group_of, return_inverse=True)
         for h in range(len(by_group)):
             rows = movers[hub_of == h]
             home = mobile.home[rows[0]]
             r, c, n, wide = _split(
-                mobile.merchant_id[rows], left[rows], by_group[h], need_left, distance_km[home], policy, key
+                mobile.merchant_id[rows], left[rows], by_group[h], need_left, distance_km[home], policy, key, widen
             )
             parts.append((rows[r], c, n))
             widened += wide

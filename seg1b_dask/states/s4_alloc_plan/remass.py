@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ... import metrics, rng
-from ...errors import Code, InternalError, Seg1BError
+from ...errors import Code, InternalError
 from ...metrics import EARTH_RADIUS_KM, unit_vectors
 from ...policies import CountryAllocationRemass
 from . import fidelity
@@ -108,7 +108,8 @@ def retain(
     """Outlets each pair keeps in its 1A country: an over-target country keeps exactly its
     target — home floors, then its home merchants water-filled, then the others — with no
     merchant above ``max_share`` of the target while the country's other merchants can fill
-    it (a country carried by a few merchants swings with them); others keep all."""
+    it (a country carried by a few merchants swings with them; past it, all merchants share
+    evenly); others keep all."""
     keep = pairs.n_sites.copy()
     totals = np.bincount(pairs.country, weights=pairs.n_sites, minlength=len(targets)).astype(np.int64)
     for c in np.flatnonzero(totals > targets).tolist():
@@ -121,13 +122,12 @@ def retain(
             raise InternalError(Code.E_INTERNAL, f"country index {c}: target below its home floor")
         ceiling = max(home_min, int(np.ceil(max_share * int(targets[c]))))
         kept = floor.copy()
-        for cap in (ceiling, None):  # within the ceiling first; past it only if the country needs it
-            for group in (home, ~home):
-                room = pairs.n_sites[rows] - kept if cap is None else np.minimum(pairs.n_sites[rows], cap) - kept
-                room = np.where(group, np.maximum(room, 0), 0)
-                add = water_fill(budget, room, tie)
-                kept += add
-                budget -= int(add.sum())
+        for group in (home, ~home):  # within the ceiling: home merchants first
+            room = np.where(group, np.maximum(np.minimum(pairs.n_sites[rows], ceiling) - kept, 0), 0)
+            add = water_fill(budget, room, tie)
+            kept += add
+            budget -= int(add.sum())
+        kept += water_fill(budget, pairs.n_sites[rows] - kept, tie)  # past it, evenly, only if needed
         keep[rows] = kept
     return keep
 
@@ -144,7 +144,6 @@ def remass(
     distance_km: NDArray[np.float64],
     policy: CountryAllocationRemass,
     seed: int,
-    iso2: NDArray[np.str_],
 ) -> Allocation:
     """Re-mass 1A's pairs onto ``targets`` (per country index; sums to the 1A total)."""
     n_countries = len(targets)
@@ -159,17 +158,9 @@ def remass(
     need = np.maximum(targets - a_count, 0)
     home_of = np.zeros(len(merchants), dtype=np.int64)
     home_of[m_index] = pairs.home
-    try:
-        arrivals = flows.place_mobile(
-            flows.Mobile(m_index, pairs.country, merchants, home_of, mobile), need, distance_km, policy, key
-        )
-    except flows.Infeasible as exc:
-        names = ", ".join(iso2[exc.countries[:10]].tolist()) or "(cell caps too tight for the mobile outlets)"
-        raise Seg1BError(
-            Code.E_REMASS_INFEASIBLE,
-            f"targets cannot be met from the mobile outlets; countries short of supply: {names}",
-            key="country_allocation.max_merchant_share",
-        ) from None
+    arrivals = flows.place_mobile(
+        flows.Mobile(m_index, pairs.country, merchants, home_of, mobile), need, distance_km, policy, key
+    )
     dest_m, dest_c, dest_n = arrivals.merchant, arrivals.country, arrivals.n_sites
     # Final pairs: kept counts plus arrivals, per (merchant, country).
     mc = np.r_[m_index * n_countries + pairs.country, dest_m * n_countries + dest_c]
@@ -185,6 +176,7 @@ def remass(
         "relocated_share": round(int((pairs.n_sites - keep).sum()) / total, 6),
         "countries_over_target": int((a_count > targets).sum()),
         "countries_under_target": int((need > 0).sum()),
+        "cell_cap_doublings": arrivals.widened.cap_doublings,
         "homes_with_widened_caps": arrivals.widened.cap_homes,
         "merchants_over_new_country_limit": arrivals.widened.wide_merchants,
         **footprint(pairs.merchant, pairs.country, pairs.n_sites, pairs.home, "1a", max_1a),
