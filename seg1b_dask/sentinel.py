@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
 
 from . import refdata
@@ -105,15 +104,16 @@ class CountryReference:
         row_p, col_p = np.bincount(rows, weights=w), np.bincount(cols, weights=w)
         lon, lat = -180.0 + (cols + 0.5) * d, grid.row_centre_lat(rows)
         lam = np.radians(lon)
-        centre_lon = math.degrees(math.atan2(float(w @ np.sin(lam)), float(w @ np.cos(lam))))
-        centre_lat = float(w @ lat)
+        # numpy's own pairwise sums, never a BLAS dot: the same bits on any worker and thread count
+        centre_lon = math.degrees(math.atan2(float(np.sum(w * np.sin(lam))), float(np.sum(w * np.cos(lam)))))
+        centre_lat = float(np.sum(w * lat))
         x, y = local_km(lon, lat, centre_lon, centre_lat)
-        x, y = x - w @ x, y - w @ y
+        x, y = x - np.sum(w * x), y - np.sum(w * y)
         # Cell centres by weight, plus the spread of a uniform draw inside a cell.
         cell_km = math.radians(d) * EARTH_RADIUS_KM
-        xx = float(w @ x**2) + (cell_km * math.cos(math.radians(centre_lat))) ** 2 / 12.0
-        yy = float(w @ y**2) + cell_km**2 / 12.0
-        xy = float(w @ (x * y))
+        xx = float(np.sum(w * x**2)) + (cell_km * math.cos(math.radians(centre_lat))) ** 2 / 12.0
+        yy = float(np.sum(w * y**2)) + cell_km**2 / 12.0
+        xy = float(np.sum(w * x * y))
         return cls(d, row_p[row_p > 0], col_p[col_p > 0], centre_lon, centre_lat, np.array([[xx, xy], [xy, yy]]))
 
 
@@ -122,6 +122,26 @@ def grid_reference(tile_grid: Path, tile_weights: Path, grid: Grid, iso2: str) -
     tiles, weight = TILE_GRID.country_cells(tile_grid, tile_weights, refdata.countries().country_id(iso2))
     rows, cols = np.divmod(tiles, grid.ncols)
     return CountryReference.from_cells(grid, rows, cols, weight.astype(np.float64))
+
+
+def covariance(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The sample covariance of positions, by numpy's pairwise sums (no BLAS: reproducible bits)."""
+    n = len(x)
+    x, y = x - np.sum(x) / n, y - np.sum(y) / n
+    xx, yy, xy = (float(np.sum(a * b)) / max(n - 1, 1) for a, b in ((x, x), (y, y), (x, y)))
+    return np.array([[xx, xy], [xy, yy]])
+
+
+def relative_anisotropy(sites: NDArray[np.float64], reference: NDArray[np.float64]) -> float:
+    """sqrt(λmax / λmin) of reference⁻¹ · sites (2 × 2, reference positive definite), in
+    closed form: λ are the roots of det(sites − λ reference) = 0."""
+    (a, b), (_, c) = sites
+    (p, q), (_, r) = reference
+    det_r, det_s = p * r - q * q, a * c - b * b
+    trace = a * r + c * p - 2.0 * b * q
+    root = math.sqrt(max(trace * trace - 4.0 * det_r * det_s, 0.0))
+    high, low = (trace + root) / (2.0 * det_r), (trace - root) / (2.0 * det_r)
+    return math.sqrt(high / low) if low > 0 else float("inf")
 
 
 def measure(lon: NDArray[np.float64], lat: NDArray[np.float64], ref: CountryReference) -> dict[str, float]:
@@ -139,9 +159,9 @@ def measure(lon: NDArray[np.float64], lat: NDArray[np.float64], ref: CountryRefe
         figures[f"distinct_{axis}"] = observed
         figures[f"expected_distinct_{axis}"] = expected
         figures[f"distinct_{axis}_share"] = observed / expected
-    sites = np.cov(np.vstack(local_km(lon, lat, ref.centre_lon, ref.centre_lat)))
-    low, high = scipy.linalg.eigh(sites, ref.covariance, eigvals_only=True)
-    figures["relative_anisotropy"] = float(np.sqrt(high / low)) if low > 0 else float("inf")
+    figures["relative_anisotropy"] = relative_anisotropy(
+        covariance(*local_km(lon, lat, ref.centre_lon, ref.centre_lat)), ref.covariance
+    )
     figures["flagged"] = bool(
         figures["relative_anisotropy"] > MAX_RELATIVE_ANISOTROPY
         or min(figures["distinct_rows_share"], figures["distinct_cols_share"]) < MIN_DISTINCT_SHARE

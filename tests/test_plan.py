@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from seg1b_dask import checkpoints, closure, plan
@@ -30,14 +29,10 @@ pytestmark = pytest.mark.e2e
 
 
 def _phase_bundles(folder: Path) -> dict[str, Path]:
-    """P1 = baseline + a weak S2 mass vector, P2 = + the B-level S4 of remediation_b (its
-    country limits pass B, not B+), P3 = + the remediation S6, P4 = + the B target (the
-    plan's P4: B, with B+ as its attempt): each changes one more file."""
+    """P1 = baseline + the remediation S2 (its mass vector passes B+), P2 = + the B-level S4
+    of remediation_b (its country limits pass B, not B+), P3 = + the remediation S6, P4 = +
+    the B target (the plan's P4: B, with B+ as its attempt): each changes one more file."""
     shutil.copy(BUNDLES / "gates.yaml", folder / "gates.yaml")  # the plan keeps the baseline's gates
-    s2 = yaml.safe_load((BUNDLES / "remediation" / "s2_tile_weights.yaml").read_text())
-    mass = s2["tile_weights"]["country_mass"]
-    mass.update(population_exponent=0.9, country_cap_share_hard=0.09, country_cap_share_soft=0.09)
-    mass["topk_cap_share"] = {"top1": 0.095, "top5": 0.30, "top10": 0.45}
     bundles, previous = {}, BUNDLES / "baseline"
     for phase, files in {
         "P1": [],
@@ -48,7 +43,7 @@ def _phase_bundles(folder: Path) -> dict[str, Path]:
         target = folder / phase
         shutil.copytree(previous, target)
         if phase == "P1":
-            (target / "s2_tile_weights.yaml").write_text(yaml.safe_dump(s2, sort_keys=False))
+            shutil.copy(BUNDLES / "remediation" / "s2_tile_weights.yaml", target / "s2_tile_weights.yaml")
         for name in files:
             shutil.copy(BUNDLES / ("remediation_b" if phase == "P2" else "remediation") / name, target / name)
         if phase == "P4":
@@ -129,7 +124,7 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     _refused("E_PHASE_LOCKED", closure.lock, root, "P1", p1.run_dir, ex)
 
     # A run changing the locked S2 is refused.
-    _refused("E_PHASE_LOCKED", fast_lane, root, 42, BUNDLES / "remediation", None, ex)
+    _refused("E_PHASE_LOCKED", fast_lane, root, 42, BUNDLES / "baseline", None, ex)  # its S2 is the legacy one
 
     # P2 and P3, one file each; P3 closed from the command line.
     p2, _ = fast_lane(root, 42, bundles["P2"], None, ex)

@@ -50,16 +50,17 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     volume = tmp_path / "runs"  # plays the image's /runs
     volume.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the wheel, never a source tree
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     where = subprocess.run(
         [str(python), "-c", "import seg1b_dask; print(seg1b_dask.__file__)"],
         cwd=volume,
+        env=env,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     assert str(venv) in where, where  # the wheel's copy, not the source tree
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     argv = [a.replace("/runs", str(volume), 1) if a.startswith("/runs") else a for a in image.default_argv]
     assert argv[0] == "seg1b" and shutil.which("seg1b", path=env["PATH"]) == str(venv / "bin" / "seg1b")
     done = subprocess.run(argv, cwd=volume, env=env, capture_output=True, text=True)
