@@ -44,17 +44,17 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from seg1b_dask import metrics
-from seg1b_dask.datasets import SITE_LOCATIONS, TILE_GRID
-from seg1b_dask.execution import Execution
-from seg1b_dask.grid import Grid
-from seg1b_dask.lanes import certify
-from seg1b_dask.nearest import nearest_neighbour_km_chunked
-from seg1b_dask.policies import load_bundle
-from seg1b_dask.refdata import refdata_version
-from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, Chain, run_seed
-from seg1b_dask.runroot import RunRoot
-from seg1b_dask.scorer import pin_baseline_run, score_run
+from seg1b_dask.chain.runner import BASELINE_POLICIES, DEFAULT_POLICIES, Chain, run_seed
+from seg1b_dask.core import metrics
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.execution import Execution
+from seg1b_dask.io.datasets import SITE_LOCATIONS, TILE_GRID
+from seg1b_dask.io.refdata import refdata_version
+from seg1b_dask.io.runroot import RunRoot
+from seg1b_dask.lanes.certify import certify
+from seg1b_dask.lanes.score import pin_baseline_run, score_run
+from seg1b_dask.model.nearest import nearest_neighbour_km_chunked
+from seg1b_dask.policies.models import load_bundle
 
 
 class RssSampler:
@@ -175,7 +175,7 @@ def bench_grid30(work: Path, execution: Execution, large_sites: int | None) -> d
     """The 30″ world grid (21,600 x 43,200 cells), both bundles: S1+S2 cold, then the full
     chain at 31 k sites with S1/S2 warm (the remediation graded against the 30″ baseline's
     NN ratio), then — with ``large_sites`` — the remediation's full chain on a scaled 1A."""
-    from seg1b_dask.upstream import write_bundle
+    from seg1b_dask.io.upstream import write_bundle
 
     out: dict = {"cells": 21600 * 43200}
     ratio = None
@@ -288,8 +288,8 @@ def bench_certify(work: Path, repeat: int) -> dict:
 
 
 def bench_scorer(work: Path) -> dict:
-    from seg1b_dask.scoring import compute_scorecard, load_sites
-    from seg1b_dask.sentinel import grid_reference
+    from seg1b_dask.grading.scoring import compute_scorecard, load_sites
+    from seg1b_dask.model.sentinel import grid_reference
 
     root = work / "scorer"
     result = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, execution=Execution(), baseline_nn_ratio=10.0)
@@ -304,7 +304,7 @@ def bench_scorer(work: Path) -> dict:
             frame = sites
         else:  # 1 M sites around the real ones (same countries, 2 km scatter)
             pick = g.integers(0, len(sites.lon), n)
-            from seg1b_dask.scoring import SiteFrame
+            from seg1b_dask.grading.scoring import SiteFrame
 
             frame = SiteFrame(
                 sites.merchant_id[pick],
@@ -344,8 +344,8 @@ def replicated_bundle(seed: int, copies: int, out: Path) -> Path:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from seg1b_dask.hashing import seal_bundle
-    from seg1b_dask.upstream import CANDIDATES, CATALOGUE, write_bundle
+    from seg1b_dask.io.hashing import seal_bundle
+    from seg1b_dask.io.upstream import CANDIDATES, CATALOGUE, write_bundle
 
     source = out.parent / f"{out.name}-source"
     write_bundle(seed, source)
@@ -421,7 +421,7 @@ def bench_scale(work: Path, sizes: tuple[int, ...], scheduler: str, workers: int
     """The scaling curve: ``seg1b run`` (remediation bundle, 5′ grid) on scaled 1A stand-ins
     (``seg1b upstream synth --scale N``), each size in a fresh run root, so every command pins
     the seed's baseline first (its seconds are reported apart) and then runs the candidate."""
-    from seg1b_dask.upstream import write_bundle
+    from seg1b_dask.io.upstream import write_bundle
 
     points = []
     for n in sizes:
@@ -492,8 +492,8 @@ def bench_strong_scaling(work: Path, n: int) -> dict:
     """One seed of ``n`` sites on a local cluster of 1 worker, then 2 (remediation, warm
     S1/S2 and a pinned baseline, so only the candidate's chain is timed): speed-up and the
     bytes are the same."""
-    from seg1b_dask.lineage import read_manifest
-    from seg1b_dask.upstream import write_bundle
+    from seg1b_dask.io.lineage import read_manifest
+    from seg1b_dask.io.upstream import write_bundle
 
     upstream = work / f"upstream-strong-{n}"
     write_bundle(42, upstream, scale=n)
@@ -570,7 +570,7 @@ def bench_report(work: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from seg1b_dask import report
+    from seg1b_dask.report import pages as report
 
     root = work / "report"
     ratio = float(pin_baseline_run(root, 42, Execution())["nn_ratio"])

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from seg1b_dask.execution import Execution
-from seg1b_dask.runner import BUNDLES
-from seg1b_dask.upstream import write_bundle
+from seg1b_dask.chain.runner import BUNDLES
+from seg1b_dask.engine.execution import Execution
+from seg1b_dask.io.upstream import write_bundle
 
 MakeBundle = Callable[..., Path]
 

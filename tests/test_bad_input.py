@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import MakeBundle
 
+from seg1b_dask.chain.runner import run_seed
 from seg1b_dask.cli import main
 from seg1b_dask.errors import Seg1BError
-from seg1b_dask.hashing import FLAG_NAME, seal_bundle
-from seg1b_dask.policies import load_bundle
-from seg1b_dask.runner import run_seed
-from seg1b_dask.upstream import CATALOGUE
+from seg1b_dask.io.hashing import FLAG_NAME, seal_bundle
+from seg1b_dask.io.upstream import CATALOGUE
+from seg1b_dask.policies.models import load_bundle
 
 
 def _rewrite_catalogue(bundle: Path, edit) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seg1b_dask import calibration
-from seg1b_dask.calibration_lane import STUDY, batch_seed, calibrate
+from seg1b_dask.chain.runner import DEFAULT_POLICIES
 from seg1b_dask.errors import InputError
-from seg1b_dask.policies import CountryAllocationRemass, load_bundle
-from seg1b_dask.refdata import refdata_version
-from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.io.refdata import refdata_version
+from seg1b_dask.lanes import search as calibration
+from seg1b_dask.lanes.calibrate import STUDY, batch_seed, calibrate
+from seg1b_dask.policies.models import CountryAllocationRemass, load_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from seg1b_dask.lanes import certify
-from seg1b_dask.lineage import read_manifest
-from seg1b_dask.runner import BASELINE_POLICIES
+from seg1b_dask.chain.runner import BASELINE_POLICIES
+from seg1b_dask.io.lineage import read_manifest
+from seg1b_dask.lanes.certify import certify
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 SEEDS = [42, 7]

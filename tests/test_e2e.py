@@ -10,17 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seg1b_dask import sentinel, upstream
-from seg1b_dask.datasets import ALLOC_PLAN, SITE_LINEAGE, SITE_LOCATIONS, TILE_GRID
-from seg1b_dask.execution import Execution
-from seg1b_dask.grid import Grid
-from seg1b_dask.hashing import verify_bundle
-from seg1b_dask.lineage import read_manifest
-from seg1b_dask.policies import load_bundle
-from seg1b_dask.refdata import refdata_version
-from seg1b_dask.registry import first_dirty_state, rerun_matrix
-from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
-from seg1b_dask.scoring import compute_scorecard, load_sites
+from seg1b_dask.chain.registry import first_dirty_state, rerun_matrix
+from seg1b_dask.chain.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.execution import Execution
+from seg1b_dask.grading.scoring import compute_scorecard, load_sites
+from seg1b_dask.io import upstream
+from seg1b_dask.io.datasets import ALLOC_PLAN, SITE_LINEAGE, SITE_LOCATIONS, TILE_GRID
+from seg1b_dask.io.hashing import verify_bundle
+from seg1b_dask.io.lineage import read_manifest
+from seg1b_dask.io.refdata import refdata_version
+from seg1b_dask.model import sentinel
+from seg1b_dask.policies.models import load_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -110,8 +111,8 @@ def test_a_failing_target_grade_is_not_sealed_and_grades_red(remediation: RunRes
     """Fail-closed: against a baseline ratio the remediation cannot beat, S9 (the only state
     whose cache key moves) records the breach and writes no flag; the scorer reports S9's
     record and grades RED on that gate. The ratio is a sealed input: a new fingerprint, no conflict."""
-    from seg1b_dask.hashing import FLAG_NAME
-    from seg1b_dask.scorer import score_run
+    from seg1b_dask.io.hashing import FLAG_NAME
+    from seg1b_dask.lanes.score import score_run
 
     root = remediation.run_dir.parent.parent
     failing = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, baseline_nn_ratio=1.0)

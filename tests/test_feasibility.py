@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from seg1b_dask import feasibility, grading, metrics
+from seg1b_dask.chain.runner import BASELINE_POLICIES, DEFAULT_POLICIES
 from seg1b_dask.cli import main
-from seg1b_dask.execution import Execution
-from seg1b_dask.lanes import fast_lane, feasibility_of
-from seg1b_dask.mass import CountryVector
-from seg1b_dask.policies import load_bundle
-from seg1b_dask.refdata import REGIONS, refdata_version
-from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES
+from seg1b_dask.core import metrics
+from seg1b_dask.engine.execution import Execution
+from seg1b_dask.grading import gates as grading
+from seg1b_dask.io.refdata import REGIONS, refdata_version
+from seg1b_dask.lanes import feasibility
+from seg1b_dask.lanes.certify import fast_lane, feasibility_of
+from seg1b_dask.model.mass import CountryVector
+from seg1b_dask.policies.models import load_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -57,8 +59,8 @@ def test_baseline_is_not_reachable_without_relocation(root: Path) -> None:
 
 
 def _inputs(root: Path) -> feasibility.CountryInputs:
-    from seg1b_dask.datasets import COUNTRY_MASS
-    from seg1b_dask.upstream import CATALOGUE
+    from seg1b_dask.io.datasets import COUNTRY_MASS
+    from seg1b_dask.io.upstream import CATALOGUE
 
     baseline = load_bundle(BASELINE_POLICIES, refdata_version()).parameter_hash
     (table,) = (root / "data" / "country_mass" / f"parameter_hash={baseline}").iterdir()

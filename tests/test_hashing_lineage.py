@@ -7,11 +7,11 @@ import yaml
 from conftest import MakeBundle
 
 from seg1b_dask.errors import Seg1BError
-from seg1b_dask.hashing import FLAG_NAME, seal_bundle, verify_bundle
-from seg1b_dask.lineage import Tokens, check_tokens, republish, safe_join
-from seg1b_dask.policies import bundle_from_canonical, load_bundle
-from seg1b_dask.refdata import REGIONS, refdata_version
-from seg1b_dask.runroot import RunRoot
+from seg1b_dask.io.hashing import FLAG_NAME, seal_bundle, verify_bundle
+from seg1b_dask.io.lineage import Tokens, check_tokens, republish, safe_join
+from seg1b_dask.io.refdata import REGIONS, refdata_version
+from seg1b_dask.io.runroot import RunRoot
+from seg1b_dask.policies.models import bundle_from_canonical, load_bundle
 
 
 def _bundle(root: Path) -> Path:

@@ -14,18 +14,19 @@ import pytest
 from click.testing import CliRunner
 from conftest import MakeBundle
 
-from seg1b_dask import discipline, grading
+from seg1b_dask.chain.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
 from seg1b_dask.cli import main
+from seg1b_dask.engine.execution import Execution
 from seg1b_dask.errors import Seg1BError
-from seg1b_dask.execution import Execution
-from seg1b_dask.hashing import FLAG_NAME, read_flag, seal_bundle
-from seg1b_dask.lanes import certify, fast_lane
-from seg1b_dask.policies import load_bundle
-from seg1b_dask.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
-from seg1b_dask.runroot import RunRoot
-from seg1b_dask.scorer import pin_baseline_run, score_run
+from seg1b_dask.grading import gates as grading
+from seg1b_dask.io import discipline
+from seg1b_dask.io.hashing import FLAG_NAME, read_flag, seal_bundle
+from seg1b_dask.io.runroot import RunRoot
+from seg1b_dask.io.upstream import write_bundle
+from seg1b_dask.lanes.certify import certify, fast_lane
+from seg1b_dask.lanes.score import pin_baseline_run, score_run
+from seg1b_dask.policies.models import load_bundle
 from seg1b_dask.states import s9_validation
-from seg1b_dask.upstream import write_bundle
 
 pytestmark = pytest.mark.e2e
 

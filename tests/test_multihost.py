@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 from deploy_files import Service, compose, dockerfile
 
-from seg1b_dask.lanes import certify, pack_content_sha256
-from seg1b_dask.policies import load_bundle
-from seg1b_dask.refdata import refdata_version
-from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.chain.runner import DEFAULT_POLICIES
+from seg1b_dask.io.refdata import refdata_version
+from seg1b_dask.io.packs import pack_content_sha256
+from seg1b_dask.lanes.certify import certify
+from seg1b_dask.policies.models import load_bundle
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 TAG = f"{os.getpid() % 10_000}"

@@ -15,15 +15,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from seg1b_dask import checkpoints, closure, plan
+from seg1b_dask.chain.runner import BUNDLES
 from seg1b_dask.cli import main
+from seg1b_dask.engine.execution import Execution
 from seg1b_dask.errors import Seg1BError
-from seg1b_dask.execution import Execution
-from seg1b_dask.hashing import read_flag
-from seg1b_dask.lanes import certify, fast_lane
-from seg1b_dask.runner import BUNDLES
-from seg1b_dask.runroot import RunRoot
-from seg1b_dask.scorer import pin_baseline_run
+from seg1b_dask.grading import checkpoints
+from seg1b_dask.io.hashing import read_flag
+from seg1b_dask.io.runroot import RunRoot
+from seg1b_dask.lanes.certify import certify, fast_lane
+from seg1b_dask.lanes.score import pin_baseline_run
+from seg1b_dask.plan import closure
+from seg1b_dask.plan import dod as plan
 
 pytestmark = pytest.mark.e2e
 

@@ -21,16 +21,21 @@ import xarray as xr
 from click.testing import CliRunner
 from conftest import MakeBundle
 
-from seg1b_dask import __version__, discipline, lanes, registry, scorer, scoring
+from seg1b_dask import __version__
+from seg1b_dask.chain import registry
+from seg1b_dask.chain.runner import BASELINE_POLICIES, RunResult, run_seed
 from seg1b_dask.cli import main
-from seg1b_dask.datasets import SITE_JITTER, TILE_GRID, TILE_WEIGHTS
+from seg1b_dask.engine.execution import Execution
 from seg1b_dask.errors import Code, EnvironmentFault, InputError, InternalError, Seg1BError
-from seg1b_dask.execution import Execution
-from seg1b_dask.hashing import FLAG_NAME, read_flag, seal_bundle
-from seg1b_dask.lineage import read_manifest
-from seg1b_dask.runner import BASELINE_POLICIES, RunResult, run_seed
-from seg1b_dask.runroot import RunRoot
-from seg1b_dask.upstream import CATALOGUE
+from seg1b_dask.grading import scoring
+from seg1b_dask.io import discipline
+from seg1b_dask.io.datasets import SITE_JITTER, TILE_GRID, TILE_WEIGHTS
+from seg1b_dask.io.hashing import FLAG_NAME, read_flag, seal_bundle
+from seg1b_dask.io.lineage import read_manifest
+from seg1b_dask.io.runroot import RunRoot
+from seg1b_dask.io.upstream import CATALOGUE
+from seg1b_dask.lanes import certify as lanes
+from seg1b_dask.lanes import score as scorer
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +114,7 @@ def test_registry_is_the_single_source(tmp_path: Path) -> None:
     s9 = {p.name for p in registry.code_files(registry.BY_ID["S9"].module)}
     assert "scoring.py" in s9 and "scoring.py" not in s1 and "cli.py" not in s9
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert registry.state_table() in readme, "README's state table is generated: python -m seg1b_dask.registry"
+    assert registry.state_table() in readme, "README's state table is generated: python -m seg1b_dask.chain.registry"
 
 
 def test_error_families_and_exit_codes() -> None:
@@ -347,7 +352,7 @@ def test_disk_full_leaves_nothing_half_written(tmp_path: Path, bundle42: Path) -
 
 
 def test_summary_notes_are_cut_at_a_whole_item() -> None:
-    from seg1b_dask.summaries import clip
+    from seg1b_dask.cli.summaries import clip
 
     text = "plan_rows=21828, relocated_share=0.653486, countries_over_target=17, tiles_used=4215"
     cut = clip(text, 70)
@@ -359,7 +364,7 @@ def test_an_edit_elsewhere_reuses_every_state_but_the_sealing_one(root: Path, mo
     """A new package digest (an edit to, say, the CLI) is a new manifest_fingerprint: S1–S8
     are reused under it, S9 (whose sealed index carries the fingerprint) recomputes, and
     the run scores cleanly."""
-    from seg1b_dask import runner
+    from seg1b_dask.chain import runner
 
     monkeypatch.setattr(runner, "code_digest", lambda: "0" * 64)
     result, scored = lanes.fast_lane(root, 42, BASELINE_POLICIES, None, Execution())

@@ -9,12 +9,12 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seg1b_dask import rng
+from seg1b_dask.chain.runner import DEFAULT_POLICIES
+from seg1b_dask.core import rng
+from seg1b_dask.core.grid import Grid
 from seg1b_dask.errors import Seg1BError
-from seg1b_dask.grid import Grid
-from seg1b_dask.mass import govern, whole_counts
-from seg1b_dask.policies import CountryAllocationRemass, S2BlendV2, load_bundle
-from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.model.mass import govern, whole_counts
+from seg1b_dask.policies.models import CountryAllocationRemass, S2BlendV2, load_bundle
 from seg1b_dask.states.s4_alloc_plan import remass, tiles
 from seg1b_dask.states.s6_jitter import place_sites
 
@@ -263,8 +263,8 @@ def test_caps_too_tight_for_the_merchants_at_hand_widen_and_say_so() -> None:
 
 
 def test_triage_names_the_settings_of_the_bundle_that_failed() -> None:
-    from seg1b_dask import grading
-    from seg1b_dask.runner import BASELINE_POLICIES
+    from seg1b_dask.chain.runner import BASELINE_POLICIES
+    from seg1b_dask.grading import gates as grading
 
     legacy = grading.triage_hints(load_bundle(BASELINE_POLICIES, "v"))
     governed = grading.triage_hints(BUNDLE)

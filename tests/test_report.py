@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from seg1b_dask.execution import Execution
-from seg1b_dask.lanes import certify, fast_lane
-from seg1b_dask.report import PACK_SECTIONS, RUN_SECTIONS, report
-from seg1b_dask.runner import DEFAULT_POLICIES
+from seg1b_dask.chain.runner import DEFAULT_POLICIES
+from seg1b_dask.engine.execution import Execution
+from seg1b_dask.lanes.certify import certify, fast_lane
+from seg1b_dask.report.pages import PACK_SECTIONS, RUN_SECTIONS, report
 
 pytestmark = pytest.mark.e2e
 

@@ -11,12 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse
 
-from seg1b_dask import grading, upstream
-from seg1b_dask.hashing import verify_bundle
-from seg1b_dask.policies import CountryAllocationRemass, TileAllocation, load_bundle
-from seg1b_dask.refdata import refdata_version
-from seg1b_dask.registry import STATES
-from seg1b_dask.runner import DEFAULT_POLICIES, cache_keys
+from seg1b_dask.chain.registry import STATES
+from seg1b_dask.chain.runner import DEFAULT_POLICIES, cache_keys
+from seg1b_dask.grading import gates as grading
+from seg1b_dask.io import upstream
+from seg1b_dask.io.hashing import verify_bundle
+from seg1b_dask.io.refdata import refdata_version
+from seg1b_dask.policies.models import CountryAllocationRemass, TileAllocation, load_bundle
 from seg1b_dask.states.s4_alloc_plan import moves, tiles
 from seg1b_dask.states.s6_jitter import _Accepted, _distinct
 

@@ -12,12 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seg1b_dask import closure, discipline, grading, metrics
+from seg1b_dask.chain.runner import BASELINE_POLICIES
+from seg1b_dask.core import metrics
 from seg1b_dask.errors import Seg1BError
-from seg1b_dask.nearest import nearest_neighbour_km_chunked
-from seg1b_dask.policies import load_bundle
-from seg1b_dask.runner import BASELINE_POLICIES
-from seg1b_dask.runroot import RunRoot
+from seg1b_dask.grading import gates as grading
+from seg1b_dask.io import discipline
+from seg1b_dask.io.runroot import RunRoot
+from seg1b_dask.model.nearest import nearest_neighbour_km_chunked
+from seg1b_dask.plan import closure
+from seg1b_dask.policies.models import load_bundle
 
 
 def _exact(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:

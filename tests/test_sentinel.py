@@ -17,11 +17,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from seg1b_dask import refdata
-from seg1b_dask.grid import Grid
-from seg1b_dask.metrics import EARTH_RADIUS_KM
-from seg1b_dask.refdata import EdgeTable
-from seg1b_dask.sentinel import (
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.core.metrics import EARTH_RADIUS_KM
+from seg1b_dask.io import refdata
+from seg1b_dask.io.refdata import EdgeTable
+from seg1b_dask.model.sentinel import (
     MAX_RELATIVE_ANISOTROPY,
     MIN_DISTINCT_SHARE,
     CountryReference,

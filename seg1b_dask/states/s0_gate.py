@@ -10,12 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import __version__, refdata
-from ..context import GateResult, StateContext
-from ..datasets import GATE_RECEIPT
-from ..errors import Code, Seg1BError
-from ..hashing import canonical_json, sha256_file, sha256_hex, verify_bundle
-from ..upstream import CATALOGUE
+from seg1b_dask import __version__
+from seg1b_dask.engine.context import GateResult, StateContext
+from seg1b_dask.errors import Code, Seg1BError
+from seg1b_dask.io import refdata
+from seg1b_dask.io.datasets import GATE_RECEIPT
+from seg1b_dask.io.hashing import canonical_json, sha256_file, sha256_hex, verify_bundle
+from seg1b_dask.io.upstream import CATALOGUE
 
 REQUIRED = {
     "merchant_id": pa.uint64(),

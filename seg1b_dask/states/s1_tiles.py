@@ -16,13 +16,13 @@ import pyarrow as pa
 import shapely
 from numpy.typing import NDArray
 
-from .. import refdata
-from ..context import StateContext
-from ..datasets import TILE_GRID
-from ..errors import Code, Seg1BError
-from ..execution import compute
-from ..grid import Grid
-from ..refdata import EdgeTable
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.engine.execution import compute
+from seg1b_dask.errors import Code, Seg1BError
+from seg1b_dask.io import refdata
+from seg1b_dask.io.datasets import TILE_GRID
+from seg1b_dask.io.refdata import EdgeTable
 
 
 def rasterize_band(edges: EdgeTable, grid: Grid, row0: int, row1: int) -> NDArray[np.int16]:

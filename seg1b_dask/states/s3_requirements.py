@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..context import StateContext
-from ..datasets import S3_REQUIREMENTS, TILE_GRID
-from ..errors import Code, Seg1BError
-from ..upstream import CATALOGUE
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.errors import Code, Seg1BError
+from seg1b_dask.io.datasets import S3_REQUIREMENTS, TILE_GRID
+from seg1b_dask.io.upstream import CATALOGUE
 
 
 def requirements(catalogue: pa.Table, denylist: frozenset[str], eligible: frozenset[str], path: Path) -> pa.Table:

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from .. import rng
-from ..context import StateContext
-from ..datasets import ALLOC_PLAN, COUNTRY_PAIRS, SITE_TILE_ASSIGNMENT
-from ..execution import compute
+from seg1b_dask.core import rng
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.engine.execution import compute
+from seg1b_dask.io.datasets import ALLOC_PLAN, COUNTRY_PAIRS, SITE_TILE_ASSIGNMENT
 
 
 def assign_sites(

@@ -10,12 +10,12 @@ import dask
 import numpy as np
 import pyarrow as pa
 
-from ..containment import inside_country, inside_tile
-from ..context import StateContext
-from ..datasets import SITE_JITTER, SITE_SYNTHESIS, SITE_TILE_ASSIGNMENT
-from ..errors import Code, InternalError, Seg1BError
-from ..execution import compute
-from ..grid import Grid
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.engine.execution import compute
+from seg1b_dask.errors import Code, InternalError, Seg1BError
+from seg1b_dask.io.datasets import SITE_JITTER, SITE_SYNTHESIS, SITE_TILE_ASSIGNMENT
+from seg1b_dask.model.containment import inside_country, inside_tile
 
 
 def _batch_task(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import dask
 
-from ..context import StateContext
-from ..datasets import SITE_LOCATIONS, SITE_SYNTHESIS
-from ..execution import compute
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.engine.execution import compute
+from seg1b_dask.io.datasets import SITE_LOCATIONS, SITE_SYNTHESIS
 
 
 def _batch_task(synthesis: Path, egress: Path, countries: list[str], rows_per_part: int) -> tuple[int, int]:

@@ -17,16 +17,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import grading, metrics, refdata, rng, scoring, sentinel
-from ..containment import inside_country
-from ..context import StateContext
-from ..datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
-from ..execution import compute
-from ..grid import Grid
-from ..hashing import seal_bundle
-from ..lineage import check_tokens, read_manifest, replaced, write_json
-from ..nearest import ParquetBands, nearest_neighbour_km_bands
-from ..policies import GatesPolicy
+from seg1b_dask.core import metrics, rng
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.engine.execution import compute
+from seg1b_dask.grading import gates as grading
+from seg1b_dask.grading import scoring
+from seg1b_dask.io import refdata
+from seg1b_dask.io.datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
+from seg1b_dask.io.hashing import seal_bundle
+from seg1b_dask.io.lineage import check_tokens, read_manifest, replaced, write_json
+from seg1b_dask.model import sentinel
+from seg1b_dask.model.containment import inside_country
+from seg1b_dask.model.nearest import ParquetBands, nearest_neighbour_km_bands
+from seg1b_dask.policies.models import GatesPolicy
 
 SITES_PER_BUCKET = 1 << 20  # coordinates per duplicate-check bucket
 

@@ -16,15 +16,15 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from ... import mass as country_mass
-from ... import metrics
-from ...context import StateContext
-from ...datasets import COUNTRY_MASS, TILE_GRID, TILE_WEIGHTS
-from ...errors import Code, InternalError
-from ...execution import compute
-from ...grid import Grid
-from ...policies import S2BlendV2, S2Legacy
-from . import blend_v2, legacy
+from seg1b_dask.core import metrics
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.engine.execution import compute
+from seg1b_dask.errors import Code, InternalError
+from seg1b_dask.io.datasets import COUNTRY_MASS, TILE_GRID, TILE_WEIGHTS
+from seg1b_dask.model import mass as country_mass
+from seg1b_dask.policies.models import S2BlendV2, S2Legacy
+from seg1b_dask.states.s2_tile_weights import blend_v2, legacy
 
 _PART_BITS = 21  # sums of 21-bit parts stay exact in float64 for bands under 2**32 cells
 

@@ -21,9 +21,9 @@ from functools import cache
 import numpy as np
 from numpy.typing import NDArray
 
-from ... import refdata
-from ...grid import Grid
-from ...policies import S2BlendV2
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.io import refdata
+from seg1b_dask.policies.models import S2BlendV2
 
 WEIGHT_SCALE = float(1 << 40)  # a country's weights sum to about this (fixed point)
 

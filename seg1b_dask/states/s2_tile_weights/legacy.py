@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from ...policies import S2Legacy
+from seg1b_dask.policies.models import S2Legacy
 
 
 def band_weights(

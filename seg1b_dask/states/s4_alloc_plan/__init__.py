@@ -18,15 +18,17 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from ... import mass, refdata, rng
-from ...context import StateContext
-from ...datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID
-from ...execution import compute
-from ...grid import Grid
-from ...policies import CountryAllocationRemass, TileAllocation
-from . import legacy, remass, tiles
-from .moves import Moves, ranks
-from .remass import Allocation, Pairs
+from seg1b_dask.core import rng
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.engine.execution import compute
+from seg1b_dask.io import refdata
+from seg1b_dask.io.datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID
+from seg1b_dask.model import mass
+from seg1b_dask.policies.models import CountryAllocationRemass, TileAllocation
+from seg1b_dask.states.s4_alloc_plan import legacy, remass, tiles
+from seg1b_dask.states.s4_alloc_plan.moves import Moves, ranks
+from seg1b_dask.states.s4_alloc_plan.remass import Allocation, Pairs
 
 
 def allocate_country_tiles(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .moves import Moves
+from seg1b_dask.states.s4_alloc_plan.moves import Moves
 
 
 def weighted_quantiles(values: NDArray[np.float64], weights: NDArray[np.int64], q: list[float]) -> list[float]:

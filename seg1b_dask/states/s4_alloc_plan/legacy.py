@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .moves import no_moves
-from .remass import Allocation, Pairs, footprint
+from seg1b_dask.states.s4_alloc_plan.moves import no_moves
+from seg1b_dask.states.s4_alloc_plan.remass import Allocation, Pairs, footprint
 
 
 def allocate(pairs: Pairs) -> Allocation:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from ... import rng
-from ...errors import Code, InternalError
-from ...policies import CountryAllocationRemass
+from seg1b_dask.core import rng
+from seg1b_dask.errors import Code, InternalError
+from seg1b_dask.policies.models import CountryAllocationRemass
 
 UNPLACED_KM = 10**7  # the cost of leaving a mobile outlet to the next step: above any distance
 

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ... import metrics, rng
-from ...errors import Code, InternalError
-from ...metrics import EARTH_RADIUS_KM, unit_vectors
-from ...policies import CountryAllocationRemass
-from . import fidelity
-from . import moves as flows
-from .moves import Moves, ranks
+from seg1b_dask.core import metrics, rng
+from seg1b_dask.core.metrics import EARTH_RADIUS_KM, unit_vectors
+from seg1b_dask.errors import Code, InternalError
+from seg1b_dask.policies.models import CountryAllocationRemass
+from seg1b_dask.states.s4_alloc_plan import fidelity
+from seg1b_dask.states.s4_alloc_plan import moves as flows
+from seg1b_dask.states.s4_alloc_plan.moves import Moves, ranks
 
 
 @dataclass(frozen=True)

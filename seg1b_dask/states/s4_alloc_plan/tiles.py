@@ -23,11 +23,11 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from ... import rng
-from ...errors import Code, InternalError
-from ...grid import Grid
-from ...metrics import unit_vectors
-from ...policies import TileAllocation
+from seg1b_dask.core import rng
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.core.metrics import unit_vectors
+from seg1b_dask.errors import Code, InternalError
+from seg1b_dask.policies.models import TileAllocation
 
 TieKey = Callable[[NDArray[np.intp]], NDArray[np.uint64]]
 

@@ -18,14 +18,15 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from ... import refdata, rng
-from ...context import StateContext
-from ...datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT, TILE_GRID
-from ...errors import Code, Seg1BError
-from ...execution import compute
-from ...grid import Grid
-from ...policies import S6MixtureV3, S6UniformV1
-from . import mixture_v3, uniform_v1
+from seg1b_dask.core import rng
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.context import StateContext
+from seg1b_dask.engine.execution import compute
+from seg1b_dask.errors import Code, Seg1BError
+from seg1b_dask.io import refdata
+from seg1b_dask.io.datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT, TILE_GRID
+from seg1b_dask.policies.models import S6MixtureV3, S6UniformV1
+from seg1b_dask.states.s6_jitter import mixture_v3, uniform_v1
 
 
 def _distinct(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:

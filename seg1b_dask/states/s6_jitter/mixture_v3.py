@@ -29,10 +29,11 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import ndtr, ndtri
 
-from ... import refdata, rng
-from ...grid import Grid
-from ...policies import S6MixtureV3
-from .uniform_v1 import Bounds
+from seg1b_dask.core import rng
+from seg1b_dask.core.grid import Grid
+from seg1b_dask.io import refdata
+from seg1b_dask.policies.models import S6MixtureV3
+from seg1b_dask.states.s6_jitter.uniform_v1 import Bounds
 
 KM_PER_DEG = 111.19492664455873  # 6371.0088 km sphere
 _COMPONENT = np.uint64(1 << 22)
