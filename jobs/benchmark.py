@@ -54,7 +54,7 @@ from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.lanes.certify import certify
 from seg1b_dask.lanes.score import pin_baseline_run, score_run
 from seg1b_dask.model.nearest import nearest_neighbour_km_chunked
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.policies.bundle import load_bundle
 
 
 class RssSampler:

@@ -29,7 +29,7 @@ from typing import Any
 from seg1b_dask.chain.runner import BUNDLES
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io.refdata import refdata_version
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.policies.bundle import load_bundle
 
 PLAIN = 31257  # the stand-in's own size: no --scale
 FIDELITY = (

@@ -17,7 +17,7 @@ from seg1b_dask.cli import main
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.io.hashing import FLAG_NAME, seal_bundle
 from seg1b_dask.io.upstream import CATALOGUE
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.policies.bundle import load_bundle
 
 
 def _rewrite_catalogue(bundle: Path, edit) -> None:

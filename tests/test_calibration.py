@@ -16,7 +16,8 @@ from seg1b_dask.errors import InputError
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.lanes import search as calibration
 from seg1b_dask.lanes.calibrate import STUDY, batch_seed, calibrate
-from seg1b_dask.policies.models import CountryAllocationRemass, load_bundle
+from seg1b_dask.policies.bundle import load_bundle
+from seg1b_dask.policies.states import CountryAllocationRemass
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from seg1b_dask.core import metrics, rng
 from seg1b_dask.core.grid import Grid
 from seg1b_dask.io.refdata import EdgeTable
-from seg1b_dask.policies.models import S6UniformV1
+from seg1b_dask.policies.states import S6UniformV1
 from seg1b_dask.states.s1_tiles import rasterize_band, touched_cells
 from seg1b_dask.states.s4_alloc_plan.tiles import largest_remainder as allocate_tiles
 from seg1b_dask.states.s5_assignment import assign_sites

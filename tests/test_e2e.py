@@ -21,7 +21,7 @@ from seg1b_dask.io.hashing import verify_bundle
 from seg1b_dask.io.lineage import read_manifest
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.model import sentinel
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.policies.bundle import load_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -248,11 +248,28 @@ def test_outputs_are_byte_identical_across_schedulers_and_chunks(
         assert (other.outputs["site_locations"] / rel).read_bytes() == part.read_bytes()
 
 
+def test_rerun_matrix_is_what_the_cache_keys_do() -> None:
+    """A change to any one policy file moves the cache key of exactly the states the matrix
+    lists (S0, never cached, verifies afresh every run)."""
+    from seg1b_dask.chain.registry import STATES
+    from seg1b_dask.chain.runner import cache_keys
+    from seg1b_dask.io.refdata import refdata_version
+    from seg1b_dask.policies.bundle import load_bundle
+
+    bundle = load_bundle(BASELINE_POLICIES, refdata_version())
+    before = cache_keys(bundle, 42, "f" * 64, 1.0, "m")
+    for policy, states in rerun_matrix().items():
+        changed = bundle.model_copy(update={"digests": {**bundle.digests, policy: "0" * 64}})
+        after = cache_keys(changed, 42, "f" * 64, 1.0, "m")
+        moved = [s.id for s in STATES if s.cached and after[s.id] != before[s.id]]
+        assert moved == states, policy
+
+
 def test_cache_reuse_and_rerun_matrix(reference: RunResult, tmp_path: Path) -> None:
     import shutil
 
     assert first_dirty_state({"s6_jitter"}) == "S6" and first_dirty_state({"gates"}) == "S9"
-    assert rerun_matrix()["s2_tile_weights"] == ["S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"]
+    assert rerun_matrix()["s2_tile_weights"] == ["S2", "S4", "S5", "S6", "S7", "S8", "S9"]  # S3 reads no S2 dataset
     root = reference.run_dir.parent.parent
     again = run_seed(root=root, seed=42, policies=BASELINE_POLICIES)
     assert all(s.reused for s in again.states[1:]) and _digests(again) == _digests(reference)

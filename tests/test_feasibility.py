@@ -19,7 +19,7 @@ from seg1b_dask.io.refdata import REGIONS, refdata_version
 from seg1b_dask.lanes import feasibility
 from seg1b_dask.lanes.certify import fast_lane, feasibility_of
 from seg1b_dask.model.mass import CountryVector
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.policies.bundle import load_bundle
 
 pytestmark = pytest.mark.e2e
 

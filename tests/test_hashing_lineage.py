@@ -11,7 +11,7 @@ from seg1b_dask.io.hashing import FLAG_NAME, seal_bundle, verify_bundle
 from seg1b_dask.io.lineage import Tokens, check_tokens, republish, safe_join
 from seg1b_dask.io.refdata import REGIONS, refdata_version
 from seg1b_dask.io.runroot import RunRoot
-from seg1b_dask.policies.models import bundle_from_canonical, load_bundle
+from seg1b_dask.policies.bundle import bundle_from_canonical, load_bundle
 
 
 def _bundle(root: Path) -> Path:

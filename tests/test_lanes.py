@@ -25,7 +25,7 @@ from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.io.upstream import write_bundle
 from seg1b_dask.lanes.certify import certify, fast_lane
 from seg1b_dask.lanes.score import pin_baseline_run, score_run
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.policies.bundle import load_bundle
 from seg1b_dask.states import s9_validation
 
 pytestmark = pytest.mark.e2e

@@ -24,10 +24,10 @@ import pytest
 from deploy_files import Service, compose, dockerfile
 
 from seg1b_dask.chain.runner import DEFAULT_POLICIES
-from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.io.packs import pack_content_sha256
+from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.lanes.certify import certify
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.policies.bundle import load_bundle
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 TAG = f"{os.getpid() % 10_000}"

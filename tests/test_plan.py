@@ -25,7 +25,9 @@ from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.lanes.certify import certify, fast_lane
 from seg1b_dask.lanes.score import pin_baseline_run
 from seg1b_dask.plan import closure
-from seg1b_dask.plan import dod as plan
+from seg1b_dask.plan import status as plan
+from seg1b_dask.plan.diagnose import diagnose
+from seg1b_dask.plan.phases import TITLES
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +83,7 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     bundles = _phase_bundles(tmp_path)
     ex = Execution()
 
-    assert _states(root) == dict.fromkeys(plan.TITLES, "waiting") | {"P0": "open"}
+    assert _states(root) == dict.fromkeys(TITLES, "waiting") | {"P0": "open"}
     assert "→ seg1b baseline --seed 42" in _status_text(root)
 
     # P0: the pinned baseline, its scorecard and checkpoints.
@@ -108,7 +110,7 @@ def test_plan_p0_to_p5(tmp_path: Path) -> None:
     assert items["two same-seed runs reproduce byte for byte"] == "not yet"
     assert _states(root)["P1"] == "ready to close"
     _refused("E_DOD_FAILED", closure.lock, root, "P2", p1.run_dir, ex)  # P2 waits for P1
-    found = checkpoints.diagnose(root, p1.run_dir, "B")
+    found = diagnose(root, p1.run_dir, "B")
     first = {t.gate: t.first_wrong for t in found.traces}
     assert first["country_gini"] == "S4" and first["top1_share"] == "S4"  # legacy S4 keeps 1A's counts
     assert first["nn_contraction"] == "S8" and first["merchant_countries_median"] is None

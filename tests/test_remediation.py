@@ -14,9 +14,11 @@ from seg1b_dask.core import rng
 from seg1b_dask.core.grid import Grid
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.model.mass import govern, whole_counts
-from seg1b_dask.policies.models import CountryAllocationRemass, S2BlendV2, load_bundle
-from seg1b_dask.states.s4_alloc_plan import remass, tiles
+from seg1b_dask.policies.bundle import load_bundle
+from seg1b_dask.policies.states import CountryAllocationRemass, S2BlendV2
+from seg1b_dask.states.s4_alloc_plan import contract, remass, tiles
 from seg1b_dask.states.s6_jitter import place_sites
+from seg1b_dask.states.triage import triage_hints
 
 BUNDLE = load_bundle(DEFAULT_POLICIES, "v")
 
@@ -120,7 +122,7 @@ def test_water_filling_keeps_small_counts_whole_and_cuts_the_largest(raw: list[i
         assert (counts[~cut] <= keep[cut].min() + 1).all()
 
 
-def _pairs(seed: int, n_merchants: int = 300, n_countries: int = 40) -> remass.Pairs:
+def _pairs(seed: int, n_merchants: int = 300, n_countries: int = 40) -> contract.Pairs:
     g = np.random.default_rng(seed)
     rows = []
     for m in range(n_merchants):
@@ -129,7 +131,7 @@ def _pairs(seed: int, n_merchants: int = 300, n_countries: int = 40) -> remass.P
         for c in countries:
             rows.append((m + 1, c, int(g.integers(2, 40)), home))
     a = np.asarray(rows)
-    return remass.Pairs(
+    return contract.Pairs(
         a[:, 0].astype(np.uint64), a[:, 1].astype(np.int64), a[:, 2].astype(np.int64), a[:, 3].astype(np.int64)
     )
 
@@ -185,7 +187,7 @@ def test_moved_outlets_go_to_the_merchants_own_countries_first() -> None:
     """Country 0 is over target; merchant 1 already has outlets in country 2 (under target),
     merchant 2 has none there. Country 1 is nearer to both homes, yet merchant 1's outlets
     fill country 2 first: its own country beats a nearer new one."""
-    pairs = remass.Pairs(
+    pairs = contract.Pairs(
         np.asarray([1, 1, 2], dtype=np.uint64),
         np.asarray([0, 2, 0], dtype=np.int64),
         np.asarray([20, 2, 20], dtype=np.int64),
@@ -249,7 +251,7 @@ def test_caps_too_tight_for_the_merchants_at_hand_widen_and_say_so() -> None:
     """Two merchants keep one outlet each at home; their 4 mobile outlets each must fill a
     need of 8, which no merchant may fill more than 1 % of: the caps are a guard where other
     merchants can take over, so they double until the need is met, and the run says how often."""
-    pairs = remass.Pairs(
+    pairs = contract.Pairs(
         np.asarray([1, 2], dtype=np.uint64),
         np.asarray([0, 0], dtype=np.int64),
         np.asarray([5, 5], dtype=np.int64),
@@ -264,10 +266,9 @@ def test_caps_too_tight_for_the_merchants_at_hand_widen_and_say_so() -> None:
 
 def test_triage_names_the_settings_of_the_bundle_that_failed() -> None:
     from seg1b_dask.chain.runner import BASELINE_POLICIES
-    from seg1b_dask.grading import gates as grading
 
-    legacy = grading.triage_hints(load_bundle(BASELINE_POLICIES, "v"))
-    governed = grading.triage_hints(BUNDLE)
+    legacy = triage_hints(load_bundle(BASELINE_POLICIES, "v"))
+    governed = triage_hints(BUNDLE)
     assert "country_allocation.mode legacy" in legacy["concentration"]
     assert "top_share_max" in governed["concentration"] and "legacy" not in governed["concentration"]
     assert "uniform_v1" in legacy["nn"] and "core_density_per_km2_per_million" in governed["nn"]

@@ -17,7 +17,8 @@ from seg1b_dask.grading import gates as grading
 from seg1b_dask.io import upstream
 from seg1b_dask.io.hashing import verify_bundle
 from seg1b_dask.io.refdata import refdata_version
-from seg1b_dask.policies.models import CountryAllocationRemass, TileAllocation, load_bundle
+from seg1b_dask.policies.bundle import load_bundle
+from seg1b_dask.policies.states import CountryAllocationRemass, TileAllocation
 from seg1b_dask.states.s4_alloc_plan import moves, tiles
 from seg1b_dask.states.s6_jitter import _Accepted, _distinct
 

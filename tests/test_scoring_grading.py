@@ -20,7 +20,7 @@ from seg1b_dask.io import discipline
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.model.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.plan import closure
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.policies.bundle import load_bundle
 
 
 def _exact(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:

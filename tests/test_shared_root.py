@@ -19,8 +19,8 @@ from seg1b_dask.cli import main
 from seg1b_dask.errors import EnvironmentFault
 from seg1b_dask.io import lineage
 from seg1b_dask.io.datasets import _write_parquet
-from seg1b_dask.io.runroot import RunRoot, check_shared
 from seg1b_dask.io.packs import pack_content_sha256
+from seg1b_dask.io.runroot import RunRoot, check_shared
 
 
 def test_two_hosts_with_the_same_pid_stage_under_different_names(monkeypatch: pytest.MonkeyPatch) -> None:

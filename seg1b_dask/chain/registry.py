@@ -136,23 +136,27 @@ BY_ID = {s.id: s for s in STATES}
 WRITER = {dataset: s.id for s in STATES for dataset in s.writes}  # dataset -> the state that writes it
 
 
+def reruns(changed_policies: set[str]) -> list[str]:
+    """The states a change to ``changed_policies`` reruns, in chain order: the states those
+    files govern and every state that reads, directly or through others, what they write
+    (the read graph the cache keys chain). Every other state keeps its cache key, so reusing
+    it is byte-identical to rerunning it: it reads nothing that changed."""
+    dirty: set[str] = set()
+    for spec in STATES:  # chain order: a state's writers come before it
+        if changed_policies & set(spec.policies) or any(WRITER[d] in dirty for d in spec.reads):
+            dirty.add(spec.id)
+    return [s.id for s in STATES if s.id in dirty]
+
+
 def first_dirty_state(changed_policies: set[str]) -> str | None:
-    """The earliest state governed by a changed policy file: it and everything after it
-    rerun; everything before it is reused from the cache."""
-    for spec in STATES:
-        if changed_policies & set(spec.policies):
-            return spec.id
-    return None
+    """The earliest state a change to ``changed_policies`` reruns."""
+    dirty = reruns(changed_policies)
+    return dirty[0] if dirty else None
 
 
 def rerun_matrix() -> dict[str, list[str]]:
     """For each policy file, the states a change to it reruns (derived, never written)."""
-    ids = [s.id for s in STATES]
-    matrix = {}
-    for spec in STATES:
-        for policy in spec.policies:
-            matrix[policy] = ids[ids.index(spec.id) :]
-    return matrix
+    return {policy: reruns({policy}) for spec in STATES for policy in spec.policies}
 
 
 def _module_file(name: str) -> Path | None:

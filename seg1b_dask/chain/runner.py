@@ -29,7 +29,7 @@ from seg1b_dask.io.package import BUNDLES, PACKAGE_DIR, files_digest
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.io.runroot import RunRoot, environment_error, publish_folder
 from seg1b_dask.io.upstream import write_bundle
-from seg1b_dask.policies.models import PolicyBundle, load_bundle
+from seg1b_dask.policies.bundle import PolicyBundle, load_bundle
 from seg1b_dask.states import s0_gate
 
 DEFAULT_POLICIES = BUNDLES / "remediation"

@@ -22,7 +22,7 @@ U64_MAX = 2**64 - 1
 class _Group(click.Group):
     """Every refusal is one coded line: input and environment exit 2, a bug exits 3."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         """Click's own parse errors (a value out of range, an unknown option or command, a
         missing argument) become one ``E_BAD_OPTION`` line naming the option and what it
         accepts, like every other refusal."""

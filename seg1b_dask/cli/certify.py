@@ -61,7 +61,7 @@ def certify(
     from seg1b_dask.io.refdata import refdata_version
     from seg1b_dask.lanes.certify import certify as run_certify
     from seg1b_dask.lanes.score import candidate_key
-    from seg1b_dask.policies.models import load_bundle
+    from seg1b_dask.policies.bundle import load_bundle
 
     parsed = parse_seeds(seeds)
     bundle = load_bundle(policies, refdata_version())

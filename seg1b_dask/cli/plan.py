@@ -32,8 +32,8 @@ phase_argument = click.argument("phase", type=click.Choice(["P1", "P2", "P3"]))
 def status(root: Path, seed: int | None, json_out: Path | None) -> None:
     """Where the remediation plan stands: every DoD item of P0–P5 from the evidence under the
     run root (pass / fail / not yet, with the file that proves it) and the next action."""
-    from seg1b_dask.plan.dod import next_action, plan_seed
-    from seg1b_dask.plan.dod import status as plan_status
+    from seg1b_dask.plan.status import next_action, plan_seed
+    from seg1b_dask.plan.status import status as plan_status
 
     if seed is None:
         locked = plan_seed(root) if root.is_dir() else None
@@ -55,7 +55,7 @@ STATUS_MARK = {"pass": "pass   ", "fail": "FAIL   ", "not yet": "not yet"}
 
 
 def status_lines(root: Path, seed: int, phases: list[Any]) -> list[str]:
-    from seg1b_dask.plan.dod import TITLES
+    from seg1b_dask.plan.phases import TITLES
 
     lines = [f"remediation plan, seed {seed}, run root {root.resolve()}"]
     for p in phases:
@@ -78,8 +78,8 @@ def status_lines(root: Path, seed: int, phases: list[Any]) -> list[str]:
 def diagnose(run_ref: str, root: Path, grade: str | None) -> None:
     """At which state each failing gate of RUN_REF first goes wrong (S2 mass, S4 integer
     allocation, S8 sites), beside the seed's pinned baseline at the same states."""
-    from seg1b_dask.grading.checkpoints import diagnose as do_diagnose
     from seg1b_dask.io.discipline import run_dir
+    from seg1b_dask.plan.diagnose import diagnose as do_diagnose
 
     with _existing(root).shared():
         found = do_diagnose(root, run_dir(root, run_ref), {"B": "B", "B+": "B_PLUS", None: None}[grade])
@@ -180,11 +180,10 @@ def freeze(pack_ref: str, root: Path) -> None:
     set, point last_good at it, prune superseded runs. Refused while a run is in flight."""
     from seg1b_dask.io.discipline import pack_dir
     from seg1b_dask.plan.closure import freeze as freeze_pack
-    from seg1b_dask.plan.dod import freeze_record_path
 
     record = freeze_pack(root, pack_dir(root, pack_ref))
     click.echo(f"frozen: pack {record['pack_id']} ({record['grade']}) is last_good")
-    click.echo(f"  final lock set {freeze_record_path(RunRoot(root.resolve()), record['pack_id'])}")
+    click.echo(f"  final lock set {RunRoot(root.resolve()).freeze_record(record['pack_id'])}")
     locks = ", ".join(record["phase_locks"]) or "none"
     click.echo(f"  {len(record['artifacts'])} pack files with their sha256; locks: {locks}")
     click.echo(f"  pruned {_n(len(record['pruned']), 'run')}; retained {_n(len(record['retained']), 'run')}:")

@@ -156,7 +156,7 @@ def baseline(seed: int, root: Path, scheduler: str, policies: Path, upstream: Pa
     bundle are graded against it."""
     from seg1b_dask.io.refdata import refdata_version
     from seg1b_dask.lanes.score import pin_baseline_run
-    from seg1b_dask.policies.models import load_bundle
+    from seg1b_dask.policies.bundle import load_bundle
 
     grid = load_bundle(policies, refdata_version()).grid
     pin = pin_baseline_run(root, seed, Execution(scheduler=scheduler), upstream=upstream, grid=grid)

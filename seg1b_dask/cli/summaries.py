@@ -103,7 +103,8 @@ def price_lines(card: dict[str, Any]) -> list[str]:
     lines = [f"  price: relocated_share {f.get('relocated_share', 0.0):.4f}" + (f" = {bounds}" if bounds else "")]
     if "merchant_retention_median" in f:
         lines += [
-            f"  merchants: retention median {f['merchant_retention_median']:.2f}, p10 {f['merchant_retention_p10']:.2f};"
+            f"  merchants: retention median {f['merchant_retention_median']:.2f},"
+            f" p10 {f['merchant_retention_p10']:.2f};"
             f" lost their home {f['merchants_lost_home']}; outlets in pairs 1A lacks {f['new_pair_share']:.3f};"
             f" new countries median {f['new_countries_median']:.0f}, p90 {f['new_countries_p90']:.0f},"
             f" max {f['new_countries_max']}",
@@ -188,9 +189,9 @@ def pack_summary(pack: Pack) -> list[str]:
     for key in ("relocated_share", "merchant_retention_median", "merchants_lost_home"):
         vals = "".join(f"{_fmt(pack.scored[s].card['fidelity'].get(key, float('nan'))):>11}" for s in seed_list)
         lines.append(f"  {key:<32}{vals}")
-    for level in ("B_PLUS", "B"):
-        vals = "".join(f"{_fmt(pack.scored[s].card['price']['ratio'].get(level)):>11}" for s in seed_list)
-        lines.append(f"  {'relocated ÷ least for ' + level.replace('_PLUS', '+'):<32}{vals}")
+    for priced in ("B_PLUS", "B"):
+        vals = "".join(f"{_fmt(pack.scored[s].card['price']['ratio'].get(priced)):>11}" for s in seed_list)
+        lines.append(f"  {'relocated ÷ least for ' + priced.replace('_PLUS', '+'):<32}{vals}")
     unsealed = [str(s) for s in seed_list if not pack.scored[s].card["sealed"]]
     if unsealed:
         lines.append(

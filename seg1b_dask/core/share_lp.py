@@ -151,7 +151,8 @@ def closest_shares(
     for lam in o_k:
         bounds[lam] = (-np.inf, np.inf)
     method = "highs-ipm" if n_pairs else "highs"
-    result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.concatenate(b_eq), bounds=bounds, method=method)
+    eq = np.concatenate([np.asarray(b, dtype=np.float64) for b in b_eq])
+    result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=eq, bounds=bounds, method=method)
     if result.status != 0:
         return Closest(False, np.zeros(0), float("nan"), str(result.message))
     share = np.clip(result.x[:n], 0.0, None)

@@ -9,7 +9,7 @@ from seg1b_dask.core.grid import Grid
 from seg1b_dask.engine.execution import Execution
 from seg1b_dask.errors import Code, InternalError
 from seg1b_dask.io.lineage import Tokens
-from seg1b_dask.policies.models import PolicyBundle
+from seg1b_dask.policies.bundle import PolicyBundle
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from seg1b_dask.io.datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_R
 from seg1b_dask.io.lineage import safe_join, write_json, write_text
 from seg1b_dask.io.refdata import REGIONS
 from seg1b_dask.model import mass
-from seg1b_dask.policies.models import GatesPolicy, sealed_bundle
+from seg1b_dask.policies.bundle import sealed_bundle
+from seg1b_dask.policies.gates import GatesPolicy
 
 STAGES = ("1A", "S2", "S4", "S8")  # chain order; 1A is the input, not a 1B state
 CHECKED = ("S2", "S4", "S8")  # the states where a gate can first go wrong
@@ -282,40 +283,3 @@ def trace_runs(
         base_final = grading.gate_table(base_card, gates, level, base_card.get("bootstrap_upper_95") or None)
         baseline = (base_profiles, base_final)
     return trace(profiles, final, gates, level, baseline, hints)
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    run_id: str
-    seed: int
-    bundle: str
-    level: grading.Level
-    baseline_run_id: str | None
-    traces: list[GateTrace]
-
-    @property
-    def failing(self) -> list[GateTrace]:
-        return [t for t in self.traces if t.first_wrong is not None]
-
-
-def diagnose(root: Path, run: Path, level: grading.Level | None = None) -> Diagnosis:
-    """The run's gates at ``level`` (default: its bundle's target grade, else B) traced
-    through its checkpoints, beside the pinned baseline it is graded against."""
-    from seg1b_dask.grading.scoring import read_scorecard
-    from seg1b_dask.io.discipline import baseline_of_run, load_run
-    from seg1b_dask.io.runroot import RunRoot
-
-    meta = load_run(run, needs=("states", "policies"))
-    if not (packs.scorecard_json(run)).is_file():
-        raise Seg1BError(Code.E_UNKNOWN_RUN, "this run has no scorecard yet: `seg1b score RUN` first", file=run)
-    card = read_scorecard(packs.scorecard_dir(run))
-    bundle = sealed_bundle(meta)
-    level = level or ("B_PLUS" if bundle.s9_validation.target_grade == "B_PLUS" else "B")
-    pin = baseline_of_run(root, meta)
-    base_card = base_profiles = None
-    if pin and pin["run_id"] != meta["run_id"]:
-        pinned = RunRoot(root).run(pin["run_id"])
-        base_card, base_profiles = read_scorecard(packs.scorecard_dir(pinned)), ensure(root, pinned)
-    hints = grading.triage_hints(bundle)
-    traces = trace_runs(card, ensure(root, run), bundle.gates, level, hints, base_card, base_profiles)
-    return Diagnosis(meta["run_id"], meta["seed"], bundle.name, level, pin["run_id"] if pin else None, traces)

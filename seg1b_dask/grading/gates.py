@@ -13,7 +13,7 @@ import scipy.sparse
 from numpy.typing import NDArray
 
 from seg1b_dask.core import metrics
-from seg1b_dask.policies.models import GatesPolicy, PolicyBundle
+from seg1b_dask.policies.gates import GatesPolicy
 
 Level = Literal["B", "B_PLUS"]
 LEVELS: tuple[Level, ...] = ("B", "B_PLUS")
@@ -39,56 +39,18 @@ CV_METRICS = (*metrics.COUNTRY_METRICS, "nn_contraction")
 CONCENTRATION = ("country_gini", "top10_share", "top5_share", "top1_share")
 
 
-# The seed plan's failure triage map (§6), by gate family, naming the settings that move
-# each family in a bundle of the given modes.
-def triage_hints(bundle: PolicyBundle | None = None) -> dict[str, str]:
-    s4 = bundle.s4_alloc_plan.country_allocation.mode if bundle else "remass"
-    s6 = bundle.s6_jitter.jitter.mode if bundle else "mixture_v3"
-    keyed = bundle is None or bundle.s4_alloc_plan.tile_allocation.tie_break == "keyed"
-    fixed = "country counts come from 1A under s4_alloc_plan country_allocation.mode legacy; switch to remass"
-    targets = "retune s4_alloc_plan country_allocation.targets: "
-    governed = s4 == "remass"
-    return {
-        "concentration": "Gini/top-k: "
-        + (
-            f"{targets}top_share_max, country_share_max, prior_floor "
-            "(and s2_tile_weights country_mass.population_exponent, the shape of the prior)"
-            if governed
-            else fixed
-        ),
-        "coverage": "coverage: " + (f"{targets}min_country_population, prior_floor" if governed else fixed),
-        "region_floor": "region floor: " + (f"{targets}region_floor_share, southern_share_min" if governed else fixed),
-        "nn": "NN tail: "
-        + (
-            "retune s6_jitter core_density_per_km2_per_million, secondary_reach, tail_reach "
-            "and s4_alloc_plan min_sites_per_tile"
-            if s6 == "mixture_v3"
-            else "s6_jitter jitter.mode uniform_v1 has no tail control; switch to mixture_v3"
-        ),
-        "collapse": "collapse: "
-        + (
-            "s4_alloc_plan tile_allocation.method/tie_break (systematic/keyed) and max_tile_share"
-            if keyed
-            else "s4_alloc_plan tile_allocation.tie_break tile_id lays stripes; use keyed or method systematic"
-        ),
-        "footprint": "merchant footprint: "
-        + (
-            "retune s4_alloc_plan country_allocation.max_new_countries, max_merchant_share"
-            if governed
-            else "set by 1A under country_allocation.mode legacy"
-        ),
-        "urban": "urban share: retune s2_tile_weights population.rural_weight, min_place_population, basis_mix",
-        "cv": "seed instability: reduce high-sensitivity knobs and tighten deterministic balancing",
-        "bootstrap": "concentration too close to the B+ line: "
-        + f"{targets}top_share_max; s4_alloc_plan country_allocation.max_merchant_share (fewer merchants per country)",
-        "structural": "structural contract: fix the implementation bug before further realism tuning",
-        "missing": "certify every required seed",
-        "unsealed": "no valid 1B flag, so nothing vouches for these figures: S9 seals only when the structure and "
-        "the target grade's gates pass (s9_validation.yaml), and a bundle changed since is unsealed; run again",
-    }
-
-
-TRIAGE = triage_hints()
+# The seed plan's failure triage map (§6): what to retune when a gate family fails. The
+# families a policy mode owns (concentration, coverage, region floors, footprint, the
+# bootstrap, NN, urban) are worded by the mode itself (``advice`` in each state's MODES,
+# merged by ``states.triage.triage_hints``); these hold whatever the modes.
+TRIAGE: dict[str, str] = {
+    "collapse": "collapse: s4_alloc_plan tile_allocation.method/tie_break (systematic/keyed) and max_tile_share",
+    "cv": "seed instability: reduce high-sensitivity knobs and tighten deterministic balancing",
+    "structural": "structural contract: fix the implementation bug before further realism tuning",
+    "missing": "certify every required seed",
+    "unsealed": "no valid 1B flag, so nothing vouches for these figures: S9 seals only when the structure and "
+    "the target grade's gates pass (s9_validation.yaml), and a bundle changed since is unsealed; run again",
+}
 
 
 def _family(metric: str) -> str:
@@ -196,12 +158,13 @@ def grade(
     structural: dict[int, list[str]],
     bootstrap: dict[int, dict[str, float]] | None = None,
     required_seeds: tuple[int, ...] | None = None,
-    hints: dict[str, str] | None = None,
+    *,
+    hints: dict[str, str],
 ) -> GradeReport:
     """Grade scorecards keyed by seed. ``structural`` holds each seed's failing structural
     gates from its validation bundle (``verdict.Verdict.failures``; a seed without an entry
-    fails ``structural``); ``bootstrap`` its upper bounds (B+ only)."""
-    hint = hints or TRIAGE
+    fails ``structural``); ``bootstrap`` its upper bounds (B+ only); ``hints`` the triage
+    words by gate family (``states.triage.triage_hints``)."""
     seeds = sorted(cards)
     required = tuple(required_seeds if required_seeds is not None else gates.required_seeds)
     missing = sorted(set(required) - set(seeds))
@@ -209,7 +172,7 @@ def grade(
     for level in LEVELS:
         for seed in seeds:
             for gate in structural.get(seed, ["structural"]):
-                failures[level].append(Failure(gate, level, seed, 1.0, 0.0, hint[family_of(gate)]))
+                failures[level].append(Failure(gate, level, seed, 1.0, 0.0, hints[family_of(gate)]))
             bounds = bootstrap[seed] if bootstrap is not None else None
             for row in gate_table(cards[seed], gates, level, bounds):
                 if not row["passed"]:
@@ -220,11 +183,11 @@ def grade(
                             seed,
                             row["threshold"],
                             row["observed"],
-                            hint[family_of(row["gate"])],
+                            hints[family_of(row["gate"])],
                         )
                     )
         for seed in missing:
-            failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, hint["missing"]))
+            failures[level].append(Failure("required_seed_missing", level, seed, 1.0, 0.0, hints["missing"]))
     cv: dict[str, float] = {}
     if len(seeds) > 1:
         for metric in CV_METRICS:
@@ -232,7 +195,7 @@ def grade(
             for level in LEVELS:
                 threshold = getattr(gates.cross_seed_cv_max, level)
                 if not _passes(cv[metric], threshold, "max"):
-                    failures[level].append(Failure(f"cv:{metric}", level, None, threshold, cv[metric], hint["cv"]))
+                    failures[level].append(Failure(f"cv:{metric}", level, None, threshold, cv[metric], hints["cv"]))
     if not failures["B_PLUS"] and bootstrap is not None:
         outcome: Literal["GREEN_BPLUS", "GREEN_B", "RED"] = "GREEN_BPLUS"
     elif not failures["B"]:
@@ -240,7 +203,7 @@ def grade(
     else:
         outcome = "RED"
     report = GradeReport(outcome, seeds, missing, failures, cv, bootstrap or {})
-    report.next_action = triage(failures["B"] if outcome == "RED" else failures["B_PLUS"], hint)
+    report.next_action = triage(failures["B"] if outcome == "RED" else failures["B_PLUS"], hints)
     present = {lvl: [f for f in fs if f.gate != "required_seed_missing"] for lvl, fs in failures.items()}
     report.reached_without_missing = (
         "GREEN_BPLUS" if not present["B_PLUS"] and bootstrap is not None else ("GREEN_B" if not present["B"] else "RED")
@@ -286,13 +249,13 @@ def below_target(outcome: str, target: str) -> bool:
     return outcome not in REACHES[target]
 
 
-def triage(failures: list[Failure], hints: dict[str, str] | None = None) -> str:
+def triage(failures: list[Failure], hints: dict[str, str]) -> str:
     """The seed plan's state-first order: structure, concentration, coverage, regions, NN,
     stability — the first family that fails says where to look."""
     families = {family_of(f.gate) for f in failures}
     for family in TRIAGE_ORDER:
         if family in families:
-            return (hints or TRIAGE)[family]
+            return hints[family]
     return "none: every gate passes"
 
 

@@ -26,7 +26,7 @@ from seg1b_dask.io.lineage import write_json, write_text
 from seg1b_dask.io.refdata import REGIONS
 from seg1b_dask.model import sentinel
 from seg1b_dask.model.nearest import LAT_BINS, nearest_neighbour_km_chunked
-from seg1b_dask.policies.models import GatesPolicy, Plausibility
+from seg1b_dask.policies.gates import GatesPolicy, Plausibility
 
 
 @dataclass(frozen=True)

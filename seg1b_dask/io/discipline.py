@@ -18,7 +18,6 @@ from seg1b_dask.io.datasets import GATE_RECEIPT
 from seg1b_dask.io.lineage import safe_join, stage_path, write_json
 from seg1b_dask.io.runroot import RunRoot
 
-PHASES = {"P1": "s2_tile_weights", "P2": "s4_alloc_plan", "P3": "s6_jitter"}
 POINTERS = ("current_candidate", "last_good")
 
 

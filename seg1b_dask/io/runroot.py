@@ -98,6 +98,17 @@ class RunRoot:
     def lock_record(self, phase: str) -> Path:
         return self.locks / f"{phase}.json"
 
+    @property
+    def reports(self) -> Path:
+        return self.path / "reports"
+
+    def repro_record(self, run_id: str) -> Path:
+        """The record of ``lock``'s from-scratch reproduction of a run."""
+        return self.reports / f"repro-{run_id}.json"
+
+    def freeze_record(self, pack_id: str) -> Path:
+        return self.reports / f"freeze-{pack_id}.json"
+
     def run(self, run_id: str) -> Path:
         return self.runs / run_id
 

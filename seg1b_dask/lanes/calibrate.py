@@ -26,7 +26,7 @@ from seg1b_dask.lanes import score as scorer
 from seg1b_dask.lanes import search as calibration
 from seg1b_dask.lanes.search import SearchSpace, TrialResult
 from seg1b_dask.plan import closure
-from seg1b_dask.policies.models import PolicyBundle, load_bundle
+from seg1b_dask.policies.bundle import PolicyBundle, load_bundle
 from seg1b_dask.states import s0_gate
 
 STUDY = "seg1b-calibrate"

@@ -26,8 +26,10 @@ from seg1b_dask.io.runroot import RunRoot, publish_folder, shared_root
 from seg1b_dask.lanes import feasibility
 from seg1b_dask.lanes.score import Scored, baseline_bundle, candidate_key, pin_baseline_run, score_run
 from seg1b_dask.plan import closure
-from seg1b_dask.policies.models import CountryAllocationLegacy, PolicyBundle, load_bundle
+from seg1b_dask.policies.bundle import PolicyBundle, load_bundle
 from seg1b_dask.report.pages import pack_report, run_report
+from seg1b_dask.states.s4_alloc_plan import modes as s4_modes
+from seg1b_dask.states.triage import triage_hints
 
 
 @shared_root
@@ -109,7 +111,7 @@ def country_inputs(chain: Chain, upstream_dir: Path, seed: int) -> feasibility.C
     table = COUNTRY_MASS.read(chain.published["country_mass"]).to_pydict()
     inputs = feasibility.read_inputs(upstream_dir, CATALOGUE, table)
     if bundle.s4_alloc_plan.tile_allocation.method != "systematic":
-        if not isinstance(bundle.s4_alloc_plan.country_allocation, CountryAllocationLegacy):
+        if s4_modes.mode_of(bundle.s4_alloc_plan.country_allocation).relocates:
             raise Seg1BError(
                 Code.E_POLICY_INVALID,
                 "feasibility predicts a re-mass only with systematic tile sampling",
@@ -328,7 +330,7 @@ def _certify(
         bundle.gates,
         {s: sc.structural for s, sc in scored.items()},
         bootstrap if all(bootstrap.values()) else None,
-        hints=grading.triage_hints(bundle),
+        hints=triage_hints(bundle),
     )
     _write_pack(folder, bundle, seeds, results, scored, report, wall, scale)
     folder = publish_folder(folder, run_root.certification, pack_id, lambda final: pack_report(root, folder, final))

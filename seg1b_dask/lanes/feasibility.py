@@ -3,9 +3,10 @@ relocation with which any bundle can pass them (DESIGN §12), from 1A's counts a
 country mass vector alone: seconds, before any S4–S9 work.
 
 - **Prediction.** S4(a) hits its integer country targets exactly, and they are a function
-  of 1A's counts, its merchants' home counts, the S2 vector and the policies
-  (``mass.country_targets``, the run's own arithmetic). Country metrics follow with the scorer's functions; the southern share uses
-  each country's southern fraction of its tile mass, which S4(b) samples from.
+  of 1A's counts, its merchants' home counts, the S2 vector and the policies: the
+  prediction calls S4's own mode (``country_counts`` of ``s4_alloc_plan.modes.MODES``).
+  Country metrics follow with the scorer's functions; the southern share uses each
+  country's southern fraction of its tile mass, which S4(b) samples from.
 - **Price of a grade.** A linear programme over target share vectors t: minimise the
   total variation ½ Σ |t − a| from 1A's shares a (the least share of outlets any
   allocation must move) subject to a convex relaxation of the grade's country gates: Gini,
@@ -42,7 +43,9 @@ from seg1b_dask.io.lineage import write_json
 from seg1b_dask.io.refdata import REGIONS
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.model import mass
-from seg1b_dask.policies.models import CountryAllocationRemass, GatesPolicy, PolicyBundle
+from seg1b_dask.policies.bundle import PolicyBundle
+from seg1b_dask.policies.gates import GatesPolicy
+from seg1b_dask.states.s4_alloc_plan import modes as s4_modes
 
 # The gates a country-level prediction decides (the rest need sites).
 COUNTRY_GATES = (*metrics.COUNTRY_METRICS,)
@@ -74,10 +77,8 @@ class CountryInputs:
 
 def predicted_counts(inputs: CountryInputs, bundle: PolicyBundle) -> NDArray[np.int64]:
     """The 1B sites per country the bundle's S4(a) will produce (S4's own function)."""
-    mode = bundle.s4_alloc_plan.country_allocation
-    if not isinstance(mode, CountryAllocationRemass):
-        return inputs.a_count.copy()
-    return mass.country_targets(inputs.a_count, inputs.home_floor(mode.home_sites_min), inputs.vector, mode)
+    mode = s4_modes.mode_of(bundle.s4_alloc_plan.country_allocation)
+    return mode.country_counts(inputs.a_count, inputs.home_floor, inputs.vector)
 
 
 def country_card(counts: NDArray[np.floating[Any] | np.integer[Any]], inputs: CountryInputs) -> dict[str, Any]:

@@ -25,7 +25,9 @@ from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.io.runroot import RunRoot, shared_root
 from seg1b_dask.io.verdict import bundle_verdict
 from seg1b_dask.lanes import feasibility
-from seg1b_dask.policies.models import GridPolicy, PolicyBundle, bundle_from_canonical, load_bundle, sealed_bundle
+from seg1b_dask.policies.bundle import PolicyBundle, bundle_from_canonical, load_bundle, sealed_bundle
+from seg1b_dask.policies.states import GridPolicy
+from seg1b_dask.states.triage import triage_hints
 
 
 @dataclass
@@ -102,7 +104,7 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
         {meta["seed"]: judged.failures},
         {meta["seed"]: upper} if upper else None,
         required_seeds=(meta["seed"],),
-        hints=grading.triage_hints(bundle),
+        hints=triage_hints(bundle),
     )
     delta: dict[str, float] = {}
     if baseline and baseline["run_id"] != meta["run_id"]:

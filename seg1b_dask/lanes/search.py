@@ -38,7 +38,8 @@ from seg1b_dask.grading import gates as grading
 from seg1b_dask.io.lineage import write_text
 from seg1b_dask.io.package import BUNDLES
 from seg1b_dask.lanes import feasibility
-from seg1b_dask.policies.models import PolicyBundle, Strict, parse_model
+from seg1b_dask.policies.base import Strict
+from seg1b_dask.policies.bundle import PolicyBundle, parse_model
 
 COUNT_GATES = ("sentinel_flagged", "merchant_countries_median")
 SPACE_FILE = BUNDLES / "calibration.yaml"

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from seg1b_dask.core import share_lp
 from seg1b_dask.core.metrics import TOPK_FRACTIONS
 from seg1b_dask.errors import Code, Seg1BError
-from seg1b_dask.policies.models import CountryAllocationRemass, CountryMassPolicy
+from seg1b_dask.policies.states import CountryAllocationRemass, CountryMassPolicy
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ class CountryReference:
         d = grid.deg
         w = grid.row_area_m2()[rows] if weight is None else np.asarray(weight, dtype=np.float64)
         w = w / w.sum()
-        row_p, col_p = np.bincount(rows, weights=w), np.bincount(cols, weights=w)
+        row_p = np.bincount(rows, weights=w).astype(np.float64)
+        col_p = np.bincount(cols, weights=w).astype(np.float64)
         lon, lat = -180.0 + (cols + 0.5) * d, grid.row_centre_lat(rows)
         lam = np.radians(lon)
         # numpy's own pairwise sums, never a BLAS dot: the same bits on any worker and thread count

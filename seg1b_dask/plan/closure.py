@@ -19,27 +19,17 @@ from seg1b_dask.engine.execution import Execution
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.grading import checkpoints
 from seg1b_dask.io import discipline, packs
-from seg1b_dask.io.discipline import PHASES, read_json, read_optional, utc_now
+from seg1b_dask.io.discipline import read_json, read_optional, utc_now
 from seg1b_dask.io.lineage import read_manifest, safe_join, stage_path, write_json
 from seg1b_dask.io.runroot import RunRoot
-from seg1b_dask.plan.dod import (
-    CHECKPOINT_OF,
-    PHASE_OF,
-    RUN_PHASES,
-    TARGET_POLICY,
-    TUNES,
-    Item,
-    PhaseStatus,
-    contradicts,
-    fmt,
-    freeze_record_path,
-    p5_items,
-    plan_seed,
-    repro_item,
-    status,
-)
+from seg1b_dask.plan.diagnose import diagnose
+from seg1b_dask.plan.dod import RUN_PHASES
+from seg1b_dask.plan.dod_p5 import p5_items
 from seg1b_dask.plan.evidence import RUN_NEEDS, Evidence, is_locked
-from seg1b_dask.policies.models import sealed_bundle
+from seg1b_dask.plan.items import Item, PhaseStatus, fmt, repro_item
+from seg1b_dask.plan.phases import CHECKPOINT_OF, PHASE_OF, PHASES, TARGET_POLICY, TUNES, contradicts
+from seg1b_dask.plan.status import plan_seed, status
+from seg1b_dask.policies.bundle import sealed_bundle
 
 FREEZE_STATEMENT = (
     "{phase} ({state}: {policy}.yaml, digest {digest}) is locked; downstream phases must treat this "
@@ -103,7 +93,7 @@ def lock(root: Path, phase: str, run: Path, execution: Execution) -> dict[str, A
         raise Seg1BError(
             Code.E_NOT_REPRODUCIBLE,
             f"run {meta['run_id']} did not reproduce: {', '.join(record['differing'])}",
-            file=rr.path / "reports" / f"repro-{meta['run_id']}.json",
+            file=rr.repro_record(meta["run_id"]),
         )
     profiles = ev.profiles(meta["run_id"])
     card = ev.card(meta["run_id"]) or {}
@@ -123,7 +113,7 @@ def lock(root: Path, phase: str, run: Path, execution: Execution) -> dict[str, A
             "run": f"runs/{meta['run_id']}/run.json",
             "scorecard": f"runs/{meta['run_id']}/scorecard/scorecard.json",
             "checkpoints": f"runs/{meta['run_id']}/{checkpoints.FOLDER}/checkpoints.json",
-            "reproducibility": f"reports/repro-{meta['run_id']}.json",
+            "reproducibility": str(rr.repro_record(meta["run_id"]).relative_to(rr.path)),
         },
         "dod": [asdict(i) for i in judged if not i.settled_on_close]
         + [asdict(repro_item(phase, meta["run_id"], record))],
@@ -158,9 +148,8 @@ def reproduce(root: Path, run: Path, execution: Execution) -> dict[str, Any]:
 
     meta = discipline.load_run(run, needs=(*RUN_NEEDS, "upstream", "baseline_nn_ratio"))
     rr = RunRoot(Path(root).resolve())
-    reports = rr.path / "reports"
-    reports.mkdir(exist_ok=True)
-    scratch = stage_path(reports / f"repro-{meta['run_id']}")
+    rr.reports.mkdir(exist_ok=True)
+    scratch = stage_path(rr.repro_record(meta["run_id"]).with_suffix(""))
     shutil.rmtree(scratch, ignore_errors=True)
     started = time.perf_counter()
     try:
@@ -189,7 +178,7 @@ def reproduce(root: Path, run: Path, execution: Execution) -> dict[str, Any]:
         "differing": differing,
         "datasets": datasets,
     }
-    write_json(reports / f"repro-{meta['run_id']}.json", record)
+    write_json(rr.repro_record(meta["run_id"]), record)
     return record
 
 
@@ -243,7 +232,7 @@ def reopen(root: Path, phase: str, reason: str, evidence: Path) -> tuple[dict[st
             file=packs.run_json(evidence),
             key=", ".join(changed),
         )
-    found = checkpoints.diagnose(rr.path, evidence)
+    found = diagnose(rr.path, evidence)
     contradicting = [t for t in found.failing if phase in contradicts(t)]
     if not contradicting:
         failing = ", ".join(f"{t.gate} at {t.first_wrong}" for t in found.failing) or "no gate fails"
@@ -357,7 +346,7 @@ def freeze(root: Path, pack: Path) -> dict[str, Any]:
                 f"{meta['parameter_hash'][:16]}…, code {meta['package']['code_digest'][:16]}…; last_good names it."
             ),
         }
-        path = freeze_record_path(run_root, pack.name)
+        path = run_root.freeze_record(pack.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, record)  # last: the record exists only for a freeze that finished
     return record

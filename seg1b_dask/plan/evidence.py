@@ -8,11 +8,12 @@ from typing import Any, TypeGuard
 
 from seg1b_dask.grading import checkpoints
 from seg1b_dask.io import discipline, packs
-from seg1b_dask.io.discipline import PHASES, read_json, read_optional
+from seg1b_dask.io.discipline import read_json, read_optional
 from seg1b_dask.io.hashing import FLAG_NAME, read_flag
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.io.runroot import RunRoot
-from seg1b_dask.policies.models import load_bundle
+from seg1b_dask.plan.phases import PHASES
+from seg1b_dask.policies.bundle import load_bundle
 
 RUN_NEEDS = ("states", "policies", "policy_digests", "package", "policy_bundle")
 
@@ -98,5 +99,5 @@ class Evidence:
         return self.run_of_seed([pointer["run_id"]] if "run_id" in pointer else list(pointer.get("run_ids", [])))
 
     def repro(self, run_id: str) -> dict[str, Any] | None:
-        path = self.rr.path / "reports" / f"repro-{run_id}.json"
+        path = self.rr.repro_record(run_id)
         return read_optional(path)

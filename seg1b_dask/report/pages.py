@@ -36,7 +36,8 @@ from seg1b_dask.io.lineage import safe_join, write_text
 from seg1b_dask.io.refdata import REGIONS
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.io.verdict import bundle_verdict
-from seg1b_dask.policies.models import PolicyBundle, sealed_bundle
+from seg1b_dask.policies.bundle import PolicyBundle, sealed_bundle
+from seg1b_dask.states.triage import triage_hints
 
 RUN_SECTIONS = (
     "summary",
@@ -278,7 +279,7 @@ def _checkpoints(view: RunView, baseline: RunView | None) -> str:
         view.profiles,
         view.bundle.gates,
         level,
-        grading.triage_hints(view.bundle),
+        triage_hints(view.bundle),
         baseline.card if baseline is not None else None,
         base,
     )

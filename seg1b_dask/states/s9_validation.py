@@ -30,7 +30,7 @@ from seg1b_dask.io.lineage import check_tokens, read_manifest, replaced, write_j
 from seg1b_dask.model import sentinel
 from seg1b_dask.model.containment import inside_country
 from seg1b_dask.model.nearest import ParquetBands, nearest_neighbour_km_bands
-from seg1b_dask.policies.models import GatesPolicy
+from seg1b_dask.policies.gates import GatesPolicy
 
 SITES_PER_BUCKET = 1 << 20  # coordinates per duplicate-check bucket
 

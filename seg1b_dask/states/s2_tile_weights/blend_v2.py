@@ -17,13 +17,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
 
+import dask
 import numpy as np
 from numpy.typing import NDArray
 
 from seg1b_dask.core.grid import Grid
+from seg1b_dask.engine.execution import compute
 from seg1b_dask.io import refdata
-from seg1b_dask.policies.models import S2BlendV2
+from seg1b_dask.io.datasets import TILE_GRID
+from seg1b_dask.model import mass as country_mass
+from seg1b_dask.policies.states import S2BlendV2
+from seg1b_dask.states.s2_tile_weights.contract import Band, Cells, Countries
+from seg1b_dask.states.s2_tile_weights.sums import country_sums, sum_lists
 
 WEIGHT_SCALE = float(1 << 40)  # a country's weights sum to about this (fixed point)
 
@@ -116,3 +124,79 @@ def band_weights(
         blend = mix.uniform / totals.cells[cid] + mix.area_m2 * area_share + mix.population * pop_share
     weight = np.rint(np.nan_to_num(blend) * WEIGHT_SCALE).astype(np.uint64)
     return np.where(eligible[cid], weight, np.uint64(0)).astype(np.uint64)
+
+
+def _urban(
+    grid_folder: Path, grid: Grid, policy: S2BlendV2, row0: int, row1: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    radius = policy.population.kernel_radius_cells
+    lo, hi = max(row0 - 2 * radius, 0), min(row1 + 2 * radius, grid.nrows)
+    window, _ = TILE_GRID.read_band(grid_folder, lo, hi)
+    places = places_on_grid(grid.resolution_arcsec, policy.population.min_place_population)
+    return urban_band(places, window, lo, row0, row1, radius)
+
+
+def _totals_task(
+    grid_folder: Path, grid: Grid, policy: S2BlendV2, row0: int, row1: int, n: int
+) -> tuple[list[int], list[int], list[int], NDArray[np.float64]]:
+    """Pass 1: exact per-country cells, area and placed urban people of a band."""
+    cid, area = TILE_GRID.read_band(grid_folder, row0, row1)
+    urban, unplaced = _urban(grid_folder, grid, policy, row0, row1)
+    cells = country_sums(cid, np.ones(cid.shape, dtype=np.uint64), n)
+    area_sum = country_sums(cid, np.broadcast_to(np.rint(area).astype(np.uint64)[:, None], cid.shape), n)
+    return cells, area_sum, country_sums(cid, urban.astype(np.uint64), n), unplaced
+
+
+@dataclass(frozen=True)
+class PassOne:
+    totals: CountryTotals
+    urban_people_placed_share: float
+
+
+class BlendV2:
+    governed: ClassVar[bool] = True
+    advice: ClassVar[dict[str, str]] = {
+        "urban": "urban share: retune s2_tile_weights population.rural_weight, min_place_population, basis_mix",
+    }
+    passes: ClassVar[int] = 2
+
+    def __init__(self, policy: S2BlendV2) -> None:
+        self.policy = policy
+
+    def unit(self) -> str:
+        return "fixed-point share of the country's mass"
+
+    def country_totals(self, grid_folder: Path, grid: Grid, bands: list[Band], countries: Countries) -> PassOne:
+        task = dask.delayed(_totals_task)
+        n = len(countries.population)
+        parts = compute([task(grid_folder, grid, self.policy, r0, r1, n) for r0, r1 in bands])
+        urban = np.asarray(sum_lists([p[2] for p in parts]), dtype=np.float64)
+        population = np.r_[0.0, countries.population]
+        totals = CountryTotals(
+            np.asarray(sum_lists([p[0] for p in parts]), dtype=np.int64),
+            np.asarray(sum_lists([p[1] for p in parts]), dtype=np.float64),
+            urban,
+            population,
+        )
+        unplaced = np.sum([p[3] for p in parts], axis=0)
+        return PassOne(totals, round(float(urban.sum() / max(urban.sum() + unplaced.sum(), 1.0)), 4))
+
+    def band_weights(
+        self, grid_folder: Path, grid: Grid, band: Band, cells: Cells, eligible: NDArray[np.bool_], totals: Any
+    ) -> NDArray[np.uint64]:
+        urban, _ = _urban(grid_folder, grid, self.policy, *band)
+        return band_weights(*cells, urban, eligible, totals.totals, self.policy)
+
+    def country_share(
+        self, tile_share: NDArray[np.float64], south: NDArray[np.float64], countries: Countries
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], dict[str, Any]]:
+        """The governed vector of ``mass.py`` over the countries' populations."""
+        people = countries.population
+        rule = self.policy.country_mass
+        vector = country_mass.govern(
+            people**rule.population_exponent, countries.region, south, countries.eligible, people, rule
+        )
+        return vector.share, vector.base_share, {"iterations": vector.iterations}
+
+    def stats(self, totals: Any) -> dict[str, Any]:
+        return {"urban_people_placed_share": totals.urban_people_placed_share}

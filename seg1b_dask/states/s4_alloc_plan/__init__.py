@@ -1,7 +1,8 @@
 """S4 allocation plan: (a) sites per (merchant, country), (b) per (merchant, country, tile).
 
-(a) is the policy mode's core (``legacy.py``: 1A's counts; ``remass.py``: the governed
-re-mass onto the S2 country mass vector) and runs once per seed on the pair table; (b)
+(a) is the policy mode's core, one file per mode behind ``modes.MODES`` (``legacy.py``:
+1A's counts; ``remass.py``: the governed re-mass onto the S2 country mass vector), and runs
+once per seed on the pair table; (b)
 (``tiles.py``) runs as country-batch tasks that read only their own countries' pairs and
 tiles and write only their own countries' parts of ``s4_alloc_plan`` (pairs and tiles) and
 ``site_lineage`` (every 1A stub with its 1B key).
@@ -25,10 +26,11 @@ from seg1b_dask.engine.execution import compute
 from seg1b_dask.io import refdata
 from seg1b_dask.io.datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID
 from seg1b_dask.model import mass
-from seg1b_dask.policies.models import CountryAllocationRemass, TileAllocation
-from seg1b_dask.states.s4_alloc_plan import legacy, remass, tiles
+from seg1b_dask.policies.states import TileAllocation
+from seg1b_dask.states.s4_alloc_plan import tiles
+from seg1b_dask.states.s4_alloc_plan.contract import Allocation, Pairs
+from seg1b_dask.states.s4_alloc_plan.modes import mode_of
 from seg1b_dask.states.s4_alloc_plan.moves import Moves, ranks
-from seg1b_dask.states.s4_alloc_plan.remass import Allocation, Pairs
 
 
 def allocate_country_tiles(
@@ -168,16 +170,9 @@ def _pairs(req: pa.Table) -> Pairs:
 
 
 def allocate_countries(ctx: StateContext, pairs: Pairs) -> Allocation:
-    """S4(a) by mode."""
-    mode = ctx.policies.s4_alloc_plan.country_allocation
-    if not isinstance(mode, CountryAllocationRemass):
-        return legacy.allocate(pairs)
+    """S4(a) by the policy's mode, on S2's country mass vector."""
     vector = mass.CountryVector.from_columns(COUNTRY_MASS.read(ctx.inputs["country_mass"]).to_pydict())
-    n = len(vector.eligible)
-    a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=n).astype(np.int64)
-    targets = mass.country_targets(a_count, remass.home_floor(pairs, n, mode.home_sites_min), vector, mode)
-    lon, lat = refdata.country_centres()
-    return remass.remass(pairs, targets, remass.country_distance_km(lon, lat), mode, ctx.seed)
+    return mode_of(ctx.policies.s4_alloc_plan.country_allocation).allocate(pairs, vector, ctx.seed)
 
 
 def _by_country(

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from seg1b_dask.core import rng
 from seg1b_dask.errors import Code, InternalError
-from seg1b_dask.policies.models import CountryAllocationRemass
+from seg1b_dask.policies.states import CountryAllocationRemass
 
 UNPLACED_KM = 10**7  # the cost of leaving a mobile outlet to the next step: above any distance
 

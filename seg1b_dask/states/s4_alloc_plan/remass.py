@@ -20,59 +20,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from seg1b_dask.core import metrics, rng
+from seg1b_dask.core import rng
 from seg1b_dask.core.metrics import EARTH_RADIUS_KM, unit_vectors
 from seg1b_dask.errors import Code, InternalError
-from seg1b_dask.policies.models import CountryAllocationRemass
+from seg1b_dask.io import refdata
+from seg1b_dask.model.mass import CountryVector, country_targets
+from seg1b_dask.policies.states import CountryAllocationRemass
 from seg1b_dask.states.s4_alloc_plan import fidelity
 from seg1b_dask.states.s4_alloc_plan import moves as flows
-from seg1b_dask.states.s4_alloc_plan.moves import Moves, ranks
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """1A's (merchant, country) counts, sorted by merchant then country index; ``home`` is
-    the merchant's home country index on every row."""
-
-    merchant: NDArray[np.uint64]
-    country: NDArray[np.int64]
-    n_sites: NDArray[np.int64]
-    home: NDArray[np.int64]
-
-
-@dataclass(frozen=True)
-class Allocation:
-    merchant: NDArray[np.uint64]
-    country: NDArray[np.int64]
-    n_sites: NDArray[np.int64]
-    kept: NDArray[np.int64]  # per 1A pair: outlets kept in the 1A country (site_order 1..kept)
-    moves: Moves
-    stats: dict[str, Any]
-
-
-def footprint(
-    merchant: NDArray[np.uint64],
-    country: NDArray[np.int64],
-    n_sites: NDArray[np.int64],
-    home: NDArray[np.int64],
-    tag: str,
-    max_countries: int,
-) -> dict[str, float]:
-    """Merchant footprint figures (``metrics.merchant_footprint``, against 1A's own largest
-    footprint ``max_countries``) and the share of outlets outside the home country,
-    suffixed ``_1a`` or ``_1b``."""
-    live = n_sites > 0
-    figures = metrics.merchant_footprint(merchant[live], country[live], max_countries)
-    figures["outside_home_share"] = round(
-        float(n_sites[live & (country != home)].sum() / max(int(n_sites.sum()), 1)), 6
-    )
-    return {f"{k}_{tag}": v for k, v in figures.items()}
+from seg1b_dask.states.s4_alloc_plan.contract import Allocation, HomeFloor, Pairs, footprint
 
 
 def home_floor(pairs: Pairs, n_countries: int, home_min: int) -> NDArray[np.int64]:
@@ -188,4 +149,35 @@ def remass(
     return Allocation(merchants[final_m], final_c, final[alive], keep, moves, stats)
 
 
-__all__ = ["Allocation", "Moves", "Pairs", "country_distance_km", "footprint", "home_floor", "ranks", "remass"]
+_TARGETS = "retune s4_alloc_plan country_allocation.targets: "
+
+
+class Remass:
+    governed: ClassVar[bool] = True
+    advice: ClassVar[dict[str, str]] = {
+        "concentration": f"Gini/top-k: {_TARGETS}top_share_max, country_share_max, prior_floor "
+        "(and s2_tile_weights country_mass.population_exponent, the shape of the prior)",
+        "coverage": f"coverage: {_TARGETS}min_country_population, prior_floor",
+        "region_floor": f"region floor: {_TARGETS}region_floor_share, southern_share_min",
+        "footprint": "merchant footprint: retune s4_alloc_plan country_allocation.max_new_countries, "
+        "max_merchant_share",
+        "bootstrap": f"concentration too close to the B+ line: {_TARGETS}top_share_max; "
+        "s4_alloc_plan country_allocation.max_merchant_share (fewer merchants per country)",
+    }
+    relocates: ClassVar[bool] = True
+
+    def __init__(self, policy: CountryAllocationRemass) -> None:
+        self.policy = policy
+
+    def country_counts(
+        self, a_count: NDArray[np.int64], home_floor: HomeFloor, vector: CountryVector
+    ) -> NDArray[np.int64]:
+        """The targets: closest to 1A within the policy's limits (``mass.country_targets``)."""
+        return country_targets(a_count, home_floor(self.policy.home_sites_min), vector, self.policy)
+
+    def allocate(self, pairs: Pairs, vector: CountryVector, seed: int) -> Allocation:
+        n = len(vector.eligible)
+        a_count = np.bincount(pairs.country, weights=pairs.n_sites, minlength=n).astype(np.int64)
+        targets = self.country_counts(a_count, lambda home_min: home_floor(pairs, n, home_min), vector)
+        lon, lat = refdata.country_centres()
+        return remass(pairs, targets, country_distance_km(lon, lat), self.policy, seed)

@@ -27,7 +27,7 @@ from seg1b_dask.core import rng
 from seg1b_dask.core.grid import Grid
 from seg1b_dask.core.metrics import unit_vectors
 from seg1b_dask.errors import Code, InternalError
-from seg1b_dask.policies.models import TileAllocation
+from seg1b_dask.policies.states import TileAllocation
 
 TieKey = Callable[[NDArray[np.intp]], NDArray[np.uint64]]
 

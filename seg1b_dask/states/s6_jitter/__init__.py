@@ -1,9 +1,10 @@
 """S6 jitter: place each site inside its tile and inside its country polygon.
 
-The mode proposes points inside the tile (``uniform_v1.py``: uniform in the cell, the legacy
-posture; ``mixture_v3.py``: core, secondary clusters and a bounded tail, spread by the
-tile's expected outlets); a proposal outside the country, or repeating another site's
-coordinates, is redrawn with the next keyed counter. Sites still pending after ``max_attempts`` (cells the border clips to a
+The policy mode (one file per mode behind ``modes.MODES``) proposes points inside the tile
+(``uniform_v1.py``: uniform in the cell, the legacy posture; ``mixture_v3.py``: core,
+secondary clusters and a bounded tail, spread by the tile's expected outlets); a proposal
+outside the country, or repeating another site's coordinates, is redrawn with the next
+keyed counter. Sites still pending after ``max_attempts`` (cells the border clips to a
 sliver) draw uniformly inside (cell ∩ country) through its constrained triangulation:
 always inside, always deterministic, still distinct.
 """
@@ -25,8 +26,8 @@ from seg1b_dask.engine.execution import compute
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.io import refdata
 from seg1b_dask.io.datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT, TILE_GRID
-from seg1b_dask.policies.models import S6MixtureV3, S6UniformV1
-from seg1b_dask.states.s6_jitter import mixture_v3, uniform_v1
+from seg1b_dask.policies.states import S6MixtureV3, S6UniformV1
+from seg1b_dask.states.s6_jitter.modes import mode_of
 
 
 def _distinct(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:
@@ -98,14 +99,11 @@ def place_sites(
     uniform point of (cell ∩ country) from its triangulation, which is always inside.
     ``expected_sites`` (per site: its tile's expected outlets) and ``total_sites`` feed the
     mixture's footprint."""
-    max_attempts = policy.max_attempts
+    mode = mode_of(policy)
+    max_attempts = mode.max_attempts
     bounds = grid.tile_bounds(tile_id)
     west, south, east, north = bounds
-    mix = None
-    if isinstance(policy, S6MixtureV3):
-        if expected_sites is None:
-            raise Seg1BError(Code.E_INTERNAL, "mixture_v3 needs each tile's expected outlets")
-        mix = mixture_v3.components(tile_id, expected_sites, total_sites, key_fields, grid, key, policy)
+    propose = mode.proposer(tile_id, expected_sites, total_sites, key_fields, grid, key)
     lon = np.full(len(tile_id), np.nan)
     lat = np.full(len(tile_id), np.nan)
     attempts = np.zeros(len(tile_id), dtype=np.int16)
@@ -120,10 +118,7 @@ def place_sites(
         v = rng.uniform(key, *fields, np.uint64(2 * attempt + 1))
         if attempt < max_attempts:
             sub = (west[pending], south[pending], east[pending], north[pending])
-            if mix is None:
-                lon[pending], lat[pending] = uniform_v1.propose(sub, u, v)
-            else:
-                lon[pending], lat[pending] = mixture_v3.propose(mix, pending, sub, u, v)
+            lon[pending], lat[pending] = propose(pending, sub, u, v)
         else:
             w = rng.uniform(key, *fields, np.uint64(1 << 20 | attempt))
             for tile in np.unique(tile_id[pending]).tolist():
@@ -214,7 +209,7 @@ def _batch_task(
             rng.country_code_int(np.asarray([iso2] * len(tile), dtype="U2")),
             site_order.astype(np.uint64),
         )
-        expected = _expected_sites(folders, cid, tile) if isinstance(policy, S6MixtureV3) else None
+        expected = _expected_sites(folders, cid, tile) if mode_of(policy).reads_expected_sites else None
         lon, lat, attempts = place_sites(tile, fields, ref.geometry[cid - 1], grid, key, policy, expected, total_sites)
         for name, values in (
             ("merchant_id", merchant),

@@ -22,8 +22,10 @@ clips the tile or two sites meet.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cache
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,9 +33,10 @@ from scipy.special import ndtr, ndtri
 
 from seg1b_dask.core import rng
 from seg1b_dask.core.grid import Grid
+from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.io import refdata
-from seg1b_dask.policies.models import S6MixtureV3
-from seg1b_dask.states.s6_jitter.uniform_v1 import Bounds
+from seg1b_dask.policies.states import S6MixtureV3
+from seg1b_dask.states.s6_jitter.contract import Bounds, Proposer
 
 KM_PER_DEG = 111.19492664455873  # 6371.0088 km sphere
 _COMPONENT = np.uint64(1 << 22)
@@ -139,3 +142,31 @@ def propose(
     lon = np.where(tail, t_west + u * (t_east - t_west), lon)
     lat = np.where(tail, t_south + v * (t_north - t_south), lat)
     return lon, lat
+
+
+class MixtureV3:
+    governed: ClassVar[bool] = True
+    advice: ClassVar[dict[str, str]] = {
+        "nn": "NN tail: retune s6_jitter core_density_per_km2_per_million, secondary_reach, tail_reach "
+        "and s4_alloc_plan min_sites_per_tile",
+    }
+    reads_expected_sites: ClassVar[bool] = True
+
+    def __init__(self, policy: S6MixtureV3) -> None:
+        self.policy = policy
+        self.max_attempts = policy.max_attempts
+
+    def proposer(
+        self,
+        tile_id: NDArray[np.int64],
+        expected_sites: NDArray[np.float64] | None,
+        total_sites: int,
+        key_fields: tuple[NDArray[np.uint64], ...],
+        grid: Grid,
+        key: np.uint64,
+    ) -> Proposer:
+        """Each site's component, fixed once; every attempt then draws from it."""
+        if expected_sites is None:
+            raise Seg1BError(Code.E_INTERNAL, "mixture_v3 needs each tile's expected outlets")
+        mix = components(tile_id, expected_sites, total_sites, key_fields, grid, key, self.policy)
+        return functools.partial(propose, mix)
