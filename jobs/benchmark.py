@@ -570,7 +570,7 @@ def bench_report(work: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from seg1b_dask.report import pages as report
+    from seg1b_dask.report import run_page as report
 
     root = work / "report"
     ratio = float(pin_baseline_run(root, 42, Execution())["nn_ratio"])

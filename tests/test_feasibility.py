@@ -17,7 +17,7 @@ from seg1b_dask.engine.execution import Execution
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io.refdata import REGIONS, refdata_version
 from seg1b_dask.lanes import feasibility
-from seg1b_dask.lanes.certify import fast_lane, feasibility_of
+from seg1b_dask.lanes.fast import fast_lane, feasibility_of
 from seg1b_dask.model.mass import CountryVector
 from seg1b_dask.policies.bundle import load_bundle
 

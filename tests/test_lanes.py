@@ -23,7 +23,8 @@ from seg1b_dask.io import discipline
 from seg1b_dask.io.hashing import FLAG_NAME, read_flag, seal_bundle
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.io.upstream import write_bundle
-from seg1b_dask.lanes.certify import certify, fast_lane
+from seg1b_dask.lanes.certify import certify
+from seg1b_dask.lanes.fast import fast_lane
 from seg1b_dask.lanes.score import pin_baseline_run, score_run
 from seg1b_dask.policies.bundle import load_bundle
 from seg1b_dask.states import s9_validation

@@ -22,7 +22,8 @@ from seg1b_dask.errors import Seg1BError
 from seg1b_dask.grading import checkpoints
 from seg1b_dask.io.hashing import read_flag
 from seg1b_dask.io.runroot import RunRoot
-from seg1b_dask.lanes.certify import certify, fast_lane
+from seg1b_dask.lanes.certify import certify
+from seg1b_dask.lanes.fast import fast_lane
 from seg1b_dask.lanes.score import pin_baseline_run
 from seg1b_dask.plan import closure
 from seg1b_dask.plan import status as plan

@@ -35,6 +35,7 @@ from seg1b_dask.io.lineage import read_manifest
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.io.upstream import CATALOGUE
 from seg1b_dask.lanes import certify as lanes
+from seg1b_dask.lanes import fast
 from seg1b_dask.lanes import score as scorer
 
 
@@ -128,7 +129,7 @@ def test_an_unexpected_failure_is_a_coded_bug_line(monkeypatch: pytest.MonkeyPat
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(lanes, "fast_lane", broken)
+    monkeypatch.setattr(fast, "fast_lane", broken)
     code, out = _cli("run", "--root", str(tmp_path), "--quiet")
     assert code == 3 and "E_INTERNAL: ZeroDivisionError: boom" in out
 
@@ -367,7 +368,7 @@ def test_an_edit_elsewhere_reuses_every_state_but_the_sealing_one(root: Path, mo
     from seg1b_dask.chain import runner
 
     monkeypatch.setattr(runner, "code_digest", lambda: "0" * 64)
-    result, scored = lanes.fast_lane(root, 42, BASELINE_POLICIES, None, Execution())
+    result, scored = fast.fast_lane(root, 42, BASELINE_POLICIES, None, Execution())
     reused = {r.id for r in result.states if r.reused}
     assert reused == {f"S{i}" for i in range(1, 9)}
     assert scored.card["sealed"] and scored.grade.outcome == "RED"  # the baseline posture, scored, not refused

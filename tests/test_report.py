@@ -13,8 +13,11 @@ import pytest
 
 from seg1b_dask.chain.runner import DEFAULT_POLICIES
 from seg1b_dask.engine.execution import Execution
-from seg1b_dask.lanes.certify import certify, fast_lane
-from seg1b_dask.report.pages import PACK_SECTIONS, RUN_SECTIONS, report
+from seg1b_dask.lanes.certify import certify
+from seg1b_dask.lanes.fast import fast_lane
+from seg1b_dask.report.pack_page import PACK_SECTIONS
+from seg1b_dask.report.pages import report
+from seg1b_dask.report.run_page import RUN_SECTIONS
 
 pytestmark = pytest.mark.e2e
 

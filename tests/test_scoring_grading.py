@@ -21,6 +21,14 @@ from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.model.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.plan import closure
 from seg1b_dask.policies.bundle import load_bundle
+from seg1b_dask.states.triage import triage_hints
+
+HINTS = triage_hints(load_bundle(BASELINE_POLICIES, "v"))
+
+
+def _grade(*args: object, **kwargs: object) -> grading.GradeReport:
+    """The grading rules with the baseline bundle's triage words."""
+    return grading.grade(*args, hints=HINTS, **kwargs)  # type: ignore[arg-type]
 
 
 def _exact(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -88,7 +96,7 @@ def test_duplicate_sites_give_zero_and_p50_zero_fails() -> None:
         "region_share": {r: 0.2 for r in ("Africa", "Asia", "Europe", "North America", "South America", "Oceania")},
     }
     gates = load_bundle(BASELINE_POLICIES, "v").gates
-    report = grading.grade({1: card}, gates, {1: []}, required_seeds=(1,))
+    report = _grade({1: card}, gates, {1: []}, required_seeds=(1,))
     assert report.outcome == "RED"
     assert [f.gate for f in report.failures["B"]] == ["nn_contraction"]
 
@@ -125,33 +133,33 @@ def test_grading_outcomes_and_failure_rows() -> None:
     gates = load_bundle(BASELINE_POLICIES, "v").gates
     ok: dict[int, list[str]] = {s: [] for s in gates.required_seeds}
     low = {s: {k: 0.0 for k in grading.CONCENTRATION} for s in gates.required_seeds}
-    green = grading.grade({s: _card() for s in gates.required_seeds}, gates, ok, low)
+    green = _grade({s: _card() for s in gates.required_seeds}, gates, ok, low)
     assert green.outcome == "GREEN_BPLUS" and not green.failures["B_PLUS"]
     # B+ needs the bootstrap bounds: without them the best claim is B.
-    assert grading.grade({s: _card() for s in gates.required_seeds}, gates, ok).outcome == "GREEN_B"
+    assert _grade({s: _card() for s in gates.required_seeds}, gates, ok).outcome == "GREEN_B"
     high = {s: dict(low[s], top1_share=0.09) for s in gates.required_seeds}
-    assert grading.grade({s: _card() for s in gates.required_seeds}, gates, ok, high).outcome == "GREEN_B"
+    assert _grade({s: _card() for s in gates.required_seeds}, gates, ok, high).outcome == "GREEN_B"
     cards = {s: _card() for s in gates.required_seeds}
     cards[7] = _card(country_gini=0.70)
-    red = grading.grade(cards, gates, ok, low)
+    red = _grade(cards, gates, ok, low)
     assert red.outcome == "RED"
     rows = [(f.gate, f.seed, f.threshold, f.observed) for f in red.failures["B"]]
     assert rows == [("country_gini", 7, 0.68, 0.70)]
     assert red.next_action.startswith("Gini/top-k")
     # A missing required seed blocks any grade; a structural failure too.
-    partial = grading.grade({42: _card()}, gates, {42: []}, {42: low[42]})
+    partial = _grade({42: _card()}, gates, {42: []}, {42: low[42]})
     assert partial.outcome == "RED" and partial.missing_seeds == [7, 101, 202]
-    broken = grading.grade(
+    broken = _grade(
         {s: _card() for s in gates.required_seeds}, gates, {**ok, 101: ["structural:unique_keys"]}, low
     )
     assert broken.outcome == "RED" and broken.next_action.startswith("structural")
     assert [(f.gate, f.seed) for f in broken.failures["B"]] == [("structural:unique_keys", 101)]
     # Perfect figures without a valid 1B flag: RED, and the hint says why.
-    unsealed = grading.grade({s: _card() for s in gates.required_seeds}, gates, {**ok, 7: ["unsealed"]}, low)
+    unsealed = _grade({s: _card() for s in gates.required_seeds}, gates, {**ok, 7: ["unsealed"]}, low)
     assert unsealed.outcome == "RED" and [f.gate for f in unsealed.failures["B"]] == ["unsealed"]
     assert unsealed.next_action.startswith("no valid 1B flag")
     # A seed with no structural verdict at all fails too (fail-closed).
-    assert grading.grade({42: _card()}, gates, {}, {42: low[42]}, required_seeds=(42,)).outcome == "RED"
+    assert _grade({42: _card()}, gates, {}, {42: low[42]}, required_seeds=(42,)).outcome == "RED"
 
 
 def test_a_grade_below_the_target_grade() -> None:
@@ -172,7 +180,7 @@ def test_cross_seed_cv_is_population_std_over_mean() -> None:
         101: _card(top1_share=0.07),
         202: _card(top1_share=0.07),
     }
-    report = grading.grade(cards, gates, {s: [] for s in cards})
+    report = _grade(cards, gates, {s: [] for s in cards})
     assert report.cv["top1_share"] > 0.3
     assert set(report.cv) == set(grading.CV_METRICS)  # the seed plan's core metrics
     assert ("cv:top1_share", None) in [(f.gate, f.seed) for f in report.failures["B"]]

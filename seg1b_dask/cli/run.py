@@ -61,7 +61,7 @@ def run(
     """
     from seg1b_dask.chain.registry import STATES
     from seg1b_dask.cli.summaries import below_target_line, run_summary, score_summary
-    from seg1b_dask.lanes.certify import fast_lane
+    from seg1b_dask.lanes.fast import fast_lane
 
     started = time.perf_counter()
     click.echo(f"run root: {root.resolve()}", err=True)
@@ -178,7 +178,7 @@ def feasibility(seed: int, policies: Path, root: Path, upstream: Path | None, js
     """Before any run: the bundle's predicted country gates, and the least relocation with
     which B and B+ are reachable at all (from 1A's counts and S2's country mass vector)."""
     from seg1b_dask.io.lineage import write_json
-    from seg1b_dask.lanes.certify import feasibility_of
+    from seg1b_dask.lanes.fast import feasibility_of
 
     result = feasibility_of(root, seed, policies, upstream, Execution())
     click.echo("\n".join(feasibility_summary(result)))

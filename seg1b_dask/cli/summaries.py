@@ -4,10 +4,10 @@ the bundle's target."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from seg1b_dask.core.metrics import COUNTRY_METRICS
+from seg1b_dask.core.text import number
 from seg1b_dask.grading.gates import GradeReport, Level, below_target, failure_table
 
 if TYPE_CHECKING:
@@ -27,10 +27,6 @@ def clip(text: str, width: int) -> str:
     head = text[: width - 1]
     cut = max(head.rfind(", "), head.rfind(" "))
     return (head[:cut] if cut > 0 else head).rstrip(", ") + "…"
-
-
-def _fmt(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
 def _validation_line(stats: dict) -> str:
@@ -114,7 +110,7 @@ def price_lines(card: dict[str, Any]) -> list[str]:
     p = card.get("plausibility")
     if p:
         lines.append(
-            f"  plausibility (not graded): shares rank with population {_fmt(p['population_rank_correlation'])}"
+            f"  plausibility (not graded): shares rank with population {number(p['population_rank_correlation'])}"
             f" (Spearman, {p['countries']} countries); most served per person {p['max_per_capita_country']}"
             f" ×{p['max_per_capita_ratio']:.0f}; in countries < {p['small_country_population']:,} people"
             f" {p['small_country_share']:.2%}; rural {p['rural_share']:.2%}"
@@ -128,7 +124,7 @@ def score_summary(scored: Scored) -> list[str]:
     lines.append(f"  {'metric':<32} {'value':>9} {'vs baseline':>12}")
     for key in CORE_METRICS:
         delta = scored.delta.get(key)
-        lines.append(f"  {key:<32} {_fmt(m[key]):>9} {f'{delta:+.4f}' if delta is not None else '':>12}")
+        lines.append(f"  {key:<32} {number(m[key]):>9} {f'{delta:+.4f}' if delta is not None else '':>12}")
     lines.append(f"  nearest neighbour p50 {m['nn_p50_km']:.3f} km  p99 {m['nn_p99_km']:.3f} km")
     lines.append("  regions: " + "  ".join(f"{r} {s:.3f}" for r, s in scored.card["region_share"].items()))
     lines.append(f"  collapse sentinel: {m['sentinel_flagged']} of the top-10 countries flagged")
@@ -181,16 +177,16 @@ def pack_summary(pack: Pack) -> list[str]:
         f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}",
     ]
     for key in (*CORE_METRICS, *REALISM_METRICS):
-        vals = "".join(f"{_fmt(pack.scored[s].card['metrics'][key]):>11}" for s in seed_list)
-        lines.append(f"  {key:<32}{vals}{_fmt(report.cv.get(key, float('nan'))):>9}")
+        vals = "".join(f"{number(pack.scored[s].card['metrics'][key]):>11}" for s in seed_list)
+        lines.append(f"  {key:<32}{vals}{number(report.cv.get(key, float('nan'))):>9}")
     for key in ("top1_share", "country_gini"):
-        vals = "".join(f"{_fmt(pack.scored[s].bootstrap.get(key, float('nan'))):>11}" for s in seed_list)
+        vals = "".join(f"{number(pack.scored[s].bootstrap.get(key, float('nan'))):>11}" for s in seed_list)
         lines.append(f"  {'bootstrap_upper:' + key:<32}{vals}")
     for key in ("relocated_share", "merchant_retention_median", "merchants_lost_home"):
-        vals = "".join(f"{_fmt(pack.scored[s].card['fidelity'].get(key, float('nan'))):>11}" for s in seed_list)
+        vals = "".join(f"{number(pack.scored[s].card['fidelity'].get(key, float('nan'))):>11}" for s in seed_list)
         lines.append(f"  {key:<32}{vals}")
     for priced in ("B_PLUS", "B"):
-        vals = "".join(f"{_fmt(pack.scored[s].card['price']['ratio'].get(priced)):>11}" for s in seed_list)
+        vals = "".join(f"{number(pack.scored[s].card['price']['ratio'].get(priced)):>11}" for s in seed_list)
         lines.append(f"  {'relocated ÷ least for ' + priced.replace('_PLUS', '+'):<32}{vals}")
     unsealed = [str(s) for s in seed_list if not pack.scored[s].card["sealed"]]
     if unsealed:

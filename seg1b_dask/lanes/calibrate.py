@@ -24,6 +24,8 @@ from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.lanes import certify as lanes
 from seg1b_dask.lanes import score as scorer
 from seg1b_dask.lanes import search as calibration
+from seg1b_dask.lanes.fast import country_inputs
+from seg1b_dask.lanes.score import run_and_score
 from seg1b_dask.lanes.search import SearchSpace, TrialResult
 from seg1b_dask.plan import closure
 from seg1b_dask.policies.bundle import PolicyBundle, load_bundle
@@ -197,7 +199,7 @@ def _evaluate(
         closure.check_locks(run_root.path, bundle.digests)  # a locked phase's policy cannot move
         chain = Chain(run_root, seeds[0], bundle, upstream[seeds[0]], execution)
         chain.run_global()  # S1 from the cache; S2 once per distinct S2 policy
-        inputs = {seed: lanes.country_inputs(chain, upstream[seed], seed) for seed in seeds}
+        inputs = {seed: country_inputs(chain, upstream[seed], seed) for seed in seeds}
         screened.append(
             (calibration.screen(trial.number, dict(trial.params), folder, bundle, inputs, level, space), bundle)
         )
@@ -208,7 +210,7 @@ def _evaluate(
         result, bundle, seed = job
         emit(f"trial {result.number} seed {seed}")
         try:
-            return lanes.run_and_score_seed(run_root.path, seed, bundle, execution, lambda _msg: None)[1]
+            return run_and_score(run_root.path, seed, bundle, execution, graded=True).scored
         except InputError as exc:  # the trial's settings refused by a state: a failed trial
             return exc
 

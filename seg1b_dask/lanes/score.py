@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg1b_dask.chain.runner import BASELINE_POLICIES, ensure_standin, run_seed
+from seg1b_dask.chain.runner import BASELINE_POLICIES, RunResult, ensure_standin, run_seed
 from seg1b_dask.engine.execution import Execution
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.grading import gates as grading
@@ -182,3 +182,36 @@ def pin_baseline_run(
         )
     result = run_seed(root=root, seed=seed, policies=bundle, upstream=upstream, execution=execution, on_state=on_state)
     return {**score_run(root, result.run_dir, pin_as_baseline=True).card["baseline"], "ran_run_id": result.run_id}
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    result: RunResult
+    scored: Scored
+    baseline_ran: str | None  # the baseline run this call ran to pin (None: the pin existed, or none was needed)
+
+
+def run_and_score(
+    root: Path,
+    seed: int,
+    bundle: PolicyBundle,
+    execution: Execution,
+    on_state: Callable[[str], None] | None = None,
+    upstream: Path | None = None,
+    *,
+    graded: bool,
+) -> SeedRun:
+    """Every lane's one path for a seed: pin its baseline first when the run is ``graded``
+    (its S9 grades the NN tail against it), run the chain, score the run. The first run of
+    the baseline bundle itself on a seed, grid and 1A bundle becomes their pin."""
+    ratio, ran = None, None
+    if graded:
+        on_baseline = (lambda name: on_state(f"baseline {name}")) if on_state else None
+        pinned = pin_baseline_run(root, seed, execution, on_baseline, upstream, bundle.grid)
+        ratio, ran = float(pinned["nn_ratio"]), pinned.get("ran_run_id")
+    result = run_seed(root, seed, bundle, upstream, execution, on_state, baseline_nn_ratio=ratio)
+    first_baseline = (
+        discipline.baseline_pointer(root, candidate_key(root, seed, bundle.grid, upstream)) is None
+        and bundle.parameter_hash == baseline_bundle(bundle.grid).parameter_hash
+    )
+    return SeedRun(result, score_run(root, result.run_dir, pin_as_baseline=first_baseline), ran)

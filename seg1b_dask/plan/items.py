@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from seg1b_dask.core.text import number
 from seg1b_dask.grading import checkpoints
 from seg1b_dask.io import packs
 from seg1b_dask.io.discipline import read_json
@@ -71,7 +72,7 @@ class PhaseStatus:
 
 
 def fmt(value: float) -> str:
-    return f"{value:.4f}"
+    return number(value)
 
 
 def baseline_policies() -> Path:
