@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SharedRun
 
 from seg1b_dask.chain.runner import DEFAULT_POLICIES
 from seg1b_dask.errors import InputError
@@ -46,8 +47,9 @@ def _rows(folder: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("calibration") / "root"
+def root(seed42_green: SharedRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's seed-42 root (the pinned baseline, the shipped bundle's run), shared by this module."""
+    return seed42_green.copy(tmp_path_factory.mktemp("calibration") / "root").root
 
 
 def _search(root: Path, space: Path, out: Path, trials: int, **kwargs: object):  # noqa: ANN202
@@ -143,8 +145,10 @@ def test_cli_summary_when_no_trial_passes(root: Path, tmp_path: Path) -> None:
 
 
 def test_a_misspelt_search_space_key_is_one_coded_line(tmp_path: Path) -> None:
+    data = yaml.safe_load(calibration.SPACE_FILE.read_text())
+    data["margins"] = data.pop("margin")  # the shipped space's key, misspelt
     path = tmp_path / "space.yaml"
-    path.write_text(calibration.SPACE_FILE.read_text().replace("\nmargin: ", "\nmargins: "))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(InputError) as err:
         calibration.load_space(path)
     assert err.value.code == "E_POLICY_UNKNOWN_KEY" and err.value.key == "margins"

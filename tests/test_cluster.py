@@ -4,20 +4,20 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import MakeBundle, SharedRun
 
-from seg1b_dask.chain.runner import BASELINE_POLICIES
 from seg1b_dask.io.lineage import read_manifest
+from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.lanes.certify import certify
+from seg1b_dask.policies.bundle import load_bundle
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 SEEDS = [42, 7]
@@ -71,16 +71,10 @@ def dask_cluster() -> Iterator[tuple[str, list[subprocess.Popen]]]:
         for i in range(2)
     ]
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with Client(address, timeout=5) as client:
-                    client.wait_for_workers(2, timeout=60)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
+        # The client retries the connection until the scheduler listens, then waits for both
+        # workers to join: each timeout only bounds a failure.
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(2, timeout=120)
         yield address, workers
     finally:
         for proc in [*workers, scheduler]:
@@ -94,17 +88,11 @@ def dask_cluster() -> Iterator[tuple[str, list[subprocess.Popen]]]:
 
 
 @pytest.fixture
-def candidate(tmp_path: Path) -> Path:
+def candidate(make_bundle: MakeBundle) -> Path:
     """A candidate bundle that differs from the baseline from S4 on (so S4-S9 compute)."""
-    target = tmp_path / "policies" / "candidate"
-    shutil.copytree(BASELINE_POLICIES, target)
-    shutil.copy(BASELINE_POLICIES.parent / "gates.yaml", target.parent / "gates.yaml")
-    s4 = target / "s4_alloc_plan.yaml"
-    s4.write_text(
-        s4.read_text()
-        .replace("tie_break: tile_id", "tie_break: keyed")
-        .replace("max_tile_share: 1.0", "max_tile_share: 0.25")
-    )
+    target = make_bundle("baseline", s4_alloc_plan={"tile_allocation": {"tie_break": "keyed", "max_tile_share": 0.25}})
+    tiles = load_bundle(target, refdata_version()).s4_alloc_plan.tile_allocation
+    assert (tiles.tie_break, tiles.max_tile_share) == ("keyed", 0.25)
     return target
 
 
@@ -139,10 +127,12 @@ def test_certify_through_scheduler_and_worker_processes(  # noqa: ANN001
 
 
 def test_losing_a_worker_mid_run_gives_the_same_pack(  # noqa: ANN001
-    dask_cluster, candidate: Path, tmp_path: Path
+    dask_cluster, candidate: Path, seed42_pinned: SharedRun, tmp_path: Path
 ) -> None:
+    """Both packs start from copies of one root (seed 42's baseline pinned, the seed-free
+    states cached): the candidate's S4-S9 and seed 7 compute on the cluster."""
     address, workers = dask_cluster
-    reference = certify(tmp_path / "undisturbed", SEEDS, candidate, workers=2)
+    reference = certify(seed42_pinned.copy(tmp_path / "undisturbed").root, SEEDS, candidate, workers=2)
     killed: list[str] = []
 
     def on_event(msg: str) -> None:
@@ -150,7 +140,9 @@ def test_losing_a_worker_mid_run_gives_the_same_pack(  # noqa: ANN001
             os.kill(workers[1].pid, signal.SIGKILL)
             killed.append(msg)
 
-    pack = certify(tmp_path / "disturbed", SEEDS, candidate, scheduler=address, on_event=on_event)
+    pack = certify(
+        seed42_pinned.copy(tmp_path / "disturbed").root, SEEDS, candidate, scheduler=address, on_event=on_event
+    )
     assert killed, "the worker was killed during the run"
     workers[1].wait(timeout=10)
     assert workers[1].returncode == -signal.SIGKILL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,7 +54,7 @@ def test_touched_cells_for_tiny_polygon() -> None:
     assert touched_cells(tiny, grid).tolist() == [(90 - 21) * 360 + 190]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(
     n=st.integers(1, 500),
     weights=st.lists(st.integers(1, 10**9), min_size=1, max_size=60),
@@ -82,7 +83,7 @@ def test_tile_id_ties_make_stripes_and_keyed_ties_do_not() -> None:
     assert set(np.flatnonzero(ka)) != set(np.flatnonzero(kb))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(n=st.integers(1, 300), weights=st.lists(st.integers(1, 50), min_size=1, max_size=80), salt=st.integers(0, 2**32))
 def test_selection_equals_a_full_sort(n: int, weights: list[int], salt: int) -> None:
     """The O(N) selection picks exactly the tiles a full (remainder, tie) sort would."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MakeBundle, SharedRun
 
 from seg1b_dask.chain.registry import first_dirty_state, rerun_matrix
 from seg1b_dask.chain.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
@@ -31,27 +32,22 @@ def _digests(result: RunResult) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    return run_seed(
-        root=tmp_path_factory.mktemp("ref"),
-        seed=42,
-        policies=BASELINE_POLICIES,
-        execution=Execution(scheduler="threads"),
-    )
-
-
-BASELINE_NN_RATIO = 16.0  # a fixed stand-in for the pinned baseline, so S9 can grade contraction
+def reference(seed42_warm: SharedRun) -> RunResult:
+    """Seed 42's baseline run (the session's, read-only)."""
+    return seed42_warm.result
 
 
 @pytest.fixture(scope="module")
-def remediation(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    return run_seed(
-        root=tmp_path_factory.mktemp("rem"),
-        seed=42,
-        policies=DEFAULT_POLICIES,
-        execution=Execution(scheduler="threads"),
-        baseline_nn_ratio=BASELINE_NN_RATIO,
-    )
+def remediation(seed42_green: SharedRun) -> RunResult:
+    """Seed 42's run of the shipped bundle, graded against its pinned baseline (the session's, read-only)."""
+    return seed42_green.result
+
+
+def _baseline_nn_ratio(result: RunResult) -> float:
+    """The baseline ratio S9 graded ``result`` against (a sealed input of the run)."""
+    ratio = json.loads((result.run_dir / "run.json").read_text())["baseline_nn_ratio"]
+    assert isinstance(ratio, float) and ratio > 10
+    return ratio
 
 
 def _rows_digest(result: RunResult) -> str:
@@ -107,14 +103,14 @@ def test_remediation_seals_b_plus_and_reports_its_price(remediation: RunResult) 
     assert moved / 31257 == pytest.approx(s4["relocated_share"], abs=1e-6)
 
 
-def test_a_failing_target_grade_is_not_sealed_and_grades_red(remediation: RunResult) -> None:
+def test_a_failing_target_grade_is_not_sealed_and_grades_red(seed42_green: SharedRun, tmp_path: Path) -> None:
     """Fail-closed: against a baseline ratio the remediation cannot beat, S9 (the only state
     whose cache key moves) records the breach and writes no flag; the scorer reports S9's
     record and grades RED on that gate. The ratio is a sealed input: a new fingerprint, no conflict."""
     from seg1b_dask.io.hashing import FLAG_NAME
     from seg1b_dask.lanes.score import score_run
 
-    root = remediation.run_dir.parent.parent
+    root = seed42_green.copy(tmp_path / "root").root
     failing = run_seed(root=root, seed=42, policies=DEFAULT_POLICIES, baseline_nn_ratio=1.0)
     assert [s.id for s in failing.states if not s.reused] == ["S0", "S9"]  # the gate always runs
     v = failing.validation
@@ -237,7 +233,8 @@ def test_outputs_are_byte_identical_across_schedulers_and_chunks(
     remediation: RunResult, execution: Execution, tmp_path: Path
 ) -> None:
     reference = remediation
-    other = run_seed(root=tmp_path, seed=42, execution=execution, baseline_nn_ratio=BASELINE_NN_RATIO)
+    ratio = _baseline_nn_ratio(reference)
+    other = run_seed(root=tmp_path, seed=42, execution=execution, baseline_nn_ratio=ratio)
     assert other.tokens == reference.tokens
     assert not any(s.reused for s in other.states)
     assert _digests(other) == _digests(reference)
@@ -265,21 +262,16 @@ def test_rerun_matrix_is_what_the_cache_keys_do() -> None:
         assert moved == states, policy
 
 
-def test_cache_reuse_and_rerun_matrix(reference: RunResult, tmp_path: Path) -> None:
-    import shutil
-
+def test_cache_reuse_and_rerun_matrix(seed42_warm: SharedRun, make_bundle: MakeBundle, tmp_path: Path) -> None:
+    reference = seed42_warm.result
     assert first_dirty_state({"s6_jitter"}) == "S6" and first_dirty_state({"gates"}) == "S9"
     assert rerun_matrix()["s2_tile_weights"] == ["S2", "S4", "S5", "S6", "S7", "S8", "S9"]  # S3 reads no S2 dataset
-    root = reference.run_dir.parent.parent
+    root = seed42_warm.copy(tmp_path / "root").root
     again = run_seed(root=root, seed=42, policies=BASELINE_POLICIES)
     assert all(s.reused for s in again.states[1:]) and _digests(again) == _digests(reference)
 
-    policies = tmp_path / "policies" / "changed"
-    shutil.copytree(BASELINE_POLICIES, policies)
-    shutil.copy(BASELINE_POLICIES.parent / "gates.yaml", policies.parent / "gates.yaml")
-    (policies / "s6_jitter.yaml").write_text(
-        (policies / "s6_jitter.yaml").read_text().replace("max_attempts: 64", "max_attempts: 32")
-    )
+    policies = make_bundle("baseline", s6_jitter={"jitter": {"max_attempts": 32}})
+    assert load_bundle(policies, refdata_version()).s6_jitter.jitter.max_attempts == 32
     changed = run_seed(root=root, seed=42, policies=policies)
     assert [s.id for s in changed.states if s.reused] == ["S1", "S2", "S3", "S4", "S5"]
     assert changed.tokens.parameter_hash != reference.tokens.parameter_hash

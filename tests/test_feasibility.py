@@ -116,6 +116,25 @@ def test_the_bound_does_not_fix_which_countries_hold_outlets() -> None:
     assert least.feasible and least.relocated_share == pytest.approx(0.12, abs=1e-6)
 
 
+def test_the_bound_holds_at_any_number_of_outlets() -> None:
+    """A Zipf-shaped 1A over 40 of 100 countries, at 30 k and at 100 M outlets: both grades
+    stay reachable, and the bound moves only by what a whole outlet (1/N of all) is worth.
+    At 100 M a whole outlet is 1e-8 of all: counted as a share, the coverage rows sank
+    under the solver's tolerances and the programme read as infeasible."""
+    n, m = 100, 40
+    zipf = np.r_[1.0 / np.arange(1, m + 1) ** 1.2, np.zeros(n - m)]
+    south = np.r_[np.zeros(m - 7), np.ones(7), (np.arange(n - m) % 4 == 0).astype(float)]
+    gates = load_bundle(BASELINE_POLICIES, refdata_version()).gates
+    for level in grading.LEVELS:
+        small, large = (
+            feasibility.least_relocation(_toy(n, np.floor(zipf / zipf.sum() * total), south), gates, level)
+            for total in (30_000, 100_000_000)
+        )
+        assert small.feasible and large.feasible, level
+        assert large.relocated_share <= small.relocated_share + 1e-9
+        assert large.relocated_share == pytest.approx(small.relocated_share, abs=2e-3)
+
+
 def test_fewer_outlets_than_countries_to_cover_is_not_reachable() -> None:
     least = feasibility.least_relocation(
         _toy(40, np.r_[np.full(5, 2), np.zeros(35)], np.zeros(40)),

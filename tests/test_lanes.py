@@ -7,12 +7,11 @@ with exactly its failing gates."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import MakeBundle
+from conftest import MakeBundle, SharedRun, patch_yaml
 
 from seg1b_dask.chain.runner import BASELINE_POLICIES, DEFAULT_POLICIES, RunResult, run_seed
 from seg1b_dask.cli import main
@@ -21,22 +20,23 @@ from seg1b_dask.errors import Seg1BError
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io import discipline
 from seg1b_dask.io.hashing import FLAG_NAME, read_flag, seal_bundle
+from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.io.upstream import write_bundle
 from seg1b_dask.lanes.certify import certify
 from seg1b_dask.lanes.fast import fast_lane
-from seg1b_dask.lanes.score import pin_baseline_run, score_run
+from seg1b_dask.lanes.score import score_run
 from seg1b_dask.policies.bundle import load_bundle
 from seg1b_dask.states import s9_validation
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("lanes")
-    pin_baseline_run(root, 42, Execution())
-    return root
+@pytest.fixture
+def root(seed42_green: SharedRun, tmp_path: Path) -> Path:
+    """A copy of the session's seed-42 root: the pinned baseline and the shipped bundle's run
+    (``green``), the current candidate."""
+    return seed42_green.copy(tmp_path / "root").root
 
 
 def test_fast_lane_reruns_from_first_dirty_state_and_compares_to_baseline(root: Path, make_bundle: MakeBundle) -> None:
@@ -61,17 +61,15 @@ def test_fast_lane_reruns_from_first_dirty_state_and_compares_to_baseline(root: 
 
 
 @pytest.fixture(scope="module")
-def green(root: Path) -> RunResult:
+def green(seed42_green: SharedRun) -> RunResult:
     """The default bundle's run of seed 42: sealed at B+, GREEN_BPLUS beside its baseline."""
-    result, scored = fast_lane(root, 42, DEFAULT_POLICIES, None, Execution())
-    assert scored.grade.outcome == "GREEN_BPLUS" and scored.card["sealed"]
-    return result
+    assert seed42_green.scored is not None and seed42_green.scored.grade.outcome == "GREEN_BPLUS"
+    return seed42_green.result
 
 
-def _copied(root: Path, run_id: str, tmp_path: Path) -> tuple[Path, dict, Path]:
+def _copied(shared: SharedRun, run_id: str, tmp_path: Path) -> tuple[Path, dict, Path]:
     """A copy of the run root to damage: the run's folder, its run.json and its bundle."""
-    copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
+    copy = shared.copy(tmp_path / "copy").root
     run_dir = copy / "runs" / run_id
     meta = json.loads((run_dir / "run.json").read_text())
     return run_dir, meta, copy / meta["outputs"]["validation_bundle"]
@@ -90,8 +88,8 @@ def _score_cli(copy: Path, run_dir: Path) -> str:
     return result.output
 
 
-def test_score_refuses_egress_bytes_the_flag_did_not_seal(root: Path, tmp_path: Path) -> None:
-    run_dir, meta, _ = _copied(root, sorted((root / "runs").iterdir())[0].name, tmp_path)
+def test_score_refuses_egress_bytes_the_flag_did_not_seal(seed42_green: SharedRun, tmp_path: Path) -> None:
+    run_dir, meta, _ = _copied(seed42_green, sorted((seed42_green.root / "runs").iterdir())[0].name, tmp_path)
     part = sorted((tmp_path / "copy" / meta["outputs"]["site_locations"]).rglob("part-*.parquet"))[0]
     part.write_bytes(part.read_bytes()[:-8] + bytes(8))
     with pytest.raises(Seg1BError) as err:
@@ -100,10 +98,12 @@ def test_score_refuses_egress_bytes_the_flag_did_not_seal(root: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("damage", ["no flag", "wrong flag", "no index"])
-def test_a_green_run_without_a_valid_flag_grades_red(root: Path, green: RunResult, tmp_path: Path, damage: str) -> None:
+def test_a_green_run_without_a_valid_flag_grades_red(
+    seed42_green: SharedRun, green: RunResult, tmp_path: Path, damage: str
+) -> None:
     """The figures pass B+ and run.json says sealed; without a valid flag over the bundle
     nothing vouches for them: RED, labelled unverified, and the reason named."""
-    run_dir, _, bundle = _copied(root, green.run_id, tmp_path)
+    run_dir, _, bundle = _copied(seed42_green, green.run_id, tmp_path)
     if damage == "no flag":
         (bundle / FLAG_NAME).unlink()
     elif damage == "wrong flag":
@@ -123,11 +123,10 @@ def test_a_green_run_without_a_valid_flag_grades_red(root: Path, green: RunResul
     assert "no, every figure is unverified" in (run_dir / "report.html").read_text()
 
 
-def test_an_unsealed_run_stays_red_whatever_run_json_says(root: Path, green: RunResult, tmp_path: Path) -> None:
+def test_an_unsealed_run_stays_red_whatever_run_json_says(root: Path) -> None:
     """S9 refused the flag (its baseline ratio made the B+ contraction fail); scored against
     the real pin, its figures would pass. Neither that nor a forged receipt lifts it."""
-    copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
+    copy = root
     refused = run_seed(root=copy, seed=42, policies=DEFAULT_POLICIES, baseline_nn_ratio=1.0)
     assert not refused.validation["sealed"] and refused.validation["failed_gates"] == ["nn_contraction"]
     honest = score_run(copy, refused.run_dir)
@@ -139,10 +138,10 @@ def test_an_unsealed_run_stays_red_whatever_run_json_says(root: Path, green: Run
     assert "UNVERIFIED: no valid 1B flag (E_BUNDLE_FLAG_MISSING" in _score_cli(copy, refused.run_dir)
 
 
-def test_sealed_checks_that_fail_grade_red(root: Path, green: RunResult, tmp_path: Path) -> None:
+def test_sealed_checks_that_fail_grade_red(seed42_green: SharedRun, green: RunResult, tmp_path: Path) -> None:
     """A validly sealed bundle whose checks.json records a failing check: RED on that check,
     though run.json says every check passed."""
-    run_dir, _, bundle = _copied(root, green.run_id, tmp_path)
+    run_dir, _, bundle = _copied(seed42_green, green.run_id, tmp_path)
     checks = json.loads((bundle / "checks.json").read_text())
     checks["point_in_country"]["passed"] = False
     (bundle / "checks.json").write_text(json.dumps(checks))
@@ -157,12 +156,11 @@ def test_sealed_checks_that_fail_grade_red(root: Path, green: RunResult, tmp_pat
 
 
 def test_a_structurally_failed_run_is_published_and_scores_red(
-    root: Path, tmp_path: Path, make_bundle: MakeBundle, monkeypatch: pytest.MonkeyPatch
+    root: Path, make_bundle: MakeBundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The runner publishes the run before it refuses it: ``seg1b score`` on that folder
     grades RED on the failing check, whatever its realism figures."""
-    copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
+    copy = root
     real = s9_validation.inside_country
 
     def one_site_outside(lon: object, lat: object, cid: object) -> object:
@@ -182,9 +180,8 @@ def test_a_structurally_failed_run_is_published_and_scores_red(
     assert "single-seed grade: RED" in shown and "structural:point_in_country" in shown
 
 
-def test_score_refuses_a_run_receipt_that_disagrees_with_the_sealed_bundle(root: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
+def test_score_refuses_a_run_receipt_that_disagrees_with_the_sealed_bundle(root: Path) -> None:
+    copy = root
     run_dir = sorted((copy / "runs").iterdir())[0]
     meta = json.loads((run_dir / "run.json").read_text())
     meta["parameter_hash"] = "0" * 64  # e.g. someone loosened the gates and rehashed run.json
@@ -265,8 +262,8 @@ def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, make_bundle: 
     """Editing a bundle's files after its run changes nothing about how the run is scored."""
     policies = make_bundle("baseline")
     result, _ = fast_lane(root, 42, policies, None, Execution())
-    gates_file = policies.parent / "gates.yaml"
-    gates_file.write_text(gates_file.read_text().replace("B: 0.68", "B: 0.99"))
+    patch_yaml(policies.parent / "gates.yaml", {"country_gini_max": {"B": 0.99}})
+    assert load_bundle(policies, refdata_version()).gates.country_gini_max.B == 0.99  # the files say 0.99 now
     scored = score_run(root, result.run_dir)
     gini = [f for f in scored.grade.failures["B"] if f.gate == "country_gini"]
     assert gini and gini[0].threshold == 0.68

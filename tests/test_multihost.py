@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import SharedRun
 from deploy_files import Service, compose, dockerfile
 
 from seg1b_dask.chain.runner import DEFAULT_POLICIES
@@ -93,6 +96,16 @@ class Network:
             _ip("link", "del", self.bridge)
 
 
+def _set_on_exit(proc: subprocess.Popen, event: threading.Event) -> None:
+    """Set ``event`` when ``proc`` exits (its pidfd turns readable; the caller still reaps it)."""
+    fd = os.pidfd_open(proc.pid)
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
+    event.set()
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -138,14 +151,14 @@ class ComposeCluster:
     def wait_healthy(self, host: Host, service: Service, timeout: float = 120) -> None:
         """The service's own health check, run on its host, as Compose would."""
         assert service.healthcheck
-        deadline = time.time() + timeout
+        deadline = time.monotonic() + timeout
         while True:
             done = subprocess.run(["ip", "netns", "exec", host.netns, *service.healthcheck], capture_output=True)
             if done.returncode == 0:
                 return
-            if time.time() > deadline or any(p.poll() is not None for p in host.procs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in host.procs):
                 pytest.fail(f"{host.name} never became healthy:\n{self.log(host)}")
-            time.sleep(1)
+            time.sleep(1)  # Compose's health-check interval: the check is the service's own, polled
 
     def log(self, host: Host, tail: int = 4000) -> str:
         path = self.logs / f"{host.name}.log"
@@ -222,11 +235,14 @@ def compose_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compos
 
 
 @pytest.fixture(scope="module")
-def local_pack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def local_pack(seed42_green: SharedRun, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """The same certification on a LocalCluster: the job command's defaults (the shipped
-    bundle, its required seeds)."""
+    bundle, its required seeds), in a copy of the session's seed-42 root (a pack's content
+    does not depend on what its root had cached)."""
     seeds = list(load_bundle(DEFAULT_POLICIES, refdata_version()).gates.required_seeds)
-    return certify(tmp_path_factory.mktemp("local") / "root", seeds, DEFAULT_POLICIES, workers=2)
+    return certify(
+        seed42_green.copy(tmp_path_factory.mktemp("local") / "root").root, seeds, DEFAULT_POLICIES, workers=2
+    )
 
 
 def _pack_of(cluster: ComposeCluster) -> Path:
@@ -270,9 +286,10 @@ def test_a_worker_cut_off_mid_run_changes_nothing(  # noqa: ANN001
     victim = compose_cluster.workers[-1]
     cut: dict[str, object] = {}
 
-    def record_completions(dask_scheduler) -> None:  # noqa: ANN001
-        """A scheduler plugin noting which worker finished each task (defined here, so it
-        travels to the scheduler by value)."""
+    def record_completions(dask_scheduler, victim: str, topic: str) -> None:  # noqa: ANN001
+        """A scheduler plugin noting which worker finished each task, and telling ``topic``
+        the moment the victim starts a country batch (defined here, so it travels to the
+        scheduler by value)."""
         from distributed.diagnostics.plugin import SchedulerPlugin
 
         class Completions(SchedulerPlugin):
@@ -280,27 +297,37 @@ def test_a_worker_cut_off_mid_run_changes_nothing(  # noqa: ANN001
 
             def __init__(self) -> None:
                 self.done: list[tuple[str, str]] = []
+                self.told = False
 
             def transition(self, key, start, finish, *args, **kwargs) -> None:  # noqa: ANN001
                 if start == "processing" and finish == "memory":
                     self.done.append((str(key), str(kwargs.get("worker"))))
+                elif finish == "processing" and not self.told and "batch_task" in str(key):
+                    ts = dask_scheduler.tasks.get(key)
+                    worker = ts.processing_on.address if ts is not None and ts.processing_on is not None else ""
+                    if f"//{victim}:" in worker:
+                        self.told = True
+                        dask_scheduler.log_event(topic, {"worker": worker, "key": str(key)})
 
         dask_scheduler.add_plugin(Completions())
 
     def cut_when_busy(job: subprocess.Popen) -> None:
-        """Cut the victim's link while it is executing one of the seeds' country batches."""
+        """Cut the victim's link as soon as it runs one of the seeds' country batches (the
+        plugin says so), or give up when the job ends first."""
+        told, over = [], threading.Event()
+
+        def busy(event: tuple[float, dict[str, str]]) -> None:
+            told.append(event[1])
+            over.set()
+
+        threading.Thread(target=_set_on_exit, args=(job, over), daemon=True).start()
         with Client(compose_cluster.scheduler_address, timeout=10) as client:
-            client.run_on_scheduler(record_completions)
-            deadline = time.time() + 600
-            while time.time() < deadline and job.poll() is None:
-                processing = client.processing()
-                mine = [w for w in processing if f"//{victim.address}:" in w]
-                busy = [k for w in mine for k in processing[w] if "batch_task" in str(k)]
-                if busy:
-                    compose_cluster.network.cut(victim)
-                    cut.update(worker=mine[0], busy=busy, at=time.time())
-                    return
-                time.sleep(0.2)
+            client.subscribe_topic("test-victim-busy", busy)
+            client.run_on_scheduler(record_completions, victim.address, "test-victim-busy")
+            assert over.wait(timeout=900), "neither a batch on the victim nor the job's end"
+            if told:
+                compose_cluster.network.cut(victim)
+                cut.update(worker=told[0]["worker"], busy=[told[0]["key"]], at=time.time())
 
     done = compose_cluster.run_job(during=cut_when_busy)
     assert cut, f"the victim never ran a country batch:\n{done.stdout}"

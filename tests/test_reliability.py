@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-from conftest import MakeBundle
+from conftest import MakeBundle, SharedRun
 
 from seg1b_dask import __version__
 from seg1b_dask.chain import registry
@@ -40,16 +41,14 @@ from seg1b_dask.lanes import score as scorer
 
 
 @pytest.fixture(scope="module")
-def warm(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    """One baseline run of seed 42: its root is copied before any test damages it."""
-    return run_seed(root=tmp_path_factory.mktemp("warm"), seed=42, policies=BASELINE_POLICIES)
+def warm(seed42_warm: SharedRun) -> RunResult:
+    """One baseline run of seed 42 (the session's, read-only): its root is copied before any test damages it."""
+    return seed42_warm.result
 
 
 @pytest.fixture
-def root(warm: RunResult, tmp_path: Path) -> Path:
-    copy = tmp_path / "root"
-    shutil.copytree(warm.run_dir.parent.parent, copy, symlinks=True)
-    return copy
+def root(seed42_warm: SharedRun, tmp_path: Path) -> Path:
+    return seed42_warm.copy(tmp_path / "root").root
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -137,25 +136,48 @@ def test_an_unexpected_failure_is_a_coded_bug_line(monkeypatch: pytest.MonkeyPat
 # -- the run root ------------------------------------------------------------------------
 
 
-def test_prune_is_refused_while_a_run_is_in_flight(root: Path, bundle42: Path) -> None:
+def test_prune_is_refused_while_a_run_is_in_flight(root: Path) -> None:
     """A run in another process holds the root; prune refuses; the run completes intact.
-    (Seed 7: nothing of it is cached yet, so its states compute.)"""
+    (Seed 7: nothing of it is cached yet, so its states compute.) The run is held in flight
+    (stopped) from its first state line until prune has answered."""
     run = subprocess.Popen(
         [sys.executable, "-m", "seg1b_dask.cli", "run", "--root", str(root), "--policies", str(BASELINE_POLICIES),
-         "--seed", "7", "--country-batch", "3", "--quiet"],
+         "--seed", "7", "--country-batch", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((root / "data").rglob("*.tmp-*")):
-        time.sleep(0.05)
-    with pytest.raises(Seg1BError) as err:
-        discipline.prune(root)
-    assert err.value.code == Code.E_ROOT_BUSY
-    out, _ = run.communicate(timeout=300)
-    assert run.returncode == 0, out
-    assert "validation: PASS" in out
+    lines: list[str] = []
+    in_flight = threading.Event()
+
+    def read() -> None:
+        assert run.stdout is not None
+        for line in run.stdout:
+            lines.append(line)
+            if line.startswith("["):  # "[k/N] state": printed from inside the run, under the root's lock
+                in_flight.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert in_flight.wait(timeout=300), "".join(lines)
+        run.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(Seg1BError) as err:
+                discipline.prune(root)
+        finally:
+            run.send_signal(signal.SIGCONT)
+        assert err.value.code == Code.E_ROOT_BUSY
+        assert run.wait(timeout=300) == 0, "".join(lines)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=60)
+        reader.join(timeout=60)
+    out = "".join(lines)
+    assert "validation: PASS" in out, out
     runs = sorted(p for p in (root / "runs").iterdir() if (p / "run.json").is_file())
-    for rel in json.loads((runs[-1] / "run.json").read_text())["outputs"].values():
+    meta = json.loads((runs[-1] / "run.json").read_text())
+    assert meta["seed"] == 7
+    for rel in meta["outputs"].values():
         assert (root / rel / "_manifest.json").is_file()
 
 
@@ -166,11 +188,11 @@ def test_a_run_waits_for_prune_then_refuses(root: Path) -> None:
     def prune_holder() -> None:
         with rr.exclusive():
             held.set()
-            release.wait(10)
+            release.wait(60)
 
     t = threading.Thread(target=prune_holder)
     t.start()
-    held.wait(10)
+    assert held.wait(60), "the prune holder took the lock"
     try:
         with pytest.raises(Seg1BError) as err, rr.shared(wait=0.2):
             pass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,7 +49,7 @@ def _countries(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     st.floats(0.0, 1.0),
     st.floats(0.1, 0.3),
 )
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 def test_governed_vector_meets_every_floor_and_cap(
     seed: int, hard_cap: float, per_capita: float, exponent: float, south_floor: float
 ) -> None:
@@ -98,7 +99,7 @@ def test_contradictory_caps_are_a_coded_refusal() -> None:
 
 
 @given(st.integers(50, 5000), st.integers(0, 5), st.integers(0, 2**32 - 1))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50))
 def test_whole_counts_are_exact_and_keep_their_floors(total: int, minimum: int, seed: int) -> None:
     g = np.random.default_rng(seed)
     lower = np.minimum(g.integers(0, 3, 30), minimum)
@@ -110,7 +111,7 @@ def test_whole_counts_are_exact_and_keep_their_floors(total: int, minimum: int, 
 
 
 @given(st.lists(st.integers(0, 60), min_size=1, max_size=40), st.integers(0, 2000), st.integers(0, 2**32 - 1))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100))
 def test_water_filling_keeps_small_counts_whole_and_cuts_the_largest(raw: list[int], budget: int, seed: int) -> None:
     counts = np.asarray(raw, dtype=np.int64)
     tie = np.random.default_rng(seed).integers(0, 2**63, len(counts)).astype(np.uint64)
@@ -203,7 +204,7 @@ def test_moved_outlets_go_to_the_merchants_own_countries_first() -> None:
 
 
 @given(st.integers(1, 300), st.lists(st.integers(1, 10**9), min_size=1, max_size=200), st.floats(0, 0.999999))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100))
 def test_systematic_sampling_is_within_one_of_every_quota(n: int, raw: list[int], offset: float) -> None:
     weight = np.asarray(raw, dtype=np.uint64)
     counts = tiles.systematic(n, weight, offset, lambda idx: idx.astype(np.uint64), 1.0)

@@ -10,11 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import SharedRun
 
 from seg1b_dask.chain.runner import DEFAULT_POLICIES
-from seg1b_dask.engine.execution import Execution
 from seg1b_dask.lanes.certify import certify
-from seg1b_dask.lanes.fast import fast_lane
 from seg1b_dask.report.pack_page import PACK_SECTIONS
 from seg1b_dask.report.pages import report
 from seg1b_dask.report.run_page import RUN_SECTIONS
@@ -23,11 +22,17 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def candidate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A remediation run of seed 42 beside its pinned baseline (the fast lane pins it)."""
-    root = tmp_path_factory.mktemp("report")
-    result, _ = fast_lane(root, 42, DEFAULT_POLICIES, None, Execution())
-    return root, result.run_dir
+def candidate(seed42_green: SharedRun) -> tuple[Path, Path]:
+    """A remediation run of seed 42 beside its pinned baseline (the fast lane pinned it): the
+    session's, read-only."""
+    return seed42_green.root, seed42_green.result.run_dir
+
+
+@pytest.fixture
+def candidate_copy(seed42_green: SharedRun, tmp_path: Path) -> tuple[Path, Path]:
+    """The same, in a copy of its run root this test may write into."""
+    copy = seed42_green.copy(tmp_path / "root")
+    return copy.root, copy.result.run_dir
 
 
 def _self_contained(page: str) -> None:
@@ -35,8 +40,8 @@ def _self_contained(page: str) -> None:
     assert "<link" not in page
 
 
-def test_run_report_has_every_section_and_needs_no_network(candidate: tuple[Path, Path]) -> None:
-    root, run = candidate
+def test_run_report_has_every_section_and_needs_no_network(candidate_copy: tuple[Path, Path]) -> None:
+    root, run = candidate_copy
     page = (run / "report.html").read_text()  # written by the fast lane
     for section in RUN_SECTIONS:
         assert f'<section id="{section}">' in page
@@ -49,8 +54,8 @@ def test_run_report_has_every_section_and_needs_no_network(candidate: tuple[Path
     assert report(root, run.name) == run / "report.html"
 
 
-def test_pack_report_links_its_seeds_and_the_dask_report(candidate: tuple[Path, Path]) -> None:
-    root, _ = candidate
+def test_pack_report_links_its_seeds_and_the_dask_report(candidate_copy: tuple[Path, Path]) -> None:
+    root, _ = candidate_copy
     pack = certify(root, [42], DEFAULT_POLICIES, workers=1)
     page = (pack.folder / "report.html").read_text()
     for section in PACK_SECTIONS:

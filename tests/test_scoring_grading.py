@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,9 +150,7 @@ def test_grading_outcomes_and_failure_rows() -> None:
     # A missing required seed blocks any grade; a structural failure too.
     partial = _grade({42: _card()}, gates, {42: []}, {42: low[42]})
     assert partial.outcome == "RED" and partial.missing_seeds == [7, 101, 202]
-    broken = _grade(
-        {s: _card() for s in gates.required_seeds}, gates, {**ok, 101: ["structural:unique_keys"]}, low
-    )
+    broken = _grade({s: _card() for s in gates.required_seeds}, gates, {**ok, 101: ["structural:unique_keys"]}, low)
     assert broken.outcome == "RED" and broken.next_action.startswith("structural")
     assert [(f.gate, f.seed) for f in broken.failures["B"]] == [("structural:unique_keys", 101)]
     # Perfect figures without a valid 1B flag: RED, and the hint says why.
@@ -197,7 +196,7 @@ def test_bootstrap_upper_bound_equals_a_direct_computation() -> None:
     assert upper["country_gini"] == pytest.approx(point + (q95 - q50) + abs(q50 - point), rel=1e-12)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(st.integers(2, 40), st.integers(2, 12), st.integers(0, 2**32 - 1))
 def test_bootstrap_bound_is_never_below_the_estimate(merchants: int, countries: int, seed: int) -> None:
     """Resampling merchants drops rare countries (Gini biased down): a plain percentile bound

@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
 import shapely
+from conftest import examples
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -39,8 +41,16 @@ SYNTHETIC = {
     ),
 }
 COUNTRIES = ("CH", "CL", "NO", "BM", "DE", "US", *SYNTHETIC)
-CASES = [(name, arcsec) for name in COUNTRIES for arcsec in GRIDS]
-SETTINGS = settings(max_examples=4, derandomize=True, deadline=None, database=None)
+
+
+def _case(name: str, arcsec: int) -> Any:
+    """One country on one grid. A 30″ raster of a large country takes seconds (once per
+    process): those cases are slow."""
+    return pytest.param(name, arcsec, id=f"{name}-{arcsec}", marks=[pytest.mark.slow] if arcsec == 30 else [])
+
+
+CASES = [_case(name, arcsec) for name in COUNTRIES for arcsec in GRIDS]
+SETTINGS = settings(max_examples=examples(4))
 
 
 @dataclass(frozen=True)
@@ -131,15 +141,24 @@ def _consistent(m: dict[str, float]) -> bool:
     return m["flagged"] == (m["relative_anisotropy"] > MAX_RELATIVE_ANISOTROPY or low_share)
 
 
+def _reference_is_the_cells(c: Country) -> None:
+    direct = c.cell_covariance()
+    np.testing.assert_allclose(c.reference.covariance, direct, rtol=1e-9, atol=1e-9 * direct.max())
+    assert math.isclose(c.reference.row_p.sum(), 1.0) and math.isclose(c.reference.col_p.sum(), 1.0)
+
+
+@pytest.mark.slow
+def test_the_reference_is_the_weighted_placement_cell_by_cell_on_the_30_arcsecond_grid() -> None:
+    """As below, on the 30″ grid; and at small n its expected distinct rows is about n."""
+    _reference_is_the_cells(country("CH", 30))
+    assert expected_distinct(country("US", 30).reference.row_p, 50) == pytest.approx(50, rel=0.02)
+
+
 def test_the_reference_is_the_weighted_placement_cell_by_cell() -> None:
     """Its covariance and row and column probabilities equal a direct computation over the
-    cells (by area by default), and at small n its expected distinct rows is about n."""
-    for name, arcsec in (("US", 300), ("antimeridian", 300), ("CH", 30)):
-        c = country(name, arcsec)
-        direct = c.cell_covariance()
-        np.testing.assert_allclose(c.reference.covariance, direct, rtol=1e-9, atol=1e-9 * direct.max())
-        assert math.isclose(c.reference.row_p.sum(), 1.0) and math.isclose(c.reference.col_p.sum(), 1.0)
-    assert expected_distinct(country("US", 30).reference.row_p, 50) == pytest.approx(50, rel=0.02)
+    cells (by area by default)."""
+    for name, arcsec in (("US", 300), ("antimeridian", 300)):
+        _reference_is_the_cells(country(name, arcsec))
     # Two 5′ rows (one cell, two cells) weighted 1, 2, 3: each row's and column's probability by hand.
     grid = Grid(300)
     ref = CountryReference.from_cells(grid, np.array([600, 601, 601]), np.array([10, 10, 11]), np.array([1, 2, 3]))
@@ -170,7 +189,7 @@ def test_a_placement_that_follows_its_weights_is_never_flagged_though_uniform_wo
 
 @pytest.mark.parametrize("exponent", [3, 4, 5, 6])
 @pytest.mark.parametrize(("name", "arcsec"), CASES)
-@settings(max_examples=2, derandomize=True, deadline=None, database=None)
+@settings(max_examples=examples(2))
 @given(seed=st.integers(0, 2**32 - 1))
 def test_a_uniform_placement_is_never_flagged(name: str, arcsec: int, exponent: int, seed: int) -> None:
     c = country(name, arcsec)
@@ -213,7 +232,7 @@ def stripe_rows(name: str, arcsec: int) -> NDArray[np.int64]:
 # Bermuda, a hook of islands, has no row long enough for the precondition (its longest row
 # is 2 cells of 5′, 9 of 30″; the best ratio 1.0 and 9.7): a one-row stripe there looks like
 # the country itself.
-@pytest.mark.parametrize(("name", "arcsec"), [case for case in CASES if case[0] != "BM"])
+@pytest.mark.parametrize(("name", "arcsec"), [case for case in CASES if case.values[0] != "BM"])
 @SETTINGS
 @given(pick=st.integers(0, 2**31), n=st.sampled_from([50, 300, 3_000, 30_000, 300_000]), seed=st.integers(0, 2**32 - 1))
 def test_a_one_row_stripe_is_always_flagged(name: str, arcsec: int, pick: int, n: int, seed: int) -> None:

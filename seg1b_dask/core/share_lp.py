@@ -90,7 +90,7 @@ def closest_shares(
     use_prior = prior is not None and prior_weight > 0
     pair_i, pair_j = np.triu_indices(n, k=1) if limits.gini_max is not None else (np.zeros(0, np.intp),) * 2
     n_pairs = len(pair_i)
-    # variables: t | p q (t − p + q = reference) | e f (t − e + f = prior) | w (coverage) | d (pairs) | top-k
+    # variables: t | p q (t − p + q = reference) | e f (t − e + f = prior) | w (coverage, outlets) | d (pairs) | top-k
     o_p, o_q = n, 2 * n
     o_e, o_f = 3 * n, 4 * n
     o_w = 5 * n if use_prior else 3 * n
@@ -114,9 +114,11 @@ def closest_shares(
         ub.add(np.r_[rn, rn, rn], np.r_[rn, np.full(n, lam), u], np.r_[np.ones(n), -np.ones(2 * n)], [0.0] * n)
         ub.add(np.zeros(n + 1, np.intp), np.r_[lam, u], np.r_[float(k), np.ones(n)], [cap])
     if limits.coverage is not None:
+        # w_i ∈ [0, 1] counts country i's whole outlet: w_i / N ≤ t_i and Σ w ≥ K. Counted in
+        # outlets, not shares, so the rows stay far above the solver's tolerances at any N.
         cover, unit = limits.coverage
-        ub.add(np.r_[rn, rn], np.r_[o_w + rn, rn], np.r_[np.ones(n), -np.ones(n)], [0.0] * n)  # w ≤ t
-        ub.add(np.zeros(n, np.intp), o_w + rn, -np.ones(n), [-cover * unit])  # Σ w ≥ K / N
+        ub.add(np.r_[rn, rn], np.r_[o_w + rn, rn], np.r_[np.full(n, unit), -np.ones(n)], [0.0] * n)
+        ub.add(np.zeros(n, np.intp), o_w + rn, -np.ones(n), [-float(cover)])
     if limits.south is not None:
         ub.add(np.zeros(n, np.intp), rn, -limits.south, [-limits.south_min])
     if limits.region is not None:
@@ -147,7 +149,7 @@ def closest_shares(
     bounds[:n, 0] = limits.lower
     bounds[:n, 1] = limits.upper
     if limits.coverage is not None:
-        bounds[o_w : o_w + n, 1] = limits.coverage[1]  # w ≤ 1/N
+        bounds[o_w : o_w + n, 1] = 1.0  # at most one whole outlet counts
     for lam in o_k:
         bounds[lam] = (-np.inf, np.inf)
     method = "highs-ipm" if n_pairs else "highs"
