@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from seg1b_dask.chain.runner import BASELINE_POLICIES, DEFAULT_POLICIES
 from seg1b_dask.cli import main
-from seg1b_dask.core import metrics
+from seg1b_dask.core import metrics, share_lp
 from seg1b_dask.engine.execution import Execution
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io.refdata import REGIONS, refdata_version
@@ -133,6 +133,43 @@ def test_the_bound_holds_at_any_number_of_outlets() -> None:
         assert small.feasible and large.feasible, level
         assert large.relocated_share <= small.relocated_share + 1e-9
         assert large.relocated_share == pytest.approx(small.relocated_share, abs=2e-3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_interchangeable_countries_as_one_entry_give_the_same_optimum(seed: int) -> None:
+    """``copies``: 1A's countries one by one, the empty ones grouped by region and southern
+    fraction, against the same programme over every country: the same least relocation
+    and, where the optimum is unique, the same shares (random instances, every limit on)."""
+    g = np.random.default_rng(seed)
+    n = 60
+    a = np.where(g.random(n) < 0.4, g.pareto(1.2, n) + 0.1, 0.0)
+    a /= a.sum()
+    region = g.choice(np.asarray(REGIONS[:4]), n)
+    south = np.where(a > 0, g.random(n), g.choice([0.0, 1.0], n))
+    cover = int(0.8 * n)
+    limits = {
+        "gini_max": 0.6,
+        "gini_active": cover,
+        "top_max": ((1, 0.08), (max(1, cover // 10), 0.4)),
+        "coverage": (cover, 1e-6),
+        "south_min": 0.15,
+        "region_min": {str(r): 0.05 for r in REGIONS[:4]},
+    }
+    whole = share_lp.closest_shares(
+        a, share_lp.ShareLimits(np.zeros(n), np.full(n, np.inf), south=south, region=region, **limits)
+    )
+    first, entry, copies = feasibility._interchangeable(a, region, south)
+    assert len(first) < n and copies.sum() == n
+    grouped = share_lp.closest_shares(
+        a[first],
+        share_lp.ShareLimits(
+            np.zeros(len(first)), np.full(len(first), np.inf), south=south[first], region=region[first], **limits
+        ),
+        copies=copies,
+    )
+    assert whole.feasible and grouped.feasible
+    assert grouped.distance == pytest.approx(whole.distance, abs=1e-7)
+    assert grouped.share[entry].sum() == pytest.approx(1.0, abs=1e-7)
 
 
 def test_fewer_outlets_than_countries_to_cover_is_not_reachable() -> None:

@@ -286,7 +286,7 @@ def test_a_worker_cut_off_mid_run_changes_nothing(  # noqa: ANN001
     victim = compose_cluster.workers[-1]
     cut: dict[str, object] = {}
 
-    def record_completions(dask_scheduler, victim: str, topic: str) -> None:  # noqa: ANN001
+    def record_completions(victim: str, topic: str, dask_scheduler=None) -> None:  # noqa: ANN001
         """A scheduler plugin noting which worker finished each task, and telling ``topic``
         the moment the victim starts a country batch (defined here, so it travels to the
         scheduler by value)."""

@@ -16,6 +16,12 @@ grade's country gates). Both minimise the total variation ½ Σ |t − a| under:
 - a southern share and region floors, which are linear.
 
 Solved by HiGHS (interior point); without a Gini limit, O(n) variables and milliseconds.
+
+Interchangeable countries (the same reference, bounds, southern fraction and region, no
+prior) may enter as one entry with ``copies``: the programme is convex and symmetric under
+permuting them, so averaging any optimum over those permutations is optimal too, and some
+optimum gives them one share. Pairs inside a group then cost nothing, pairs across groups
+count ``copies_i · copies_j`` times: the same optimum with far fewer pair variables.
 """
 
 from __future__ import annotations
@@ -81,13 +87,16 @@ def closest_shares(
     limits: ShareLimits,
     prior: NDArray[np.float64] | None = None,
     prior_weight: float = 0.0,
+    copies: NDArray[np.float64] | None = None,
 ) -> Closest:
-    """argmin ½ Σ |t − reference| + prior_weight · ½ Σ |t − prior| within ``limits``.
+    """argmin ½ Σ |t − reference| + prior_weight · ½ Σ |t − prior| within ``limits``; entry i
+    stands for ``copies[i]`` interchangeable countries (default 1), each with share t_i.
 
     With ``prior_weight`` < 1 the prior only chooses among the vectors at least distance
     from the reference (moving a unit toward the prior always costs more than it saves)."""
     n = len(reference)
     use_prior = prior is not None and prior_weight > 0
+    m = np.ones(n) if copies is None else np.asarray(copies, dtype=np.float64)
     pair_i, pair_j = np.triu_indices(n, k=1) if limits.gini_max is not None else (np.zeros(0, np.intp),) * 2
     n_pairs = len(pair_i)
     # variables: t | p q (t − p + q = reference) | e f (t − e + f = prior) | w (coverage, outlets) | d (pairs) | top-k
@@ -107,28 +116,28 @@ def closest_shares(
                 np.r_[np.full(n_pairs, sign), np.full(n_pairs, -sign), -np.ones(n_pairs)],
                 [0.0] * n_pairs,
             )
-        bound = n - limits.gini_active * (1.0 - limits.gini_max)
-        ub.add(np.zeros(n_pairs, np.intp), o_d + pairs, np.ones(n_pairs), [bound])
+        bound = m.sum() - limits.gini_active * (1.0 - limits.gini_max)
+        ub.add(np.zeros(n_pairs, np.intp), o_d + pairs, m[pair_i] * m[pair_j], [bound])
     for (k, cap), lam in zip(limits.top_max, o_k, strict=True):
         u = lam + 1 + rn  # t − λ − u ≤ 0;  k λ + Σ u ≤ cap
         ub.add(np.r_[rn, rn, rn], np.r_[rn, np.full(n, lam), u], np.r_[np.ones(n), -np.ones(2 * n)], [0.0] * n)
-        ub.add(np.zeros(n + 1, np.intp), np.r_[lam, u], np.r_[float(k), np.ones(n)], [cap])
+        ub.add(np.zeros(n + 1, np.intp), np.r_[lam, u], np.r_[float(k), m], [cap])
     if limits.coverage is not None:
         # w_i ∈ [0, 1] counts country i's whole outlet: w_i / N ≤ t_i and Σ w ≥ K. Counted in
         # outlets, not shares, so the rows stay far above the solver's tolerances at any N.
         cover, unit = limits.coverage
         ub.add(np.r_[rn, rn], np.r_[o_w + rn, rn], np.r_[np.full(n, unit), -np.ones(n)], [0.0] * n)
-        ub.add(np.zeros(n, np.intp), o_w + rn, -np.ones(n), [-float(cover)])
+        ub.add(np.zeros(n, np.intp), o_w + rn, -m, [-float(cover)])
     if limits.south is not None:
-        ub.add(np.zeros(n, np.intp), rn, -limits.south, [-limits.south_min])
+        ub.add(np.zeros(n, np.intp), rn, -limits.south * m, [-limits.south_min])
     if limits.region is not None:
         for name, floor in limits.region_min.items():
             inside = np.flatnonzero(limits.region == name)
-            ub.add(np.zeros(len(inside), np.intp), inside, -np.ones(len(inside)), [-floor])
+            ub.add(np.zeros(len(inside), np.intp), inside, -m[inside], [-floor])
     a_ub, b_ub = ub.matrix()
     eq_rows = [rn, rn, rn, np.full(n, n)]
     eq_cols = [rn, o_p + rn, o_q + rn, rn]
-    eq_vals = [np.ones(n), -np.ones(n), np.ones(n), np.ones(n)]
+    eq_vals = [np.ones(n), -np.ones(n), np.ones(n), m]
     b_eq = [np.asarray(reference, dtype=np.float64), [1.0]]
     if use_prior:
         assert prior is not None
@@ -141,9 +150,9 @@ def closest_shares(
         shape=(n + 1 + (n if use_prior else 0), ub.n_var),
     )
     cost = np.zeros(ub.n_var)
-    cost[o_p : o_q + n] = 0.5
+    cost[o_p : o_q + n] = 0.5 * np.r_[m, m]
     if use_prior:
-        cost[o_e : o_f + n] = 0.5 * prior_weight
+        cost[o_e : o_f + n] = 0.5 * prior_weight * np.r_[m, m]
     bounds = np.zeros((ub.n_var, 2))
     bounds[:, 1] = np.inf
     bounds[:n, 0] = limits.lower
@@ -158,4 +167,4 @@ def closest_shares(
     if result.status != 0:
         return Closest(False, np.zeros(0), float("nan"), str(result.message))
     share = np.clip(result.x[:n], 0.0, None)
-    return Closest(True, share, float(0.5 * np.abs(share - reference).sum()), "optimal")
+    return Closest(True, share, float(0.5 * (m * np.abs(share - reference)).sum()), "optimal")
