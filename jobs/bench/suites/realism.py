@@ -1,36 +1,30 @@
-"""Realism at every scale, as a benchmark: certify the shipped bundles on 1A stand-ins of
-several sizes and write every grade, gate margin, price and merchant figure as JSON.
+"""realism: certify the shipped bundles on 1A stand-ins of several sizes, as a user would, and
+record every grade, gate margin, price and merchant figure.
 
-For each bundle (``--bundles``, default: the B+ remediation and the B bundle) and size
-(``--sizes``; 31257 is the plain stand-in), ``seg1b certify`` runs the seeds (``--seeds``,
-default the required ones; sizes above ``--one-seed-above`` run seed 42 alone, as
-``seg1b run``), exactly as a user would, on a LocalCluster of ``--workers``. The JSON holds,
-per bundle, size and seed: the outcome, every gate's observed value, threshold and margin
-(bootstrap bounds included), ``relocated_share`` beside each grade's least relocation, the
-merchant figures, the plausibility figures and the wall seconds.
-
-Usage::
-
-    python jobs/realism.py --out bench/realism.json
-    python jobs/realism.py --out bench/realism-10m.json --sizes 10000000 --bundles remediation
-"""
+For each bundle (--realism-bundles, default: the B+ remediation and the B bundle) and size
+(--realism-sizes; 31257 is the plain stand-in), `seg1b certify` runs the seeds
+(--realism-seeds, default the required ones; sizes above --realism-one-seed-above run seed 42
+alone, as `seg1b run`) on a LocalCluster of --realism-workers. The JSON holds, per bundle,
+size and seed: the outcome, every gate's observed value, threshold and margin (bootstrap
+bounds included), ``relocated_share`` beside each grade's least relocation, the merchant
+figures, the plausibility figures, the wall seconds and peak RSS; it is written after every
+size."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from harness import Bench, run_command
 from seg1b_dask.chain.runner import BUNDLES
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.policies.bundle import load_bundle
 
+TARGETS: dict[str, float] = {}
 PLAIN = 31257  # the stand-in's own size: no --scale
 FIDELITY = (
     "relocated_share",
@@ -75,20 +69,46 @@ def _seed_figures(card: dict[str, Any], bundle_dir: Path) -> dict[str, Any]:
     }
 
 
+def options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--realism-sizes", default=f"{PLAIN},1000000,10000000", help="sites (31257: the stand-in)")
+    group.add_argument("--realism-bundles", default="remediation,remediation_b", help="shipped bundles")
+    group.add_argument("--realism-seeds", default="42,7,101,202")
+    group.add_argument("--realism-one-seed-above", type=int, default=2_000_000, help="sizes above: seed 42 alone")
+    group.add_argument("--realism-workers", type=int, default=2, help="workers of `seg1b certify`'s LocalCluster")
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, int, list[int]]]:
+    """(bundle, size, seeds) in the order they run."""
+    seeds = [int(s) for s in args.realism_seeds.split(",")]
+    return [
+        (name, size, seeds[:1] if size > args.realism_one_seed_above else seeds)
+        for name in args.realism_bundles.split(",")
+        for size in (int(s) for s in args.realism_sizes.split(","))
+    ]
+
+
+def steps(args: argparse.Namespace) -> int:
+    return len(_plan(args))
+
+
 def certify(root: Path, bundle_dir: Path, size: int, seeds: list[int], workers: int) -> dict[str, Any]:
     """``seg1b certify`` (or ``seg1b run`` for one seed) at one size; its pack's figures."""
     scale = [] if size == PLAIN else ["--scale", str(size)]
-    started = time.perf_counter()
     if len(seeds) == 1:
         cmd = ["seg1b", "run", "--root", str(root), "--policies", str(bundle_dir), "--seed", str(seeds[0]), *scale]
     else:
         cmd = ["seg1b", "certify", "--root", str(root), "--policies", str(bundle_dir), "--workers", str(workers)]
         cmd += ["--seeds", ",".join(map(str, seeds)), *scale]
-    done = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
+    done = run_command([sys.executable, "-m", "seg1b_dask.cli", *cmd[1:], "--quiet"], check=False)
     if done.returncode not in (0, 1):  # 1: a pack below its target, still a result
         raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    out: dict[str, Any] = {"command": " ".join(cmd), "exit_status": done.returncode, "wall_seconds": round(wall, 1)}
+    out: dict[str, Any] = {
+        "command": " ".join(cmd),
+        "exit_status": done.returncode,
+        "wall_seconds": round(done.wall_seconds, 1),
+        "peak_rss_mb_driver": done.peak_rss_mb_driver,
+        "peak_rss_mb_worker": done.peak_rss_mb_worker,
+    }
     if len(seeds) == 1:
         run = max((root / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
         card = json.loads((run / "scorecard" / "scorecard.json").read_text())
@@ -106,30 +126,23 @@ def certify(root: Path, bundle_dir: Path, size: int, seeds: list[int], workers: 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--sizes", default=f"{PLAIN},1000000,10000000")
-    parser.add_argument("--bundles", default="remediation,remediation_b")
-    parser.add_argument("--seeds", default="42,7,101,202")
-    parser.add_argument("--one-seed-above", type=int, default=2_000_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=None, help="run roots (default: a temporary folder)")
-    args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+def run(bench: Bench) -> dict[str, Any]:
+    """One top-level field per bundle: its results per size."""
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="seg1b-realism-") as tmp:
-        work = args.work or Path(tmp)
-        for name in args.bundles.split(","):
-            for size in (int(s) for s in args.sizes.split(",")):
-                these = seeds[:1] if size > args.one_seed_above else seeds
-                print(f"{name} at {size:,} sites, seeds {these}", file=sys.stderr, flush=True)
-                root = work / f"{name}-{size}"
-                results.setdefault(name, {})[str(size)] = certify(root, BUNDLES / name, size, these, args.workers)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    return 0
+    for name, size, seeds in _plan(bench.args):
+        with bench.progress.step(f"realism: {name} at {size:,} sites, seeds {seeds}"):
+            root = bench.work / f"{name}-{size}"
+            results.setdefault(name, {})[str(size)] = certify(
+                root, BUNDLES / name, size, seeds, bench.args.realism_workers
+            )
+        bench.save(results)
+    return results
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def summary(fields: dict[str, Any]) -> list[str]:
+    return [
+        f"realism {name} at {int(size):,} sites: {r['outcome']} in {r['wall_seconds']} s"
+        f" (exit {r['exit_status']}, seeds {', '.join(r['seeds'])})"
+        for name, sizes in fields.items()
+        for size, r in sizes.items()
+    ]

@@ -1,0 +1,1 @@
+"""The benchmark suites, one file each; ``run.py`` names them."""
