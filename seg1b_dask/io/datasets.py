@@ -29,6 +29,7 @@ import zarr
 from numpy.typing import NDArray
 
 from seg1b_dask.core.grid import Grid
+from seg1b_dask.io import geoparquet
 from seg1b_dask.io.lineage import replaced, write_json
 
 PART = "part-{:05d}.parquet"
@@ -44,16 +45,19 @@ _ZSTD = zarr.codecs.ZstdCodec(level=3)
 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
 
 
-def _write_parquet(table: pa.Table, folder: Path, relative: str) -> None:
-    """Write ``folder/relative`` whole. ``folder`` (a dataset being staged) must exist: a lost
-    worker finishing late after the dataset was sealed and renamed fails here rather than
+def _write_parquet(table: pa.Table, folder: Path, relative: str, metadata: dict[bytes, bytes] | None = None) -> None:
+    """Write ``folder/relative`` whole, with ``metadata`` as its only key-value metadata (no
+    stored schema writes none by itself). ``folder`` (a dataset being staged) must exist: a
+    lost worker finishing late after the dataset was sealed and renamed fails here rather than
     recreate it."""
     if not folder.is_dir():
         raise FileNotFoundError(errno.ENOENT, "the dataset being written is gone", str(folder))
     path = folder / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(None), tmp, **WRITE_OPTIONS)
+    with replaced(path) as tmp, pq.ParquetWriter(tmp, table.schema.remove_metadata(), **WRITE_OPTIONS) as writer:
+        writer.write_table(table)
+        if metadata:
+            writer.add_key_value_metadata(metadata)
 
 
 @dataclass(frozen=True)
@@ -84,21 +88,27 @@ class Record:
 
 @dataclass(frozen=True)
 class CountryParts:
-    """A site- or pair-level Parquet dataset with one folder per country."""
+    """A site- or pair-level Parquet dataset with one folder per country; with ``points``,
+    GeoParquet parts whose geometry each part derives from its own ``lon_deg``/``lat_deg``."""
 
     schema: pa.Schema
     subdir: str = ""
+    points: bool = False
 
     def _country_dir(self, folder: Path, iso2: str) -> Path:
         return folder / self.subdir / f"country={iso2}"
 
     def write(self, folder: Path, iso2: str, table: pa.Table, rows_per_part: int | None = None) -> int:
         """Write one country's rows (already in key order); returns the number of parts."""
-        table = table.select(self.schema.names).cast(self.schema)
+        given = pa.schema([f for f in self.schema if not (self.points and f.name in geoparquet.COLUMNS)])
+        table = table.select(given.names).cast(given)
         step = rows_per_part or max(table.num_rows, 1)
         starts = range(0, max(table.num_rows, 1), step)
         for i, lo in enumerate(starts):
-            _write_parquet(table.slice(lo, step), folder, (self._country_dir(Path(), iso2) / PART.format(i)).as_posix())
+            part, metadata = table.slice(lo, step), None
+            if self.points:
+                part, metadata = geoparquet.with_points(part)
+            _write_parquet(part, folder, (self._country_dir(Path(), iso2) / PART.format(i)).as_posix(), metadata)
         return len(starts)
 
     def countries(self, folder: Path) -> list[str]:
@@ -153,7 +163,8 @@ SITE_SYNTHESIS = CountryParts(
         [_MERCHANT, _COUNTRY, _ORDER, _TILE, *_LON_LAT, ("inside_tile", pa.bool_()), ("inside_country", pa.bool_())]
     )
 )
-SITE_LOCATIONS = CountryParts(pa.schema([_MERCHANT, _COUNTRY, _ORDER, *_LON_LAT]))
+# S8: GeoParquet 1.1 (WKB ``geometry`` and a ``bbox`` covering beside ``lon_deg``/``lat_deg``).
+SITE_LOCATIONS = CountryParts(pa.schema([_MERCHANT, _COUNTRY, _ORDER, *_LON_LAT, *geoparquet.FIELDS]), points=True)
 
 
 # ---- grids -----------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from seg1b_dask.model.nearest import ParquetBands, nearest_neighbour_km_bands
 from seg1b_dask.policies.gates import GatesPolicy
 
 SITES_PER_BUCKET = 1 << 20  # coordinates per duplicate-check bucket
+# The columns the checks read: never the GeoParquet geometry, which repeats lon_deg/lat_deg.
+_COLUMNS = ["merchant_id", "legal_country_iso", "site_order", "lon_deg", "lat_deg"]
 
 
 def country_checks(
@@ -75,7 +77,7 @@ def _batch_task(
     merchants, merchant_sites, frames = [], [], []
     outside = 0
     for iso2 in countries:
-        table = SITE_LOCATIONS.read(folders["egress"], [iso2])
+        table = SITE_LOCATIONS.read(folders["egress"], [iso2], _COLUMNS)
         plan = ALLOC_PLAN.read(folders["plan"], [iso2], ["merchant_id", "n_sites"])
         ids, counts = np.unique(plan.column("merchant_id").to_numpy(), return_inverse=True)
         expected = dict(
