@@ -48,7 +48,8 @@ from seg1b_dask.chain.runner import BASELINE_POLICIES, DEFAULT_POLICIES, Chain, 
 from seg1b_dask.core import metrics
 from seg1b_dask.core.grid import Grid
 from seg1b_dask.engine.execution import Execution
-from seg1b_dask.io.datasets import SITE_LOCATIONS, TILE_GRID
+from seg1b_dask.io.datasets import SITE_LOCATIONS
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.lanes.certify import certify

@@ -17,7 +17,8 @@ from seg1b_dask.core.grid import Grid
 from seg1b_dask.engine.execution import Execution
 from seg1b_dask.grading.scoring import compute_scorecard, load_sites
 from seg1b_dask.io import upstream
-from seg1b_dask.io.datasets import ALLOC_PLAN, SITE_LINEAGE, SITE_LOCATIONS, TILE_GRID
+from seg1b_dask.io.datasets import ALLOC_PLAN, SITE_LINEAGE, SITE_LOCATIONS
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.hashing import verify_bundle
 from seg1b_dask.io.lineage import read_manifest
 from seg1b_dask.io.refdata import refdata_version

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pyproj
 import pytest
 import shapely
+from conftest import SharedRun
 
-from seg1b_dask.chain.runner import BASELINE_POLICIES, RunResult, run_seed
+from seg1b_dask.chain.runner import RunResult
 from seg1b_dask.grading.scoring import load_sites
 from seg1b_dask.io import geoparquet
 from seg1b_dask.io.datasets import SITE_LOCATIONS
@@ -110,10 +111,10 @@ def test_a_country_without_rows_is_an_empty_geoparquet_part(tmp_path: Path) -> N
 # -- a published run ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    """One baseline run of seed 42 on the 1A stand-in."""
-    return run_seed(root=tmp_path_factory.mktemp("geo"), seed=42, policies=BASELINE_POLICIES)
+@pytest.fixture
+def run(seed42_warm: SharedRun) -> RunResult:
+    """Seed 42's baseline run on the 1A stand-in (the session's read-only root)."""
+    return seed42_warm.result
 
 
 @pytest.mark.e2e

@@ -24,7 +24,8 @@ from seg1b_dask.engine.execution import compute
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.grading import scoring
 from seg1b_dask.io import refdata
-from seg1b_dask.io.datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
+from seg1b_dask.io.datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.hashing import seal_bundle
 from seg1b_dask.io.lineage import check_tokens, read_manifest, replaced, write_json
 from seg1b_dask.model import sentinel
