@@ -17,7 +17,8 @@ from seg1b_dask.core.grid import Grid
 from seg1b_dask.engine.execution import Execution
 from seg1b_dask.grading.scoring import compute_scorecard, load_sites
 from seg1b_dask.io import upstream
-from seg1b_dask.io.datasets import ALLOC_PLAN, SITE_LINEAGE, SITE_LOCATIONS, TILE_GRID
+from seg1b_dask.io.datasets import ALLOC_PLAN, SITE_LINEAGE, SITE_LOCATIONS
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.hashing import verify_bundle
 from seg1b_dask.io.lineage import read_manifest
 from seg1b_dask.io.refdata import refdata_version
@@ -162,7 +163,8 @@ def test_outputs_are_sealed_and_complete(reference: RunResult) -> None:
     checks = json.loads((bundle / "checks.json").read_text())
     assert all(c["passed"] for c in checks.values()) and checks["point_in_country"]["share"] == 1.0
     sites = SITE_LOCATIONS.read(reference.outputs["site_locations"])
-    assert sites.column_names == ["merchant_id", "legal_country_iso", "site_order", "lon_deg", "lat_deg"]
+    kept = ["merchant_id", "legal_country_iso", "site_order", "lon_deg", "lat_deg"]
+    assert sites.column_names == [*kept, "geometry", "bbox"]  # GeoParquet's columns follow the kept ones
     assert sites.num_rows == 31257
     path = str(reference.outputs["site_locations"])
     assert f"seed=42/manifest_fingerprint={reference.tokens.manifest_fingerprint}" in path

@@ -30,7 +30,7 @@ from seg1b_dask.engine.execution import Execution
 from seg1b_dask.errors import Code, EnvironmentFault, InputError, InternalError, Seg1BError
 from seg1b_dask.grading import scoring
 from seg1b_dask.io import discipline
-from seg1b_dask.io.datasets import SITE_JITTER, TILE_GRID, TILE_WEIGHTS
+from seg1b_dask.io.grids import SITE_JITTER, TILE_GRID, TILE_WEIGHTS
 from seg1b_dask.io.hashing import FLAG_NAME, read_flag, seal_bundle
 from seg1b_dask.io.lineage import read_manifest
 from seg1b_dask.io.runroot import RunRoot

@@ -98,7 +98,7 @@ def _allocated_south(catalogue: Path, chain: Chain, bundle: PolicyBundle, seed: 
     (the legacy posture keeps 1A's pairs): tiles never straddle the equator."""
     import pyarrow.parquet as pq
 
-    from seg1b_dask.io.datasets import TILE_GRID
+    from seg1b_dask.io.grids import TILE_GRID
     from seg1b_dask.states.s4_alloc_plan import allocate_country_tiles
 
     pairs = (

@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike, NDArray
 from seg1b_dask.core.grid import Grid
 from seg1b_dask.core.metrics import EARTH_RADIUS_KM
 from seg1b_dask.io import refdata
-from seg1b_dask.io.datasets import TILE_GRID
+from seg1b_dask.io.grids import TILE_GRID
 
 TOP_COUNTRIES = 10
 MIN_SITES = 50

@@ -27,6 +27,9 @@ from seg1b_dask.plan.items import (
 )
 from seg1b_dask.plan.phases import contradicts
 from seg1b_dask.policies.bundle import sealed_bundle
+from seg1b_dask.states.s2_tile_weights.modes import MODES as S2_MODES
+from seg1b_dask.states.s4_alloc_plan.modes import MODES as S4_MODES
+from seg1b_dask.states.s6_jitter.modes import MODES as S6_MODES
 from seg1b_dask.states.triage import triage_hints
 
 
@@ -40,7 +43,7 @@ def p1_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
         *not_contradicted(ev, "P1", meta),
         Item(
             "S2 runs the governed mode blend_v2 (legacy kept as a mode)",
-            "pass" if mode == "blend_v2" else "fail",
+            "pass" if S2_MODES[mode].governed else "fail",
             f"{folder}/run.json",
             f"s2_tile_weights tile_weights.mode {mode}",
             "set s2_tile_weights.yaml tile_weights.mode: blend_v2 (policies/remediation has one)",
@@ -81,7 +84,7 @@ def p1_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
 
 def p2_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
     bundle = sealed_bundle(meta)
-    legacy = bundle.s4_alloc_plan.country_allocation.mode == "legacy"
+    legacy = not S4_MODES[bundle.s4_alloc_plan.country_allocation.mode].governed
     action = (
         "set s4_alloc_plan country_allocation.mode: remass (it allocates to S2's locked mass vector)"
         if legacy
@@ -141,7 +144,7 @@ def p3_items(ev: Evidence, run_id: str, meta: dict[str, Any]) -> list[Item]:
     if card is None:
         return [*items, Item("the run is scored", "fail", f"{folder}/scorecard/", action=f"seg1b score {run_id}")]
     m = card["metrics"]
-    mixture = bundle.s6_jitter.jitter.mode == "mixture_v3"
+    mixture = S6_MODES[bundle.s6_jitter.jitter.mode].governed
     spread = "retune s6_jitter jitter: core_density_per_km2_per_million, secondary_reach, tail_reach"
     floor = bundle.gates.nn_contraction_min.B
     contraction = m["nn_contraction"]

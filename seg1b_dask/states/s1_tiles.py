@@ -21,7 +21,7 @@ from seg1b_dask.engine.context import StateContext
 from seg1b_dask.engine.execution import compute
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.io import refdata
-from seg1b_dask.io.datasets import TILE_GRID
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.refdata import EdgeTable
 
 

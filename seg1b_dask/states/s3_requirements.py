@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from seg1b_dask.engine.context import StateContext
 from seg1b_dask.errors import Code, Seg1BError
-from seg1b_dask.io.datasets import S3_REQUIREMENTS, TILE_GRID
+from seg1b_dask.io.datasets import S3_REQUIREMENTS
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.upstream import CATALOGUE
 
 

@@ -14,7 +14,8 @@ from seg1b_dask.core.grid import Grid
 from seg1b_dask.engine.context import StateContext
 from seg1b_dask.engine.execution import compute
 from seg1b_dask.errors import Code, InternalError, Seg1BError
-from seg1b_dask.io.datasets import SITE_JITTER, SITE_SYNTHESIS, SITE_TILE_ASSIGNMENT
+from seg1b_dask.io.datasets import SITE_SYNTHESIS, SITE_TILE_ASSIGNMENT
+from seg1b_dask.io.grids import SITE_JITTER
 from seg1b_dask.model.containment import inside_country, inside_tile
 
 

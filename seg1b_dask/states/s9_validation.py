@@ -24,7 +24,8 @@ from seg1b_dask.engine.execution import compute
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.grading import scoring
 from seg1b_dask.io import refdata
-from seg1b_dask.io.datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS, TILE_GRID
+from seg1b_dask.io.datasets import ALLOC_PLAN, S3_REQUIREMENTS, SITE_LOCATIONS
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.hashing import seal_bundle
 from seg1b_dask.io.lineage import check_tokens, read_manifest, replaced, write_json
 from seg1b_dask.model import sentinel
@@ -33,6 +34,8 @@ from seg1b_dask.model.nearest import ParquetBands, nearest_neighbour_km_bands
 from seg1b_dask.policies.gates import GatesPolicy
 
 SITES_PER_BUCKET = 1 << 20  # coordinates per duplicate-check bucket
+# The columns the checks read: never the GeoParquet geometry, which repeats lon_deg/lat_deg.
+_COLUMNS = ["merchant_id", "legal_country_iso", "site_order", "lon_deg", "lat_deg"]
 
 
 def country_checks(
@@ -75,7 +78,7 @@ def _batch_task(
     merchants, merchant_sites, frames = [], [], []
     outside = 0
     for iso2 in countries:
-        table = SITE_LOCATIONS.read(folders["egress"], [iso2])
+        table = SITE_LOCATIONS.read(folders["egress"], [iso2], _COLUMNS)
         plan = ALLOC_PLAN.read(folders["plan"], [iso2], ["merchant_id", "n_sites"])
         ids, counts = np.unique(plan.column("merchant_id").to_numpy(), return_inverse=True)
         expected = dict(

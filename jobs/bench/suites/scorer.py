@@ -15,7 +15,7 @@ from seg1b_dask.chain.runner import DEFAULT_POLICIES
 from seg1b_dask.core import metrics
 from seg1b_dask.core.grid import Grid
 from seg1b_dask.grading.scoring import SiteFrame, compute_scorecard, load_sites
-from seg1b_dask.io.datasets import TILE_GRID
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.model.nearest import nearest_neighbour_km_chunked
 from seg1b_dask.model.sentinel import grid_reference

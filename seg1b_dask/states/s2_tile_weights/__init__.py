@@ -19,7 +19,8 @@ from seg1b_dask.core import metrics
 from seg1b_dask.core.grid import Grid
 from seg1b_dask.engine.context import StateContext
 from seg1b_dask.engine.execution import compute
-from seg1b_dask.io.datasets import COUNTRY_MASS, TILE_GRID, TILE_WEIGHTS
+from seg1b_dask.io.datasets import COUNTRY_MASS
+from seg1b_dask.io.grids import TILE_GRID, TILE_WEIGHTS
 from seg1b_dask.states.s2_tile_weights.contract import Band, Countries, TileWeightMode
 from seg1b_dask.states.s2_tile_weights.modes import mode_of
 from seg1b_dask.states.s2_tile_weights.sums import country_sums, sum_lists

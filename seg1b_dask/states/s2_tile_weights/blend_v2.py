@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from seg1b_dask.core.grid import Grid
 from seg1b_dask.engine.execution import compute
 from seg1b_dask.io import refdata
-from seg1b_dask.io.datasets import TILE_GRID
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.model import mass as country_mass
 from seg1b_dask.policies.states import S2BlendV2
 from seg1b_dask.states.s2_tile_weights.contract import Band, Cells, Countries

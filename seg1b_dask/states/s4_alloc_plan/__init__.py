@@ -24,7 +24,8 @@ from seg1b_dask.core.grid import Grid
 from seg1b_dask.engine.context import StateContext
 from seg1b_dask.engine.execution import compute
 from seg1b_dask.io import refdata
-from seg1b_dask.io.datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE, TILE_GRID
+from seg1b_dask.io.datasets import ALLOC_PLAN, COUNTRY_MASS, COUNTRY_PAIRS, S3_REQUIREMENTS, SITE_LINEAGE
+from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.model import mass
 from seg1b_dask.policies.states import TileAllocation
 from seg1b_dask.states.s4_alloc_plan import tiles

@@ -25,7 +25,8 @@ from seg1b_dask.engine.context import StateContext
 from seg1b_dask.engine.execution import compute
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.io import refdata
-from seg1b_dask.io.datasets import SITE_JITTER, SITE_TILE_ASSIGNMENT, TILE_GRID
+from seg1b_dask.io.datasets import SITE_TILE_ASSIGNMENT
+from seg1b_dask.io.grids import SITE_JITTER, TILE_GRID
 from seg1b_dask.policies.states import S6MixtureV3, S6UniformV1
 from seg1b_dask.states.s6_jitter.modes import mode_of
 
