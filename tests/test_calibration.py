@@ -20,7 +20,7 @@ from seg1b_dask.lanes.calibrate import STUDY, batch_seed, calibrate
 from seg1b_dask.policies.bundle import load_bundle
 from seg1b_dask.policies.states import CountryAllocationRemass
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 
 
 def _space(tmp_path: Path, **extra: object) -> Path:

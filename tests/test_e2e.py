@@ -231,6 +231,7 @@ def test_s9_and_the_in_memory_scorer_measure_the_same_sentinel(reference: RunRes
     assert header.split(",") == ["legal_country_iso", *sentinel.FIGURES]
 
 
+@pytest.mark.slow
 def test_outputs_are_byte_identical_across_schedulers_and_chunks(
     remediation: RunResult, execution: Execution, tmp_path: Path
 ) -> None:

@@ -29,6 +29,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("feasibility") / "root"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policies", [BASELINE_POLICIES, DEFAULT_POLICIES], ids=["baseline", "remediation"])
 def test_prediction_agrees_with_the_run(root: Path, policies: Path) -> None:
     predicted = feasibility_of(root, 42, policies, None, Execution())

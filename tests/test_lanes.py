@@ -191,6 +191,7 @@ def test_score_refuses_a_run_receipt_that_disagrees_with_the_sealed_bundle(root:
     assert err.value.code == "E_TOKEN_MISMATCH"
 
 
+@pytest.mark.slow
 def test_the_readme_main_command_with_its_default_relative_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,6 +207,7 @@ def test_the_readme_main_command_with_its_default_relative_root(
     assert "relocated_share" in result.output
 
 
+@pytest.mark.slow
 def test_baselines_are_pinned_per_grid_and_1a_bundle(root: Path, make_bundle: MakeBundle, tmp_path: Path) -> None:
     """A coarser grid's candidate and another 1A bundle's candidate each get their own
     baseline: the baseline bundle run on the candidate's grid over the candidate's 1A
@@ -242,6 +244,7 @@ def test_baselines_are_pinned_per_grid_and_1a_bundle(root: Path, make_bundle: Ma
     assert shown.exit_code == 0 and shown.output.startswith(f"baseline for seed 42 (600″ grid, 1A {standin[:16]}): ")
 
 
+@pytest.mark.slow
 def test_a_grade_below_the_target_is_loud_and_fails_certification(root: Path, make_bundle: MakeBundle) -> None:
     """The baseline posture declared to target B: ``run`` still exits 0 but ends on one loud
     line; ``certify`` writes the pack, prints it, and exits 1."""
@@ -269,6 +272,7 @@ def test_scoring_uses_the_policies_sealed_with_the_run(root: Path, make_bundle: 
     assert gini and gini[0].threshold == 0.68
 
 
+@pytest.mark.slow
 def test_baseline_certifies_red_with_exactly_its_failing_gates(root: Path) -> None:
     pack = certify(root, None, BASELINE_POLICIES, workers=2)  # default: the gates' required seeds
     gates = load_bundle(BASELINE_POLICIES, "v").gates

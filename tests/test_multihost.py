@@ -32,7 +32,7 @@ from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.lanes.certify import certify
 from seg1b_dask.policies.bundle import load_bundle
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
 TAG = f"{os.getpid() % 10_000}"
 SUBNET = f"10.213.{os.getpid() % 200 + 20}"
 

@@ -39,7 +39,7 @@ from seg1b_dask.plan import status as plan
 from seg1b_dask.plan.diagnose import diagnose
 from seg1b_dask.plan.phases import TITLES
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 EX = Execution()
 REASON = "B+ needs tighter country limits"
 

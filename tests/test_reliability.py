@@ -136,6 +136,7 @@ def test_an_unexpected_failure_is_a_coded_bug_line(monkeypatch: pytest.MonkeyPat
 # -- the run root ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prune_is_refused_while_a_run_is_in_flight(root: Path) -> None:
     """A run in another process holds the root; prune refuses; the run completes intact.
     (Seed 7: nothing of it is cached yet, so its states compute.) The run is held in flight

@@ -54,6 +54,7 @@ def test_run_report_has_every_section_and_needs_no_network(candidate_copy: tuple
     assert report(root, run.name) == run / "report.html"
 
 
+@pytest.mark.slow
 def test_pack_report_links_its_seeds_and_the_dask_report(candidate_copy: tuple[Path, Path]) -> None:
     root, _ = candidate_copy
     pack = certify(root, [42], DEFAULT_POLICIES, workers=1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from deploy_files import REPO, dockerfile
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
