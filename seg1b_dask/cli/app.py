@@ -4,6 +4,7 @@ traceback for anything a user can cause)."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import click
 from seg1b_dask import __version__
 from seg1b_dask.chain.runner import DEFAULT_POLICIES, DEFAULT_ROOT
 from seg1b_dask.engine.execution import Execution, check_scheduler
+from seg1b_dask.engine.interrupts import exit_code_of, sigterm_interrupts
 from seg1b_dask.errors import Code, InternalError, Seg1BError
 from seg1b_dask.io.runroot import RunRoot, environment_error
 
@@ -27,11 +29,13 @@ class _Group(click.Group):
         missing argument) become one ``E_BAD_OPTION`` line naming the option and what it
         accepts, like every other refusal."""
         kwargs["standalone_mode"] = False
+        sigterm_interrupts()
         try:
             code = super().main(*args, **kwargs)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            cause = exc.__cause__
+            sys.exit(exit_code_of(cause) if isinstance(cause, KeyboardInterrupt) else 130)
         except click.exceptions.NoArgsIsHelpError as exc:  # `seg1b` alone: the help, as asked
             click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
             sys.exit(0)
@@ -51,9 +55,14 @@ class _Group(click.Group):
         except OSError as exc:
             click.echo(f"error: {environment_error(exc)}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was published half-written; run again to resume from the cache", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            code = exit_code_of(exc)
+            click.echo(
+                f"interrupted ({'Ctrl-C' if code == 130 else signal.Signals(code - 128).name}): stopped, nothing "
+                "was published half-written; run again to resume from the cache",
+                err=True,
+            )
+            sys.exit(code)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:

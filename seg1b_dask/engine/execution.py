@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import dask
 from dask.callbacks import Callback
 
+from seg1b_dask.engine.interrupts import sigint_ignored
 from seg1b_dask.errors import Code, Seg1BError
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
@@ -115,17 +117,43 @@ def executing(execution: Execution, root: Path) -> Iterator[None]:
         finally:
             _LOCAL.reset(token)
         return
+    local = execution.scheduler == "distributed"
+    with dask_cluster(None if local else execution.scheduler, execution.workers, root, execution.connect_timeout):
+        yield
+
+
+CLOSE_SECONDS = 5.0  # at most this long to close a client, then its LocalCluster
+
+
+@contextlib.contextmanager
+def dask_cluster(scheduler: str | None, workers: int | None, root: Path, connect_timeout: float) -> Iterator[Any]:
+    """A client of the running scheduler at ``scheduler`` (its workers all seeing ``root``),
+    or of a LocalCluster of ``workers`` processes that ignore SIGINT: a terminal's Ctrl-C
+    reaches the driver, which stops them. On the way out, by an error or an interrupt too,
+    the client closes first (its pending tasks are released), then the LocalCluster."""
     from distributed import Client, LocalCluster
 
-    if execution.scheduler == "distributed":
-        cluster = LocalCluster(
-            n_workers=execution.workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        )
-        with cluster, Client(cluster):
-            yield
+    cluster = None
+    if scheduler:
+        client = connect(scheduler, root, connect_timeout)
     else:
-        with connect(execution.scheduler, root, execution.connect_timeout):
-            yield
+        with sigint_ignored():
+            cluster = LocalCluster(
+                n_workers=workers or 2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                # Its workers' log lines (tasks cancelled, comms closed on the way out) are for the
+                # dashboard; a task's error reaches the driver as a coded line. SEG1B_DEBUG shows them.
+                silence_logs=logging.WARNING if os.environ.get("SEG1B_DEBUG") else logging.CRITICAL,
+            )
+            client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close(timeout=CLOSE_SECONDS)
+        if cluster is not None:
+            cluster.close(timeout=CLOSE_SECONDS)
 
 
 # Who hears about finished tasks (done, total) during a run: the command's progress bar.
@@ -180,6 +208,9 @@ def compute(tasks: Sequence[Any]) -> list[Any]:
                 for done, _ in enumerate(as_completed(futures), 1):
                     on_tasks(done, len(futures))
             return list(client.gather(futures))
+        except KeyboardInterrupt:  # stop now: the caller closes the client, which releases the rest
+            client.cancel(futures)
+            raise
         except BaseException:
             wait(futures)
             raise

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from seg1b_dask.chain.runner import Chain, code_digest, ensure_standin
-from seg1b_dask.engine.execution import Execution
+from seg1b_dask.engine.execution import Execution, dask_cluster
 from seg1b_dask.errors import Code, InputError, Seg1BError
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io.hashing import canonical_json, sha256_hex
@@ -112,38 +112,32 @@ def calibrate(
             file=out / "study.journal",
         )
     distributions: dict[str, BaseDistribution] = {k: FloatDistribution(lo, hi) for k, (lo, hi) in space.knobs.items()}
-    with run_root.shared():
-        cluster, client = lanes.open_cluster(scheduler, workers, run_root.path, connect_timeout)
-        try:
-            execution = Execution(scheduler="attached")
-            emit(f"dashboard {client.dashboard_link or ''}")
-            upstream = _prepare(run_root, start, seeds, execution, emit)
-            while True:
-                done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-                if len(done) >= trials:
-                    break
-                batch: list[Any] = [t for t in study.trials if t.state == TrialState.RUNNING][:parallel]
-                if batch:
-                    emit(f"resuming trial(s) {', '.join(str(t.number) for t in batch)}")
-                else:
-                    study.sampler = optuna.samplers.TPESampler(seed=batch_seed(search_seed, len(study.trials)))
-                    batch = [study.ask(distributions) for _ in range(parallel)]  # whole batches: --trials is a floor
-                results = _evaluate(run_root, start_dir, out, batch, seeds, upstream, level, space, execution, emit)
-                for trial, result in zip(batch, results, strict=True):
-                    live = optuna.trial.Trial(study, trial._trial_id)  # a resumed trial comes back frozen
-                    live.set_user_attr("result", json.loads(json.dumps(asdict(result), default=str)))
-                    live.set_constraint("worst_shortfall", result.worst_shortfall)
-                    study.tell(trial.number, result.relocated_share)
-                    emit(
-                        f"trial {result.number}: {result.stage}, relocated {result.relocated_share:.4f}, "
-                        f"{'passes' if result.passed else 'fails: ' + result.worst_gate}"
-                    )
-                _write_table(out, study, space)
-            _write_table(out, study, space)  # also when a resumed search had nothing left to run
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    with run_root.shared(), dask_cluster(scheduler, workers, run_root.path, connect_timeout) as client:
+        execution = Execution(scheduler="attached")
+        emit(f"dashboard {client.dashboard_link or ''}")
+        upstream = _prepare(run_root, start, seeds, execution, emit)
+        while True:
+            done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+            if len(done) >= trials:
+                break
+            batch: list[Any] = [t for t in study.trials if t.state == TrialState.RUNNING][:parallel]
+            if batch:
+                emit(f"resuming trial(s) {', '.join(str(t.number) for t in batch)}")
+            else:
+                study.sampler = optuna.samplers.TPESampler(seed=batch_seed(search_seed, len(study.trials)))
+                batch = [study.ask(distributions) for _ in range(parallel)]  # whole batches: --trials is a floor
+            results = _evaluate(run_root, start_dir, out, batch, seeds, upstream, level, space, execution, emit)
+            for trial, result in zip(batch, results, strict=True):
+                live = optuna.trial.Trial(study, trial._trial_id)  # a resumed trial comes back frozen
+                live.set_user_attr("result", json.loads(json.dumps(asdict(result), default=str)))
+                live.set_constraint("worst_shortfall", result.worst_shortfall)
+                study.tell(trial.number, result.relocated_share)
+                emit(
+                    f"trial {result.number}: {result.stage}, relocated {result.relocated_share:.4f}, "
+                    f"{'passes' if result.passed else 'fails: ' + result.worst_gate}"
+                )
+            _write_table(out, study, space)
+        _write_table(out, study, space)  # also when a resumed search had nothing left to run
     results = [_from_attrs(t.user_attrs) for t in study.trials if t.state == TrialState.COMPLETE]
     winner = calibration.best(results)
     bundle_dir = pack = None

@@ -7,15 +7,14 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from seg1b_dask.chain.runner import Chain, RunResult, ensure_standin
-from seg1b_dask.engine.execution import Execution, connect
+from seg1b_dask.engine.execution import Execution, dask_cluster
+from seg1b_dask.engine.interrupts import in_threads
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.grading import scoring
@@ -45,17 +44,6 @@ class Pack:
     @property
     def content_sha256(self) -> str:
         return str(json.loads((packs.pack_json(self.folder)).read_text())["content_sha256"])
-
-
-def open_cluster(scheduler: str | None, workers: int | None, root: Path, connect_timeout: float):  # noqa: ANN201
-    """(cluster or None, client): a LocalCluster of ``workers`` processes, or a client of the
-    running scheduler whose workers all see ``root``."""
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        return None, connect(scheduler, root, connect_timeout)
-    cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    return cluster, Client(cluster)
 
 
 def _warm_worker() -> int:
@@ -153,9 +141,8 @@ def _certify(
 
     root = run_root.path
     emit = on_event or (lambda _msg: None)
-    cluster, client = open_cluster(scheduler, workers, root, execution.connect_timeout)
-    start = time.perf_counter()
-    try:
+    with dask_cluster(scheduler, workers, root, execution.connect_timeout) as client:
+        start = time.perf_counter()
         dashboard = client.dashboard_link or ""
         emit(f"dashboard {dashboard}")
         client.run(_warm_worker)
@@ -168,19 +155,15 @@ def _certify(
             keys = [candidate_key(root, seed, bundle.grid, up) for seed, up in zip(seeds, upstreams, strict=True)]
             if any(discipline.baseline_pointer(root, key) is None for key in keys):  # baselines to pin: theirs too
                 Chain(run_root, seeds[0], baseline_bundle(bundle.grid), Path("."), execution).run_global()
-            with ThreadPoolExecutor(len(seeds), thread_name_prefix="seg1b-seed") as pool:
-                futures = {
-                    seed: pool.submit(_seed, root, seed, bundle, execution, emit, upstream)
-                    for seed, upstream in zip(seeds, upstreams, strict=True)
-                }
-                wait_all(futures.values())  # every seed ends before an error propagates
-                done = {seed: future.result() for seed, future in futures.items()}
-            for result, _ in done.values():  # matplotlib is not thread-safe: reports one by one
-                run_report(root, result.run_dir)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+            outcomes = in_threads(
+                lambda pair: _seed(root, pair[0], bundle, execution, emit, pair[1]),
+                list(zip(seeds, upstreams, strict=True)),
+                len(seeds),
+                "seg1b-seed",
+            )
+            done = dict(zip(seeds, outcomes, strict=True))
+        for result, _ in done.values():  # matplotlib is not thread-safe: reports one by one
+            run_report(root, result.run_dir)
     wall = time.perf_counter() - start
     results = {s: d[0] for s, d in done.items()}
     scored = {s: d[1] for s, d in done.items()}

@@ -23,7 +23,6 @@ import io
 import math
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +32,7 @@ import yaml
 from pydantic import Field
 from scipy.stats import spearmanr
 
+from seg1b_dask.engine.interrupts import in_threads
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io.lineage import write_text
@@ -266,7 +266,4 @@ def best(trials: list[TrialResult]) -> TrialResult | None:
 
 def parallel_map(fn: Callable[..., Any], items: list[Any], threads: int) -> list[Any]:
     """``fn`` over ``items`` from ``threads`` driver threads (their tasks share the cluster)."""
-    if not items:
-        return []
-    with ThreadPoolExecutor(max(1, min(threads, len(items))), thread_name_prefix="seg1b-trial") as pool:
-        return list(pool.map(fn, items))
+    return in_threads(fn, items, threads, "seg1b-trial")
