@@ -225,10 +225,15 @@ def synthesize(seed: int, block: int | None = None) -> Catalogue:
         counts[rows, col] = 1 + _largest_remainder(
             np.maximum(quota - 1, 0) / max(np.maximum(quota - 1, 0).sum(), 1e-12) * extra, extra
         )
-    # Every merchant needs >= 2 outlets: take one from the largest pair of the same country.
+    # Every merchant needs >= 2 outlets: take one from the largest pair of the same country of
+    # a merchant that keeps >= 2; when no merchant there can give, from the largest such pair
+    # anywhere (the taker then gains that country). Country totals never move.
     for m in np.flatnonzero(counts.sum(axis=1) < 2):
+        givers = counts.sum(axis=1) > 2
         country = int(np.flatnonzero(counts[m])[0])
-        donor = int(np.argmax(np.where(counts.sum(axis=1) > 2, counts[:, country], 0)))
+        if not (givers & (counts[:, country] > 0)).any():
+            country = int(np.argmax(np.where(givers[:, None], counts, 0).max(axis=0)))
+        donor = int(np.argmax(np.where(givers, counts[:, country], 0)))
         counts[donor, country] -= 1
         counts[m, country] += 1
     if not (counts.sum(axis=0) == target).all():
