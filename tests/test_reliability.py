@@ -113,8 +113,10 @@ def test_registry_is_the_single_source(tmp_path: Path) -> None:
     s1 = {p.name for p in registry.code_files(registry.BY_ID["S1"].module)}
     s9 = {p.name for p in registry.code_files(registry.BY_ID["S9"].module)}
     assert "scoring.py" in s9 and "scoring.py" not in s1 and "cli.py" not in s9
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert registry.state_table() in readme, "README's state table is generated: python -m seg1b_dask.chain.registry"
+    design = (Path(__file__).parents[1] / "docs" / "design.md").read_text()
+    assert registry.state_table() in design, (
+        "docs/design.md's state table is generated: python3 -m seg1b_dask.chain.registry"
+    )
 
 
 def test_error_families_and_exit_codes() -> None:
