@@ -3,6 +3,8 @@ nothing is published (DESIGN §11)."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import MakeBundle
 
-from seg1b_dask.chain.runner import run_seed
+from seg1b_dask.chain.runner import ensure_standin, run_seed
 from seg1b_dask.cli import main
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.io.hashing import FLAG_NAME, seal_bundle
+from seg1b_dask.io.package import BUNDLES
+from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.io.upstream import CATALOGUE
 from seg1b_dask.policies.bundle import load_bundle
 
@@ -26,6 +30,12 @@ def _rewrite_catalogue(bundle: Path, edit) -> None:
     pq.write_table(table, path)
     (bundle / FLAG_NAME).unlink()
     seal_bundle(bundle, {"segment": "1A", "seed": 42, "manifest_fingerprint": "x"})
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
 
 
 def _set(table: pa.Table, column: str, row: int, value) -> pa.Table:
@@ -161,3 +171,53 @@ def test_denylisted_country_is_refused(tmp_path: Path, bundle42: Path, make_bund
     # The gate passed (its receipt is a complete record); nothing from S3 on is published.
     err = _refused(tmp_path, bundle42, "E_DENYLISTED", policies=policies, allowed=("s0_gate_receipt",))
     assert "DE" in err.key
+
+
+# -- policies: a missing folder ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "certify", "feasibility"])
+def test_a_missing_policy_folder_is_named_and_creates_no_root(tmp_path: Path, command: str) -> None:
+    missing, root = tmp_path / "no-such-bundle", tmp_path / "root"
+    code, out = _cli(command, "--policies", str(missing), "--root", str(root))
+    assert code == 2 and out.count("\n") == 1, out
+    assert out.startswith("error: E_POLICY_MISSING: the policy bundle folder is missing"), out
+    assert f"[file: {missing}]" in out and "grid.yaml" not in out
+    assert "baseline, remediation, remediation_b in " in out  # what to pass instead
+    assert not root.exists() and "run root" not in out
+
+
+def test_a_folder_of_bundles_is_not_a_bundle(tmp_path: Path) -> None:
+    code, out = _cli("run", "--policies", str(BUNDLES), "--root", str(tmp_path / "root"))
+    assert code == 2 and "E_POLICY_MISSING: the folder holds no policy file" in out, out
+    assert not (tmp_path / "root").exists()
+
+
+# -- the cached 1A stand-in ----------------------------------------------------------------
+
+
+def test_a_damaged_standin_names_the_folder_that_regenerates_it(tmp_path: Path) -> None:
+    root = RunRoot.open(tmp_path / "root")
+    standin = ensure_standin(root, 42)
+    flag = (standin / FLAG_NAME).read_text()
+    (standin / FLAG_NAME).write_text(f"sha256_hex = {'0' * 64}\n")
+    with pytest.raises(Seg1BError) as err:
+        ensure_standin(root, 42)
+    assert err.value.code == "E_BUNDLE_FLAG_MISMATCH"
+    code, out = _cli("run", "--root", str(root.path), "--quiet")
+    assert code == 2 and out.count("error:") == 1, out
+    line = out.splitlines()[-1]
+    assert line.startswith("error: E_BUNDLE_FLAG_MISMATCH: flag says 0000"), line
+    assert f"delete its folder {standin} and run again to regenerate it" in line, line
+    assert f"[file: {standin / FLAG_NAME}]" in line
+    (standin / FLAG_NAME).write_text(flag)  # the intact flag: reused as it is
+    assert ensure_standin(root, 42) == standin
+    index = (standin / "index.json").read_bytes()
+    for damaged, code in ((standin / "index.json", "E_BUNDLE_INDEX"), (standin / FLAG_NAME, "E_BUNDLE_FLAG_MISSING")):
+        damaged.unlink()
+        with pytest.raises(Seg1BError, match=f"delete its folder {re.escape(str(standin))} .*regenerate it") as err:
+            ensure_standin(root, 42)
+        assert err.value.code == code
+    (standin / "index.json").write_bytes(index)
+    shutil.rmtree(standin)  # as the message says: deleted, it is written again
+    assert (ensure_standin(root, 42) / FLAG_NAME).read_text() == flag

@@ -14,9 +14,10 @@ from conftest import SharedRun
 
 from seg1b_dask.chain.runner import DEFAULT_POLICIES
 from seg1b_dask.lanes.certify import certify
+from seg1b_dask.report import html
 from seg1b_dask.report.pack_page import PACK_SECTIONS
 from seg1b_dask.report.pages import report
-from seg1b_dask.report.run_page import RUN_SECTIONS
+from seg1b_dask.report.run_page import GATE_HEADER, GATE_NOTE, RUN_SECTIONS
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +41,30 @@ def _self_contained(page: str) -> None:
     assert "<link" not in page
 
 
+def _contents(page: str, sections: tuple[str, ...]) -> None:
+    """The table of contents comes before the first section and links every section, in
+    order, to an id the page holds."""
+    nav = re.search(r'<nav id="contents">(.*?)</nav>', page)
+    assert nav and nav.start() < page.index("<section "), "a table of contents at the top"
+    links = re.findall(r'<a href="#([^"]+)">([^<]+)</a>', nav.group(1))
+    assert [target for target, _ in links] == list(sections)
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert all(ids.count(target) == 1 for target, _ in links) and all(label.strip() for _, label in links)
+
+
+def test_contents_and_headers_on_a_small_page() -> None:
+    gate_row = [["top1_share", *"abcdefg"]]
+    sections = [
+        html.section("summary", "Summary", html.table(None, [["run", "r1"], ["seed", "42"]])),
+        html.section("gates", "Gates (a margin ≥ 0 passes)", html.table(list(GATE_HEADER), gate_row)),
+    ]
+    page = html.page("a page", sections, ("summary", "gates"))
+    _contents(page, ("summary", "gates"))
+    assert '<a href="#gates">Gates</a>' in page  # the title up to its parenthesis
+    summary = page[page.index('<section id="summary">') :].split("</section>")[0]
+    assert "<th>" not in summary and "<tr></tr>" not in summary  # labelled values: no empty header row
+
+
 def test_run_report_has_every_section_and_needs_no_network(candidate_copy: tuple[Path, Path]) -> None:
     root, run = candidate_copy
     page = (run / "report.html").read_text()  # written by the fast lane
@@ -50,6 +75,14 @@ def test_run_report_has_every_section_and_needs_no_network(candidate_copy: tuple
     checkpoints_section = page[page.index('<section id="checkpoints">') :].split("</section>")[0]
     assert "<td>country_gini</td>" in checkpoints_section and "passes" in checkpoints_section
     assert "baseline · seed 42" in page and "candidate · seed 42" in page
+    _contents(page, RUN_SECTIONS)
+    gates = page[page.index('<section id="gates">') :].split("</section>")[0]
+    heads = re.findall(r"<th>([^<]*)</th>", gates)
+    assert heads == ["gate", "observed", "B limit", "B result", "B+ limit", "B+ result", "margin to B+", "breach"]
+    assert "margin ≥ 0 passes" in gates and GATE_NOTE in gates and "margin &gt; 0" not in gates
+    sentinel = re.search(r"<tr[^>]*><td>sentinel_flagged</td>(.*?)</tr>", gates)
+    assert sentinel and sentinel.group(1).endswith("<td>pass</td><td>0.0000</td><td></td>")  # margin 0 passes
+    assert "<th></th>" not in page and "<tr></tr>" not in page  # every header names its column
     assert "GREEN_BPLUS" in page and "relocated_share" in page and "Top moves" in page
     assert report(root, run.name) == run / "report.html"
 
@@ -63,6 +96,8 @@ def test_pack_report_links_its_seeds_and_the_dask_report(candidate_copy: tuple[P
         assert f'<section id="{section}">' in page
     _self_contained(page)
     assert '<a href="dask-report.html">' in page and (pack.folder / "dask-report.html").is_file()
+    _contents(page, PACK_SECTIONS)
+    assert "<th></th>" not in page and "<tr></tr>" not in page
     (link,) = re.findall(r'href="(\.\./\.\./runs/[^"]+/report\.html)"', page)
     assert (pack.folder / link).resolve().is_file()
 

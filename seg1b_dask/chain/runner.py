@@ -23,7 +23,7 @@ from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.grading import checkpoints
 from seg1b_dask.grading.scoring import read_scorecard
 from seg1b_dask.io import packs
-from seg1b_dask.io.hashing import FLAG_NAME, canonical_json, sha256_hex, tree_digest
+from seg1b_dask.io.hashing import FLAG_NAME, canonical_json, sha256_hex, tree_digest, verify_bundle
 from seg1b_dask.io.lineage import MANIFEST, Tokens, read_manifest, republish, safe_join, stage_path, write_json
 from seg1b_dask.io.package import BUNDLES, PACKAGE_DIR, files_digest
 from seg1b_dask.io.refdata import refdata_version
@@ -72,9 +72,19 @@ class RunResult:
 
 def ensure_standin(root: RunRoot, seed: int, scale: int | None = None) -> Path:
     """The 1A stand-in bundle for ``seed`` (about ``scale`` outlets when given) under the run
-    root, written once."""
+    root, written once; a damaged one is refused with the folder whose deletion regenerates it."""
     final = root.upstream(seed, scale)
-    if (final / FLAG_NAME).is_file():
+    if final.exists():
+        try:
+            verify_bundle(final)
+        except Seg1BError as exc:  # its flag, index or bytes were damaged since seg1b wrote it
+            raise Seg1BError(
+                exc.code,
+                f"{exc.message}: this is the seed's cached 1A stand-in, which seg1b wrote; "
+                f"delete its folder {final} and run again to regenerate it",
+                file=exc.file,
+                key=exc.key,
+            ) from None
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = stage_path(final)

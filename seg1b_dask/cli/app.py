@@ -104,11 +104,23 @@ root_option = click.option(
     type=click.Path(path_type=Path),
     help="run root: data, cache, runs, pins and packs live below it (relative to the current folder)",
 )
+
+
+def policies_callback(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """The bundle is validated while the options are read: a refused one leaves no run root."""
+    from seg1b_dask.io.refdata import refdata_version
+    from seg1b_dask.policies.bundle import load_bundle
+
+    load_bundle(value, refdata_version())
+    return value
+
+
 policies_option = click.option(
     "--policies",
     default=str(DEFAULT_POLICIES),
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
+    callback=policies_callback,
     help="policy bundle folder (the remediation bundle shipped with the package by default)",
 )
 upstream_option = click.option(

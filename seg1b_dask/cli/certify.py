@@ -150,14 +150,19 @@ def calibrate(
     """Search the remediation knobs for the least relocated_share that passes every gate of
     GRADE with the search space's margins on every seed; certify the winner."""
     from seg1b_dask.lanes.calibrate import calibrate as run_calibration
+    from seg1b_dask.lanes.calibrate import trials_to_run
     from seg1b_dask.lanes.search import SPACE_FILE
 
     level: Literal["B", "B_PLUS"] = "B_PLUS" if grade == "B+" else "B"
     click.echo(f"run root: {root.resolve()}", err=True)
-    with progress(trials, "calibrate", quiet) as bar:
+    # a step per trial evaluated, of the whole batches a new search runs (the search says how
+    # many once it has read its journal: fewer when it resumes)
+    with progress(trials_to_run(0, 0, trials, parallel), "calibrate", quiet) as bar:
 
         def on_event(msg: str) -> None:
-            if msg.startswith("trial") and ":" in msg:
+            if msg.startswith("trials to run "):
+                bar.set_total(int(msg.rsplit(" ", 1)[1]))
+            elif msg.startswith("trial") and ":" in msg:
                 bar.step(msg)
             elif msg.startswith("certifying"):
                 click.echo(msg, err=True)

@@ -33,7 +33,10 @@ class Progress:
             self.task_bar = tqdm(total=0, desc="tasks", unit="task", leave=False, file=sys.stderr, position=1)
 
     def grow(self, extra: int) -> None:
-        self.total += extra
+        self.set_total(self.total + extra)
+
+    def set_total(self, total: int) -> None:
+        self.total = total
         if self.bar is not None:
             self.bar.total = self.total
             self.bar.refresh()

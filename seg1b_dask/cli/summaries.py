@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from seg1b_dask.core.metrics import COUNTRY_METRICS
-from seg1b_dask.core.text import number
+from seg1b_dask.core.text import columns, number
 from seg1b_dask.grading.gates import GradeReport, Level, below_target, failure_table
 
 if TYPE_CHECKING:
@@ -166,6 +166,25 @@ def score_summary(scored: Scored) -> list[str]:
     return lines
 
 
+def metric_table(pack: Pack) -> list[str]:
+    """The pack's figures, a row per figure and a column per seed (then the CV across seeds),
+    every label and value in the same columns whatever the longest label."""
+    seed_list = list(pack.results)
+    cards = {s: pack.scored[s].card for s in seed_list}
+    rows = [["metric", *(f"seed {s}" for s in seed_list), "cv"]]
+    for key in (*CORE_METRICS, *REALISM_METRICS):
+        cv = number(pack.report.cv.get(key, float("nan")))
+        rows.append([key, *(number(cards[s]["metrics"][key]) for s in seed_list), cv])
+    for key in ("top1_share", "country_gini"):
+        rows.append([f"bootstrap_upper:{key}", *(number(pack.scored[s].bootstrap.get(key)) for s in seed_list)])
+    for key in ("relocated_share", "merchant_retention_median", "merchants_lost_home"):
+        rows.append([key, *(number(cards[s]["fidelity"].get(key)) for s in seed_list)])
+    for priced in ("B_PLUS", "B"):
+        label = f"relocated ÷ least for {priced.replace('_PLUS', '+')}"
+        rows.append([label, *(number(cards[s]["price"]["ratio"].get(priced)) for s in seed_list)])
+    return columns(rows, [32, *(10 for _ in seed_list), 8], "<" + ">" * (len(seed_list) + 1))
+
+
 def pack_summary(pack: Pack) -> list[str]:
     report = pack.report
     seed_list = list(pack.results)  # in certification order
@@ -174,20 +193,8 @@ def pack_summary(pack: Pack) -> list[str]:
         f"  seeds {', '.join(map(str, seed_list))}  wall {pack.wall_seconds:.1f} s",
         f"  content sha256 {pack.content_sha256}  (equal for this bundle and these seeds on any cluster)",
         "",
-        f"  {'metric':<32}" + "".join(f"{'seed ' + str(s):>11}" for s in seed_list) + f"{'cv':>9}",
     ]
-    for key in (*CORE_METRICS, *REALISM_METRICS):
-        vals = "".join(f"{number(pack.scored[s].card['metrics'][key]):>11}" for s in seed_list)
-        lines.append(f"  {key:<32}{vals}{number(report.cv.get(key, float('nan'))):>9}")
-    for key in ("top1_share", "country_gini"):
-        vals = "".join(f"{number(pack.scored[s].bootstrap.get(key, float('nan'))):>11}" for s in seed_list)
-        lines.append(f"  {'bootstrap_upper:' + key:<32}{vals}")
-    for key in ("relocated_share", "merchant_retention_median", "merchants_lost_home"):
-        vals = "".join(f"{number(pack.scored[s].card['fidelity'].get(key, float('nan'))):>11}" for s in seed_list)
-        lines.append(f"  {key:<32}{vals}")
-    for priced in ("B_PLUS", "B"):
-        vals = "".join(f"{number(pack.scored[s].card['price']['ratio'].get(priced)):>11}" for s in seed_list)
-        lines.append(f"  {'relocated ÷ least for ' + priced.replace('_PLUS', '+'):<32}{vals}")
+    lines += metric_table(pack)
     unsealed = [str(s) for s in seed_list if not pack.scored[s].card["sealed"]]
     if unsealed:
         lines.append(

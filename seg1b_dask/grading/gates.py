@@ -13,6 +13,7 @@ import scipy.sparse
 from numpy.typing import NDArray
 
 from seg1b_dask.core import metrics
+from seg1b_dask.core.text import columns
 from seg1b_dask.policies.gates import GatesPolicy
 
 Level = Literal["B", "B_PLUS"]
@@ -264,14 +265,15 @@ def failure_table(report: GradeReport, level: Level) -> list[str]:
     by_gate: dict[str, list[Failure]] = {}
     for f in report.failures[level]:
         by_gate.setdefault(f.gate, []).append(f)
-    rows = [f"  {'gate':<36} {'seeds':<22} {'threshold':>10} {'observed':>17}"]
+    rows, hints = [["gate", "seeds", "threshold", "observed"]], [""]
     for gate, fs in by_gate.items():
         seeds = ",".join("all" if f.seed is None else str(f.seed) for f in fs)
         seen = [f.observed for f in fs]
         observed = f"{min(seen):.4f}" if len(set(seen)) == 1 else f"{min(seen):.4f}–{max(seen):.4f}"
-        rows.append(f"  {gate:<36} {seeds:<22} {fs[0].threshold:>10.4f} {observed:>17}")
-        rows.append(f"      → {fs[0].hint}")
-    return rows
+        rows.append([gate, seeds, f"{fs[0].threshold:.4f}", observed])
+        hints.append(f"      → {fs[0].hint}")
+    lines = columns(rows, [36, 22, 10, 17], "<<>>")  # a longer gate or seed list widens its column
+    return [line for row, hint in zip(lines, hints, strict=True) for line in (row, hint) if line]
 
 
 def gate_table(

@@ -49,6 +49,19 @@ def batch_seed(search_seed: int, first_trial: int) -> int:
     return int(np.random.SeedSequence(search_seed, spawn_key=(first_trial,)).generate_state(1)[0])
 
 
+def trials_to_run(complete: int, running: int, trials: int, parallel: int) -> int:
+    """How many trials a search will evaluate: those left running by an interrupted search
+    first (at most ``parallel`` at once), then whole batches of ``parallel`` new ones until at
+    least ``trials`` are complete (``--trials`` is a floor)."""
+    planned = 0
+    while complete < trials:
+        batch = min(running, parallel) if running else parallel
+        running -= batch if running else 0
+        complete += batch
+        planned += batch
+    return planned
+
+
 def _settings(
     start: PolicyBundle, space: SearchSpace, level: str, seeds: list[int], search_seed: int, parallel: int
 ) -> dict[str, Any]:
@@ -116,6 +129,9 @@ def calibrate(
         execution = Execution(scheduler="attached")
         emit(f"dashboard {client.dashboard_link or ''}")
         upstream = _prepare(run_root, start, seeds, execution, emit)
+        states = [t.state for t in study.trials]
+        complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+        emit(f"trials to run {trials_to_run(complete, running, trials, parallel)}")
         while True:
             done = [t for t in study.trials if t.state == TrialState.COMPLETE]
             if len(done) >= trials:

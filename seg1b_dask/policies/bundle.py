@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.io.hashing import canonical_json, sha256_hex
+from seg1b_dask.io.package import BUNDLES
 from seg1b_dask.policies.base import Strict
 from seg1b_dask.policies.gates import GatesPolicy
 from seg1b_dask.policies.states import GridPolicy, S2Policy, S3Policy, S4Policy, S6Policy, S8Policy, S9Policy
@@ -127,8 +128,31 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
+def shipped_bundles() -> list[Path]:
+    """The policy bundles shipped with the package."""
+    return sorted(p for p in BUNDLES.iterdir() if (p / "grid.yaml").is_file())
+
+
+def _check_folder(directory: Path) -> None:
+    """A missing folder, or one holding no policy file, is named as such (not as its first
+    missing file), with the bundles shipped with the package."""
+    shipped = f"{', '.join(p.name for p in shipped_bundles())} in {BUNDLES}"
+    if not directory.is_dir():
+        problem = "the policy bundle folder is missing" if not directory.exists() else "--policies names a file"
+    elif not any((directory / f"{name}.yaml").is_file() for name in MODELS if name != "gates"):
+        problem = "the folder holds no policy file (grid.yaml, s2_tile_weights.yaml, …): it is not a policy bundle"
+    else:
+        return
+    raise Seg1BError(
+        Code.E_POLICY_MISSING,
+        f"{problem}: pass --policies a bundle folder, e.g. one shipped with seg1b ({shipped})",
+        file=directory.resolve(),
+    )
+
+
 def load_bundle(directory: Path, refdata_version: str) -> PolicyBundle:
     directory = Path(directory)
+    _check_folder(directory)
     parsed: dict[str, Strict] = {}
     for name in MODELS:
         path = directory / f"{name}.yaml"

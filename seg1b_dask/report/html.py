@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
 from seg1b_dask.core.text import MISSING, number
@@ -18,6 +19,7 @@ td:first-child, th:first-child { text-align: left; }
 .pass { background: #e3f4e1; } .fail { background: #f9dcdc; } .na { color: #888; }
 .grade { font-size: 20px; font-weight: 600; } img { max-width: 100%; }
 .note { color: #555; font-size: 13px; } code { background: #f4f4f4; padding: 0 3px; }
+nav ol { margin: 4px 0; padding-left: 22px; columns: 2; max-width: 900px; }
 """
 
 # Runs first: counts console errors and failed images, and says which sections exist (the
@@ -46,13 +48,14 @@ def cell(value: Any, digits: int = 4) -> str:
     return '<span class="na">n/a</span>' if text == MISSING else html.escape(text)
 
 
-def table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def table(header: list[str] | None, rows: list[list[str]], classes: list[str] | None = None) -> str:
+    """A table with a header row (none for a table of labelled values, ``header=None``)."""
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join(
         f'<tr class="{classes[i] if classes else ""}">' + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
         for i, row in enumerate(rows)
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
 
 
 def img(data: str, alt: str) -> str:
@@ -63,9 +66,20 @@ def section(section_id: str, title: str, body: str) -> str:
     return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
+SECTION = re.compile(r'<section id="([^"]+)"><h2>(.*?)</h2>')
+
+
+def contents(sections: list[str]) -> str:
+    """The page's table of contents: a link to every section made by ``section``, by its
+    title up to any parenthesis."""
+    heads = [SECTION.match(s) for s in sections]
+    items = "".join(f'<li><a href="#{m[1]}">{m[2].split(" (")[0]}</a></li>' for m in heads if m)
+    return f'<nav id="contents"><h2>Contents</h2><ol>{items}</ol></nav>'
+
+
 def page(title: str, sections: list[str], ids: tuple[str, ...]) -> str:
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style>{GUARD}</head><body><h1>{html.escape(title)}</h1>{''.join(sections)}"
-        f"{CHECK % json.dumps(list(ids))}</body></html>"
+        f"<style>{CSS}</style>{GUARD}</head><body><h1>{html.escape(title)}</h1>{contents(sections)}"
+        f"{''.join(sections)}{CHECK % json.dumps(list(ids))}</body></html>"
     )

@@ -42,7 +42,7 @@ def pack_report(root: Path, pack: Path, final: Path | None = None) -> Path:
             else f"seed {s}"
         )
     summary = table(
-        ["", ""],
+        None,
         [
             ["pack", html.escape((final or pack).name)],
             ["policy bundle", html.escape(meta["policy_bundle"])],
@@ -75,7 +75,7 @@ def pack_report(root: Path, pack: Path, final: Path | None = None) -> Path:
         [label, *(cell(cards[s].get("fidelity", {}).get(k)) for s in seeds)] for k, label in MERCHANT_FIGURES[:5]
     ]
     sections.append(
-        section("fidelity", "The price of realism per seed", table(["", *(f"seed {s}" for s in seeds)], fidelity))
+        section("fidelity", "The price of realism per seed", table(["figure", *(f"seed {s}" for s in seeds)], fidelity))
     )
     failures = [f for level in ("B", "B_PLUS") for f in grade["failures"][level]]
     fail_rows = [

@@ -128,22 +128,36 @@ def _checkpoints(view: RunView, baseline: RunView | None) -> str:
     return figure + note + trace_table
 
 
+GATE_HEADER = ("gate", "observed", "B limit", "B result", "B+ limit", "B+ result", "margin to B+", "breach")
+GATE_NOTE = (
+    '<p class="note">A limit with ≤ is a maximum, with ≥ a minimum; a bootstrap bound is gated at B+ only. '
+    "The margin to B+ is how far the observed value lies inside the B+ limit: a gate passes when it is ≥ 0 "
+    "(0: exactly at the limit, e.g. the collapse sentinel's 0 flagged countries against the shipped limit of 0) "
+    "and fails by as much as it is below 0.</p>"
+)
+
+
 def gate_rows(
     card: dict[str, Any], bundle: PolicyBundle, bootstrap: dict[str, float] | None
 ) -> tuple[list[list[str]], list[str]]:
-    """Every gate at B and B+, with margins to B+ and the bootstrap bounds."""
+    """Every gate at B and B+ (``GATE_HEADER``'s columns): each grade's limit, "≤" a maximum
+    and "≥" a minimum, and whether it holds; the margin to B+ and the bootstrap bounds."""
     b = {r["gate"]: r for r in grading.gate_table(card, bundle.gates, "B", bootstrap)}
     bplus = grading.gate_table(card, bundle.gates, "B_PLUS", bootstrap)
     rows, classes = [], []
+
+    def limit(row: dict[str, Any]) -> str:
+        return ("≤ " if row["direction"] == "max" else "≥ ") + cell(row["threshold"])
+
     for r in bplus:
         rb = b.get(r["gate"])
         rows.append(
             [
                 html.escape(r["gate"]),
                 cell(r["observed"]),
-                cell(rb["threshold"]) if rb else "",
+                limit(rb) if rb else "",
                 ("pass" if rb["passed"] else "FAIL") if rb else "",
-                cell(r["threshold"]),
+                limit(r),
                 "pass" if r["passed"] else "FAIL",
                 cell(r["margin"]),
                 html.escape(r["breach"]),
@@ -168,7 +182,7 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     grade = card.get("grade_single_seed", {}).get("outcome", "?")
     sealed = f"no, every figure is unverified: {view.unsealed_because}" if view.unsealed_because else "yes"
     summary = table(
-        ["", ""],
+        None,
         [
             ["run", html.escape(meta["run_id"])],
             ["seed", str(meta["seed"])],
@@ -220,7 +234,7 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
         else '<p class="note">No distance histogram in this scorecard.</p>'
     )
     nn_body += table(
-        ["", "p50 km", "p99 km", "ratio p99/p50", "contraction"],
+        ["run", "p50 km", "p99 km", "ratio p99/p50", "contraction"],
         [
             [
                 label,
@@ -237,8 +251,8 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     regions = img(regions_figure([(label, v.card["region_share"]) for label, v in views], floors), "region shares")
     sections.append(section("regions", "Regions", regions))
     rows, classes = gate_rows(card, view.bundle, card.get("bootstrap_upper_95") or None)
-    gates = table(["gate", "observed", "B", "B", "B+", "B+", "margin to B+", "breach"], rows, classes)
-    sections.append(section("gates", "Gates (margin > 0: room to spare)", gates))
+    gates = GATE_NOTE + table(list(GATE_HEADER), rows, classes)
+    sections.append(section("gates", "Gates (a margin ≥ 0 passes)", gates))
     stages = _checkpoints(view, baseline)
     sections.append(section("checkpoints", "Where the shape first goes wrong: 1A → S2 → S4 → S8", stages))
     # Figures against the placement the country's tile weights ask for (n/a in an older scorecard).
@@ -268,7 +282,7 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
 
 def _concentration_table(views: list[tuple[str, RunView]]) -> str:
     keys = metrics.COUNTRY_METRICS
-    return table(["", *keys], [[label, *(cell(v.card["metrics"][k]) for k in keys)] for label, v in views])
+    return table(["run", *keys], [[label, *(cell(v.card["metrics"][k]) for k in keys)] for label, v in views])
 
 
 MERCHANT_FIGURES = (
@@ -291,14 +305,14 @@ MERCHANT_FIGURES = (
 def _price_rows(card: dict[str, Any]) -> list[list[str]]:
     """``relocated_share`` beside each grade's least relocation (its bound) and their ratio."""
     price = card.get("price", {})
-    rows = [["relocated_share", cell(card.get("fidelity", {}).get("relocated_share", 0.0)), ""]]
+    rows = [["relocated_share", cell(card.get("fidelity", {}).get("relocated_share", 0.0))]]
     for level in ("B_PLUS", "B"):
         if level in price.get("least", {}):
             name = level.replace("_PLUS", "+")
             rows.append(
-                [f"least relocation any vector passing {name}'s country gates needs", cell(price["least"][level]), ""]
+                [f"least relocation any vector passing {name}'s country gates needs", cell(price["least"][level])]
             )
-            rows.append([f"relocated ÷ least for {name}", cell(price["ratio"][level]), ""])
+            rows.append([f"relocated ÷ least for {name}", cell(price["ratio"][level])])
     return rows
 
 
@@ -306,7 +320,7 @@ def _fidelity(card: dict[str, Any], moves: list[tuple[str, str, int]]) -> str:
     f = card.get("fidelity", {})
     if not f:
         return '<p class="note">No fidelity figures recorded.</p>'
-    price = table(["price", "value", ""], _price_rows(card))
+    price = table(["price", "value"], _price_rows(card))
     merchants = table(
         ["what 1A's merchants kept", "value"], [[label, cell(f.get(k))] for k, label in MERCHANT_FIGURES if k in f]
     )
