@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import os
 import shutil
+import signal
 import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -204,6 +205,16 @@ def copy_root(source: Path, target: Path) -> Path:
         if not entry.is_symlink():
             entry.chmod(stat.S_IMODE(entry.lstat().st_mode) | stat.S_IWUSR)
     return target
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_stay_as_found() -> Iterator[None]:
+    """A test leaves SIGINT and SIGTERM as it found them (a child process inherits an ignored
+    signal, so a leak changes what later tests' subprocesses do on Ctrl-C)."""
+    watched = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in watched}
+    yield
+    assert {s: signal.getsignal(s) for s in watched} == before
 
 
 @pytest.fixture(autouse=True)

@@ -48,6 +48,12 @@ def test_threads_keep_item_order_and_every_item_ends_before_an_error() -> None:
     assert in_threads(fail_on_odd, [], 2, "t") == []
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a shell's foreground job has it: a test process may run with SIGINT ignored
+    (which a child inherits, and then rightly ignores Ctrl-C like a background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Job:
     """``seg1b …`` in a session of its own; its stderr lines collected as they come."""
 
@@ -55,6 +61,7 @@ class _Job:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "seg1b_dask.cli", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            preexec_fn=_as_from_a_terminal,
         )  # fmt: skip
         self.lines: list[str] = []
         self.seen = threading.Event()

@@ -29,9 +29,9 @@ class _Group(click.Group):
         missing argument) become one ``E_BAD_OPTION`` line naming the option and what it
         accepts, like every other refusal."""
         kwargs["standalone_mode"] = False
-        sigterm_interrupts()
         try:
-            code = super().main(*args, **kwargs)
+            with sigterm_interrupts():
+                code = super().main(*args, **kwargs)
         except click.exceptions.Abort as exc:
             click.echo("interrupted", err=True)
             cause = exc.__cause__
