@@ -153,7 +153,7 @@ def test_metric_definitions() -> None:
     share, k = metrics.top_share(np.arange(1, 78), 0.05)
     assert k == 4 and share == pytest.approx(sum(range(74, 78)) / sum(range(1, 78)))
     assert metrics.top_share(np.array([3, 1]), 0.01) == (0.75, 1)
-    nn = metrics.nn_metrics(np.array([0.0] * 60 + [1.0] * 40))
+    nn = metrics.nn_metrics(metrics.NNSummary.of(np.array([0.0] * 60 + [1.0] * 40)))
     assert np.isnan(nn["nn_ratio"])  # p50 = 0 is a failure, never a perfect score
 
 

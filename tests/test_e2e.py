@@ -205,7 +205,7 @@ def test_a_uniform_placement_is_clear_against_every_countrys_people(remediation:
     assert worst_share > 0.5 and worst_anisotropy < sentinel.MAX_RELATIVE_ANISOTROPY / 2
 
 
-def test_s9_and_the_in_memory_scorer_measure_the_same_sentinel(reference: RunResult) -> None:
+def test_s9_and_the_in_memory_scorer_measure_the_same_sentinel_and_nearest_neighbours(reference: RunResult) -> None:
     """S9 measures each country against its cells on the published tile grid, batch by batch;
     the in-memory scorer given the same grid finds the same figures, and sentinel.csv
     carries every one of them."""
@@ -227,6 +227,9 @@ def test_s9_and_the_in_memory_scorer_measure_the_same_sentinel(reference: RunRes
     sealed = json.loads((folder / "scorecard.json").read_text())
     assert card["sentinel"] == sealed["sentinel"] and len(sealed["sentinel"]) == 10
     assert card["metrics"]["sentinel_flagged"] == sealed["metrics"]["sentinel_flagged"]
+    # S9's nearest-neighbour summary (per band, no per-site array in the driver) is exact.
+    for figure in ("nn_p50_km", "nn_p75_km", "nn_p90_km", "nn_p95_km", "nn_p99_km", "nn_ratio", "nn_histogram"):
+        assert card["metrics"][figure] == sealed["metrics"][figure], figure
     header = (folder / "sentinel.csv").read_text().splitlines()[0]
     assert header.split(",") == ["legal_country_iso", *sentinel.FIGURES]
 

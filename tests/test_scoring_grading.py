@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seg1b_dask.chain.runner import BASELINE_POLICIES
-from seg1b_dask.core import metrics
+from seg1b_dask.core import metrics, quantiles
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io import discipline
 from seg1b_dask.io.runroot import RunRoot
-from seg1b_dask.model.nearest import nearest_neighbour_km_chunked
+from seg1b_dask.model.nearest import LAT_BINS, ArrayBands, nearest_neighbour_km_chunked, nearest_neighbour_summary
 from seg1b_dask.plan import closure
 from seg1b_dask.policies.bundle import load_bundle
 from seg1b_dask.states.triage import triage_hints
@@ -66,7 +66,8 @@ def test_chunked_nn_equals_exact_global(kind: str, per_band: int) -> None:
 
 
 def test_degenerate_inputs_are_undefined_not_crashes() -> None:
-    assert np.isnan(metrics.nn_metrics(nearest_neighbour_km_chunked(np.array([3.0]), np.array([4.0])))["nn_ratio"])
+    lone = nearest_neighbour_km_chunked(np.array([3.0]), np.array([4.0]))
+    assert np.isnan(metrics.nn_metrics(metrics.NNSummary.of(lone))["nn_ratio"])
     # Many sites on one latitude leave empty bands between equal quantile edges.
     lon = np.linspace(-170, 170, 50)
     lat = np.r_[np.zeros(45), np.linspace(10, 50, 5)]
@@ -78,7 +79,7 @@ def test_duplicate_sites_give_zero_and_p50_zero_fails() -> None:
     lat = np.zeros(5)
     nn = nearest_neighbour_km_chunked(lon, lat, sites_per_band=2)
     assert (nn[:4] == 0).all()
-    figures = metrics.nn_metrics(nn)
+    figures = metrics.nn_metrics(metrics.NNSummary.of(nn))
     assert np.isnan(figures["nn_ratio"])
     card = {
         "metrics": {
@@ -322,3 +323,38 @@ def test_run_folder_outside_root_is_refused(tmp_path: Path) -> None:
         discipline.run_dir(tmp_path / "root", "../../elsewhere/runs/x")  # resolved under root/runs
     assert err.value.code == "E_PATH_ESCAPE"
     shutil.rmtree(tmp_path / "elsewhere")
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.just(0.0), st.just(0.5), st.floats(0.0, 1e6, allow_nan=False, allow_infinity=False)),
+        min_size=1,
+        max_size=300,
+    ),
+    parts=st.integers(1, 6),
+)
+def test_quantiles_over_parts_equal_numpy_bit_for_bit(values: list[float], parts: int) -> None:
+    """The selection over parts (counts per fine bin, then only the distinct values of the
+    needed bins) gives np.quantile's numbers exactly, repeats and zeros included."""
+    v = np.asarray(values)
+    pieces = [np.sort(p) for p in np.array_split(v, parts)]
+    plan = quantiles.plan(len(v), metrics.NN_QUANTILES)
+    where = quantiles.locate(sum(quantiles.bin_counts(p) for p in pieces), plan.ranks)
+    bins = sorted({b for b, _ in where.values()})
+    distinct = [quantiles.distinct_in_bins(p, bins) for p in pieces]
+    value_at = {r: quantiles.kth([d[b] for d in distinct], k) for r, (b, k) in where.items()}
+    assert np.array_equal(quantiles.interpolate(plan, value_at), np.quantile(v, metrics.NN_QUANTILES))
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered", "polar"])
+def test_the_band_summary_equals_every_distance_in_memory(kind: str, tmp_path: Path) -> None:
+    """What S9 keeps (quantiles and histogram, no per-site array in the driver) is what the
+    whole sorted array gives."""
+    lon, lat = _clouds(kind)
+    histogram, _ = np.histogram(lat, bins=LAT_BINS)
+    summary, _ = nearest_neighbour_summary(ArrayBands(lon, lat), len(lon), histogram, tmp_path, sites_per_band=300)
+    whole = metrics.NNSummary.of(nearest_neighbour_km_chunked(lon, lat, sites_per_band=300))
+    assert summary.quantiles is not None and whole.quantiles is not None
+    assert np.array_equal(summary.quantiles, whole.quantiles) and np.array_equal(summary.counts, whole.counts)
+    assert len(list(tmp_path.glob("nn-band-*.npy"))) == 5  # one sorted file per band, on the workers' side

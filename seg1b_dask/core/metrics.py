@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -93,17 +94,39 @@ def largest_footprint(pair_merchant: NDArray[Any]) -> int:
 NN_HISTOGRAM_EDGES_KM = np.logspace(-4, 4, 81)  # 10 cm to 10 000 km, 10 bins a decade
 
 
-def nn_histogram(nn_km: NDArray[np.float64]) -> dict[str, list[float]]:
-    """Counts of nearest-neighbour distances on log bins (clipped into the outer bins), so a
-    report can draw the distribution without recomputing it."""
-    counts, _ = np.histogram(np.clip(nn_km, 1e-4, 1e4), bins=NN_HISTOGRAM_EDGES_KM)
-    return {"edges_km": NN_HISTOGRAM_EDGES_KM.tolist(), "counts": counts.tolist()}
+NN_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
 
 
-def nn_metrics(nn_km: NDArray[np.float64]) -> dict[str, float]:
-    if len(nn_km) == 0:  # fewer than two sites: undefined, which fails closed
+def nn_report_counts(nn_km: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Distances per report bin (clipped into the outer bins); sums of parts add up."""
+    counts: NDArray[np.int64] = np.histogram(np.clip(nn_km, 1e-4, 1e4), bins=NN_HISTOGRAM_EDGES_KM)[0]
+    return counts
+
+
+@dataclass(frozen=True)
+class NNSummary:
+    """What the scorecard keeps of the nearest-neighbour distances: their quantiles at
+    ``NN_QUANTILES`` (numpy's linear method; None below two sites) and the report histogram."""
+
+    quantiles: NDArray[np.float64] | None
+    counts: NDArray[np.int64]
+
+    @classmethod
+    def of(cls, nn_km: NDArray[np.float64]) -> NNSummary:
+        """From every distance in memory."""
+        return cls(np.quantile(nn_km, NN_QUANTILES) if len(nn_km) else None, nn_report_counts(nn_km))
+
+
+def nn_histogram(nn: NNSummary) -> dict[str, list[float]]:
+    """Counts of nearest-neighbour distances on log bins, so a report can draw the
+    distribution without recomputing it."""
+    return {"edges_km": NN_HISTOGRAM_EDGES_KM.tolist(), "counts": nn.counts.tolist()}
+
+
+def nn_metrics(nn: NNSummary) -> dict[str, float]:
+    if nn.quantiles is None:  # fewer than two sites: undefined, which fails closed
         return {k: float("nan") for k in ("nn_p50_km", "nn_p75_km", "nn_p90_km", "nn_p95_km", "nn_p99_km", "nn_ratio")}
-    q = np.quantile(nn_km, [0.5, 0.75, 0.9, 0.95, 0.99])
+    q = nn.quantiles
     p50, p99 = float(q[0]), float(q[4])
     return {
         "nn_p50_km": p50,

@@ -128,7 +128,7 @@ def site_figures(
 
 def assemble_scorecard(
     figures_in: SiteFigures,
-    nn_km: NDArray[np.float64],
+    nn: metrics.NNSummary,
     region_of: dict[str, str],
     eligible_count: int,
     baseline_nn_ratio: float | None,
@@ -149,8 +149,8 @@ def assemble_scorecard(
     figures.update(metrics.merchant_footprint(f.pair_merchant, rng.country_code_int(f.pair_country), max_1a_countries))
     figures["merchant_countries_max_1a"] = max_1a_countries
     figures["near_city_share"] = f.near_city / f.sites if f.sites else 0.0
-    figures.update(metrics.nn_metrics(nn_km))
-    figures["nn_histogram"] = metrics.nn_histogram(nn_km)
+    figures.update(metrics.nn_metrics(nn))
+    figures["nn_histogram"] = metrics.nn_histogram(nn)
     set_baseline(figures, baseline_nn_ratio)
     sentinels = {c: f.sentinels[c] for c in sentinel.watched(f.country_counts)}
     figures["sentinel_flagged"] = sum(s["flagged"] for s in sentinels.values())
@@ -207,7 +207,7 @@ def compute_scorecard(
     codes, counts = np.unique(sites.iso2, return_counts=True)
     watched = sentinel.watched(dict(zip(codes.tolist(), counts.tolist(), strict=True)))
     figures = site_figures(sites, gates, watched, reference)
-    nn = nearest_neighbour_km_chunked(sites.lon, sites.lat)
+    nn = metrics.NNSummary.of(nearest_neighbour_km_chunked(sites.lon, sites.lat))
     return assemble_scorecard(
         figures, nn, region_of, eligible_count, baseline_nn_ratio, max_1a_countries, gates.plausibility
     )

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
+from seg1b_dask.core import metrics, quantiles
 from seg1b_dask.core.metrics import EARTH_RADIUS_KM, unit_vectors
 from seg1b_dask.engine.execution import compute
 
@@ -106,6 +107,11 @@ def band_edges(lat_histogram: NDArray[np.int64], n_bands: int) -> list[float]:
     return [-90.0, *[float(e) for e in inner if -90.0 < e < 90.0], 90.0]
 
 
+def _band_tasks(read: BandReader, n_sites: int, lat_histogram: NDArray[np.int64], sites_per_band: int) -> list[Any]:
+    edges = band_edges(lat_histogram, int(np.ceil(n_sites / sites_per_band)))
+    return [(read, edges[i], edges[i + 1], i == len(edges) - 2) for i in range(len(edges) - 1)]
+
+
 def nearest_neighbour_km_bands(
     read: BandReader,
     n_sites: int,
@@ -114,14 +120,62 @@ def nearest_neighbour_km_bands(
     alongside: Sequence[Any] = (),
 ) -> tuple[NDArray[np.float64], list[Any]]:
     """Nearest-neighbour great-circle distance (km) of every site, sorted; one task per band.
-    ``alongside``: other delayed tasks computed in the same graph (their results second)."""
+    ``alongside``: other delayed tasks computed in the same graph (their results second).
+    For sites in memory; a run's sites are summarised by ``nearest_neighbour_summary``."""
     if n_sites < 2:
         return np.zeros(0), compute(list(alongside))
-    edges = band_edges(lat_histogram, int(np.ceil(n_sites / sites_per_band)))
-    tasks = [dask.delayed(band_arcs)(read, edges[i], edges[i + 1], i == len(edges) - 2) for i in range(len(edges) - 1)]
+    tasks = [dask.delayed(band_arcs)(*band) for band in _band_tasks(read, n_sites, lat_histogram, sites_per_band)]
     results = compute([*tasks, *alongside])
     arcs = results[: len(tasks)]
     return np.sort(np.concatenate(arcs) * EARTH_RADIUS_KM), results[len(tasks) :]
+
+
+def _band_counts(read: BandReader, lo: float, hi: float, last: bool, path: Path) -> tuple[NDArray, NDArray]:
+    """One band's distances (km), sorted into ``path``; their selection and report counts."""
+    km = np.sort(band_arcs(read, lo, hi, last) * EARTH_RADIUS_KM)
+    np.save(path, km)
+    return quantiles.bin_counts(km), metrics.nn_report_counts(km)
+
+
+def _summed(parts: list[tuple[NDArray, NDArray]]) -> tuple[NDArray, NDArray]:
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)  # type: ignore[return-value]
+
+
+def _tree_sum(parts: list[Any], fan_in: int = 16) -> Any:
+    """Sum the bands' counts on the workers, ``fan_in`` at a time: one array reaches the driver."""
+    while len(parts) > 1:
+        parts = [dask.delayed(_summed)(parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
+    return parts[0]
+
+
+def _band_distinct(path: Path, bins: list[int]) -> dict[int, tuple[NDArray, NDArray]]:
+    return quantiles.distinct_in_bins(np.load(path, mmap_mode="r"), bins)
+
+
+def nearest_neighbour_summary(
+    read: BandReader,
+    n_sites: int,
+    lat_histogram: NDArray[np.int64],
+    scratch: Path,
+    sites_per_band: int = 200_000,
+    alongside: Sequence[Any] = (),
+) -> tuple[metrics.NNSummary, list[Any]]:
+    """The exact quantiles and report histogram of every site's nearest-neighbour distance,
+    with no per-site array in the driver: each band task keeps its sorted distances in
+    ``scratch`` and returns counts per fine bin (summed on the workers); a second round
+    returns only the distinct values of the bins holding the needed ranks."""
+    if n_sites < 2:
+        return metrics.NNSummary(None, metrics.nn_report_counts(np.zeros(0))), compute(list(alongside))
+    bands = _band_tasks(read, n_sites, lat_histogram, sites_per_band)
+    paths = [scratch / f"nn-band-{i:05d}.npy" for i in range(len(bands))]
+    counted = [dask.delayed(_band_counts)(*band, path) for band, path in zip(bands, paths, strict=True)]
+    (select, report), *extras = compute([_tree_sum(counted), *alongside])
+    plan = quantiles.plan(int(select.sum()), metrics.NN_QUANTILES)
+    where = quantiles.locate(select, plan.ranks)
+    bins = sorted({b for b, _ in where.values()})
+    distinct = compute([dask.delayed(_band_distinct)(path, bins) for path in paths])
+    value_at = {rank: quantiles.kth([d[b] for d in distinct], k) for rank, (b, k) in where.items()}
+    return metrics.NNSummary(quantiles.interpolate(plan, value_at), report), extras
 
 
 def nearest_neighbour_km_chunked(

@@ -30,7 +30,7 @@ from seg1b_dask.io.hashing import seal_bundle
 from seg1b_dask.io.lineage import check_tokens, read_manifest, replaced, write_json
 from seg1b_dask.model import sentinel
 from seg1b_dask.model.containment import inside_country
-from seg1b_dask.model.nearest import ParquetBands, nearest_neighbour_km_bands
+from seg1b_dask.model.nearest import ParquetBands, nearest_neighbour_summary
 from seg1b_dask.policies.gates import GatesPolicy
 
 SITES_PER_BUCKET = 1 << 20  # coordinates per duplicate-check bucket
@@ -160,7 +160,6 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         ]
     )
     repeats = sum(compute([dask.delayed(_repeats_task)(scratch, b) for b in range(buckets)]))
-    shutil.rmtree(scratch)
     c = {k: sum(p["counts"][k] for p in parts) for k in parts[0]["counts"]} if parts else {}
     figures = scoring.SiteFigures.merge([p["figures"] for p in parts])
     n = figures.sites
@@ -208,9 +207,10 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
         extra.append(
             dask.delayed(grading.bootstrap_upper)(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + ctx.seed)
         )
-    nn, extras = nearest_neighbour_km_bands(
-        ParquetBands(SITE_LOCATIONS.files(egress)), n, figures.lat_histogram, alongside=extra
+    nn, extras = nearest_neighbour_summary(
+        ParquetBands(SITE_LOCATIONS.files(egress)), n, figures.lat_histogram, scratch, alongside=extra
     )
+    shutil.rmtree(scratch)
     max_1a = metrics.largest_footprint(req.column("merchant_id").to_numpy())
     card = scoring.assemble_scorecard(
         figures, nn, region_of, eligible, ctx.baseline_nn_ratio, max_1a, gates.plausibility
