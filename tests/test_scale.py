@@ -22,6 +22,7 @@ from seg1b_dask.io.hashing import verify_bundle
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.policies.bundle import load_bundle
 from seg1b_dask.policies.states import CountryAllocationRemass, TileAllocation
+from seg1b_dask.states import s3_requirements
 from seg1b_dask.states.s4_alloc_plan import moves, tiles
 from seg1b_dask.states.s6_jitter import _Accepted, _distinct
 
@@ -203,3 +204,24 @@ def test_the_block_that_once_drew_a_negative_count_is_valid() -> None:
 @given(seed=st.integers(0, 2**64 - 1), block=st.one_of(st.none(), st.integers(0, 10_000)))
 def test_every_block_draws_counts_of_at_least_one_with_exact_totals(seed: int, block: int | None) -> None:
     _assert_a_valid_block(seed, block)
+
+
+@pytest.mark.parametrize("batch_outlets", [1, 997, 10**7])
+def test_s3_counts_pairs_batch_by_batch_as_over_the_whole_catalogue(batch_outlets: int, tmp_path: Path) -> None:
+    """S3 reads the catalogue a batch at a time (the driver holds pairs, never every outlet):
+    any batch size gives the pairs the whole table gives; a merchant may span batches."""
+    bundle = tmp_path / "bundle"
+    upstream.write_bundle(7, bundle, scale=40_000)
+    path = bundle / upstream.CATALOGUE
+    whole = (
+        pq.read_table(path)
+        .group_by(s3_requirements.PAIR_KEYS)
+        .aggregate([("site_order", "count")])
+        .sort_by([(k, "ascending") for k in s3_requirements.PAIR_KEYS])
+    )
+    batched = s3_requirements.pair_counts(path, batch_outlets).sort_by(
+        [(k, "ascending") for k in s3_requirements.PAIR_KEYS]
+    )
+    assert batched.column("n_sites").to_pylist() == whole.column("site_order_count").to_pylist()
+    for key in s3_requirements.PAIR_KEYS:
+        assert batched.column(key).equals(whole.column(key))

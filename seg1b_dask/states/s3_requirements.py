@@ -16,13 +16,25 @@ from seg1b_dask.io.datasets import S3_REQUIREMENTS
 from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.upstream import CATALOGUE
 
+PAIR_KEYS = ["merchant_id", "legal_country_iso", "home_country_iso"]
+BATCH_OUTLETS = 1_000_000  # catalogue rows read at a time: the driver holds pairs, never every outlet
 
-def requirements(catalogue: pa.Table, denylist: frozenset[str], eligible: frozenset[str], path: Path) -> pa.Table:
-    """One row per (merchant, legal country), sorted by merchant then country."""
-    pairs = catalogue.group_by(["merchant_id", "legal_country_iso", "home_country_iso"]).aggregate(
-        [("site_order", "count")]
-    )
-    pairs = pairs.rename_columns(["merchant_id", "legal_country_iso", "home_country_iso", "n_sites"])
+
+def pair_counts(path: Path, batch_outlets: int = BATCH_OUTLETS) -> pa.Table:
+    """Outlets per (merchant, legal country, home), the catalogue read ``batch_outlets`` rows
+    at a time whatever its row groups: each batch is counted by pair, then the batches' counts
+    are summed by pair."""
+    partial = [
+        pa.Table.from_batches([batch]).group_by(PAIR_KEYS).aggregate([("site_order", "count")])
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_outlets, columns=[*PAIR_KEYS, "site_order"])
+    ]
+    pairs = pa.concat_tables(partial).group_by(PAIR_KEYS).aggregate([("site_order_count", "sum")])
+    return pairs.rename_columns([*PAIR_KEYS, "n_sites"])
+
+
+def requirements(pairs: pa.Table, denylist: frozenset[str], eligible: frozenset[str], path: Path) -> pa.Table:
+    """One row per (merchant, legal country), sorted by merchant then country, from the
+    outlets counted per pair."""
     pairs = pairs.sort_by([("merchant_id", "ascending"), ("legal_country_iso", "ascending")])
     countries = pairs.column("legal_country_iso")
     for code, bad, message in (
@@ -63,10 +75,9 @@ def requirements(catalogue: pa.Table, denylist: frozenset[str], eligible: frozen
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     path = ctx.upstream_bundle / CATALOGUE
-    catalogue = pq.read_table(path, columns=["merchant_id", "legal_country_iso", "home_country_iso", "site_order"])
     tiles = TILE_GRID.countries(ctx.inputs["tile_grid"], ["iso2", "eligible"]).to_pydict()
     eligible = frozenset(i for i, e in zip(tiles["iso2"], tiles["eligible"], strict=True) if e)
-    table = requirements(catalogue, frozenset(ctx.policies.s3_requirements.denylist_iso), eligible, path)
+    table = requirements(pair_counts(path), frozenset(ctx.policies.s3_requirements.denylist_iso), eligible, path)
     S3_REQUIREMENTS.write(out["s3_requirements"], table)
     return {
         "pairs": table.num_rows,
