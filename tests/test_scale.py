@@ -189,15 +189,19 @@ def _assert_a_valid_block(seed: int, block: int | None) -> None:
     assert cat.n_outlets.min() >= 1, (seed, block)  # every drawn count: a real pair
     _, merchant = np.unique(cat.merchant_id, return_inverse=True)
     assert np.bincount(merchant, cat.n_outlets).min() >= 2, (seed, block)  # every merchant >= 2 outlets
+    at_home = cat.legal_country_iso == cat.home_country_iso
+    assert set(cat.merchant_id[at_home].tolist()) == set(cat.merchant_id.tolist()), (seed, block)  # home kept
     iso, country = np.unique(cat.legal_country_iso, return_inverse=True)
     totals = upstream.country_totals(seed, block)
     assert dict(zip(iso.tolist(), np.bincount(country, cat.n_outlets).tolist(), strict=True)) == totals
 
 
-def test_the_block_that_once_drew_a_negative_count_is_valid() -> None:
+@pytest.mark.parametrize(("seed", "block"), [(42, 504), (7, 511)])
+def test_the_blocks_that_needed_a_giver_from_another_country_are_valid(seed: int, block: int) -> None:
     """Seed 42's block 504 (the 100 M stand-in) left a merchant below two outlets in a country
-    where no merchant could give one; the giver now comes from any country."""
-    _assert_a_valid_block(42, 504)
+    where no merchant could give one; the giver now comes from any country, and never gives
+    its last outlet at home (seed 7's block 511 once lost a merchant its home country)."""
+    _assert_a_valid_block(seed, block)
 
 
 @settings(max_examples=examples(40), deadline=None)

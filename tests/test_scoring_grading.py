@@ -358,3 +358,10 @@ def test_the_band_summary_equals_every_distance_in_memory(kind: str, tmp_path: P
     assert summary.quantiles is not None and whole.quantiles is not None
     assert np.array_equal(summary.quantiles, whole.quantiles) and np.array_equal(summary.counts, whole.counts)
     assert len(list(tmp_path.glob("nn-band-*.npy"))) == 5  # one sorted file per band, on the workers' side
+
+
+def test_an_undefined_distance_is_counted_apart() -> None:
+    """NaN is counted in its own bin (the summary then reports undefined quantiles, as
+    np.quantile does), never in the last distance bin."""
+    counts = quantiles.bin_counts(np.array([np.nan, 1.0, 2e5]))
+    assert counts[quantiles.NAN_BIN] == 1 and counts[quantiles.NAN_BIN - 1] == 1 and counts.sum() == 3

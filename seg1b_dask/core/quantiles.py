@@ -18,14 +18,15 @@ from numpy.typing import NDArray
 # Bin i holds SELECT_EDGES[i] <= v < SELECT_EDGES[i + 1] (the last bin: v >= its edge);
 # 0, then 2^16 log-spaced edges from 1e-7 to 1e5 (neighbours 0.04 % apart).
 SELECT_EDGES = np.r_[0.0, np.logspace(-7, 5, 1 << 16)]
+NAN_BIN = len(SELECT_EDGES)  # one more count: NaN values (their quantiles are undefined, as numpy's)
 
 Floats = NDArray[np.float64]
 
 
 def bin_counts(values: Floats) -> NDArray[np.int64]:
-    """Values (≥ 0) per selection bin."""
-    index = np.searchsorted(SELECT_EDGES, values, side="right") - 1
-    return np.bincount(index, minlength=len(SELECT_EDGES)).astype(np.int64)
+    """Values (≥ 0) per selection bin, then the NaN count (``NAN_BIN``)."""
+    index = np.where(np.isnan(values), NAN_BIN, np.searchsorted(SELECT_EDGES, values, side="right") - 1)
+    return np.bincount(index, minlength=NAN_BIN + 1).astype(np.int64)
 
 
 def bin_range(sorted_values: Floats, b: int) -> Floats:

@@ -147,13 +147,24 @@ def dask_cluster(scheduler: str | None, workers: int | None, root: Path, connect
                 # dashboard; a task's error reaches the driver as a coded line. SEG1B_DEBUG shows them.
                 silence_logs=logging.WARNING if os.environ.get("SEG1B_DEBUG") else logging.CRITICAL,
             )
+        try:
             client = Client(cluster)
+        except BaseException:
+            _closed(cluster)
+            raise
     try:
         yield client
     finally:
-        client.close(timeout=CLOSE_SECONDS)
+        _closed(client)
         if cluster is not None:
-            cluster.close(timeout=CLOSE_SECONDS)
+            _closed(cluster)
+
+
+def _closed(closable: Any) -> None:
+    """Close a client or cluster within ``CLOSE_SECONDS``; one that does not answer in time is
+    left to the process's end (its workers die with it), never reported as the run's error."""
+    with contextlib.suppress(TimeoutError, OSError):
+        closable.close(timeout=CLOSE_SECONDS)
 
 
 # Who hears about finished tasks (done, total) during a run: the command's progress bar.
@@ -209,7 +220,6 @@ def compute(tasks: Sequence[Any]) -> list[Any]:
                     on_tasks(done, len(futures))
             return list(client.gather(futures))
         except KeyboardInterrupt:  # stop now: the caller closes the client, which releases the rest
-            client.cancel(futures)
             raise
         except BaseException:
             wait(futures)

@@ -64,11 +64,19 @@ def sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+THREAD_PREFIX = "seg1b-"  # the driver threads ``in_threads`` starts
+
+
+def abandoned_threads() -> bool:
+    """Whether driver threads of seeds or trials are still alive (after an interrupt)."""
+    return any(t.is_alive() and t.name.startswith(THREAD_PREFIX) for t in threading.enumerate())
+
+
 def in_threads(fn: Callable[[Item], Result], items: Sequence[Item], threads: int, name: str) -> list[Result]:
     """``fn`` over ``items`` on at most ``threads`` daemon threads, results in item order.
     An error waits for the other items to end (none is left writing into a folder its caller
     removes), then the first error in item order is raised; an interrupt of the waiting
-    thread propagates at once."""
+    thread propagates at once (the threads, daemons, are left to the process's end)."""
     if not items:
         return []
     results: list[Any] = [None] * len(items)
@@ -88,7 +96,8 @@ def in_threads(fn: Callable[[Item], Result], items: Sequence[Item], threads: int
                 errors[index] = exc
 
     pool = [
-        threading.Thread(target=work, name=f"{name}-{i}", daemon=True) for i in range(max(1, min(threads, len(items))))
+        threading.Thread(target=work, name=f"{THREAD_PREFIX}{name}-{i}", daemon=True)
+        for i in range(max(1, min(threads, len(items))))
     ]
     for thread in pool:
         thread.start()

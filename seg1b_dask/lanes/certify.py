@@ -3,10 +3,11 @@ cluster, graded together into a certification pack, written whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,19 @@ class Pack:
     @property
     def content_sha256(self) -> str:
         return str(json.loads((packs.pack_json(self.folder)).read_text())["content_sha256"])
+
+
+@contextlib.contextmanager
+def _dask_report(path: Path) -> Iterator[None]:
+    """Dask's performance report of the block, written when the block ends well: after an
+    error or an interrupt there is no pack to hold it, and building it would only delay the
+    stop."""
+    from distributed import performance_report
+
+    report = performance_report(filename=str(path))
+    report.__enter__()
+    yield
+    report.__exit__(None, None, None)
 
 
 def _warm_worker() -> int:
@@ -137,8 +151,6 @@ def _certify(
 ) -> Pack:
     """The pack is written into the staging ``folder`` and renamed into place whole; every
     seed's tasks go to the cluster (``execution`` is attached to it)."""
-    from distributed import performance_report
-
     root = run_root.path
     emit = on_event or (lambda _msg: None)
     with dask_cluster(scheduler, workers, root, execution.connect_timeout) as client:
@@ -146,7 +158,7 @@ def _certify(
         dashboard = client.dashboard_link or ""
         emit(f"dashboard {dashboard}")
         client.run(_warm_worker)
-        with performance_report(filename=str(packs.dask_report_html(folder))):
+        with _dask_report(packs.dask_report_html(folder)):
             # Seed-free states once (the baselines' too), their spatial chunks spread over the
             # cluster; then every seed's chain from its own driver thread, all submitting to
             # the same cluster.
@@ -159,7 +171,7 @@ def _certify(
                 lambda pair: _seed(root, pair[0], bundle, execution, emit, pair[1]),
                 list(zip(seeds, upstreams, strict=True)),
                 len(seeds),
-                "seg1b-seed",
+                "seed",
             )
             done = dict(zip(seeds, outcomes, strict=True))
         for result, _ in done.values():  # matplotlib is not thread-safe: reports one by one

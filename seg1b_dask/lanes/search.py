@@ -266,4 +266,4 @@ def best(trials: list[TrialResult]) -> TrialResult | None:
 
 def parallel_map(fn: Callable[..., Any], items: list[Any], threads: int) -> list[Any]:
     """``fn`` over ``items`` from ``threads`` driver threads (their tasks share the cluster)."""
-    return in_threads(fn, items, threads, "seg1b-trial")
+    return in_threads(fn, items, threads, "trial")

@@ -27,6 +27,7 @@ from scipy.spatial import cKDTree
 from seg1b_dask.core import metrics, quantiles
 from seg1b_dask.core.metrics import EARTH_RADIUS_KM, unit_vectors
 from seg1b_dask.engine.execution import compute
+from seg1b_dask.io.lineage import replaced
 
 # (lo, hi, hi inclusive) -> lon, lat of every site with lo <= lat < hi (or <= hi)
 BandReader = Callable[[float, float, bool], tuple[NDArray[np.float64], NDArray[np.float64]]]
@@ -133,7 +134,8 @@ def nearest_neighbour_km_bands(
 def _band_counts(read: BandReader, lo: float, hi: float, last: bool, path: Path) -> tuple[NDArray, NDArray]:
     """One band's distances (km), sorted into ``path``; their selection and report counts."""
     km = np.sort(band_arcs(read, lo, hi, last) * EARTH_RADIUS_KM)
-    np.save(path, km)
+    with replaced(path) as tmp, tmp.open("wb") as fh:  # a lost worker's late copy never tears it
+        np.save(fh, km)
     return quantiles.bin_counts(km), metrics.nn_report_counts(km)
 
 
@@ -170,6 +172,8 @@ def nearest_neighbour_summary(
     paths = [scratch / f"nn-band-{i:05d}.npy" for i in range(len(bands))]
     counted = [dask.delayed(_band_counts)(*band, path) for band, path in zip(bands, paths, strict=True)]
     (select, report), *extras = compute([_tree_sum(counted), *alongside])
+    if select[quantiles.NAN_BIN]:  # an undefined distance: undefined quantiles, which fail closed
+        return metrics.NNSummary(np.full(len(metrics.NN_QUANTILES), np.nan), report), extras
     plan = quantiles.plan(int(select.sum()), metrics.NN_QUANTILES)
     where = quantiles.locate(select, plan.ranks)
     bins = sorted({b for b, _ in where.values()})
