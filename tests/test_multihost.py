@@ -257,6 +257,43 @@ def _files(pack: Path) -> set[str]:
     return {p.relative_to(pack).as_posix() for p in pack.rglob("*") if p.is_file()}
 
 
+def test_sigterm_stops_the_job_in_seconds_and_the_cluster_serves_on(compose_cluster: ComposeCluster) -> None:
+    """SIGTERM to the job (what Compose and Kubernetes send its PID 1) while the seeds run on
+    the other hosts: one line, exit 143 within 10 s, no pack, and the workers drain and idle,
+    ready for the next job (the tests below run on the same cluster)."""
+    from distributed import Client
+
+    host = compose_cluster.network.hosts["job"]
+    stop: dict[str, float] = {}
+
+    def terminate_when_busy(job: subprocess.Popen) -> None:
+        log = compose_cluster.logs / f"{host.name}.log"
+        before = log.stat().st_size  # earlier jobs' lines (this one has had no time to reach S4)
+        deadline = time.monotonic() + 600
+        while b"S4 alloc_plan" not in log.read_bytes()[before:]:
+            assert job.poll() is None and time.monotonic() < deadline, compose_cluster.log(host)
+            time.sleep(0.2)
+        stop["sent"] = time.monotonic()
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=60)
+        stop["seconds"] = time.monotonic() - stop["sent"]
+
+    done = compose_cluster.run_job(during=terminate_when_busy)
+    this_job = done.stdout[done.stdout.rindex("run root:") :]
+    assert done.returncode == 143, this_job
+    assert stop["seconds"] <= 10, stop
+    assert this_job.strip().splitlines()[-1].startswith("interrupted (SIGTERM)"), this_job
+    assert "Traceback" not in this_job
+    argv, mount = compose_cluster.services["job"].argv, compose_cluster.services["job"].mounts["runs"]
+    packs = compose_cluster.volume / Path(argv[argv.index("--root") + 1]).relative_to(mount) / "certification"
+    assert not [p for p in packs.iterdir() if not p.name.startswith(".")] if packs.is_dir() else True
+    with Client(compose_cluster.scheduler_address, timeout=10) as client:
+        deadline = time.monotonic() + 120
+        while any(client.run(lambda dask_worker: dask_worker.state.executing_count).values()):
+            assert time.monotonic() < deadline, "the workers never drained the stopped job's tasks"
+            time.sleep(0.5)
+
+
 def test_certification_across_hosts_equals_a_local_cluster_pack(  # noqa: ANN001
     compose_cluster: ComposeCluster, local_pack
 ) -> None:
