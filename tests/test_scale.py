@@ -204,13 +204,13 @@ def test_the_blocks_that_needed_a_giver_from_another_country_are_valid(seed: int
     _assert_a_valid_block(seed, block)
 
 
-@settings(max_examples=examples(40), deadline=None)
+@settings(max_examples=examples(12), deadline=None)
 @given(seed=st.integers(0, 2**64 - 1), block=st.one_of(st.none(), st.integers(0, 10_000)))
 def test_every_block_draws_counts_of_at_least_one_with_exact_totals(seed: int, block: int | None) -> None:
     _assert_a_valid_block(seed, block)
 
 
-@pytest.mark.parametrize("batch_outlets", [1, 997, 10**7])
+@pytest.mark.parametrize("batch_outlets", [13, 997, 10**7])
 def test_s3_counts_pairs_batch_by_batch_as_over_the_whole_catalogue(batch_outlets: int, tmp_path: Path) -> None:
     """S3 reads the catalogue a batch at a time (the driver holds pairs, never every outlet):
     any batch size gives the pairs the whole table gives; a merchant may span batches."""
