@@ -82,6 +82,17 @@ def test_points_repeat_lon_lat_exactly_with_valid_geo_metadata(n: int) -> None:
     _check_geo(json.loads(metadata[b"geo"]), lon, lat)
 
 
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_wkb_points_are_the_bytes_geos_writes(n: int) -> None:
+    """The 21-byte records equal GEOS's own ISO little-endian WKB, signed zeros, poles and
+    the antimeridian included."""
+    g = np.random.default_rng(n)
+    x = np.r_[[-180.0, 180.0, -0.0, 0.0], g.uniform(-180.0, 180.0, n)]
+    y = np.r_[[90.0, -90.0, 0.0, -0.0], g.uniform(-90.0, 90.0, n)]
+    expected = shapely.to_wkb(shapely.points(x, y), byte_order=1, output_dimension=2, flavor="iso")
+    assert geoparquet.wkb_points(x, y).equals(pa.array(expected, pa.binary()))
+
+
 def test_parts_are_geoparquet_and_byte_identical_for_the_same_rows(tmp_path: Path) -> None:
     """Each part's extent is its own rows'; the same rows give the same bytes."""
     table = _sites(25)

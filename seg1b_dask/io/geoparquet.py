@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import shapely
+from numpy.typing import NDArray
+
+from seg1b_dask.errors import Code, InternalError
 
 GEOMETRY = "geometry"
 BBOX = "bbox"
@@ -65,13 +67,29 @@ def geo_metadata(lon: np.ndarray, lat: np.ndarray) -> dict[str, Any]:
     return {"version": "1.1.0", "primary_column": GEOMETRY, "columns": {GEOMETRY: column}}
 
 
+# ISO WKB of a 2D point, little-endian: byte order 1, geometry type 1 (Point), x, y
+_WKB_POINT = np.dtype([("byte_order", "u1"), ("geometry_type", "<u4"), ("x", "<f8"), ("y", "<f8")])
+
+
+def wkb_points(x: NDArray[np.float64], y: NDArray[np.float64]) -> pa.BinaryArray:
+    """The WKB of each point, built as one buffer of 21-byte records: the bytes GEOS writes
+    (``shapely.to_wkb(..., byte_order=1, flavor="iso")``; a test compares them) at a
+    hundredth of the cost, with no geometry object per site."""
+    records = np.empty(len(x), dtype=_WKB_POINT)
+    records["byte_order"], records["geometry_type"], records["x"], records["y"] = 1, 1, x, y
+    offsets = np.arange(len(x) + 1, dtype=np.int64) * _WKB_POINT.itemsize
+    if offsets[-1] > np.iinfo(np.int32).max:  # a part holds far fewer rows than binary offsets allow
+        raise InternalError(Code.E_INTERNAL, f"{len(x)} points exceed one WKB column's offsets")
+    buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(records.tobytes())]
+    return pa.Array.from_buffers(pa.binary(), len(x), buffers)
+
+
 def with_points(table: pa.Table, lon: str = "lon_deg", lat: str = "lat_deg") -> tuple[pa.Table, dict[bytes, bytes]]:
     """``table`` with ``geometry`` (little-endian 2D WKB points) and ``bbox`` appended, and the
     file metadata carrying ``geo``. Both columns repeat ``lon``/``lat`` exactly."""
     x = table.column(lon).to_numpy().astype(np.float64, copy=False)
     y = table.column(lat).to_numpy().astype(np.float64, copy=False)
-    wkb = shapely.to_wkb(shapely.points(x, y), byte_order=1, output_dimension=2, flavor="iso")
     bbox = pa.StructArray.from_arrays([x, y, x, y], fields=list(FIELDS[1].type))
-    out = table.append_column(FIELDS[0], pa.array(wkb, pa.binary())).append_column(FIELDS[1], bbox)
+    out = table.append_column(FIELDS[0], wkb_points(x, y)).append_column(FIELDS[1], bbox)
     meta = json.dumps(geo_metadata(x, y), separators=(",", ":"), allow_nan=False)
     return out, {b"geo": meta.encode()}
