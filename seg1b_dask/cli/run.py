@@ -120,6 +120,17 @@ GLOSSARY = (
     ("bootstrap_upper", "upper 95 % bound of a concentration metric, resampling merchants, bias-corrected (B+)"),
     ("relocated_share", "share of 1A outlets placed in another country than 1A gave them: the price of realism"),
     ("cv", "coefficient of variation of a metric across the certification seeds"),
+    ("merchants: retention", "share of a merchant's outlets in its own 1A countries (median, p10 over merchants)"),
+    ("lost their home", "merchants left without an outlet in their 1A home country (0 by construction)"),
+    ("outlets in pairs 1A lacks", "share of outlets in (merchant, country) pairs that 1A does not have"),
+    ("new countries", "countries a merchant spans beyond its 1A ones (median, p90, max over merchants)"),
+    ("moves", "km between the centres of a moved outlet's 1A country and its 1B country (median, p90)"),
+    (
+        "plausibility",
+        "reported, not graded: Spearman of country shares against population, the country served most per "
+        "person (its share ÷ its population share; an ISO code), outlets in countries under 100 k people, "
+        "rural share",
+    ),
 )
 
 
