@@ -92,10 +92,17 @@ class _Job:
         return status, seconds
 
     def survivors(self) -> list[str]:
-        """Live (not zombie) processes left in the job's session."""
-        ps = ["ps", "-o", "pid=,stat=,args=", "--sid", str(self.process.pid)]
-        listed = subprocess.run(ps, capture_output=True, text=True)
-        return [row for row in listed.stdout.splitlines() if row.split()[1][:1] != "Z"]
+        """Live (not zombie) processes left in the job's session, read from /proc."""
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+            except OSError:  # the process ended while we looked
+                continue
+            state, session = fields[0], int(fields[3])
+            if session == self.process.pid and state != "Z":
+                alive.append(stat.parent.name)
+        return alive
 
 
 def _assert_stopped_cleanly(job: _Job, status: int, seconds: float, expected: int) -> None:
