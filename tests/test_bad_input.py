@@ -197,12 +197,14 @@ def test_a_folder_of_bundles_is_not_a_bundle(tmp_path: Path) -> None:
 
 
 def test_a_damaged_standin_names_the_folder_that_regenerates_it(tmp_path: Path) -> None:
+    """S0 verifies the cached stand-in on every run; a damaged one keeps its code and says
+    which folder to delete (a folder left without its flag is refused before any run)."""
     root = RunRoot.open(tmp_path / "root")
     standin = ensure_standin(root, 42)
     flag = (standin / FLAG_NAME).read_text()
     (standin / FLAG_NAME).write_text(f"sha256_hex = {'0' * 64}\n")
     with pytest.raises(Seg1BError) as err:
-        ensure_standin(root, 42)
+        run_seed(root=root, seed=42)
     assert err.value.code == "E_BUNDLE_FLAG_MISMATCH"
     code, out = _cli("run", "--root", str(root.path), "--quiet")
     assert code == 2 and out.count("error:") == 1, out
@@ -213,11 +215,15 @@ def test_a_damaged_standin_names_the_folder_that_regenerates_it(tmp_path: Path) 
     (standin / FLAG_NAME).write_text(flag)  # the intact flag: reused as it is
     assert ensure_standin(root, 42) == standin
     index = (standin / "index.json").read_bytes()
-    for damaged, code in ((standin / "index.json", "E_BUNDLE_INDEX"), (standin / FLAG_NAME, "E_BUNDLE_FLAG_MISSING")):
-        damaged.unlink()
-        with pytest.raises(Seg1BError, match=f"delete its folder {re.escape(str(standin))} .*regenerate it") as err:
-            ensure_standin(root, 42)
-        assert err.value.code == code
+    (standin / "index.json").unlink()
+    with pytest.raises(Seg1BError, match=f"delete its folder {re.escape(str(standin))} .*regenerate it") as err:
+        run_seed(root=root, seed=42)
+    assert err.value.code == "E_BUNDLE_INDEX"
+    (standin / FLAG_NAME).unlink()
+    with pytest.raises(Seg1BError, match=f"delete its folder {re.escape(str(standin))} .*regenerate it") as err:
+        ensure_standin(root, 42)
+    assert err.value.code == "E_BUNDLE_FLAG_MISSING"
+    (standin / FLAG_NAME).write_text(flag)
     (standin / "index.json").write_bytes(index)
     shutil.rmtree(standin)  # as the message says: deleted, it is written again
     assert (ensure_standin(root, 42) / FLAG_NAME).read_text() == flag

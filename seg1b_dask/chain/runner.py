@@ -23,7 +23,7 @@ from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.grading import checkpoints
 from seg1b_dask.grading.scoring import read_scorecard
 from seg1b_dask.io import packs
-from seg1b_dask.io.hashing import FLAG_NAME, canonical_json, sha256_hex, tree_digest, verify_bundle
+from seg1b_dask.io.hashing import FLAG_NAME, canonical_json, sha256_hex, tree_digest
 from seg1b_dask.io.lineage import MANIFEST, Tokens, read_manifest, republish, safe_join, stage_path, write_json
 from seg1b_dask.io.package import BUNDLES, PACKAGE_DIR, files_digest
 from seg1b_dask.io.refdata import refdata_version
@@ -70,22 +70,25 @@ class RunResult:
         return next(s.stats for s in self.states if s.id == "S9")
 
 
+def standin_damaged(exc: Seg1BError, folder: Path) -> Seg1BError:
+    """``exc`` about a cached 1A stand-in: the same code and place, and what to do about it."""
+    message = (
+        f"{exc.message}: this is the seed's cached 1A stand-in, which seg1b wrote; "
+        f"delete its folder {folder} and run again to regenerate it"
+    )
+    return Seg1BError(exc.code, message, file=exc.file, key=exc.key)
+
+
 def ensure_standin(root: RunRoot, seed: int, scale: int | None = None) -> Path:
     """The 1A stand-in bundle for ``seed`` (about ``scale`` outlets when given) under the run
-    root, written once; a damaged one is refused with the folder whose deletion regenerates it."""
+    root, written once. S0 verifies it on every run (``standin_damaged`` then names the folder
+    whose deletion regenerates it); a folder left without its flag is refused here."""
     final = root.upstream(seed, scale)
-    if final.exists():
-        try:
-            verify_bundle(final)
-        except Seg1BError as exc:  # its flag, index or bytes were damaged since seg1b wrote it
-            raise Seg1BError(
-                exc.code,
-                f"{exc.message}: this is the seed's cached 1A stand-in, which seg1b wrote; "
-                f"delete its folder {final} and run again to regenerate it",
-                file=exc.file,
-                key=exc.key,
-            ) from None
+    if (final / FLAG_NAME).is_file():
         return final
+    if final.exists():
+        missing = Seg1BError(Code.E_BUNDLE_FLAG_MISSING, "bundle has no _passed.flag", file=final / FLAG_NAME)
+        raise standin_damaged(missing, final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = stage_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -268,9 +271,14 @@ class Chain:
         """Verify the 1A bundle (its flag and the sealed inputs give the run's tokens), then
         run every state of the registry in order."""
         t = time.perf_counter()
-        gate = s0_gate.verify(
-            self.upstream, self.seed, self.bundle.parameter_hash, code_digest(), self.baseline_nn_ratio
-        )
+        try:
+            gate = s0_gate.verify(
+                self.upstream, self.seed, self.bundle.parameter_hash, code_digest(), self.baseline_nn_ratio
+            )
+        except Seg1BError as exc:
+            if self.root.holds_standin(self.upstream):  # damaged since seg1b wrote it
+                raise standin_damaged(exc, self.upstream) from None
+            raise
         verify_seconds = time.perf_counter() - t
         tokens = Tokens(self.seed, self.bundle.parameter_hash, gate.manifest_fingerprint)
         keys = cache_keys(self.bundle, self.seed, gate.upstream_flag, self.baseline_nn_ratio, gate.manifest_fingerprint)

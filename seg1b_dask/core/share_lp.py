@@ -99,7 +99,7 @@ def closest_shares(
     m = np.ones(n) if copies is None else np.asarray(copies, dtype=np.float64)
     pair_i, pair_j = np.triu_indices(n, k=1) if limits.gini_max is not None else (np.zeros(0, np.intp),) * 2
     n_pairs = len(pair_i)
-    # variables: t | p q (t − p + q = reference) | e f (t − e + f = prior) | w (coverage, outlets) | d (pairs) | top-k
+    # variables: t | p q (t - p + q = reference) | e f (t - e + f = prior) | w (coverage, outlets) | d (pairs) | top-k
     o_p, o_q = n, 2 * n
     o_e, o_f = 3 * n, 4 * n
     o_w = 5 * n if use_prior else 3 * n

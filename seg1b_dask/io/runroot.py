@@ -124,8 +124,16 @@ class RunRoot:
 
     def upstream(self, seed: int, scale: int | None = None) -> Path:
         """The 1A stand-in of ``seed`` (at about ``scale`` outlets when given)."""
-        base = self.path / "upstream" / "1A"
+        base = self.standins
         return base / f"seed={seed}" if scale is None else base / f"scale={scale}" / f"seed={seed}"
+
+    @property
+    def standins(self) -> Path:
+        return self.path / "upstream" / "1A"
+
+    def holds_standin(self, folder: Path) -> bool:
+        """Whether ``folder`` is one of this root's 1A stand-ins (which seg1b wrote)."""
+        return Path(folder).resolve().is_relative_to(self.standins.resolve())
 
     def dataset(self, name: str, tokens: dict[str, object]) -> Path:
         """``data/<name>/<token>=<value>/…``: the path says what the manifest says."""
