@@ -50,8 +50,6 @@ def distinct_in_bins(sorted_values: Floats, bins: Sequence[int]) -> dict[int, tu
 class Plan:
     """Where the order statistics of a linear quantile lie."""
 
-    n: int
-    virtual: Floats  # numpy's virtual index per quantile
     previous: NDArray[np.int64]  # the lower rank per quantile
     following: NDArray[np.int64]  # the upper rank per quantile
     gamma: Floats  # the weight of the upper value, as numpy computes it
@@ -72,7 +70,7 @@ def plan(n: int, quantiles: Sequence[float]) -> Plan:
     following[above] = n - 1
     # numpy marks a quantile at or past the last rank with index -1 before taking its weight
     gamma = np.asarray(virtual - np.where(above, -1, previous), dtype=np.float64)
-    return Plan(n, virtual, previous, following, gamma)
+    return Plan(previous, following, gamma)
 
 
 def locate(totals: NDArray[np.int64], ranks: Sequence[int]) -> dict[int, tuple[int, int]]:

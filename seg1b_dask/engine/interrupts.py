@@ -37,31 +37,28 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """While the block runs, SIGTERM raises ``Interrupted`` in the main thread (nothing off
-    the main thread); the previous handler is back afterwards."""
+def _handling(signum: int, handler: Any) -> Iterator[None]:
+    """``handler`` for ``signum`` while the block runs, the previous one back afterwards; off
+    the main thread (where Python allows no handler) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
 
 
-@contextlib.contextmanager
-def sigint_ignored() -> Iterator[None]:
+def sigterm_interrupts() -> contextlib.AbstractContextManager[None]:
+    """While the block runs, SIGTERM raises ``Interrupted`` in the main thread."""
+    return _handling(signal.SIGTERM, _raise_interrupted)
+
+
+def sigint_ignored() -> contextlib.AbstractContextManager[None]:
     """Processes started inside this block ignore SIGINT (an ignored signal stays ignored
     across fork and exec, and Python then installs no KeyboardInterrupt handler)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return _handling(signal.SIGINT, signal.SIG_IGN)
 
 
 THREAD_PREFIX = "seg1b-"  # the driver threads ``in_threads`` starts

@@ -226,9 +226,9 @@ def synthesize(seed: int, block: int | None = None) -> Catalogue:
             np.maximum(quota - 1, 0) / max(np.maximum(quota - 1, 0).sum(), 1e-12) * extra, extra
         )
     # Every merchant needs >= 2 outlets: take one from the largest pair of the same country of
-    # a merchant that keeps >= 2; when no merchant there can give, from the largest such pair
-    # anywhere (the taker then gains that country). Country totals never move.
-    # A giver never gives its last outlet at home.
+    # a merchant that keeps >= 2 and never its last outlet at home; when no merchant there can
+    # give, from the largest such pair anywhere (the taker then gains that country). Country
+    # totals never move.
     for m in np.flatnonzero(counts.sum(axis=1) < 2):
         can_give = (counts.sum(axis=1) > 2)[:, None] & (counts > 0)
         can_give[np.arange(n), home] &= counts[np.arange(n), home] > 1
@@ -238,10 +238,9 @@ def synthesize(seed: int, block: int | None = None) -> Catalogue:
         donor = int(np.argmax(np.where(can_give[:, country], counts[:, country], 0)))
         counts[donor, country] -= 1
         counts[m, country] += 1
-    at_home = counts[np.arange(n), home]
     if not ((counts.sum(axis=0) == target).all() and counts.min() >= 0 and counts.sum(axis=1).min() >= 2):
         raise Seg1BError(Code.E_INTERNAL, f"stand-in counts or country totals drifted for seed {seed}, block {block}")
-    if at_home.min() < 1:
+    if counts[np.arange(n), home].min() < 1:
         raise Seg1BError(Code.E_INTERNAL, f"a stand-in merchant lost its home country: seed {seed}, block {block}")
     ids = np.sort(_merchant_ids(seed, block, n))
     mm, cc = np.nonzero(counts)

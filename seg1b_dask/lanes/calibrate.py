@@ -55,10 +55,10 @@ def trials_to_run(complete: int, running: int, trials: int, parallel: int) -> in
     least ``trials`` are complete (``--trials`` is a floor)."""
     planned = 0
     while complete < trials:
-        batch = min(running, parallel) if running else parallel
-        running -= batch if running else 0
-        complete += batch
-        planned += batch
+        resumed = min(running, parallel)
+        running -= resumed
+        complete += resumed or parallel
+        planned += resumed or parallel
     return planned
 
 
