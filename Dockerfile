@@ -4,26 +4,36 @@
 #   docker run --rm seg1b-dask:0.1.0 scheduler --port 8786 --dashboard-address :8787
 #   docker run --rm -v seg1b-runs:/runs seg1b-dask:0.1.0 worker tcp://HOST:8786 --root /runs --nthreads 1
 #   docker run --rm -v seg1b-runs:/runs seg1b-dask:0.1.0 certify --scheduler tcp://HOST:8786 --root /runs/certification
-# cluster/README.md runs them together (Compose, Kubernetes, an existing cluster).
+# cluster/README.md runs them together (Compose, Kubernetes, podman, an existing cluster), over TLS.
 
-FROM python:3.11.13-slim-bookworm AS wheel
+# The environment: every dependency at the version the lock pins (the package's own pins
+# included), then the package from its wheel, in a venv the final stage copies whole. Test
+# suites shipped inside dependencies and the debugging sections of their extension modules are not
+# needed to run (the libraries auditwheel vendored, under *.libs, are left as they are).
+FROM python:3.11.13-slim-bookworm AS environment
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends binutils=2.40-2 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY cluster/requirements.lock ./
+RUN python -m venv /opt/seg1b \
+    && /opt/seg1b/bin/pip install --no-cache-dir --requirement requirements.lock
 COPY pyproject.toml ./
 COPY seg1b_dask ./seg1b_dask
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN /opt/seg1b/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/seg1b/bin/pip uninstall --yes pip \
+    && find /opt/seg1b/lib -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*/*' \
+        -exec rm -rf {} + \
+    && find /opt/seg1b/lib -type f -name '*.so*' -not -path '*.libs/*' -exec sh -c \
+        'for lib; do if readelf -S "$lib" | grep -q debug_info; then strip --strip-debug "$lib"; fi; done' sh {} +
 
 FROM python:3.11.13-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    MPLCONFIGDIR=/tmp/matplotlib
-COPY cluster/requirements.lock /tmp/requirements.lock
-COPY --from=wheel /wheels /tmp/wheels
-# Every dependency at the version the lock pins (the package's own pins included), then the wheel.
-RUN pip install --no-cache-dir --requirement /tmp/requirements.lock \
-    && pip install --no-cache-dir --no-deps /tmp/wheels/seg1b_dask-*.whl \
-    && rm -rf /tmp/wheels /tmp/requirements.lock \
-    && useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin seg1b \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    PATH=/opt/seg1b/bin:$PATH
+COPY --from=environment /opt/seg1b /opt/seg1b
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin seg1b \
     && mkdir /runs \
     && chown seg1b:seg1b /runs
 USER 10001:10001

@@ -60,6 +60,7 @@ class Code(StrEnum):
     E_ROOT_BUSY = "E_ROOT_BUSY"
     E_CORRUPT_FILE = "E_CORRUPT_FILE"
     E_SCHEDULER_UNREACHABLE = "E_SCHEDULER_UNREACHABLE"
+    E_TLS_CONFIG = "E_TLS_CONFIG"  # a tls:// scheduler, but no readable CA or client certificate configured
     E_IO = "E_IO"
     # the engine itself
     E_INTERNAL = "E_INTERNAL"
@@ -119,6 +120,7 @@ FAMILY: dict[Code, type[Seg1BError]] = {
     Code.E_ROOT_UNSUPPORTED: EnvironmentFault,
     Code.E_ROOT_NOT_SHARED: EnvironmentFault,
     Code.E_SCHEDULER_UNREACHABLE: EnvironmentFault,
+    Code.E_TLS_CONFIG: EnvironmentFault,
     Code.E_IO: EnvironmentFault,
     # The engine's own fail-closed checks (S6, S7, S9): validated input never trips them.
     Code.E_VALIDATION_FAILED: InternalError,

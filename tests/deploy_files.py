@@ -25,7 +25,7 @@ class Dockerfile:
     user: str
     workdir: str
     exposed: set[int]
-    build_copies: list[str]  # what the wheel stage copies from the build context
+    build_copies: list[str]  # what the first (environment) stage copies from the build context
 
     @property
     def default_argv(self) -> list[str]:
@@ -64,7 +64,7 @@ class Service:
     name: str
     argv: list[str]  # the image's entry point followed by the service's command
     environment: dict[str, str]
-    mounts: dict[str, str]  # volume name -> path in the container
+    mounts: dict[str, str]  # volume name (a bind mount: its container folder's name) -> path in the container
     healthcheck: list[str] | None  # the CMD form's argv
     replicas: int
     memory_limit: str | None
@@ -84,13 +84,21 @@ def compose() -> dict[str, Service]:
             name=name,
             argv=[*svc.get("entrypoint", entrypoint), *svc["command"]],
             environment={k: str(v) for k, v in svc.get("environment", {}).items()},
-            mounts=dict(v.split(":", 1) for v in svc.get("volumes", [])),
+            mounts=dict(_mount(v) for v in svc.get("volumes", [])),
             healthcheck=None if health is None else health[1:],
             replicas=int(deploy.get("replicas", 1)),
             memory_limit=deploy.get("resources", {}).get("limits", {}).get("memory"),
             depends_on=list(svc.get("depends_on", {})),
         )
     return out
+
+
+def _mount(spec: str) -> tuple[str, str]:
+    """``runs:/runs`` -> ("runs", "/runs"); a bind mount, ``${SEG1B_CERTS:-./certs}:/certs:ro``,
+    is named by its container folder: ("certs", "/certs")."""
+    source, target = re.fullmatch(r"(\$\{[^}]*\}|[^:]+):([^:]+)(?::(?:ro|rw))?", spec).groups()  # type: ignore[union-attr]
+    named = not source.startswith(("$", ".", "/"))
+    return (source if named else Path(target).name), target
 
 
 def compose_spec() -> dict[str, Any]:

@@ -9,6 +9,7 @@ import copy
 import shutil
 import subprocess
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -56,7 +57,9 @@ def test_image_runs_the_package_as_a_non_root_user() -> None:
     image = dockerfile()
     assert image.entrypoint == ["seg1b"]
     assert image.user.split(":")[0].isdigit() and int(image.user.split(":")[0]) != 0
-    assert image.build_copies == ["pyproject.toml", "seg1b_dask"], "the image is built from the package alone"
+    assert image.build_copies == ["cluster/requirements.lock", "pyproject.toml", "seg1b_dask"], (
+        "the lock and the package alone"
+    )
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert ignore[1] == "*" and {"!pyproject.toml", "!seg1b_dask/", "!cluster/requirements.lock"} <= set(ignore)
 
@@ -120,7 +123,8 @@ def test_operator_resources_validate_against_the_operator_crds(name: str, kind: 
 
 def _normal(argv: list[str], scheduler_address: str) -> list[str]:
     """A command with the scheduler address and the operator's worker naming taken out."""
-    out = [scheduler_address if a in ("tcp://scheduler:8786", "$(DASK_SCHEDULER_ADDRESS)") else a for a in argv]
+    addresses = ("tls://scheduler:8786", "tls://seg1b-certify-scheduler:8786", "tls://seg1b-scheduler:8786")
+    out = [scheduler_address if a in addresses else a for a in argv]
     if "--name" in out:
         i = out.index("--name")
         assert out[i + 1] == "$(DASK_WORKER_NAME)"
@@ -136,7 +140,8 @@ def test_compose_and_kubernetes_run_the_same_image_commands_and_volume() -> None
     assert {s["image"] for s in spec["services"].values()} == {tag}
     assert set(services) == {"scheduler", "worker", "job"}
     # the workers and the job see the run root at one path; the scheduler holds no data
-    assert services["worker"].mounts == services["job"].mounts == {"runs": "/runs"} and not services["scheduler"].mounts
+    assert services["worker"].mounts == services["job"].mounts == {"runs": "/runs", "certs": "/certs"}
+    assert services["scheduler"].mounts == {"certs": "/certs"}
     mount = services["job"].mounts["runs"]
     for name in ("worker", "job"):
         argv = services[name].argv
@@ -156,8 +161,10 @@ def test_compose_and_kubernetes_run_the_same_image_commands_and_volume() -> None
             assert env == service.environment, (file_name, role)
             mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
             assert mounts == service.mounts, (file_name, role)
-            claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])}
+            claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "secret" not in v}
             assert set(claims.values()) <= {k8s_documents()["pvc.yaml"]["metadata"]["name"]}
+            secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+            assert secrets == {"certs": "seg1b-tls"}, (file_name, role)
             limit = container["resources"]["limits"]["memory"]
             assert bytes_of(limit) == bytes_of(service.memory_limit or "0"), (file_name, role)
             if role == "worker":
@@ -192,3 +199,53 @@ def test_the_job_exits_with_the_certifications_status() -> None:
     pod = pod_specs(k8s_documents()["daskjob.yaml"])["job"]
     (container,) = pod["containers"]
     assert "command" not in container and container["args"][0] == "certify" and pod["restartPolicy"] == "Never"
+
+
+def test_every_connection_is_mutual_tls_with_the_clusters_own_ca(tmp_path: Path) -> None:
+    """No deployment file speaks plain tcp://: the scheduler listens on TLS, the workers and
+    the job present their own certificates from the cluster's CA (cluster/make-certs.sh), and
+    Dask's TLS contexts built from them require the peer's certificate (mutual authentication)."""
+    import ssl
+
+    from distributed.security import Security
+
+    services = compose()
+    files = [COMPOSE, *sorted((REPO / "cluster" / "k8s").glob("*.yaml"))]
+    assert not [path.name for path in files if "tcp://" in path.read_text()]
+    scheduler, worker, job = (services[name] for name in ("scheduler", "worker", "job"))
+    assert scheduler.argv[scheduler.argv.index("--protocol") + 1] == "tls"
+    for service, role in ((scheduler, "scheduler"), (worker, "worker")):
+        argv = service.argv
+        assert argv[argv.index("--tls-ca-file") + 1] == "/certs/ca.pem"
+        assert argv[argv.index("--tls-cert") + 1] == f"/certs/{role}.pem"
+        assert argv[argv.index("--tls-key") + 1] == f"/certs/{role}-key.pem"
+    assert job.argv[job.argv.index("--scheduler") + 1].startswith("tls://")
+    assert job.environment == {
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": "/certs/ca.pem",
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": "/certs/job.pem",
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": "/certs/job-key.pem",
+    }
+    published = compose_spec()["services"]["scheduler"]["ports"]
+    assert published == ["127.0.0.1:${SEG1B_DASHBOARD_PORT:-8787}:8787"], "only the dashboard, on the host's loopback"
+    certs = tmp_path / "certs"
+    subprocess.run(["bash", str(REPO / "cluster" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
+    assert sorted(p.name for p in certs.iterdir()) == sorted(
+        ["ca.pem", "ca-key.pem", *(f"{r}{s}.pem" for r in ("scheduler", "worker", "job") for s in ("", "-key"))]
+    )
+    security = Security(
+        tls_ca_file=str(certs / "ca.pem"),
+        tls_scheduler_cert=str(certs / "scheduler.pem"),
+        tls_scheduler_key=str(certs / "scheduler-key.pem"),
+        tls_client_cert=str(certs / "job.pem"),
+        tls_client_key=str(certs / "job-key.pem"),
+        require_encryption=True,
+    )
+    for context in (
+        security.get_listen_args("scheduler")["ssl_context"],
+        security.get_connection_args("client")["ssl_context"],
+    ):
+        assert context.verify_mode == ssl.CERT_REQUIRED
+    done = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(certs / "ca.pem"), str(certs / "job.pem")], capture_output=True
+    )
+    assert done.returncode == 0, done.stdout

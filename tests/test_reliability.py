@@ -310,6 +310,38 @@ def test_unreachable_scheduler_is_reported_quickly(tmp_path: Path) -> None:
     assert code == 2 and "E_SCHEDULER_UNREACHABLE" in out and time.perf_counter() - t < 60
 
 
+def test_a_tls_scheduler_without_client_certificates_is_one_line_at_once(tmp_path: Path) -> None:
+    """A tls:// scheduler needs the cluster's CA and a client certificate (Dask's settings,
+    from DASK_DISTRIBUTED__COMM__TLS__… or a config file): missing or unreadable, the job says
+    which, without waiting out the connect timeout."""
+    import dask
+
+    root = str(tmp_path / "r")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked before the handshake\n")
+    settings = {
+        "distributed.comm.tls.ca-file": None,
+        "distributed.comm.tls.client.cert": None,
+        "distributed.comm.tls.client.key": None,
+    }
+    cases = [
+        ({}, "distributed.comm.tls.ca-file", "DASK_DISTRIBUTED__COMM__TLS__CA_FILE"),
+        ({"distributed.comm.tls.ca-file": str(ca)}, "distributed.comm.tls.client.cert", "CLIENT__CERT"),
+        (
+            {"distributed.comm.tls.ca-file": str(ca), "distributed.comm.tls.client.cert": str(tmp_path / "gone.pem")},
+            f"[file: {tmp_path / 'gone.pem'}]",
+            "[at: DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT]",
+        ),
+    ]
+    for given, named, variable in cases:
+        t = time.perf_counter()
+        with dask.config.set({**settings, **given}):
+            code, out = _cli("certify", "--root", root, "--scheduler", "tls://127.0.0.1:1", "--connect-timeout", "30")
+        (line,) = [x for x in out.splitlines() if x.startswith("error:")]
+        assert code == 2 and line.startswith("error: E_TLS_CONFIG:") and named in line and variable in line, out
+        assert time.perf_counter() - t < 10
+
+
 @pytest.mark.parametrize("damage", ["empty", "missing", "escape"])
 def test_hostile_bundles(tmp_path: Path, bundle_copy: Path, damage: str) -> None:
     catalogue = bundle_copy / CATALOGUE

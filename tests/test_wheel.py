@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
-    """Built, like the image's wheel stage, from only what the Dockerfile copies; then the
+    """Built, like the image's environment stage, from only what the Dockerfile copies; then the
     image's default command (ENTRYPOINT + CMD) runs from the venv, ``/runs`` being a folder."""
     image = dockerfile()
     source = tmp_path / "source"  # built from a copy: nothing is written into the repository
@@ -27,6 +27,7 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, source / name, ignore=ignore)
         else:
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run(

@@ -179,7 +179,7 @@ scheduler_option = click.option(
     default="threads",
     show_default=True,
     callback=scheduler_callback,
-    help="threads | processes | synchronous | distributed (a local cluster) | tcp://HOST:PORT",
+    help="threads | processes | synchronous | distributed (a local cluster) | tls://HOST:PORT (or tcp://)",
 )
 
 
@@ -188,7 +188,7 @@ connect_timeout_option = click.option(
     default=Execution.connect_timeout,
     show_default=True,
     type=click.FloatRange(0.1),
-    help="seconds to reach a tcp:// scheduler and see a worker join (raise it where the cluster starts with the job)",
+    help="seconds to reach a running scheduler and see a worker join (raise it where the cluster starts with the job)",
 )
 
 

@@ -32,7 +32,7 @@ from seg1b_dask.io.runroot import RunRoot
     "--scheduler",
     default=None,
     callback=scheduler_callback,
-    help="tcp://HOST:PORT of a running scheduler (default: a LocalCluster)",
+    help="tls://HOST:PORT (or tcp://) of a running scheduler (default: a LocalCluster)",
 )
 @click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (default 2)")
 @task_size_options
@@ -127,7 +127,10 @@ def certify(
 )
 @click.option("--search-seed", default=0, show_default=True, type=click.IntRange(0, U64_MAX), help="the sampler's seed")
 @click.option(
-    "--scheduler", default=None, callback=scheduler_callback, help="tcp://HOST:PORT (default: a LocalCluster)"
+    "--scheduler",
+    default=None,
+    callback=scheduler_callback,
+    help="tls://HOST:PORT (or tcp://) of a running scheduler (default: a LocalCluster)",
 )
 @click.option("--workers", default=None, type=click.IntRange(1), help="LocalCluster workers (default 2)")
 @connect_timeout_option

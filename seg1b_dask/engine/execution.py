@@ -23,15 +23,23 @@ from seg1b_dask.errors import Code, Seg1BError
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
 SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?/?$")
+# What a client of a tls:// scheduler trusts and presents: Dask's configuration keys, each
+# also set by its environment variable (cluster/make-certs.sh makes the files). The key may
+# be left out when the certificate file holds it.
+TLS_CLIENT_FILES = {
+    "distributed.comm.tls.ca-file": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+    "distributed.comm.tls.client.cert": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+    "distributed.comm.tls.client.key": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY",
+}
 
 
 def check_scheduler(value: str) -> str:
-    """A scheduler name or a ``tcp://HOST:PORT`` address, else one coded line."""
+    """A scheduler name or a ``tls://HOST:PORT`` (or ``tcp://``) address, else one coded line."""
     if value in (*LOCAL_SCHEDULERS, "attached") or SCHEDULER_ADDRESS.match(value):
         return value
     raise Seg1BError(
         Code.E_BAD_OPTION,
-        f"unknown scheduler {value!r}: use {' | '.join(LOCAL_SCHEDULERS)} or tcp://HOST:PORT",
+        f"unknown scheduler {value!r}: use {' | '.join(LOCAL_SCHEDULERS)} or tls://HOST:PORT",
         key="--scheduler",
     )
 
@@ -44,14 +52,17 @@ def connect(address: str, root: Path, timeout: float) -> Any:
 
     from seg1b_dask.io.runroot import check_shared
 
+    if address.startswith("tls://"):
+        check_tls_client(address)
     try:
         client = Client(check_scheduler(address), timeout=f"{timeout}s")
     except (OSError, TimeoutError) as exc:
-        raise Seg1BError(
-            Code.E_SCHEDULER_UNREACHABLE,
-            f"no Dask scheduler answered within {timeout:g} s ({type(exc).__name__}); see --connect-timeout",
-            key=address,
-        ) from None
+        said = (
+            f"the TLS handshake failed ({str(exc).split('.')[0]}): is the client certificate from the cluster's CA?"
+            if "TLS" in str(exc)
+            else f"no Dask scheduler answered within {timeout:g} s ({type(exc).__name__}); see --connect-timeout"
+        )
+        raise Seg1BError(Code.E_SCHEDULER_UNREACHABLE, said, key=address) from None
     try:
         try:
             client.wait_for_workers(1, timeout=timeout)
@@ -66,6 +77,24 @@ def connect(address: str, root: Path, timeout: float) -> Any:
         client.close()
         raise
     return client
+
+
+def check_tls_client(address: str) -> None:
+    """A tls:// scheduler accepts only clients with a certificate from the cluster's CA:
+    without one configured (or readable), say which setting is missing instead of waiting
+    out the connect timeout on a handshake that cannot succeed."""
+    for key, variable in TLS_CLIENT_FILES.items():
+        path = dask.config.get(key, None)
+        if not path and key.endswith(".key"):
+            continue
+        if not path:
+            raise Seg1BError(
+                Code.E_TLS_CONFIG,
+                f"a tls:// scheduler needs Dask's {key} (set {variable}); cluster/README.md makes the files",
+                key=address,
+            )
+        if not os.access(path, os.R_OK):
+            raise Seg1BError(Code.E_TLS_CONFIG, f"cannot read Dask's {key}", file=path, key=variable)
 
 
 @dataclass(frozen=True)
