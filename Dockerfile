@@ -1,10 +1,11 @@
 # One image for every role of a certification cluster; `seg1b` is the entry point:
 #   docker build -t seg1b-dask:0.1.0 .
 #   docker run --rm -v seg1b-runs:/runs seg1b-dask:0.1.0                     # the default job (seed 42)
-#   docker run --rm seg1b-dask:0.1.0 scheduler --port 8786 --dashboard-address :8787
-#   docker run --rm -v seg1b-runs:/runs seg1b-dask:0.1.0 worker tcp://HOST:8786 --root /runs --nthreads 1
-#   docker run --rm -v seg1b-runs:/runs seg1b-dask:0.1.0 certify --scheduler tcp://HOST:8786 --root /runs/certification
-# cluster/README.md runs them together (Compose, Kubernetes, podman, an existing cluster), over TLS.
+#   docker run --rm -v ./certs:/certs:ro seg1b-dask:0.1.0 scheduler --protocol tls --port 8786 --tls-ca-file …
+#   docker run --rm -v seg1b-runs:/runs -v ./certs:/certs:ro seg1b-dask:0.1.0 worker tls://HOST:8786 --root /runs …
+#   docker run --rm -v seg1b-runs:/runs -v ./certs:/certs:ro -e DASK_DISTRIBUTED__COMM__TLS__… seg1b-dask:0.1.0 \
+#     certify --scheduler tls://HOST:8786 --root /runs/certification
+# cluster/README.md runs them together over mutual TLS (Compose, podman, Kubernetes, an existing cluster).
 
 # The environment: every dependency at the version the lock pins (the package's own pins
 # included), then the package from its wheel, in a venv the final stage copies whole. Test

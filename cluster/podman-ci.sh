@@ -4,11 +4,13 @@
 #
 #   sudo bash cluster/podman-ci.sh
 #
-# 1. podman, runc, podman-compose (pinned by the project's test extra) and openssl.
-# 2. /etc/containers/containers.conf for a sandboxed host: the runc runtime (crun refuses a
-#    hybrid cgroup layout), cgroupfs, file-based event and container logs (no systemd or
-#    journald), and default ulimits at or below the host's hard limits. Without systemd, podman
-#    runs no health checks by itself: `podman healthcheck run` runs them (the tests do).
+# 1. podman, runc, debootstrap and openssl from Debian (podman-compose comes with the
+#    project's test extra: pip install -e '.[test]').
+# 2. A drop-in, /etc/containers/containers.conf.d/50-seg1b.conf, for a sandboxed host: the
+#    runc runtime (crun refuses a hybrid cgroup layout), cgroupfs, file-based event and
+#    container logs (no systemd or journald), and default ulimits at or below the host's hard
+#    limits. Without systemd, podman runs no health checks by itself: `podman healthcheck run`
+#    runs them (the tests do).
 # 3. The base image the Dockerfile's FROM names. It is pulled when a registry answers; where
 #    none does, a stand-in is made from Debian's bookworm (debootstrap from the host's
 #    configured mirror) and tagged with that name. The stand-in's Python is Debian's 3.11.2,
@@ -40,16 +42,14 @@ if ((${#need[@]})); then
   fi
 fi
 
-conf=/etc/containers/containers.conf
-if ! grep -q '^# seg1b-podman-ci' "$conf" 2>/dev/null; then
-  mkdir -p /etc/containers
-  [[ -e $conf ]] && cp "$conf" "$conf.before-seg1b"
-  nofile=$(ulimit -Hn)
-  nproc=$(ulimit -Hu)
-  [[ $nofile == unlimited || $nofile -gt 20000 ]] && nofile=20000
-  [[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
-  cat >"$conf" <<EOF
-# seg1b-podman-ci: written by cluster/podman-ci.sh (the file it replaced, if any: $conf.before-seg1b)
+# A drop-in, rewritten on every run: the machine's own containers.conf is left as it is.
+nofile=$(ulimit -Hn)
+nproc=$(ulimit -Hu)
+[[ $nofile == unlimited || $nofile -gt 20000 ]] && nofile=20000
+[[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+mkdir -p /etc/containers/containers.conf.d
+cat >/etc/containers/containers.conf.d/50-seg1b.conf <<EOF
+# written by cluster/podman-ci.sh (seg1b); delete it to undo
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 log_driver = "k8s-file"
@@ -58,7 +58,6 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 EOF
-fi
 
 if podman image exists "$base"; then
   say "base image $base present"
@@ -68,7 +67,8 @@ else
   say "no registry answers: making a stand-in for $base from Debian bookworm"
   rootfs=$(mktemp -d /var/tmp/seg1b-base.XXXXXX)
   trap 'rm -rf "$rootfs"' EXIT
-  mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+  sources=(/etc/apt/sources.list.d/*.sources)
+  mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' "${sources[@]}" 2>/dev/null | head -n 1 || true)
   debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates,passwd \
     bookworm "$rootfs" "${mirror:-http://deb.debian.org/debian}" >/dev/null
   if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then

@@ -96,7 +96,9 @@ def compose() -> dict[str, Service]:
 def _mount(spec: str) -> tuple[str, str]:
     """``runs:/runs`` -> ("runs", "/runs"); a bind mount, ``${SEG1B_CERTS:-./certs}:/certs:ro``,
     is named by its container folder: ("certs", "/certs")."""
-    source, target = re.fullmatch(r"(\$\{[^}]*\}|[^:]+):([^:]+)(?::(?:ro|rw))?", spec).groups()  # type: ignore[union-attr]
+    match = re.fullmatch(r"(\$\{[^}]*\}|[^:]+):([^:]+)(?::(?:ro|rw))?", spec)
+    assert match, spec
+    source, target = match.groups()
     named = not source.startswith(("$", ".", "/"))
     return (source if named else Path(target).name), target
 

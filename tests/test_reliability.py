@@ -340,6 +340,14 @@ def test_a_tls_scheduler_without_client_certificates_is_one_line_at_once(tmp_pat
         (line,) = [x for x in out.splitlines() if x.startswith("error:")]
         assert code == 2 and line.startswith("error: E_TLS_CONFIG:") and named in line and variable in line, out
         assert time.perf_counter() - t < 10
+    gone = str(tmp_path / "gone-key.pem")  # the scheduler and workers check theirs before Dask starts
+    for args in (
+        ["scheduler", "--protocol", "tls", "--tls-ca-file", gone],
+        ["worker", "--root", root, "tls://h:1", f"--tls-key={gone}"],
+    ):
+        (tmp_path / "r").mkdir(exist_ok=True)
+        code, out = _cli(*args)
+        assert code == 2 and "error: E_TLS_CONFIG: cannot read the --tls-" in out and f"[file: {gone}]" in out, out
 
 
 @pytest.mark.parametrize("damage", ["empty", "missing", "escape"])

@@ -57,7 +57,7 @@ DASK_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 @click.argument("dask_args", nargs=-1, type=click.UNPROCESSED)
 def scheduler(dask_args: tuple[str, ...]) -> None:
     """A Dask scheduler for certification: DASK_ARGS are `dask scheduler`'s options
-    (e.g. --port 8786 --dashboard-address :8787; see `dask scheduler --help`)."""
+    (e.g. --protocol tls --port 8786 --tls-ca-file …; see `dask scheduler --help` and cluster/README.md)."""
     from seg1b_dask.engine.cluster import start
 
     start("scheduler", dask_args)
@@ -73,7 +73,7 @@ def scheduler(dask_args: tuple[str, ...]) -> None:
 @click.argument("dask_args", nargs=-1, type=click.UNPROCESSED)
 def worker(root: Path, dask_args: tuple[str, ...]) -> None:
     """A Dask worker for certification: DASK_ARGS are `dask worker`'s scheduler address and
-    options (e.g. tcp://scheduler:8786 --nthreads 1 --memory-limit 4GiB; see `dask worker --help`)."""
+    options (e.g. tls://scheduler:8786 --tls-ca-file … --nthreads 1; see `dask worker --help`)."""
     from seg1b_dask.engine.cluster import check_volume, start
 
     check_volume(root)

@@ -1,9 +1,11 @@
 """The image's cluster roles: ``seg1b scheduler`` and ``seg1b worker`` start Dask's own
 scheduler and worker, so one entry point serves the scheduler, the workers and the job
-(``Dockerfile``, ``cluster/``). A worker first checks the run-root volume it was given."""
+(``Dockerfile``, ``cluster/``). A worker first checks the run-root volume it was given, and
+both check the TLS files they were given."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +15,7 @@ from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.io.runroot import RunRoot
 
 Role = Literal["scheduler", "worker"]
+TLS_FILE_OPTIONS = ("--tls-ca-file", "--tls-cert", "--tls-key")
 
 
 def check_volume(root: Path) -> None:
@@ -28,9 +31,22 @@ def check_volume(root: Path) -> None:
     RunRoot.open(root)  # writable, and a filesystem that publishing works on
 
 
+def check_tls_files(args: Sequence[str]) -> None:
+    """Each ``--tls-*`` file readable (a key mounted with the wrong owner, a mistyped path):
+    one coded line naming it, not Dask's traceback at start-up."""
+    for option, value in zip(args, [*args[1:], None], strict=True):
+        name, _, inline = option.partition("=")
+        path = inline or value
+        if name in TLS_FILE_OPTIONS and path is not None and not os.access(path, os.R_OK):
+            raise Seg1BError(
+                Code.E_TLS_CONFIG, f"cannot read the {name} file (owner, mode, mount?)", file=path, key=name
+            )
+
+
 def start(role: Role, args: Sequence[str]) -> None:
     """Run Dask's own command line for ``role`` with ``args`` (every option of ``dask
     scheduler`` / ``dask worker``); it returns when the scheduler or worker stops."""
+    check_tls_files(args)
     if role == "scheduler":
         from distributed.cli.dask_scheduler import main as dask_main
     else:

@@ -90,7 +90,7 @@ def check_tls_client(address: str) -> None:
         if not path:
             raise Seg1BError(
                 Code.E_TLS_CONFIG,
-                f"a tls:// scheduler needs Dask's {key} (set {variable}); cluster/README.md makes the files",
+                f"a tls:// scheduler needs Dask's {key} (set {variable}); cluster/make-certs.sh makes them",
                 key=address,
             )
         if not os.access(path, os.R_OK):
