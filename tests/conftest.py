@@ -59,6 +59,19 @@ def examples(n: int) -> int:
     return max(1, n * settings.default.max_examples // CI_EXAMPLES)
 
 
+# -- order -------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: the container tests (one file of about six minutes; --dist loadfile
+    keeps a file in one process), then the files with slow tests, then the rest, so that the
+    short files fill the processes' ends instead of the suite waiting on a long file started
+    last (addopts has --no-loadscope-reorder, which keeps this order)."""
+    items.sort(
+        key=lambda item: (item.get_closest_marker("containers") is None, item.get_closest_marker("slow") is None)
+    )
+
+
 # -- the 1A stand-in ---------------------------------------------------------------------
 
 
