@@ -163,8 +163,19 @@ def test_compose_and_kubernetes_run_the_same_image_commands_and_volume() -> None
             assert mounts == service.mounts, (file_name, role)
             claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "secret" not in v}
             assert set(claims.values()) <= {k8s_documents()["pvc.yaml"]["metadata"]["name"]}
-            secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-            assert secrets == {"certs": "seg1b-tls"}, (file_name, role)
+            secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+            assert set(secrets) == {"certs"} and secrets["certs"]["secretName"] == "seg1b-tls", (file_name, role)
+            # each pod gets only the files its own command and environment name, not the other roles' keys
+            named = {a.removeprefix("/certs/") for a in [*container["args"], *env.values()] if a.startswith("/certs/")}
+            assert (
+                {item["path"] for item in secrets["certs"]["items"]}
+                == named
+                == {
+                    "ca.pem",
+                    f"{role}.pem",
+                    f"{role}-key.pem",
+                }
+            ), (file_name, role)
             limit = container["resources"]["limits"]["memory"]
             assert bytes_of(limit) == bytes_of(service.memory_limit or "0"), (file_name, role)
             if role == "worker":
