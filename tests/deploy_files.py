@@ -20,6 +20,7 @@ K8S = REPO / "cluster" / "k8s"
 
 @dataclass(frozen=True)
 class Dockerfile:
+    base: str  # the image the final stage starts FROM
     entrypoint: list[str]
     cmd: list[str]
     user: str
@@ -33,7 +34,7 @@ class Dockerfile:
 
 
 def dockerfile() -> Dockerfile:
-    """The final stage's ENTRYPOINT, CMD (JSON form), USER, WORKDIR, EXPOSE, and the
+    """The final stage's base image, ENTRYPOINT, CMD (JSON form), USER, WORKDIR, EXPOSE, and the
     sources the first stage COPYs from the context."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     stages: list[list[tuple[str, str]]] = []
@@ -50,6 +51,7 @@ def dockerfile() -> Dockerfile:
         src for op, rest in stages[0] if op == "COPY" and not rest.startswith("--from") for src in rest.split()[:-1]
     ]
     return Dockerfile(
+        base=dict(stages[-1])["FROM"].split()[0],
         entrypoint=json.loads(final["ENTRYPOINT"]),
         cmd=json.loads(final["CMD"]),
         user=final["USER"],

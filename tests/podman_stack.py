@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from deploy_files import COMPOSE, REPO
+from deploy_files import COMPOSE, REPO, dockerfile
 
 TAG = f"s1b{os.getpid() % 100_000}"
 IMAGE = "localhost/seg1b-dask:test"  # never the user's own seg1b-dask:<version> tag
@@ -34,7 +34,7 @@ def unavailable() -> str | None:
     for tool in ("podman", "podman-compose"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed: run `bash cluster/podman-ci.sh` and `pip install -e '.[test]'`"
-    base = next(line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("FROM "))
+    base = dockerfile().base
     if podman("image", "exists", base, check=False).returncode != 0:
         return f"no base image {base}: run `bash cluster/podman-ci.sh`"
     return None

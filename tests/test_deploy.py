@@ -27,6 +27,7 @@ from deploy_files import (
     k8s_documents,
     pod_specs,
 )
+from podman_stack import make_certs
 
 import seg1b_dask
 
@@ -240,8 +241,7 @@ def test_every_connection_is_mutual_tls_with_the_clusters_own_ca(tmp_path: Path)
     }
     published = compose_spec()["services"]["scheduler"]["ports"]
     assert published == ["127.0.0.1:${SEG1B_DASHBOARD_PORT:-8787}:8787"], "only the dashboard, on the host's loopback"
-    certs = tmp_path / "certs"
-    subprocess.run(["bash", str(REPO / "cluster" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
+    certs = make_certs(tmp_path / "certs")
     assert sorted(p.name for p in certs.iterdir()) == sorted(
         ["ca.pem", *(f"{r}{s}.pem" for r in ("scheduler", "worker", "job") for s in ("", "-key"))]
     ), "the CA's key stays out of the folder the cluster mounts"

@@ -5,12 +5,12 @@ both check the TLS files they were given."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from seg1b_dask.engine.execution import check_tls_file
 from seg1b_dask.errors import Code, Seg1BError
 from seg1b_dask.io.runroot import RunRoot
 
@@ -37,10 +37,8 @@ def check_tls_files(args: Sequence[str]) -> None:
     for option, value in zip(args, [*args[1:], None], strict=True):
         name, _, inline = option.partition("=")
         path = inline or value
-        if name in TLS_FILE_OPTIONS and path is not None and not os.access(path, os.R_OK):
-            raise Seg1BError(
-                Code.E_TLS_CONFIG, f"cannot read the {name} file (owner, mode, mount?)", file=path, key=name
-            )
+        if name in TLS_FILE_OPTIONS and path is not None:
+            check_tls_file(path, f"the {name} file (owner, mode, mount?)", name)
 
 
 def start(role: Role, args: Sequence[str]) -> None:

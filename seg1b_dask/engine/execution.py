@@ -24,12 +24,12 @@ from seg1b_dask.errors import Code, Seg1BError
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
 SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?/?$")
 # What a client of a tls:// scheduler trusts and presents: Dask's configuration keys, each
-# also set by its environment variable (cluster/make-certs.sh makes the files). The key may
-# be left out when the certificate file holds it.
+# also set by its environment variable (cluster/make-certs.sh makes the files), and whether
+# it is required (the key may be left out when the certificate file holds it).
 TLS_CLIENT_FILES = {
-    "distributed.comm.tls.ca-file": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
-    "distributed.comm.tls.client.cert": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
-    "distributed.comm.tls.client.key": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY",
+    "distributed.comm.tls.ca-file": ("DASK_DISTRIBUTED__COMM__TLS__CA_FILE", True),
+    "distributed.comm.tls.client.cert": ("DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT", True),
+    "distributed.comm.tls.client.key": ("DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY", False),
 }
 
 
@@ -49,6 +49,7 @@ def connect(address: str, root: Path, timeout: float) -> Any:
     seeing the run ``root``. An unreachable scheduler, no worker, or a worker without the
     shared root is one coded line after ``timeout`` seconds, never a long hang."""
     from distributed import Client
+    from distributed.comm.core import FatalCommClosedError
 
     from seg1b_dask.io.runroot import check_shared
 
@@ -57,9 +58,9 @@ def connect(address: str, root: Path, timeout: float) -> Any:
     try:
         client = Client(check_scheduler(address), timeout=f"{timeout}s")
     except (OSError, TimeoutError) as exc:
-        said = (
+        said = (  # Dask's fatal close: the TLS handshake itself failed (another CA, a bad certificate)
             f"the TLS handshake failed ({str(exc).split('.')[0]}): is the client certificate from the cluster's CA?"
-            if "TLS" in str(exc)
+            if isinstance(exc, FatalCommClosedError)
             else f"no Dask scheduler answered within {timeout:g} s ({type(exc).__name__}); see --connect-timeout"
         )
         raise Seg1BError(Code.E_SCHEDULER_UNREACHABLE, said, key=address) from None
@@ -83,18 +84,23 @@ def check_tls_client(address: str) -> None:
     """A tls:// scheduler accepts only clients with a certificate from the cluster's CA:
     without one configured (or readable), say which setting is missing instead of waiting
     out the connect timeout on a handshake that cannot succeed."""
-    for key, variable in TLS_CLIENT_FILES.items():
+    for key, (variable, required) in TLS_CLIENT_FILES.items():
         path = dask.config.get(key, None)
-        if not path and key.endswith(".key"):
-            continue
-        if not path:
+        if path:
+            check_tls_file(path, f"Dask's {key}", variable)
+        elif required:
             raise Seg1BError(
                 Code.E_TLS_CONFIG,
                 f"a tls:// scheduler needs Dask's {key} (set {variable}); cluster/make-certs.sh makes them",
                 key=address,
             )
-        if not os.access(path, os.R_OK):
-            raise Seg1BError(Code.E_TLS_CONFIG, f"cannot read Dask's {key}", file=path, key=variable)
+
+
+def check_tls_file(path: str, what: str, setting: str) -> None:
+    """A certificate or key file the process must read (a key mounted with the wrong owner,
+    a mistyped path): one coded line naming it and the setting that gave it."""
+    if not os.access(path, os.R_OK):
+        raise Seg1BError(Code.E_TLS_CONFIG, f"cannot read {what}", file=path, key=setting)
 
 
 @dataclass(frozen=True)
