@@ -17,12 +17,11 @@ from hypothesis import strategies as st
 from seg1b_dask.chain.registry import STATES
 from seg1b_dask.chain.runner import DEFAULT_POLICIES, cache_keys
 from seg1b_dask.grading import gates as grading
-from seg1b_dask.io import upstream
+from seg1b_dask.io import catalogue, upstream
 from seg1b_dask.io.hashing import verify_bundle
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.policies.bundle import load_bundle
 from seg1b_dask.policies.states import CountryAllocationRemass, TileAllocation
-from seg1b_dask.states import s3_requirements
 from seg1b_dask.states.s4_alloc_plan import moves, tiles
 from seg1b_dask.states.s6_jitter import _Accepted, _distinct
 
@@ -219,13 +218,11 @@ def test_s3_counts_pairs_batch_by_batch_as_over_the_whole_catalogue(batch_outlet
     path = bundle / upstream.CATALOGUE
     whole = (
         pq.read_table(path)
-        .group_by(s3_requirements.PAIR_KEYS)
+        .group_by(catalogue.PAIR_KEYS)
         .aggregate([("site_order", "count")])
-        .sort_by([(k, "ascending") for k in s3_requirements.PAIR_KEYS])
+        .sort_by([(k, "ascending") for k in catalogue.PAIR_KEYS])
     )
-    batched = s3_requirements.pair_counts(path, batch_outlets).sort_by(
-        [(k, "ascending") for k in s3_requirements.PAIR_KEYS]
-    )
+    batched = catalogue.pair_counts(path, batch_outlets).sort_by([(k, "ascending") for k in catalogue.PAIR_KEYS])
     assert batched.column("n_sites").to_pylist() == whole.column("site_order_count").to_pylist()
-    for key in s3_requirements.PAIR_KEYS:
+    for key in catalogue.PAIR_KEYS:
         assert batched.column(key).equals(whole.column(key))

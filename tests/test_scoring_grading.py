@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -19,7 +20,15 @@ from seg1b_dask.errors import Seg1BError
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io import discipline
 from seg1b_dask.io.runroot import RunRoot
-from seg1b_dask.model.nearest import LAT_BINS, ArrayBands, nearest_neighbour_km_chunked, nearest_neighbour_summary
+from seg1b_dask.model.nearest import (
+    LAT_BINS,
+    ArrayBands,
+    SortedBands,
+    band_arcs,
+    nearest_neighbour_km_chunked,
+    nearest_neighbour_summary,
+    write_sorted_by_latitude,
+)
 from seg1b_dask.plan import closure
 from seg1b_dask.policies.bundle import load_bundle
 from seg1b_dask.states.triage import triage_hints
@@ -189,9 +198,12 @@ def test_cross_seed_cv_is_population_std_over_mean() -> None:
 def test_bootstrap_upper_bound_equals_a_direct_computation() -> None:
     matrix = np.array([[10, 0, 0], [0, 10, 0], [0, 0, 10], [5, 5, 0]])
     upper = grading.bootstrap_upper(matrix, 500, 3)
-    g = np.random.Generator(np.random.Philox(key=3))
-    weights = g.multinomial(4, np.full(4, 0.25), size=500)
-    replicates = [metrics.country_gini(w @ matrix) for w in weights]
+    replicates = []
+    for stream in range(4):  # 500 replicates: four streams of 125
+        g = np.random.Generator(np.random.Philox(key=np.array([3, stream], dtype=np.uint64)))
+        for _ in range(125):
+            weights = np.bincount(g.integers(0, 4, 4), minlength=4)  # 4 merchants drawn with replacement
+            replicates.append(metrics.country_gini(weights @ matrix))
     point = metrics.country_gini(matrix.sum(axis=0))
     q95, q50 = np.quantile(replicates, [0.95, 0.5])
     assert upper["country_gini"] == pytest.approx(point + (q95 - q50) + abs(q50 - point), rel=1e-12)
@@ -358,6 +370,28 @@ def test_the_band_summary_equals_every_distance_in_memory(kind: str, tmp_path: P
     assert summary.quantiles is not None and whole.quantiles is not None
     assert np.array_equal(summary.quantiles, whole.quantiles) and np.array_equal(summary.counts, whole.counts)
     assert len(list(tmp_path.glob("nn-band-*.npy"))) == 5  # one sorted file per band, on the workers' side
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6))
+def test_bands_from_latitude_sorted_files_equal_bands_from_memory(seed: int, files: int) -> None:
+    """S9's reader (per-batch files sorted by latitude, two binary searches each) gives every
+    band exactly the sites the in-memory reader does, sites on band edges included."""
+    g = np.random.default_rng(seed)
+    n = int(g.integers(2, 400))
+    lon, lat = g.uniform(-180, 180, n), np.round(g.uniform(-90, 90, n), 0)  # many sites on the edges
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for i, part in enumerate(np.array_split(np.arange(n), files)):
+            paths.append(Path(folder) / f"by-latitude-{i}.npy")
+            write_sorted_by_latitude(paths[-1], lon[part], lat[part])
+        edges = [-90.0, *sorted(set(np.round(g.uniform(-89, 89, 3), 0).tolist())), 90.0]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            last = hi == 90.0
+            sorted_read, memory_read = SortedBands(paths)(lo, hi, last), ArrayBands(lon, lat)(lo, hi, last)
+            assert sorted(zip(*sorted_read, strict=True)) == sorted(zip(*memory_read, strict=True))
+            got, want = band_arcs(SortedBands(paths), lo, hi, last), band_arcs(ArrayBands(lon, lat), lo, hi, last)
+            assert np.array_equal(np.sort(got), np.sort(want))
 
 
 def test_an_undefined_distance_is_counted_apart() -> None:

@@ -116,41 +116,68 @@ def population_cv(values: list[float]) -> float:
     return float("inf") if arr.mean() == 0 else std / abs(float(arr.mean()))
 
 
-BOOTSTRAP_WEIGHTS_PER_BLOCK = 1 << 24  # replicate weights per block (~3 × 128 MiB while it is drawn and used)
+BOOTSTRAP_WEIGHTS_PER_BLOCK = 1 << 24  # replicate weights multiplied at once (~2 × 128 MiB)
+BOOTSTRAP_STREAM_REPLICATES = 125  # replicates per random stream: a block runs anywhere, in any order
+
+
+def bootstrap_blocks(replicates: int) -> list[tuple[int, int]]:
+    """(stream, replicates) of each block of a bootstrap: block ``i`` draws from the Philox
+    stream keyed (seed, i), so the blocks can run as separate tasks with the same result."""
+    step = BOOTSTRAP_STREAM_REPLICATES
+    return [(i, min(step, replicates - first)) for i, first in enumerate(range(0, replicates, step))]
+
+
+def bootstrap_values(
+    matrix: NDArray[np.int64] | scipy.sparse.sparray, seed: int, stream: int, replicates: int
+) -> NDArray[np.float64]:
+    """Each concentration metric (columns, in ``CONCENTRATION`` order) of ``replicates``
+    resamples of the merchants (rows of ``matrix``) with replacement: a replicate draws as
+    many merchants as there are, uniformly, and adds up their sites per country. NaN for a
+    replicate with no sites."""
+    g = np.random.Generator(np.random.Philox(key=np.array([seed, stream], dtype=np.uint64)))
+    n = matrix.shape[0]
+    sparse_t = scipy.sparse.csr_array(scipy.sparse.csr_array(matrix, dtype=np.float64).T)
+    values = np.full((replicates, len(CONCENTRATION)), np.nan)
+    per_product = max(1, BOOTSTRAP_WEIGHTS_PER_BLOCK // max(n, 1))
+    for first in range(0, replicates, per_product):
+        size = min(per_product, replicates - first)
+        # Counts of n uniform draws: a multinomial(n, 1/n) per replicate, exact in float64.
+        weights = np.stack([np.bincount(g.integers(0, n, n), minlength=n) for _ in range(size)], axis=1)
+        for j, row in enumerate((sparse_t @ weights.astype(np.float64)).T):
+            if row.sum() > 0:
+                values[first + j] = [metrics.concentration(row)[k] for k in CONCENTRATION]
+    return values
+
+
+def bootstrap_bound(
+    estimate: dict[str, float], values: NDArray[np.float64], quantile: float = 0.95
+) -> dict[str, float]:
+    """bound = estimate + (q95 − median of the replicates) + |median − estimate|: the spread
+    of the replicates above their own centre (the basic bootstrap's pivot), plus the size of
+    the resampling bias whichever way it points. Resampling merchants drops rare countries
+    (Gini biased down) and lets noise pick the top countries (top-k biased up); a plain
+    percentile bound inherits the bias, and with it the B+ bound of Gini fell below the
+    estimate. This bound is never below the estimate."""
+    out = {}
+    for j, k in enumerate(CONCENTRATION):
+        column = np.r_[np.nan, values[:, j]]  # a replicate with no sites is undefined
+        upper, centre = np.nanquantile(column, [quantile, 0.5])
+        out[k] = float(estimate[k] + (upper - centre) + abs(centre - estimate[k]))
+    return out
+
+
+def bootstrap_estimate(matrix: NDArray[np.int64] | scipy.sparse.sparray) -> dict[str, float]:
+    """The concentration metrics of the merchants' sites per country, as they are."""
+    return metrics.concentration(np.asarray(scipy.sparse.csr_array(matrix, dtype=np.float64).sum(axis=0)).ravel())
 
 
 def bootstrap_upper(
     matrix: NDArray[np.int64] | scipy.sparse.sparray, replicates: int, seed: int, quantile: float = 0.95
 ) -> dict[str, float]:
     """One-sided upper bound of each concentration metric, resampling merchants (the unit 1A
-    draws) with replacement: country counts = multinomial merchant weights @ matrix.
-
-    bound = estimate + (q95 − median of the replicates) + |median − estimate|: the spread of
-    the replicates above their own centre (the basic bootstrap's pivot), plus the size of the
-    resampling bias whichever way it points. Resampling merchants drops rare countries (Gini
-    biased down) and lets noise pick the top countries (top-k biased up); a plain percentile
-    bound inherits the bias, and with it the B+ bound of Gini fell below the estimate. This
-    bound is never below the estimate."""
-    g = np.random.Generator(np.random.Philox(key=seed))
-    n = matrix.shape[0]
-    sparse = scipy.sparse.csr_array(matrix, dtype=np.float64)
-    estimate = metrics.concentration(np.asarray(sparse.sum(axis=0)).ravel())
-    values: dict[str, list[float]] = {k: [float("nan")] for k in CONCENTRATION}
-    # Replicates in blocks: memory stays bounded at any number of merchants; the rows drawn
-    # are the same as in one call. Integer sums stay exact in float64.
-    block = max(1, BOOTSTRAP_WEIGHTS_PER_BLOCK // max(n, 1))
-    for first in range(0, replicates, block):
-        weights = g.multinomial(n, np.full(n, 1.0 / n), size=min(block, replicates - first)).astype(np.float64)
-        for row in (sparse.T @ weights.T).T:
-            if row.sum() == 0:
-                continue
-            for k, v in metrics.concentration(row).items():
-                values[k].append(v)
-    out = {}
-    for k in CONCENTRATION:
-        upper, centre = np.nanquantile(values[k], [quantile, 0.5])  # a replicate with no sites is undefined
-        out[k] = float(estimate[k] + (upper - centre) + abs(centre - estimate[k]))
-    return out
+    draws) with replacement (``bootstrap_bound``), every block in this process."""
+    values = [bootstrap_values(matrix, seed, stream, k) for stream, k in bootstrap_blocks(replicates)]
+    return bootstrap_bound(bootstrap_estimate(matrix), np.concatenate(values), quantile)
 
 
 def grade(

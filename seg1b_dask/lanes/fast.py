@@ -96,16 +96,13 @@ def country_inputs(chain: Chain, upstream_dir: Path, seed: int) -> feasibility.C
 def _allocated_south(catalogue: Path, chain: Chain, bundle: PolicyBundle, seed: int, table: dict) -> np.ndarray:
     """Each country's southern share of sites under S4(b)'s own allocation of 1A's pairs
     (the legacy posture keeps 1A's pairs): tiles never straddle the equator."""
-    import pyarrow.parquet as pq
-
+    from seg1b_dask.io.catalogue import pair_counts
     from seg1b_dask.io.grids import TILE_GRID
     from seg1b_dask.states.s4_alloc_plan import allocate_country_tiles
 
     pairs = (
-        pq.read_table(catalogue, columns=["merchant_id", "legal_country_iso"])
-        .group_by(["legal_country_iso", "merchant_id"])
-        .aggregate([("merchant_id", "count")])
-        .rename_columns(["legal_country_iso", "merchant_id", "n_sites"])
+        pair_counts(catalogue)  # one row per (merchant, legal country): a merchant has one home
+        .select(["legal_country_iso", "merchant_id", "n_sites"])
         .sort_by([("legal_country_iso", "ascending"), ("merchant_id", "ascending")])
     )
     south = np.zeros(len(table["iso2"]))

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from seg1b_dask.core import metrics, share_lp
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.grading.gates import Level
+from seg1b_dask.io.catalogue import pair_counts
 from seg1b_dask.io.datasets import COUNTRY_MASS, S3_REQUIREMENTS
 from seg1b_dask.io.hashing import canonical_json, sha256_hex
 from seg1b_dask.io.lineage import write_json
@@ -258,11 +258,7 @@ def inputs_from_pairs(pairs: pa.Table, country_mass: dict[str, list]) -> Country
 def _catalogue_pairs(path: str) -> pa.Table:
     """Outlets per (merchant, legal country, home country) of a 1A catalogue, read once per
     process (a verified 1A bundle is write-once; calibration asks once per trial and seed)."""
-    table = pq.read_table(path, columns=["merchant_id", "legal_country_iso", "home_country_iso"])
-    grouped = table.group_by(["merchant_id", "legal_country_iso", "home_country_iso"]).aggregate(
-        [("merchant_id", "count")]
-    )
-    return grouped.rename_columns(["merchant_id", "legal_country_iso", "home_country_iso", "n_sites"])
+    return pair_counts(Path(path))
 
 
 def relocation_bounds(inputs: CountryInputs, gates: GatesPolicy) -> dict[str, float]:

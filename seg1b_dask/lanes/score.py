@@ -76,9 +76,9 @@ def score_run(root: Path, run: Path, pin_as_baseline: bool = False) -> Scored:
     every part of the egress. The seal and the structural checks are read from the validation
     bundle: a run without a valid 1B flag, or whose sealed checks fail, grades RED whatever
     its figures say (they are then S9's unverified record, kept for diagnosis). The rows are
-    read again only for the bootstrap of a sealed run whose S9 did not need it (no B+
-    target). With ``pin_as_baseline`` the run becomes the baseline of its seed, grid and 1A
-    bundle in the same pass (contraction 0)."""
+    read again only for the bootstrap of a sealed run whose S9 did not record it. With
+    ``pin_as_baseline`` the run becomes the baseline of its seed, grid and 1A bundle in the
+    same pass (contraction 0)."""
     root = Path(root).resolve()
     meta = discipline.load_run(run, needs=("states", "policies"))
     bundle = sealed_bundle(meta)

@@ -6,8 +6,8 @@ the sites whose in-band neighbour is farther than the band's edge query again, a
 sites within ``max(d)`` degrees of latitude of the band. A band with a single site widens
 its window until it holds a neighbour, then takes that neighbour's distance as the halo.
 The answer is exact, with no tuning knob. Each band task reads only the rows it needs
-through a ``BandReader``: from arrays in memory, or from a partitioned ``site_locations``
-with a latitude filter, so no task and not the driver ever holds every site's coordinates.
+through a ``BandReader``: from arrays in memory, or from files sorted by latitude, so no task
+and not the driver ever holds every site's coordinates.
 scipy's cKDTree runs on 3-D unit vectors (euclidean chord, converted to arc): a global
 tree on the same vectors gives the same distances bit for bit.
 """
@@ -20,7 +20,6 @@ from typing import Any
 
 import dask
 import numpy as np
-import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
@@ -49,19 +48,31 @@ class ArrayBands:
         return self.lon[sel], self.lat[sel]
 
 
-class ParquetBands:
-    """A ``BandReader`` over Parquet part files (``lon_deg``, ``lat_deg``), filtered by latitude."""
+def write_sorted_by_latitude(path: Path, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> None:
+    """One batch's coordinates sorted by latitude, for ``SortedBands``: row 0 the latitudes
+    (contiguous, so a binary search touches a few pages), row 1 the longitudes."""
+    order = np.argsort(lat, kind="stable")
+    with replaced(path) as tmp, tmp.open("wb") as fh:  # a lost worker's late copy never tears it
+        np.save(fh, np.stack([lat[order], lon[order]]))
+
+
+class SortedBands:
+    """A ``BandReader`` over files of ``write_sorted_by_latitude``: each band reads only its
+    latitude slice of every file (two binary searches on a memory map), so the bands together
+    read every site about once, not once per band."""
 
     def __init__(self, files: list[Path]) -> None:
-        self.files = [str(f) for f in files]
+        self.files = files
 
     def __call__(self, lo: float, hi: float, inclusive: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        table = pq.read_table(
-            self.files,
-            columns=["lon_deg", "lat_deg"],
-            filters=[("lat_deg", ">=", lo), ("lat_deg", "<=" if inclusive else "<", hi)],
-        )
-        return table.column(0).to_numpy(), table.column(1).to_numpy()
+        parts = []
+        for path in self.files:
+            lat_lon = np.load(path, mmap_mode="r")
+            first = np.searchsorted(lat_lon[0], lo, side="left")
+            last = np.searchsorted(lat_lon[0], hi, side="right" if inclusive else "left")
+            parts.append(np.array(lat_lon[:, first:last]))
+        both = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0))
+        return both[1], both[0]
 
 
 def band_arcs(read: BandReader, lo: float, hi: float, last: bool) -> NDArray[np.float64]:

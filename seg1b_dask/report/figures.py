@@ -53,16 +53,22 @@ def _outlines() -> tuple[list[NDArray[np.float64]], list[list[NDArray[np.float64
     return rings, exteriors
 
 
-def density_raster(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Sites per pixel on the world canvas (datashader), spread by one pixel and shaded on a
-    log scale: RGBA rows from the south, transparent where there are no sites."""
+def density_counts(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Sites per pixel of the world canvas (datashader): counts of batches add up exactly, so
+    a run's map is drawn one part file at a time."""
     import datashader as ds
     import pandas as pd
+
+    canvas = ds.Canvas(plot_width=MAP_SIZE[0], plot_height=MAP_SIZE[1], x_range=(-180, 180), y_range=(-90, 90))
+    return np.asarray(canvas.points(pd.DataFrame({"lon": lon, "lat": lat}), "lon", "lat").values, dtype=np.float64)
+
+
+def density_raster(counts: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Sites per pixel spread by one pixel and shaded on a log scale: RGBA rows from the
+    south, transparent where there are no sites."""
     from matplotlib import colormaps
     from scipy.ndimage import maximum_filter
 
-    canvas = ds.Canvas(plot_width=MAP_SIZE[0], plot_height=MAP_SIZE[1], x_range=(-180, 180), y_range=(-90, 90))
-    counts = np.asarray(canvas.points(pd.DataFrame({"lon": lon, "lat": lat}), "lon", "lat").values, dtype=np.float64)
     counts = maximum_filter(counts, size=3)
     level = np.log1p(counts) / max(float(np.log1p(counts.max())), 1.0)
     rgba = colormaps["YlOrRd"](0.35 + 0.65 * level)
@@ -83,12 +89,13 @@ def _world_axes(ax: Any, title: str) -> None:
     ax.set_yticks([])
 
 
-def map_figure(panels: list[tuple[str, NDArray[np.float64], NDArray[np.float64]]]) -> str:
+def map_figure(panels: list[tuple[str, NDArray[np.float64]]]) -> str:
+    """One world map per (title, ``density_counts``)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 4.6), squeeze=False)
-    for ax, (title, lon, lat) in zip(axes[0], panels, strict=True):
+    for ax, (title, counts) in zip(axes[0], panels, strict=True):
         ax.imshow(
-            density_raster(lon, lat), extent=(-180, 180, -90, 90), origin="lower", interpolation="nearest", zorder=2
+            density_raster(counts), extent=(-180, 180, -90, 90), origin="lower", interpolation="nearest", zorder=2
         )
         _world_axes(ax, title)
     fig.tight_layout()

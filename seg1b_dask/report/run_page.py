@@ -7,6 +7,7 @@ first goes wrong (the state checkpoints), the collapse sentinel, and the price o
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from seg1b_dask.core import metrics
@@ -26,8 +28,10 @@ from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.io.verdict import bundle_verdict
 from seg1b_dask.policies.bundle import PolicyBundle, sealed_bundle
 from seg1b_dask.report.figures import (
+    MAP_SIZE,
     checkpoint_figure,
     choropleth_figure,
+    density_counts,
     lorenz_figure,
     map_figure,
     nn_figure,
@@ -35,6 +39,8 @@ from seg1b_dask.report.figures import (
 )
 from seg1b_dask.report.html import cell, img, page, section, table
 from seg1b_dask.states.triage import triage_hints
+
+SITES_PER_READ = 1_000_000  # rows of site_locations or site_lineage read at a time
 
 RUN_SECTIONS = (
     "summary",
@@ -59,8 +65,7 @@ class RunView:
     bundle: PolicyBundle
     card: dict[str, Any]
     unsealed_because: str  # "" when a valid 1B flag vouches for the egress and the figures
-    lon: NDArray[np.float64] | None  # None: unsealed, the egress is not shown
-    lat: NDArray[np.float64] | None
+    density: NDArray[np.float64] | None  # sites per map pixel; None: unsealed, the egress is not shown
     moves: list[tuple[str, str, int]]
     profiles: dict[str, checkpoints.Profile] | None  # None: a run made before checkpoints existed
 
@@ -70,25 +75,42 @@ def load_run(root: Path, run: Path) -> RunView:
     judged = bundle_verdict(meta, root)
     card_path = packs.scorecard_dir(run)
     card = scoring.read_scorecard(card_path if packs.scorecard_json(run).is_file() else judged.folder)
-    lon = lat = None
-    if judged.egress is not None:
-        coords = SITE_LOCATIONS.read(judged.egress, columns=["lon_deg", "lat_deg"])
-        lon, lat = coords.column("lon_deg").to_numpy(), coords.column("lat_deg").to_numpy()
+    density = site_density(judged.egress) if judged.egress is not None else None
     profiles = checkpoints.read(run)
-    return RunView(run, meta, sealed_bundle(meta), card, judged.problem, lon, lat, top_moves(root, meta), profiles)
+    return RunView(run, meta, sealed_bundle(meta), card, judged.problem, density, top_moves(root, meta), profiles)
+
+
+def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
+    """A dataset's rows a million at a time: the page never holds a column of every site."""
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=SITES_PER_READ, columns=columns):
+            yield pa.Table.from_batches([batch])
+
+
+def site_density(egress: Path) -> NDArray[np.float64]:
+    """Sites per pixel of the map, summed over the egress read in batches."""
+    counts = np.zeros(MAP_SIZE[::-1])
+    for batch in _batches(SITE_LOCATIONS.files(egress), ["lon_deg", "lat_deg"]):
+        counts += density_counts(batch.column("lon_deg").to_numpy(), batch.column("lat_deg").to_numpy())
+    return counts
 
 
 def top_moves(root: Path, meta: dict[str, Any], limit: int = 15) -> list[tuple[str, str, int]]:
     """The largest flows of 1A stubs from their 1A country to another 1B country."""
-    columns = ["source_country_iso", "legal_country_iso"]
-    return flows(SITE_LINEAGE.read(safe_join(root, meta["outputs"]["site_lineage"]), columns=columns), limit)
+    files = SITE_LINEAGE.files(safe_join(root, meta["outputs"]["site_lineage"]))
+    return flows(_batches(files, ["source_country_iso", "legal_country_iso"]), limit)
 
 
-def flows(lineage: pa.Table, limit: int) -> list[tuple[str, str, int]]:
-    moved = lineage.filter(pc.not_equal(lineage.column("source_country_iso"), lineage.column("legal_country_iso")))
-    if moved.num_rows == 0:
+def flows(lineage: Iterable[pa.Table], limit: int) -> list[tuple[str, str, int]]:
+    keys = ["source_country_iso", "legal_country_iso"]
+    parts = []
+    for batch in lineage:
+        moved = batch.filter(pc.not_equal(batch.column(keys[0]), batch.column(keys[1])))
+        parts.append(moved.group_by(keys).aggregate([([], "count_all")]))
+    counts = pa.concat_tables(parts).group_by(keys).aggregate([("count_all", "sum")]) if parts else None
+    if counts is None or counts.num_rows == 0:
         return []
-    counts = moved.group_by(["source_country_iso", "legal_country_iso"]).aggregate([([], "count_all")])
+    counts = counts.rename_columns([*keys, "count_all"])
     order = [("count_all", "descending"), ("source_country_iso", "ascending"), ("legal_country_iso", "ascending")]
     rows = counts.sort_by(order).slice(0, limit).to_pylist()
     return [(r["source_country_iso"], r["legal_country_iso"], int(r["count_all"])) for r in rows]
@@ -207,11 +229,11 @@ def render_run(view: RunView, baseline: RunView | None) -> str:
     )
     sections = [section("summary", "Summary", summary)]
     maps = [
-        (f"{label} · seed {v.meta['seed']} · {v.card['metrics']['sites']:,} sites", v.lon, v.lat)
+        (f"{label} · seed {v.meta['seed']} · {v.card['metrics']['sites']:,} sites", v.density)
         for label, v in views
-        if v.lon is not None and v.lat is not None
+        if v.density is not None
     ]
-    caption = '<p class="note">' + " | ".join(html.escape(title) for title, _, _ in maps) + "</p>"
+    caption = '<p class="note">' + " | ".join(html.escape(title) for title, _ in maps) + "</p>"
     body = (
         caption + img(map_figure(maps), "site density maps")
         if maps

@@ -8,28 +8,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from seg1b_dask.engine.context import StateContext
 from seg1b_dask.errors import Code, Seg1BError
+from seg1b_dask.io.catalogue import pair_counts
 from seg1b_dask.io.datasets import S3_REQUIREMENTS
 from seg1b_dask.io.grids import TILE_GRID
 from seg1b_dask.io.upstream import CATALOGUE
-
-PAIR_KEYS = ["merchant_id", "legal_country_iso", "home_country_iso"]
-BATCH_OUTLETS = 1_000_000  # catalogue rows read at a time: the driver holds pairs, never every outlet
-
-
-def pair_counts(path: Path, batch_outlets: int = BATCH_OUTLETS) -> pa.Table:
-    """Outlets per (merchant, legal country, home), the catalogue read ``batch_outlets`` rows
-    at a time whatever its row groups: each batch is counted by pair, then the batches' counts
-    are summed by pair."""
-    partial = [
-        pa.Table.from_batches([batch]).group_by(PAIR_KEYS).aggregate([("site_order", "count")])
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_outlets, columns=[*PAIR_KEYS, "site_order"])
-    ]
-    pairs = pa.concat_tables(partial).group_by(PAIR_KEYS).aggregate([("site_order_count", "sum")])
-    return pairs.rename_columns([*PAIR_KEYS, "n_sites"])
 
 
 def requirements(pairs: pa.Table, denylist: frozenset[str], eligible: frozenset[str], path: Path) -> pa.Table:

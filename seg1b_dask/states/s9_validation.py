@@ -30,7 +30,7 @@ from seg1b_dask.io.hashing import seal_bundle
 from seg1b_dask.io.lineage import check_tokens, read_manifest, replaced, write_json
 from seg1b_dask.model import sentinel
 from seg1b_dask.model.containment import inside_country
-from seg1b_dask.model.nearest import ParquetBands, nearest_neighbour_summary
+from seg1b_dask.model.nearest import SortedBands, nearest_neighbour_summary, write_sorted_by_latitude
 from seg1b_dask.policies.gates import GatesPolicy
 
 SITES_PER_BUCKET = 1 << 20  # coordinates per duplicate-check bucket
@@ -72,7 +72,8 @@ def _batch_task(
 ) -> dict[str, Any]:
     """Check a batch of countries, add up its share of the scorecard (the collapse sentinel
     of those ``watched``, against each one's cells on the tile grid), and drop its
-    coordinates into hash buckets for the global duplicate check."""
+    coordinates into hash buckets for the global duplicate check and, sorted by latitude,
+    into one file for the nearest-neighbour bands."""
     ref = refdata.countries()
     totals: dict[str, int] = {}
     merchants, merchant_sites, frames = [], [], []
@@ -102,6 +103,7 @@ def _batch_task(
     for b in range(buckets):
         with replaced(folders["scratch"] / f"bucket-{b:05d}-batch-{batch:05d}.npy") as tmp, tmp.open("wb") as fh:
             np.save(fh, coords[bucket == b])
+    write_sorted_by_latitude(folders["scratch"] / f"by-latitude-{batch:05d}.npy", sites.lon, sites.lat)
     totals["outside_country"] = outside
     return {
         "counts": totals,
@@ -132,6 +134,18 @@ def _merchant_totals_ok(merchants: np.ndarray, sites: np.ndarray, req: pa.Table)
     want_ids, first = np.unique(req.column("merchant_id").to_numpy(), return_index=True)
     want = req.column("merchant_total").to_numpy()[first]
     return bool(np.array_equal(ids, want_ids) and np.array_equal(got, want))
+
+
+def _bootstrap_task(pairs: Path, seed: int, stream: int, replicates: int) -> np.ndarray:
+    with np.load(pairs) as npz:
+        matrix, _ = scoring.merchant_country_matrix(npz["merchant"], npz["country"], npz["sites"])
+    return grading.bootstrap_values(matrix, seed, stream, replicates)
+
+
+def _bootstrap_bound(figures: scoring.SiteFigures, blocks: list[np.ndarray]) -> dict[str, float]:
+    countries, index = np.unique(figures.pair_country, return_inverse=True)
+    estimate = metrics.concentration(np.bincount(index, figures.pair_sites, minlength=len(countries)))
+    return grading.bootstrap_bound(estimate, np.concatenate(blocks))
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
@@ -199,28 +213,31 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     )
     eligible = int(np.asarray(country_table.column("eligible").to_pylist()).sum())
     target = ctx.policies.s9_validation.target_grade
-    # The merchant bootstrap (B+) is one task beside the nearest-neighbour bands: it runs
-    # while they do.
+    # The merchant bootstrap (B+'s bounds, recorded for every target: the scorecard grades
+    # any run up to B+) runs as blocks of replicates beside the nearest-neighbour bands; its
+    # (merchant, country) pairs reach the tasks by a scratch file, not the graph.
     extra = []
-    if target == "B_PLUS":
-        matrix, _ = scoring.merchant_country_matrix(figures.pair_merchant, figures.pair_country, figures.pair_sites)
-        extra.append(
-            dask.delayed(grading.bootstrap_upper)(matrix, gates.bootstrap_replicates, gates.bootstrap_seed + ctx.seed)
-        )
+    if n:
+        pairs = scratch / "bootstrap-pairs.npz"
+        np.savez(pairs, merchant=figures.pair_merchant, country=figures.pair_country, sites=figures.pair_sites)
+        extra = [
+            dask.delayed(_bootstrap_task)(pairs, gates.bootstrap_seed + ctx.seed, stream, k)
+            for stream, k in grading.bootstrap_blocks(gates.bootstrap_replicates)
+        ]
     nn, extras = nearest_neighbour_summary(
-        ParquetBands(SITE_LOCATIONS.files(egress)), n, figures.lat_histogram, scratch, alongside=extra
+        SortedBands(sorted(scratch.glob("by-latitude-*.npy"))), n, figures.lat_histogram, scratch, alongside=extra
     )
     shutil.rmtree(scratch)
     max_1a = metrics.largest_footprint(req.column("merchant_id").to_numpy())
     card = scoring.assemble_scorecard(
         figures, nn, region_of, eligible, ctx.baseline_nn_ratio, max_1a, gates.plausibility
     )
+    bootstrap = _bootstrap_bound(figures, extras) if extras else None
+    if bootstrap is not None:
+        card["bootstrap_upper_95"] = bootstrap
     structural_ok = all(c["passed"] for c in checks.values())
     realism: list[dict[str, Any]] = []
     if target != "none":
-        bootstrap = extras[0] if extras else None
-        if bootstrap is not None:
-            card["bootstrap_upper_95"] = bootstrap
         realism = grading.gate_table(card, gates, target, bootstrap)
     sealed = structural_ok and all(r["passed"] for r in realism)
     write_json(folder / "checks.json", checks)

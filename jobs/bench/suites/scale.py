@@ -56,9 +56,13 @@ def cli_run(root: Path, upstream: Path, policies: Path, scheduler: str, workers:
                 "wall_seconds": receipt["wall_seconds"],
                 "states": {s["id"]: round(s["seconds"], 3) for s in receipt["states"]},
                 "sites": next(s["stats"].get("sites") for s in receipt["states"] if s["id"] == "S3"),
+                "s6_mean_attempts": next(
+                    (s["stats"].get("mean_attempts") for s in receipt["states"] if s["id"] == "S6"), None
+                ),
             }
         )
     return {
+        "disk_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
         "wall_seconds": done.wall_seconds,
         "peak_rss_mb_driver": done.peak_rss_mb_driver,
         "peak_rss_mb_worker": done.peak_rss_mb_worker,
@@ -97,6 +101,8 @@ def run(bench: Bench) -> dict[str, Any]:
                 "whole_command_seconds_per_million_sites": round(run["wall_seconds"] / sites * 1e6, 3),
                 "peak_rss_mb_driver": run["peak_rss_mb_driver"],
                 "peak_rss_mb_worker": run["peak_rss_mb_worker"],
+                "disk_bytes": run["disk_bytes"],
+                "s6_mean_attempts": candidate["s6_mean_attempts"],
                 "candidate_states": candidate["states"],
                 "baseline_states": baseline["states"] if baseline else None,
             }

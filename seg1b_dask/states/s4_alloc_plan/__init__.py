@@ -17,6 +17,7 @@ from typing import Any
 import dask
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from seg1b_dask.core import rng
@@ -157,16 +158,18 @@ def _batch_task(
 
 
 def _pairs(req: pa.Table) -> Pairs:
-    codes = refdata.countries().iso2
-    country = np.searchsorted(codes, np.asarray(req.column("legal_country_iso").to_pylist(), dtype="U2")).astype(
-        np.int64
-    )
-    home = np.searchsorted(codes, np.asarray(req.column("home_country_iso").to_pylist(), dtype="U2")).astype(np.int64)
+    """S3's pairs as arrays, countries as indices into the sorted reference codes (S3 refused
+    any other code)."""
+    codes = pa.array(refdata.countries().iso2.tolist(), pa.string())
+
+    def index(column: str) -> NDArray[np.int64]:
+        return pc.index_in(req.column(column), value_set=codes).to_numpy(zero_copy_only=False).astype(np.int64)
+
     return Pairs(
         req.column("merchant_id").to_numpy().astype(np.uint64),
-        country,
+        index("legal_country_iso"),
         req.column("n_sites").to_numpy().astype(np.int64),
-        home,
+        index("home_country_iso"),
     )
 
 
@@ -196,8 +199,7 @@ def _by_country(
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
-    req = S3_REQUIREMENTS.read(ctx.inputs["s3_requirements"])
-    pairs = _pairs(req)
+    pairs = _pairs(S3_REQUIREMENTS.read(ctx.inputs["s3_requirements"]))
     allocation = allocate_countries(ctx, pairs)
     codes = refdata.countries().iso2
     plan_folder = out["s4_alloc_plan"]
