@@ -76,8 +76,13 @@ def country_metrics(counts_by_country: Mapping[str, float], eligible_count: int)
 def merchant_footprint(merchant: NDArray[Any], country: NDArray[Any], max_countries: int) -> dict[str, float]:
     """Countries per merchant over distinct (merchant, country) pairs; the share of merchants
     above ``max_countries`` (the graded 1A bundle's own largest footprint)."""
-    pairs = np.unique(np.column_stack([merchant.astype(np.int64), country.astype(np.int64)]), axis=0)
-    _, per_merchant = np.unique(pairs[:, 0], return_counts=True)
+    order = np.lexsort((country, merchant))  # pairs in (merchant, country) order
+    m, c = merchant[order], country[order]
+    per_merchant = np.zeros(0, dtype=np.int64)
+    if len(m):
+        new_merchant = np.r_[True, m[1:] != m[:-1]]
+        new_pair = new_merchant | np.r_[True, c[1:] != c[:-1]]
+        per_merchant = np.add.reduceat(new_pair.astype(np.int64), np.flatnonzero(new_merchant))
     return {
         "merchant_countries_median": float(np.median(per_merchant)),
         "merchant_countries_p90": float(np.quantile(per_merchant, 0.9)),

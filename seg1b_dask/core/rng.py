@@ -47,9 +47,11 @@ def uniform(key: np.uint64, *fields: ArrayLike) -> NDArray[np.float64]:
 
 def country_code_int(iso2: ArrayLike) -> NDArray[np.uint64]:
     """Stable integer for an ISO alpha-2 code (two ASCII bytes), used as an RNG key field."""
-    codes = np.asarray(iso2, dtype="U2")
-    b = np.char.encode(codes, "ascii").view(np.uint8).reshape(-1, 2) if codes.size else np.zeros((0, 2), np.uint8)
-    return (b[:, 0].astype(np.uint64) << np.uint64(8)) | b[:, 1].astype(np.uint64)
+    codes = np.ascontiguousarray(np.asarray(iso2, dtype="U2")).ravel()
+    if (codes.view(np.uint32) > 0x7F).any():
+        raise ValueError("ISO codes are ASCII")
+    b = codes.view(np.uint32).reshape(-1, 2).astype(np.uint64)  # UTF-32 code points: ASCII bytes
+    return (b[:, 0] << np.uint64(8)) | b[:, 1]
 
 
 def country_code_str(code: ArrayLike) -> NDArray[np.str_]:

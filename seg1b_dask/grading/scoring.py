@@ -38,24 +38,28 @@ class SiteFrame:
 
     @classmethod
     def from_table(cls, table: pa.Table) -> SiteFrame:
+        iso2 = table.column("legal_country_iso").combine_chunks().dictionary_encode()
+        codes = np.asarray(iso2.dictionary.to_pylist(), dtype="U2")
         return cls(
             table.column("merchant_id").to_numpy(),
-            np.asarray(table.column("legal_country_iso").to_pylist(), dtype="U2"),
+            codes[iso2.indices.to_numpy(zero_copy_only=False)] if len(codes) else np.zeros(0, "U2"),
             table.column("lon_deg").to_numpy(),
             table.column("lat_deg").to_numpy(),
         )
 
 
-def near_city_count(sites: SiteFrame, km: float, min_population: int) -> int:
+def near_city_count(
+    sites: SiteFrame, km: float, min_population: int, vectors: NDArray[np.float64] | None = None
+) -> int:
     """Sites within ``km`` (great circle) of a vendored place of at least ``min_population``
-    people."""
+    people (``vectors``: the sites' unit vectors, when already computed)."""
     places = refdata.places().at_least(min_population)
     if len(places.lon) == 0 or len(sites.lon) == 0:
         return 0
     # Only "is a place within km" matters: search no farther than that chord (plus slack).
     reach = 2.0 * np.sin(min(km / metrics.EARTH_RADIUS_KM, np.pi) / 2.0) * (1 + 1e-9) + 1e-12
     chord, _ = cKDTree(metrics.unit_vectors(places.lon, places.lat)).query(
-        metrics.unit_vectors(sites.lon, sites.lat), k=1, distance_upper_bound=reach
+        metrics.unit_vectors(sites.lon, sites.lat) if vectors is None else vectors, k=1, distance_upper_bound=reach
     )
     arc_km = 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
     return int((np.isfinite(chord) & (arc_km <= km)).sum())
@@ -103,23 +107,30 @@ def site_figures(
     """The scorecard's share of ``sites``, which must hold every site of its countries;
     the collapse sentinel of those in ``watched`` (``sentinel.watched`` of every country's
     count), each against ``reference(country)``."""
-    codes, counts = np.unique(sites.iso2, return_counts=True)
-    key = np.column_stack([sites.merchant_id.astype(np.uint64), rng.country_code_int(sites.iso2)])
-    pairs, pair_n = np.unique(key, axis=0, return_counts=True) if len(key) else (key, np.zeros(0, np.int64))
+    country = rng.country_code_int(sites.iso2)
+    per_code = np.bincount(country.astype(np.int64), minlength=1 << 16)  # two ASCII bytes: 16 bits
+    present = np.flatnonzero(per_code)
+    codes, counts = rng.country_code_str(present), per_code[present]
+    merchant = sites.merchant_id.astype(np.uint64)
+    order = np.lexsort((country, merchant))  # pairs in (merchant, country) order
+    m, c = merchant[order], country[order]
+    first = np.flatnonzero(np.r_[True, (m[1:] != m[:-1]) | (c[1:] != c[:-1])]) if len(m) else np.zeros(0, np.int64)
+    pair_n = np.diff(np.r_[first, len(m)])
     sentinels = {}
     for code in sorted(set(watched) & set(codes.tolist())):
-        sel = sites.iso2 == code
+        sel = country == rng.country_code_int(np.asarray([code]))[0]
         sentinels[code] = sentinel.measure(sites.lon[sel], sites.lat[sel], reference(code))
     histogram, _ = np.histogram(sites.lat, bins=LAT_BINS)
+    vectors = metrics.unit_vectors(sites.lon, sites.lat)
     return SiteFigures(
         sites=len(sites.lat),
         south=int((sites.lat < 0).sum()),
-        near_city=near_city_count(sites, gates.near_city_km, gates.near_city_min_population),
+        near_city=near_city_count(sites, gates.near_city_km, gates.near_city_min_population, vectors),
         rural=len(sites.lat)
-        - near_city_count(sites, gates.plausibility.rural_km, gates.plausibility.rural_min_population),
+        - near_city_count(sites, gates.plausibility.rural_km, gates.plausibility.rural_min_population, vectors),
         country_counts=dict(zip(codes.tolist(), counts.tolist(), strict=True)),
-        pair_merchant=pairs[:, 0].astype(np.uint64),
-        pair_country=rng.country_code_str(pairs[:, 1]),
+        pair_merchant=m[first],
+        pair_country=rng.country_code_str(c[first]),
         pair_sites=pair_n.astype(np.int64),
         sentinels=sentinels,
         lat_histogram=histogram.astype(np.int64),
@@ -226,13 +237,14 @@ def set_baseline(figures: dict[str, Any], baseline_nn_ratio: float | None) -> No
 def merchant_country_matrix(
     merchant: NDArray[np.uint64], iso2: NDArray[np.str_], n_sites: NDArray[np.int64]
 ) -> tuple[scipy.sparse.csr_array, list[str]]:
-    """Sites per (merchant, country): the unit the bootstrap resamples."""
+    """Sites per (merchant, country): the unit the bootstrap resamples. Rows in merchant
+    order, columns in code order."""
     _, m_idx = np.unique(merchant, return_inverse=True)
-    codes, c_idx = np.unique(iso2, return_inverse=True)
+    codes, c_idx = np.unique(rng.country_code_int(iso2), return_inverse=True)  # code order = name order
     mat = scipy.sparse.coo_array(
         (np.asarray(n_sites, dtype=np.int64), (m_idx, c_idx)), shape=(m_idx.max() + 1, len(codes))
     ).tocsr()  # duplicates summed; one row per merchant, never a dense merchants × countries block
-    return mat, codes.tolist()
+    return mat, rng.country_code_str(codes).tolist()
 
 
 def egress_pairs(egress: Path) -> tuple[NDArray[np.uint64], NDArray[np.str_], NDArray[np.int64]]:

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from seg1b_dask.core.rng import country_code_int, country_code_str
 from seg1b_dask.errors import Code, Seg1BError
 
 REQUIRED = {
@@ -310,13 +311,51 @@ def validate_catalogue(
     return int(meta.metadata.num_rows)
 
 
-def pair_counts(path: Path, batch_outlets: int = BATCH_OUTLETS) -> pa.Table:
-    """Outlets per (merchant, legal country, home), the catalogue read ``batch_outlets`` rows
-    at a time whatever its row groups: each batch is counted by pair, then the batches' counts
-    are summed by pair."""
-    partial = [
-        batch.group_by(PAIR_KEYS).aggregate([("site_order", "count")])
-        for _, batch in _batches(path, [*PAIR_KEYS, "site_order"], batch_outlets)
+def _code_column(column: pa.ChunkedArray) -> NDArray[np.uint64]:
+    """Two-letter codes as integers (``rng.country_code_int``), by way of the column's few
+    distinct values: no Python string per row."""
+    encoded = column.combine_chunks().dictionary_encode()
+    return country_code_int(np.asarray(encoded.dictionary.to_pylist(), dtype="U2"))[
+        encoded.indices.to_numpy(zero_copy_only=False)
     ]
-    pairs = pa.concat_tables(partial).group_by(PAIR_KEYS).aggregate([("site_order_count", "sum")])
-    return pairs.rename_columns([*PAIR_KEYS, "n_sites"])
+
+
+def _sum_by_pair(
+    merchant: NDArray[np.uint64], legal: NDArray[np.uint64], home: NDArray[np.uint64], n: NDArray[np.int64]
+) -> tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int64]]:
+    order = np.lexsort((home, legal, merchant))
+    merchant, legal, home, n = merchant[order], legal[order], home[order], n[order]
+    if not len(merchant):
+        return merchant, legal, home, n
+    first = np.flatnonzero(
+        np.r_[True, (merchant[1:] != merchant[:-1]) | (legal[1:] != legal[:-1]) | (home[1:] != home[:-1])]
+    )
+    return merchant[first], legal[first], home[first], np.add.reduceat(n, first)
+
+
+def pair_counts(path: Path, batch_outlets: int = BATCH_OUTLETS) -> pa.Table:
+    """Outlets per (merchant, legal country, home), sorted by them, the catalogue read
+    ``batch_outlets`` rows at a time whatever its row groups: each batch is counted by pair,
+    then the batches' counts are summed by pair (countries as 16-bit codes meanwhile)."""
+    parts = []
+    for _, batch in _batches(path, PAIR_KEYS, batch_outlets):
+        merchant = batch.column("merchant_id").to_numpy()
+        legal, home = _code_column(batch.column("legal_country_iso")), _code_column(batch.column("home_country_iso"))
+        parts.append(_sum_by_pair(merchant, legal, home, np.ones(len(merchant), dtype=np.int64)))
+    if not parts:
+        parts.append((np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int64)))
+    merchant, legal, home, n = _sum_by_pair(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+    del parts
+    return pa.table(
+        {
+            "merchant_id": pa.array(merchant, pa.uint64()),
+            "legal_country_iso": _code_names(legal),
+            "home_country_iso": _code_names(home),
+            "n_sites": pa.array(n, pa.int64()),
+        }
+    )
+
+
+def _code_names(codes: NDArray[np.uint64]) -> pa.Array:
+    distinct, index = np.unique(codes, return_inverse=True)
+    return pa.array(country_code_str(distinct).tolist(), pa.string()).take(pa.array(index))

@@ -3,7 +3,8 @@
 A band first finds each site's nearest neighbour among its own sites (distance ``d``); any
 closer site elsewhere must lie within ``d`` of arc, hence within ``d`` of latitude, so only
 the sites whose in-band neighbour is farther than the band's edge query again, against the
-sites within ``max(d)`` degrees of latitude of the band. A band with a single site widens
+sites within ``max(d)`` degrees of latitude of the band that lie within ``max(d)`` of one of
+them. A band with a single site widens
 its window until it holds a neighbour, then takes that neighbour's distance as the halo.
 The answer is exact, with no tuning knob. Each band task reads only the rows it needs
 through a ``BandReader``: from arrays in memory, or from files sorted by latitude, so no task
@@ -31,6 +32,7 @@ from seg1b_dask.io.lineage import replaced
 # (lo, hi, hi inclusive) -> lon, lat of every site with lo <= lat < hi (or <= hi)
 BandReader = Callable[[float, float, bool], tuple[NDArray[np.float64], NDArray[np.float64]]]
 LAT_BINS = np.linspace(-90.0, 90.0, 3601)  # 0.05° latitude histogram: band edges without the sites
+HALO_SITES_PER_QUERY = 1_000_000  # halo sites checked at a time against the risky sites
 
 
 def _chord_to_arc(chord: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -103,9 +105,26 @@ def band_arcs(read: BandReader, lo: float, hi: float, last: bool) -> NDArray[np.
         chord, _ = cKDTree(unit_vectors(lon2, lat2)).query(query, k=2)
         halo = max(halo, float(np.degrees(_chord_to_arc(chord[:, 1])).max()))
     lon2, lat2 = read(lo - halo, hi + halo, True)
-    chord, _ = cKDTree(unit_vectors(lon2, lat2)).query(query[risky], k=2)
+    near = _near_any(unit_vectors(lon[risky], lat[risky]), lon2, lat2, np.radians(halo))
+    chord, _ = cKDTree(unit_vectors(lon2[near], lat2[near])).query(query[risky], k=2)
     arc[risky] = _chord_to_arc(chord[:, 1])
     return arc
+
+
+def _near_any(
+    centres: NDArray[np.float64], lon: NDArray[np.float64], lat: NDArray[np.float64], arc: float
+) -> NDArray[np.bool_]:
+    """Which of (lon, lat) lie within ``arc`` (radians, with slack) of a centre (unit
+    vectors): a halo can span many degrees of latitude around the world, but the sites that
+    can be a risky site's nearest neighbour lie near one of them. Checked a million at a time."""
+    reach = 2.0 * np.sin(min(arc, np.pi) / 2.0) * (1 + 1e-9) + 1e-12
+    tree = cKDTree(centres)
+    near = np.zeros(len(lon), dtype=bool)
+    for first in range(0, len(lon), HALO_SITES_PER_QUERY):
+        part = slice(first, first + HALO_SITES_PER_QUERY)
+        chord, _ = tree.query(unit_vectors(lon[part], lat[part]), k=1, distance_upper_bound=reach)
+        near[part] = np.isfinite(chord)
+    return near
 
 
 def band_edges(lat_histogram: NDArray[np.int64], n_bands: int) -> list[float]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import functools
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse
+from numpy.typing import NDArray
 
 from seg1b_dask.core import metrics, rng
 from seg1b_dask.core.grid import Grid
@@ -127,31 +129,44 @@ def _repeats_task(scratch: Path, bucket: int) -> int:
     return int(((c[1:, 0] == c[:-1, 0]) & (c[1:, 1] == c[:-1, 1])).sum())
 
 
-def _merchant_totals_ok(merchants: np.ndarray, sites: np.ndarray, req: pa.Table) -> bool:
+@dataclass(frozen=True)
+class Requirements:
+    """What S9 checks against S3's pairs, read as number columns (never the country codes):
+    each merchant's 1A total, how many sites in all, the largest 1A footprint."""
+
+    merchant_ids: NDArray[np.uint64]
+    merchant_totals: NDArray[np.int64]
+    sites: int
+    largest_footprint: int
+
+    @classmethod
+    def read(cls, folder: Path) -> Requirements:
+        req = S3_REQUIREMENTS.read(folder, ["merchant_id", "merchant_total", "n_sites"])
+        pair_merchant = req.column("merchant_id").to_numpy()
+        ids, first = np.unique(pair_merchant, return_index=True)
+        return cls(
+            ids,
+            req.column("merchant_total").to_numpy()[first],
+            int(pc.sum(req.column("n_sites")).as_py() or 0),
+            metrics.largest_footprint(pair_merchant),
+        )
+
+
+def _merchant_totals_ok(merchants: NDArray[np.uint64], sites: NDArray[np.int64], req: Requirements) -> bool:
     """Every merchant of S3 holds exactly its 1A total of sites, and no other merchant has any."""
     ids, inverse = np.unique(merchants, return_inverse=True)
     got = np.bincount(inverse, sites).astype(np.int64)
-    want_ids, first = np.unique(req.column("merchant_id").to_numpy(), return_index=True)
-    want = req.column("merchant_total").to_numpy()[first]
-    return bool(np.array_equal(ids, want_ids) and np.array_equal(got, want))
+    return bool(np.array_equal(ids, req.merchant_ids) and np.array_equal(got, req.merchant_totals))
 
 
-def _bootstrap_task(pairs: Path, seed: int, stream: int, replicates: int) -> np.ndarray:
-    with np.load(pairs) as npz:
-        matrix, _ = scoring.merchant_country_matrix(npz["merchant"], npz["country"], npz["sites"])
+def _bootstrap_task(matrix_path: Path, seed: int, stream: int, replicates: int) -> np.ndarray:
+    matrix = scipy.sparse.load_npz(matrix_path)
     return grading.bootstrap_values(matrix, seed, stream, replicates)
-
-
-def _bootstrap_bound(figures: scoring.SiteFigures, blocks: list[np.ndarray]) -> dict[str, float]:
-    countries, index = np.unique(figures.pair_country, return_inverse=True)
-    estimate = metrics.concentration(np.bincount(index, figures.pair_sites, minlength=len(countries)))
-    return grading.bootstrap_bound(estimate, np.concatenate(blocks))
 
 
 def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     egress = ctx.inputs["site_locations"]
     check_tokens(egress)
-    req = S3_REQUIREMENTS.read(ctx.inputs["s3_requirements"])
     folder = out["validation_bundle"]
     scratch = folder / ".scratch"
     scratch.mkdir()
@@ -176,6 +191,10 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     repeats = sum(compute([dask.delayed(_repeats_task)(scratch, b) for b in range(buckets)]))
     c = {k: sum(p["counts"][k] for p in parts) for k in parts[0]["counts"]} if parts else {}
     figures = scoring.SiteFigures.merge([p["figures"] for p in parts])
+    merchants = np.concatenate([p["merchants"] for p in parts]) if parts else np.zeros(0, np.uint64)
+    merchant_sites = np.concatenate([p["merchant_sites"] for p in parts]) if parts else np.zeros(0, np.int64)
+    del parts  # pair-level: the driver keeps one copy
+    req = Requirements.read(ctx.inputs["s3_requirements"])
     n = figures.sites
     planned = set(ALLOC_PLAN.countries(ctx.inputs["s4_alloc_plan"]))
     checks = {
@@ -186,13 +205,8 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
             "pairs_differing": c.get("pairs_differing", 0),
         },
         "merchant_totals": {
-            "passed": bool(parts)
-            and _merchant_totals_ok(
-                np.concatenate([p["merchants"] for p in parts]),
-                np.concatenate([p["merchant_sites"] for p in parts]),
-                req,
-            ),
-            "merchants": int(pc.count_distinct(req.column("merchant_id")).as_py()),
+            "passed": bool(c) and _merchant_totals_ok(merchants, merchant_sites, req),
+            "merchants": len(req.merchant_ids),
         },
         "unique_keys": {"passed": c.get("duplicates", 0) == 0, "duplicates": c.get("duplicates", 0)},
         "site_order_runs": {"passed": c.get("broken_runs", 0) == 0},
@@ -205,7 +219,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
             "share": 1.0 - c.get("outside_country", 0) / n if n else 1.0,
         },
         "distinct_coordinates": {"passed": repeats == 0, "repeats": repeats},
-        "row_count": {"passed": n == int(pc.sum(req.column("n_sites")).as_py()), "rows": n},
+        "row_count": {"passed": n == req.sites, "rows": n},
     }
     country_table = TILE_GRID.countries(ctx.inputs["tile_grid"], ["iso2", "region", "eligible"])
     region_of = dict(
@@ -216,23 +230,25 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     # The merchant bootstrap (B+'s bounds, recorded for every target: the scorecard grades
     # any run up to B+) runs as blocks of replicates beside the nearest-neighbour bands; its
     # (merchant, country) pairs reach the tasks by a scratch file, not the graph.
-    extra = []
+    extra, estimate = [], {}
     if n:
-        pairs = scratch / "bootstrap-pairs.npz"
-        np.savez(pairs, merchant=figures.pair_merchant, country=figures.pair_country, sites=figures.pair_sites)
+        matrix_path = scratch / "bootstrap-matrix.npz"
+        matrix, _ = scoring.merchant_country_matrix(figures.pair_merchant, figures.pair_country, figures.pair_sites)
+        scipy.sparse.save_npz(matrix_path, matrix, compressed=False)
+        estimate = grading.bootstrap_estimate(matrix)
+        del matrix
         extra = [
-            dask.delayed(_bootstrap_task)(pairs, gates.bootstrap_seed + ctx.seed, stream, k)
+            dask.delayed(_bootstrap_task)(matrix_path, gates.bootstrap_seed + ctx.seed, stream, k)
             for stream, k in grading.bootstrap_blocks(gates.bootstrap_replicates)
         ]
     nn, extras = nearest_neighbour_summary(
         SortedBands(sorted(scratch.glob("by-latitude-*.npy"))), n, figures.lat_histogram, scratch, alongside=extra
     )
     shutil.rmtree(scratch)
-    max_1a = metrics.largest_footprint(req.column("merchant_id").to_numpy())
     card = scoring.assemble_scorecard(
-        figures, nn, region_of, eligible, ctx.baseline_nn_ratio, max_1a, gates.plausibility
+        figures, nn, region_of, eligible, ctx.baseline_nn_ratio, req.largest_footprint, gates.plausibility
     )
-    bootstrap = _bootstrap_bound(figures, extras) if extras else None
+    bootstrap = grading.bootstrap_bound(estimate, np.concatenate(extras)) if extras else None
     if bootstrap is not None:
         card["bootstrap_upper_95"] = bootstrap
     structural_ok = all(c["passed"] for c in checks.values())

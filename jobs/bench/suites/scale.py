@@ -115,7 +115,7 @@ def run(bench: Bench) -> dict[str, Any]:
 
 
 def scale_plot(scale: dict[str, Any], path: Path) -> None:
-    """Seconds per state and peak RSS against sites (log-log), one PNG."""
+    """Seconds per state of both bundles' runs and peak RSS against sites (log-log), one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,22 +123,30 @@ def scale_plot(scale: dict[str, Any], path: Path) -> None:
 
     points = scale["points"]
     sites = np.asarray([p["sites"] for p in points], dtype=float)
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for state in points[-1]["candidate_states"]:
-        seconds = np.asarray([max(p["candidate_states"][state], 1e-3) for p in points])
-        ax_t.plot(sites, seconds, marker="o", lw=1, label=state)
-    ax_t.plot(sites, [p["candidate_run_seconds"] for p in points], marker="s", lw=2.5, color="k", label="run")
-    ax_t.plot(sites, [p["whole_command_seconds"] for p in points], ls="--", color="k", label="whole command")
-    ax_t.plot(sites, sites / sites[-1] * points[-1]["candidate_run_seconds"], ls=":", color="grey", label="∝ sites")
-    ax_t.set(xscale="log", yscale="log", xlabel="sites", ylabel="seconds", title="seg1b run, remediation, 5′ grid")
-    ax_t.legend(fontsize=7, ncol=2)
-    ax_m.plot(sites, [p["peak_rss_mb_driver"] / 1024 for p in points], marker="o", label="driver")
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    where = f"{scale['scheduler']}" + (f", {scale['workers']} workers" if scale.get("workers") else "")
+    for ax, bundle in zip(axes[:2], ("baseline", "candidate"), strict=True):
+        runs = [p for p in points if p[f"{bundle}_states"]]
+        x = np.asarray([p["sites"] for p in runs], dtype=float)
+        if not runs:
+            continue
+        for state in runs[-1][f"{bundle}_states"]:
+            ax.plot(x, [max(p[f"{bundle}_states"][state], 1e-2) for p in runs], marker="o", lw=1, label=state)
+        total = [p[f"{bundle}_run_seconds"] for p in runs]
+        ax.plot(x, total, marker="s", lw=2.5, color="k", label=f"{bundle} run")
+        if bundle == "candidate":
+            ax.plot(x, [p["whole_command_seconds"] for p in runs], ls="--", color="k", label="whole command")
+        ax.plot(x, x / x[-1] * total[-1], ls=":", color="grey", label="∝ sites")
+        name = "baseline (pinned first)" if bundle == "baseline" else "remediation"
+        ax.set(xscale="log", yscale="log", xlabel="sites", ylabel="seconds", title=f"{name}, 5′ grid, {where}")
+        ax.legend(fontsize=7, ncol=2)
+    axes[2].plot(sites, [p["peak_rss_mb_driver"] / 1024 for p in points], marker="o", label="driver")
     if any(p["peak_rss_mb_worker"] for p in points):
-        ax_m.plot(sites, [p["peak_rss_mb_worker"] / 1024 for p in points], marker="o", label="largest worker")
-    ax_m.set(xscale="log", xlabel="sites", ylabel="peak RSS (GiB)", title="memory")
-    ax_m.legend()
+        axes[2].plot(sites, [p["peak_rss_mb_worker"] / 1024 for p in points], marker="o", label="largest worker")
+    axes[2].set(xscale="log", xlabel="sites", ylabel="peak RSS (GiB)", title="memory, whole command")
+    axes[2].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

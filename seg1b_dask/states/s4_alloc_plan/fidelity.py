@@ -42,7 +42,8 @@ def merchant_figures(
     home_of[m_index] = pair_home
     had = np.unique(m_index * n_countries + pair_country)
     cell = final_m * n_countries + final_c
-    known = np.isin(cell, had)
+    at = np.minimum(np.searchsorted(had, cell), max(len(had) - 1, 0))
+    known = had[at] == cell if len(had) else np.zeros(len(cell), dtype=bool)  # a 1A pair: a binary search
     per_merchant = np.bincount(final_m, weights=final_n, minlength=n_merchants)
     retained = np.bincount(final_m, weights=np.where(known, final_n, 0), minlength=n_merchants) / per_merchant
     new_countries = np.bincount(final_m[~known], minlength=n_merchants)
