@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +35,19 @@ BATCH_OUTLETS = 1_000_000  # catalogue rows read at a time: the driver holds pai
 PAIR_KEYS = ["merchant_id", "legal_country_iso", "home_country_iso"]
 
 
+class _Columns:
+    """A dataclass of equal-length arrays: rows taken, parts joined."""
+
+    def take(self, keep: NDArray[np.int64] | NDArray[np.bool_]) -> Self:
+        return type(self)(*(getattr(self, f.name)[keep] for f in fields(self)))  # type: ignore[arg-type]
+
+    @classmethod
+    def concat(cls, parts: list[Self]) -> Self:
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))  # type: ignore[arg-type]
+
+
 @dataclass
-class Rows:
+class Rows(_Columns):
     """Catalogue rows as arrays: countries as indices into the sorted known codes, ``row``
     the row's index in the file."""
 
@@ -47,12 +58,9 @@ class Rows:
     count: NDArray[np.int64]
     row: NDArray[np.int64]
 
-    def take(self, keep: NDArray[np.int64] | NDArray[np.bool_]) -> Rows:
-        return Rows(*(getattr(self, f.name)[keep] for f in fields(self)))
-
 
 @dataclass
-class Closed:
+class Closed(_Columns):
     """Pairs whole and exact inside one batch: only their key and home are kept."""
 
     merchant: NDArray[np.uint64]
@@ -61,7 +69,7 @@ class Closed:
 
 
 @dataclass
-class Pieces:
+class Pieces(_Columns):
     """Per (merchant, country) and batch, for pairs not whole in the batch: rows, lowest and
     highest site_order, lowest and highest outlet count and home."""
 
@@ -74,13 +82,6 @@ class Pieces:
     count_hi: NDArray[np.int64]
     home_lo: NDArray[np.int64]
     home_hi: NDArray[np.int64]
-
-    def take(self, keep: NDArray[np.int64] | NDArray[np.bool_]) -> Pieces:
-        return Pieces(*(getattr(self, f.name)[keep] for f in fields(self)))
-
-
-def _concat(kind: type[Any], parts: list[Any]) -> Any:
-    return kind(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(kind)))
 
 
 def _first_true(mask: NDArray[np.bool_]) -> int | None:
@@ -292,7 +293,7 @@ def validate_catalogue(
         raise _duplicate(dup.row, path) from None
     except (pa.ArrowException, OSError) as exc:
         raise Seg1BError(Code.E_UPSTREAM_SCHEMA, f"the outlet catalogue is not readable ({exc})", file=path) from None
-    suspects, many_homes = suspect_merchants(_concat(Closed, closed), _concat(Pieces, open_))
+    suspects, many_homes = suspect_merchants(Closed.concat(closed), Pieces.concat(open_))
     del closed, open_
     if len(suspects):
         wanted = pa.array(suspects, pa.uint64())
@@ -300,7 +301,7 @@ def validate_catalogue(
         for offset, batch in _batches(path, columns, batch_outlets):
             rows = batch_rows(batch, offset, known, tokens, path)
             again.append(rows.take(pc.is_in(batch.column("merchant_id"), value_set=wanted).to_numpy(False)))
-        check_rows(_concat(Rows, again), path)
+        check_rows(Rows.concat(again), path)
     if len(many_homes):
         raise Seg1BError(
             Code.E_UPSTREAM_SCHEMA,

@@ -61,7 +61,11 @@ def cli_run(root: Path, upstream: Path, policies: Path, scheduler: str, workers:
                 ),
             }
         )
+    grade = next(
+        (line.split(":", 1)[1].split()[0] for line in done.stdout.splitlines() if "single-seed grade:" in line), None
+    )
     return {
+        "grade": grade,
         "disk_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
         "wall_seconds": done.wall_seconds,
         "peak_rss_mb_driver": done.peak_rss_mb_driver,
@@ -101,6 +105,7 @@ def run(bench: Bench) -> dict[str, Any]:
                 "whole_command_seconds_per_million_sites": round(run["wall_seconds"] / sites * 1e6, 3),
                 "peak_rss_mb_driver": run["peak_rss_mb_driver"],
                 "peak_rss_mb_worker": run["peak_rss_mb_worker"],
+                "grade": run["grade"],
                 "disk_bytes": run["disk_bytes"],
                 "s6_mean_attempts": candidate["s6_mean_attempts"],
                 "candidate_states": candidate["states"],
