@@ -122,3 +122,21 @@ def test_a_repeat_in_another_batch_is_named_by_its_row(tmp_path: Path) -> None:
     path = _write(tmp_path / "catalogue.parquet", extended, np.arange(n + 1))
     assert _verdict(path, 10) == ("E_DUPLICATE_KEY", f"row {n}")
     assert _verdict(path, n + 1) == ("E_DUPLICATE_KEY", f"row {n}")
+
+
+def _rows(tmp_path: Path, rows: list[tuple[int, str, str, int, int]]) -> Path:
+    names = ["merchant_id", "legal_country_iso", "home_country_iso", "site_order", "final_country_outlet_count"]
+    cols = {name: np.asarray([r[i] for r in rows]) for i, name in enumerate(names)}
+    return _write(tmp_path / "catalogue.parquet", cols, np.arange(len(rows)))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 100])
+def test_a_key_repeated_across_batches_names_the_row_a_whole_table_check_names(tmp_path: Path, batch: int) -> None:
+    path = _rows(tmp_path, [(1, "DE", "DE", 1, 1), (2, "DE", "DE", 1, 1), (1, "DE", "DE", 1, 1), (1, "DE", "DE", 1, 1)])
+    assert _verdict(path, batch) == ("E_DUPLICATE_KEY", "row 2")  # the second copy in file order
+
+
+@pytest.mark.parametrize("batch", [1, 2, 100])
+def test_the_merchant_named_for_two_homes_is_the_first_in_the_file(tmp_path: Path, batch: int) -> None:
+    path = _rows(tmp_path, [(5, "DE", "DE", 1, 1), (3, "FR", "FR", 1, 1), (5, "FR", "FR", 1, 1), (3, "GB", "GB", 1, 1)])
+    assert _verdict(path, batch) == ("E_UPSTREAM_SCHEMA", "merchant_id 5")

@@ -1,12 +1,14 @@
 """Validation of 1A's outlet catalogue, streamed: the driver holds one batch of outlets and
 pair-level summaries, never every outlet, whatever the catalogue's size.
 
-Each batch is checked row by row (schema, nulls, ISO codes, positive counts, tokens, keys
-repeated inside the batch) and summed up per (merchant, country) piece: rows, lowest and
-highest ``site_order``, ``final_country_outlet_count`` and home country. A pair held whole
-by one batch is exact from its piece. A pair whose pieces are ranges that neither overlap
-nor leave a hole is exact too. Any other pair (a failing one, or one scattered over batches)
-is read again, its rows only, and checked row by row: errors name the exact row."""
+Each batch is checked row by row (nulls, tokens, ISO codes, positive counts) and summed up
+per (merchant, country) piece: rows, lowest and highest ``site_order``,
+``final_country_outlet_count`` and home country. A pair held whole by one batch is exact
+from its piece. A pair whose pieces are ranges that neither overlap nor leave a hole is
+exact too. Any other pair (a failing one, one with a repeated key, or one scattered over
+batches) is read again, its rows only, and checked row by row, so a repeated key, a gap or
+two homes are named as a whole-table check names them, at any batch size. Row-by-row faults
+are raised by the first batch that holds one."""
 
 from __future__ import annotations
 
@@ -61,17 +63,18 @@ class Rows(_Columns):
 
 @dataclass
 class Closed(_Columns):
-    """Pairs whole and exact inside one batch: only their key and home are kept."""
+    """Pairs whole and exact inside one batch: only their key, home and first row are kept."""
 
     merchant: NDArray[np.uint64]
     country: NDArray[np.int16]
     home: NDArray[np.int16]
+    row: NDArray[np.int64]  # the pair's first row in the file
 
 
 @dataclass
 class Pieces(_Columns):
     """Per (merchant, country) and batch, for pairs not whole in the batch: rows, lowest and
-    highest site_order, lowest and highest outlet count and home."""
+    highest site_order, lowest and highest outlet count and home, first row."""
 
     merchant: NDArray[np.uint64]
     country: NDArray[np.int64]
@@ -82,6 +85,7 @@ class Pieces(_Columns):
     count_hi: NDArray[np.int64]
     home_lo: NDArray[np.int64]
     home_hi: NDArray[np.int64]
+    row: NDArray[np.int64]  # the piece's first row in the file
 
 
 def _first_true(mask: NDArray[np.bool_]) -> int | None:
@@ -149,43 +153,37 @@ def batch_rows(batch: pa.Table, offset: int, known: pa.Array, tokens: dict[str, 
 
 
 def _sorted_runs(rows: Rows) -> tuple[Rows, NDArray[np.bool_], NDArray[np.int64]]:
-    """Rows sorted by (merchant, country, site_order), which neighbours share a pair, and
-    where each pair's run starts; a repeated key is refused here."""
+    """Rows sorted by (merchant, country, site_order) (stable: file order among equals), which
+    rows repeat the key of the row before, and where each pair's run starts."""
     rows = rows.take(np.lexsort((rows.site_order, rows.country, rows.merchant)))
     same_pair = (rows.merchant[1:] == rows.merchant[:-1]) & (rows.country[1:] == rows.country[:-1])
-    dup = _first_true(same_pair & (rows.site_order[1:] == rows.site_order[:-1]))
-    if dup is not None:
-        raise DuplicateKey(int(rows.row[dup + 1]))
-    return rows, same_pair, np.flatnonzero(np.r_[True, ~same_pair])
-
-
-class DuplicateKey(Exception):
-    """A repeated (merchant_id, legal_country_iso, site_order) at ``row``."""
-
-    def __init__(self, row: int) -> None:
-        super().__init__(row)
-        self.row = row
+    repeat = np.r_[False, same_pair & (rows.site_order[1:] == rows.site_order[:-1])]
+    return rows, repeat, np.flatnonzero(np.r_[True, ~same_pair])
 
 
 def pieces(rows: Rows) -> tuple[Closed, Pieces]:
     """A batch's rows summed up per (merchant, country): the pairs it holds whole and exact,
-    and the pieces of the others."""
-    rows, _, starts = _sorted_runs(rows)  # a batch is never empty
+    and the pieces of the others (a piece with a repeated key is marked ``first = 0``, so it
+    is read again and named there, by the same rule at any batch size)."""
+    rows, repeat, starts = _sorted_runs(rows)  # a batch is never empty
     ends = np.r_[starts[1:], len(rows.merchant)] - 1
     p = Pieces(
         rows.merchant[starts],
         rows.country[starts],
         np.diff(np.r_[starts, len(rows.merchant)]),
-        rows.site_order[starts],
+        np.where(np.logical_or.reduceat(repeat, starts), 0, rows.site_order[starts]),
         rows.site_order[ends],
         np.minimum.reduceat(rows.count, starts),
         np.maximum.reduceat(rows.count, starts),
         np.minimum.reduceat(rows.home, starts),
         np.maximum.reduceat(rows.home, starts),
+        np.minimum.reduceat(rows.row, starts),
     )
     whole = (p.first == 1) & (p.last == p.rows) & (p.count_lo == p.rows) & (p.count_hi == p.rows)
     whole &= p.home_lo == p.home_hi
-    closed = Closed(p.merchant[whole], p.country[whole].astype(np.int16), p.home_lo[whole].astype(np.int16))
+    closed = Closed(
+        p.merchant[whole], p.country[whole].astype(np.int16), p.home_lo[whole].astype(np.int16), p.row[whole]
+    )
     return closed, p.take(~whole)
 
 
@@ -209,7 +207,7 @@ def _open_pairs_exact(p: Pieces) -> NDArray[np.bool_]:
 def suspect_merchants(closed: Closed, open_: Pieces) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
     """The merchants whose pairs the summaries cannot prove exact (to be read again row by
     row: a pair closed in one batch and seen again, or open pieces that do not tile 1..n),
-    and the merchants with more than one home country."""
+    and the merchants with more than one home country, in the order they first appear."""
     n_closed = len(closed.merchant)
     merchant = np.r_[closed.merchant, open_.merchant]
     country = np.r_[closed.country.astype(np.int64), open_.country]
@@ -226,16 +224,23 @@ def suspect_merchants(closed: Closed, open_: Pieces) -> tuple[NDArray[np.uint64]
     home_hi = np.r_[closed.home.astype(np.int64), open_.home_hi][order]
     by_merchant = np.flatnonzero(np.r_[True, merchant[1:] != merchant[:-1]])
     two_homes = np.minimum.reduceat(home_lo, by_merchant) != np.maximum.reduceat(home_hi, by_merchant)
-    return np.unique(merchant[bad]), merchant[by_merchant][two_homes]
+    first_row = np.minimum.reduceat(np.r_[closed.row, open_.row][order], by_merchant)
+    many = np.flatnonzero(two_homes)
+    return np.unique(merchant[bad]), merchant[by_merchant][many[np.argsort(first_row[many])]]
 
 
 def check_rows(rows: Rows, path: Path) -> None:
     """The exact row-by-row check of whole pairs: no repeated key, site_order running 1..n
     with n equal to final_country_outlet_count."""
-    try:
-        rows, same_pair, starts = _sorted_runs(rows)
-    except DuplicateKey as dup:
-        raise _duplicate(dup.row, path) from None
+    rows, repeat, starts = _sorted_runs(rows)
+    dup = _first_true(repeat)
+    if dup is not None:
+        raise Seg1BError(
+            Code.E_DUPLICATE_KEY,
+            "duplicate (merchant_id, legal_country_iso, site_order)",
+            file=path,
+            key=f"row {rows.row[dup]}",
+        )
     sizes = np.diff(np.r_[starts, len(rows.merchant)])
     expected = np.arange(len(rows.merchant)) - np.repeat(starts, sizes) + 1
     gap = _first_true((rows.site_order != expected) | (rows.count != np.repeat(sizes, sizes)))
@@ -246,12 +251,6 @@ def check_rows(rows: Rows, path: Path) -> None:
             file=path,
             key=f"row {rows.row[gap]} (merchant_id {rows.merchant[gap]})",
         )
-
-
-def _duplicate(row: int, path: Path) -> Seg1BError:
-    return Seg1BError(
-        Code.E_DUPLICATE_KEY, "duplicate (merchant_id, legal_country_iso, site_order)", file=path, key=f"row {row}"
-    )
 
 
 def _batches(path: Path, columns: list[str], batch_outlets: int) -> Iterator[tuple[int, pa.Table]]:
@@ -289,8 +288,6 @@ def validate_catalogue(
             whole, partial = pieces(batch_rows(batch, offset, known, tokens, path))
             closed.append(whole)
             open_.append(partial)
-    except DuplicateKey as dup:
-        raise _duplicate(dup.row, path) from None
     except (pa.ArrowException, OSError) as exc:
         raise Seg1BError(Code.E_UPSTREAM_SCHEMA, f"the outlet catalogue is not readable ({exc})", file=path) from None
     suspects, many_homes = suspect_merchants(Closed.concat(closed), Pieces.concat(open_))
