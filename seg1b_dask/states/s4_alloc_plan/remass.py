@@ -124,11 +124,14 @@ def remass(
     )
     dest_m, dest_c, dest_n = arrivals.merchant, arrivals.country, arrivals.n_sites
     # Final pairs: kept counts plus arrivals, per (merchant, country).
-    mc = np.r_[m_index * n_countries + pairs.country, dest_m * n_countries + dest_c]
-    cells, inverse = np.unique(mc, return_inverse=True)
+    cells, inverse = np.unique(
+        np.r_[m_index * n_countries + pairs.country, dest_m * n_countries + dest_c], return_inverse=True
+    )
     final = np.bincount(inverse, weights=np.r_[keep, dest_n]).astype(np.int64)
+    del inverse  # pair-level: the driver's peak is S4(a)'s arrays alive at once
     alive = final > 0
     final_m, final_c = np.divmod(cells[alive], n_countries)
+    del cells
     moves = flows.pair_moves(
         pairs.country, pairs.n_sites, keep, merchants, m_index, dest_m, dest_c, dest_n, n_countries
     )
