@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 
 from seg1b_dask.core import metrics, rng
 from seg1b_dask.io import packs, refdata
+from seg1b_dask.io.catalogue import iso_codes
 from seg1b_dask.io.datasets import SITE_LOCATIONS
 from seg1b_dask.io.lineage import write_json, write_text
 from seg1b_dask.io.refdata import REGIONS
@@ -38,11 +39,9 @@ class SiteFrame:
 
     @classmethod
     def from_table(cls, table: pa.Table) -> SiteFrame:
-        iso2 = table.column("legal_country_iso").combine_chunks().dictionary_encode()
-        codes = np.asarray(iso2.dictionary.to_pylist(), dtype="U2")
         return cls(
             table.column("merchant_id").to_numpy(),
-            codes[iso2.indices.to_numpy(zero_copy_only=False)] if len(codes) else np.zeros(0, "U2"),
+            iso_codes(table.column("legal_country_iso")),
             table.column("lon_deg").to_numpy(),
             table.column("lat_deg").to_numpy(),
         )

@@ -45,7 +45,8 @@ class _Columns:
 
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
-        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))  # type: ignore[arg-type]
+        columns = fields(cls)  # type: ignore[arg-type]
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in columns))
 
 
 @dataclass
@@ -309,13 +310,17 @@ def validate_catalogue(
     return int(meta.metadata.num_rows)
 
 
-def _code_column(column: pa.ChunkedArray) -> NDArray[np.uint64]:
-    """Two-letter codes as integers (``rng.country_code_int``), by way of the column's few
-    distinct values: no Python string per row."""
+def iso_codes(column: pa.ChunkedArray) -> NDArray[np.str_]:
+    """A column of two-letter codes as a numpy array, by way of its few distinct values: no
+    Python string per row."""
     encoded = column.combine_chunks().dictionary_encode()
-    return country_code_int(np.asarray(encoded.dictionary.to_pylist(), dtype="U2"))[
-        encoded.indices.to_numpy(zero_copy_only=False)
-    ]
+    names = np.asarray(encoded.dictionary.to_pylist(), dtype="U2")
+    return names[encoded.indices.to_numpy(zero_copy_only=False)] if len(names) else np.zeros(0, "U2")
+
+
+def _code_column(column: pa.ChunkedArray) -> NDArray[np.uint64]:
+    """Two-letter codes as integers (``rng.country_code_int``)."""
+    return country_code_int(iso_codes(column))
 
 
 def _sum_by_pair(

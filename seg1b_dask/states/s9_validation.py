@@ -78,7 +78,7 @@ def _batch_task(
     into one file for the nearest-neighbour bands."""
     ref = refdata.countries()
     totals: dict[str, int] = {}
-    merchants, merchant_sites, frames = [], [], []
+    frames = []
     outside = 0
     for iso2 in countries:
         table = SITE_LOCATIONS.read(folders["egress"], [iso2], _COLUMNS)
@@ -93,9 +93,6 @@ def _batch_task(
             totals[k] = totals.get(k, 0) + v
         cid = np.full(len(frame.lon), ref.country_id(iso2), dtype=np.int16)
         outside += int((~inside_country(frame.lon, frame.lat, cid)).sum())
-        m, n = np.unique(frame.merchant_id, return_counts=True)
-        merchants.append(m)
-        merchant_sites.append(n)
         frames.append(frame)
     sites = scoring.SiteFrame(
         *(np.concatenate([getattr(f, k) for f in frames]) for k in ("merchant_id", "iso2", "lon", "lat"))
@@ -109,8 +106,6 @@ def _batch_task(
     totals["outside_country"] = outside
     return {
         "counts": totals,
-        "merchants": np.concatenate(merchants),
-        "merchant_sites": np.concatenate(merchant_sites),
         "figures": scoring.site_figures(
             sites,
             gates,
@@ -153,7 +148,8 @@ class Requirements:
 
 
 def _merchant_totals_ok(merchants: NDArray[np.uint64], sites: NDArray[np.int64], req: Requirements) -> bool:
-    """Every merchant of S3 holds exactly its 1A total of sites, and no other merchant has any."""
+    """Every merchant of S3 holds exactly its 1A total of sites, and no other merchant has any
+    (from the sites per (merchant, country) pair the scorecard counts)."""
     ids, inverse = np.unique(merchants, return_inverse=True)
     got = np.bincount(inverse, sites).astype(np.int64)
     return bool(np.array_equal(ids, req.merchant_ids) and np.array_equal(got, req.merchant_totals))
@@ -191,8 +187,6 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
     repeats = sum(compute([dask.delayed(_repeats_task)(scratch, b) for b in range(buckets)]))
     c = {k: sum(p["counts"][k] for p in parts) for k in parts[0]["counts"]} if parts else {}
     figures = scoring.SiteFigures.merge([p["figures"] for p in parts])
-    merchants = np.concatenate([p["merchants"] for p in parts]) if parts else np.zeros(0, np.uint64)
-    merchant_sites = np.concatenate([p["merchant_sites"] for p in parts]) if parts else np.zeros(0, np.int64)
     del parts  # pair-level: the driver keeps one copy
     req = Requirements.read(ctx.inputs["s3_requirements"])
     n = figures.sites
@@ -205,7 +199,7 @@ def run(ctx: StateContext, out: dict[str, Path]) -> dict[str, object]:
             "pairs_differing": c.get("pairs_differing", 0),
         },
         "merchant_totals": {
-            "passed": bool(c) and _merchant_totals_ok(merchants, merchant_sites, req),
+            "passed": bool(c) and _merchant_totals_ok(figures.pair_merchant, figures.pair_sites, req),
             "merchants": len(req.merchant_ids),
         },
         "unique_keys": {"passed": c.get("duplicates", 0) == 0, "duplicates": c.get("duplicates", 0)},
