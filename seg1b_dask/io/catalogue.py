@@ -12,7 +12,6 @@ are raised by the first batch that holds one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Self
@@ -25,6 +24,7 @@ from numpy.typing import NDArray
 
 from seg1b_dask.core.rng import country_code_int, country_code_str
 from seg1b_dask.errors import Code, Seg1BError
+from seg1b_dask.io.datasets import read_batches
 
 REQUIRED = {
     "merchant_id": pa.uint64(),
@@ -254,15 +254,6 @@ def check_rows(rows: Rows, path: Path) -> None:
         )
 
 
-def _batches(path: Path, columns: list[str], batch_outlets: int) -> Iterator[tuple[int, pa.Table]]:
-    offset = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_outlets, columns=columns):
-        table = pa.Table.from_batches([batch])
-        if table.num_rows:
-            yield offset, table
-        offset += table.num_rows
-
-
 def validate_catalogue(
     path: Path, known_iso: frozenset[str], tokens: dict[str, object], batch_outlets: int = BATCH_OUTLETS
 ) -> int:
@@ -285,7 +276,7 @@ def validate_catalogue(
     columns = [*REQUIRED, *tokens]
     closed, open_ = [], []
     try:
-        for offset, batch in _batches(path, columns, batch_outlets):
+        for offset, batch in read_batches([path], columns, batch_outlets):
             whole, partial = pieces(batch_rows(batch, offset, known, tokens, path))
             closed.append(whole)
             open_.append(partial)
@@ -296,7 +287,7 @@ def validate_catalogue(
     if len(suspects):
         wanted = pa.array(suspects, pa.uint64())
         again = []
-        for offset, batch in _batches(path, columns, batch_outlets):
+        for offset, batch in read_batches([path], columns, batch_outlets):
             rows = batch_rows(batch, offset, known, tokens, path)
             again.append(rows.take(pc.is_in(batch.column("merchant_id"), value_set=wanted).to_numpy(False)))
         check_rows(Rows.concat(again), path)
@@ -341,7 +332,7 @@ def pair_counts(path: Path, batch_outlets: int = BATCH_OUTLETS) -> pa.Table:
     ``batch_outlets`` rows at a time whatever its row groups: each batch is counted by pair,
     then the batches' counts are summed by pair (countries as 16-bit codes meanwhile)."""
     parts = []
-    for _, batch in _batches(path, PAIR_KEYS, batch_outlets):
+    for _, batch in read_batches([path], PAIR_KEYS, batch_outlets):
         merchant = batch.column("merchant_id").to_numpy()
         legal, home = _code_column(batch.column("legal_country_iso")), _code_column(batch.column("home_country_iso"))
         parts.append(_sum_by_pair(merchant, legal, home, np.ones(len(merchant), dtype=np.int64)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,17 @@ def _write_parquet(table: pa.Table, folder: Path, relative: str, metadata: dict[
         writer.write_table(table)
         if metadata:
             writer.add_key_value_metadata(metadata)
+
+
+def read_batches(paths: Iterable[Path], columns: list[str], rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """Parquet files read ``rows`` rows at a time, one file after another, each non-empty batch
+    with the number of rows before it: nobody holds a column of every row."""
+    offset = 0
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+            if batch.num_rows:
+                yield offset, pa.Table.from_batches([batch])
+            offset += batch.num_rows
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ first goes wrong (the state checkpoints), the collapse sentinel, and the price o
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from seg1b_dask.core import metrics
 from seg1b_dask.grading import checkpoints, scoring
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io import discipline, packs
-from seg1b_dask.io.datasets import SITE_LINEAGE, SITE_LOCATIONS
+from seg1b_dask.io.datasets import SITE_LINEAGE, SITE_LOCATIONS, read_batches
 from seg1b_dask.io.lineage import safe_join, write_text
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.io.verdict import bundle_verdict
@@ -80,17 +79,10 @@ def load_run(root: Path, run: Path) -> RunView:
     return RunView(run, meta, sealed_bundle(meta), card, judged.problem, density, top_moves(root, meta), profiles)
 
 
-def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
-    """A dataset's rows a million at a time: the page never holds a column of every site."""
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=SITES_PER_READ, columns=columns):
-            yield pa.Table.from_batches([batch])
-
-
 def site_density(egress: Path) -> NDArray[np.float64]:
     """Sites per pixel of the map, summed over the egress read in batches."""
     counts = np.zeros(MAP_SIZE[::-1])
-    for batch in _batches(SITE_LOCATIONS.files(egress), ["lon_deg", "lat_deg"]):
+    for _, batch in read_batches(SITE_LOCATIONS.files(egress), ["lon_deg", "lat_deg"], SITES_PER_READ):
         counts += density_counts(batch.column("lon_deg").to_numpy(), batch.column("lat_deg").to_numpy())
     return counts
 
@@ -98,7 +90,8 @@ def site_density(egress: Path) -> NDArray[np.float64]:
 def top_moves(root: Path, meta: dict[str, Any], limit: int = 15) -> list[tuple[str, str, int]]:
     """The largest flows of 1A stubs from their 1A country to another 1B country."""
     files = SITE_LINEAGE.files(safe_join(root, meta["outputs"]["site_lineage"]))
-    return flows(_batches(files, ["source_country_iso", "legal_country_iso"]), limit)
+    columns = ["source_country_iso", "legal_country_iso"]
+    return flows((batch for _, batch in read_batches(files, columns, SITES_PER_READ)), limit)
 
 
 def flows(lineage: Iterable[pa.Table], limit: int) -> list[tuple[str, str, int]]:
