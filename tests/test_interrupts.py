@@ -48,6 +48,34 @@ def test_threads_keep_item_order_and_every_item_ends_before_an_error() -> None:
     assert in_threads(fail_on_odd, [], 2, "t") == []
 
 
+_PENDING_READ = """
+import asyncio, atexit, threading, time
+from seg1b_dask.engine.interrupts import silence_abandoned_reads
+loops = [asyncio.new_event_loop()]  # an I/O loop on a thread of its own, closed at exit as Zarr closes its own
+thread = threading.Thread(target=loops[0].run_forever, daemon=True)
+thread.start()
+asyncio.run_coroutine_threadsafe(asyncio.sleep(3600), loops[0])  # a read the interrupt abandons
+def close():
+    loops[0].call_soon_threadsafe(loops[0].stop)
+    thread.join()
+    loops[0].close()
+    loops.clear()
+atexit.register(close)
+time.sleep(0.2)
+if {silence}:
+    silence_abandoned_reads()
+"""
+
+
+@pytest.mark.parametrize("silence", [False, True])
+def test_reads_abandoned_by_an_interrupt_print_nothing_at_exit(silence: bool) -> None:
+    ended = subprocess.run(
+        [sys.executable, "-c", _PENDING_READ.format(silence=silence)], capture_output=True, text=True
+    )
+    assert ended.returncode == 0
+    assert ("Task was destroyed but it is pending" in ended.stderr) is not silence, ended.stderr
+
+
 def _as_from_a_terminal() -> None:
     """SIGINT as a shell's foreground job has it: a test process may run with SIGINT ignored
     (which a child inherits, and then rightly ignores Ctrl-C like a background job)."""

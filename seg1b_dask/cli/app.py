@@ -14,7 +14,12 @@ import click
 from seg1b_dask import __version__
 from seg1b_dask.chain.runner import DEFAULT_POLICIES, DEFAULT_ROOT
 from seg1b_dask.engine.execution import Execution, check_scheduler
-from seg1b_dask.engine.interrupts import abandoned_threads, exit_code_of, sigterm_interrupts
+from seg1b_dask.engine.interrupts import (
+    abandoned_threads,
+    exit_code_of,
+    sigterm_interrupts,
+    silence_abandoned_reads,
+)
 from seg1b_dask.errors import Code, InternalError, Seg1BError
 from seg1b_dask.io.runroot import RunRoot, environment_error
 
@@ -62,6 +67,7 @@ class _Group(click.Group):
                 "was published half-written; run again to resume from the cache",
                 err=True,
             )
+            silence_abandoned_reads()
             if abandoned_threads():  # they may still print or write: end the process now
                 sys.stdout.flush()
                 sys.stderr.flush()

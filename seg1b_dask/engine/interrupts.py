@@ -11,6 +11,7 @@ they publish is staged and renamed whole."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +68,14 @@ THREAD_PREFIX = "seg1b-"  # the driver threads ``in_threads`` starts
 def abandoned_threads() -> bool:
     """Whether driver threads of seeds or trials are still alive (after an interrupt)."""
     return any(t.is_alive() and t.name.startswith(THREAD_PREFIX) for t in threading.enumerate())
+
+
+def silence_abandoned_reads() -> None:
+    """An interrupt can leave reads pending on Zarr's I/O event loop (a thread of its own); at
+    the process's end asyncio reports each as "Task was destroyed but it is pending!". They
+    were abandoned on purpose (nothing they read gets published), so after the one interrupt
+    line asyncio's log says nothing more."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
 
 
 def in_threads(fn: Callable[[Item], Result], items: Sequence[Item], threads: int, name: str) -> list[Result]:
