@@ -14,6 +14,7 @@ from seg1b_dask.core.grid import Grid
 from seg1b_dask.io.refdata import EdgeTable
 from seg1b_dask.policies.states import S6UniformV1
 from seg1b_dask.states.s1_tiles import rasterize_band, touched_cells
+from seg1b_dask.states.s4_alloc_plan import tiles as tile_allocation
 from seg1b_dask.states.s4_alloc_plan.tiles import largest_remainder as allocate_tiles
 from seg1b_dask.states.s5_assignment import assign_sites
 from seg1b_dask.states.s6_jitter import place_sites
@@ -69,6 +70,39 @@ def test_largest_remainder_properties(n: int, weights: list[int], share: float) 
         assert (np.abs(counts - quota) < 1.0 + 1e-9).all()
     else:
         assert counts.max() <= max(int(np.ceil(share * n)), int(np.ceil(n / len(w))))
+
+
+def _cap_by_full_rank(counts: np.ndarray, remainder: np.ndarray, total: int, n: int, share: float) -> np.ndarray:
+    """The tile cap by its definition: every tile ranked, the excess to the first with room."""
+    cap = max(int(np.ceil(share * n)), int(np.ceil(n / len(counts))))
+    excess = int(np.maximum(counts - cap, 0).sum())
+    counts = np.minimum(counts, cap)
+    keys = rng.hash64(np.uint64(7), np.arange(len(counts), dtype=np.uint64))
+    rank = np.lexsort((keys, np.uint64(total) - remainder))
+    while excess:
+        room = rank[counts[rank] < cap][:excess]
+        counts[room] += 1
+        excess -= len(room)
+    return counts
+
+
+@settings(max_examples=examples(300))
+@given(
+    quotas=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5)), min_size=1, max_size=80),
+    share=st.sampled_from([0.5, 0.2, 0.05, 0.01]),
+)
+def test_the_tile_cap_ranks_only_what_it_needs_and_matches_a_full_ranking(
+    quotas: list[tuple[int, int]], share: float
+) -> None:
+    counts = np.array([q for q, _ in quotas], dtype=np.int64)
+    remainder = np.array([r for _, r in quotas], dtype=np.uint64)  # few values: many ties
+    n, total = int(counts.sum()) or 1, 6
+
+    def keyed(idx: np.ndarray) -> np.ndarray:
+        return rng.hash64(np.uint64(7), idx.astype(np.uint64))
+
+    got = tile_allocation._cap(counts.copy(), remainder, np.uint64(total), n, share, keyed)
+    assert np.array_equal(got, _cap_by_full_rank(counts.copy(), remainder, total, n, share))
 
 
 def test_tile_id_ties_make_stripes_and_keyed_ties_do_not() -> None:

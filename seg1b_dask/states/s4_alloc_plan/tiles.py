@@ -56,12 +56,25 @@ def _cap(
     if not excess:
         return counts
     counts = np.minimum(counts, cap)
-    rank = np.lexsort((tie_key(np.arange(len(counts), dtype=np.intp)), total - remainder))
+    behind = total - remainder
     while excess:
+        # The first ``excess`` tiles with room, in rank order, lie among the first
+        # ``excess + full`` ranks: only those are ranked (and keyed), not every tile.
+        rank = _first_ranks(behind, tie_key, excess + int((counts >= cap).sum()))
         room = rank[counts[rank] < cap][:excess]
         counts[room] += 1
         excess -= len(room)
     return counts
+
+
+def _first_ranks(primary: NDArray[np.uint64], tie_key: TieKey, k: int) -> NDArray[np.intp]:
+    """The ``k`` first indices by (``primary`` asc, tie key asc), in that order, in
+    O(N + k log k): only the indices up to the k-th primary value are keyed and sorted."""
+    if k < len(primary):
+        idx = np.flatnonzero(primary <= np.partition(primary, k - 1)[k - 1])
+    else:
+        idx = np.arange(len(primary), dtype=np.intp)
+    return idx[np.lexsort((tie_key(idx), primary[idx]))][:k]
 
 
 def largest_remainder(n: int, weight: NDArray[np.uint64], tie_key: TieKey, max_tile_share: float) -> NDArray[np.int64]:
