@@ -204,3 +204,20 @@ def test_nearest_neighbour_is_great_circle_and_exact() -> None:
     np.testing.assert_allclose(
         metrics.nearest_neighbour_km(lon, lat), arc.min(axis=1) * metrics.EARTH_RADIUS_KM, rtol=1e-6
     )
+
+
+@settings(max_examples=examples(100))
+@given(
+    key=st.integers(0, 2**64 - 1),
+    fields=st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=5, max_size=5), min_size=2, max_size=5),
+    cut=st.integers(0, 5),
+)
+def test_a_keyed_hash_continued_equals_the_whole_hash(key: int, fields: list[list[int]], cut: int) -> None:
+    arrays = [np.asarray(f, dtype=np.uint64) for f in fields]
+    cut = min(cut, len(arrays))
+    whole = rng.hash64(np.uint64(key), *arrays)
+    assert np.array_equal(rng.extend(rng.hash64(np.uint64(key), *arrays[:cut]), *arrays[cut:]), whole)
+    assert np.array_equal(rng.uniform(np.uint64(key), *arrays), rng.unit(whole))
+    assert np.array_equal(
+        rng.extend(rng.hash64(np.uint64(key), *arrays), np.uint64(3)), rng.hash64(np.uint64(key), *arrays, 3)
+    )

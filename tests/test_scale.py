@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from seg1b_dask.chain.registry import STATES
 from seg1b_dask.chain.runner import DEFAULT_POLICIES, cache_keys
+from seg1b_dask.core import metrics
 from seg1b_dask.grading import gates as grading
 from seg1b_dask.io import catalogue, upstream
 from seg1b_dask.io.hashing import verify_bundle
@@ -136,15 +137,19 @@ def test_moves_by_home_reach_the_merchant_level_optimum() -> None:
     assert by_home == dense.optimal_cost()
 
 
-def test_bootstrap_in_blocks_over_a_sparse_matrix_equals_one_dense_product(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bootstrap_resamples_merchants_by_its_definition_on_sparse_and_dense_matrices() -> None:
     g = np.random.default_rng(11)
     dense = np.zeros((400, 30), dtype=np.int64)
     rows = g.integers(0, 400, 900)
     dense[rows, g.integers(0, 30, 900)] += g.integers(1, 50, 900)
     dense[np.arange(400), g.integers(0, 30, 400)] += 1
-    whole = grading.bootstrap_upper(dense, 300, 5)
-    monkeypatch.setattr(grading, "BOOTSTRAP_WEIGHTS_PER_BLOCK", 400 * 7)  # 7 replicates per block
-    assert grading.bootstrap_upper(scipy.sparse.csr_array(dense), 300, 5) == whole
+    for stream, replicates in grading.bootstrap_blocks(300):
+        draws = np.random.Generator(np.random.Philox(key=np.array([5, stream], dtype=np.uint64)))
+        resampled = [dense[draws.integers(0, 400, 400)].sum(axis=0) for _ in range(replicates)]
+        by_definition = [[metrics.concentration(r)[k] for k in grading.CONCENTRATION] for r in resampled]
+        assert np.array_equal(grading.bootstrap_values(dense, 5, stream, replicates), by_definition)
+        sparse = scipy.sparse.csr_array(dense)
+        assert np.array_equal(grading.bootstrap_values(sparse, 5, stream, replicates), by_definition)
 
 
 def test_seed_free_cache_keys_are_the_same_for_every_seed() -> None:

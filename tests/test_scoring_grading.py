@@ -18,7 +18,8 @@ from seg1b_dask.chain.runner import BASELINE_POLICIES
 from seg1b_dask.core import metrics, quantiles
 from seg1b_dask.errors import Seg1BError
 from seg1b_dask.grading import gates as grading
-from seg1b_dask.io import discipline
+from seg1b_dask.grading import scoring
+from seg1b_dask.io import discipline, refdata
 from seg1b_dask.io.runroot import RunRoot
 from seg1b_dask.model.nearest import (
     LAT_BINS,
@@ -399,3 +400,26 @@ def test_an_undefined_distance_is_counted_apart() -> None:
     np.quantile does), never in the last distance bin."""
     counts = quantiles.bin_counts(np.array([np.nan, 1.0, 2e5]))
     assert counts[quantiles.NAN_BIN] == 1 and counts[quantiles.NAN_BIN - 1] == 1 and counts.sum() == 3
+
+
+@pytest.mark.parametrize(
+    ("rural_km", "rural_min_population"), [(20.0, 20_000), (30.0, 100_000), (10.0, 20_000), (20.0, 500_000)]
+)
+def test_rural_sites_are_those_near_no_town_whether_or_not_cities_are_towns(
+    rural_km: float, rural_min_population: int
+) -> None:
+    """Nested radii and populations skip the town search for sites near a city; the count is
+    the same as searching every site (and the other policies search every site)."""
+    gates = load_bundle(BASELINE_POLICIES, "v").gates
+    towns = gates.plausibility.model_copy(update={"rural_km": rural_km, "rural_min_population": rural_min_population})
+    gates = gates.model_copy(update={"plausibility": towns})
+    g = np.random.default_rng(5)
+    places = refdata.places().at_least(20_000)
+    pick = g.integers(0, len(places.lon), 3000)
+    lon = np.concatenate([places.lon[pick] + g.normal(0, 0.3, 3000), g.uniform(-180, 180, 1000)])
+    lat = np.concatenate([np.clip(places.lat[pick] + g.normal(0, 0.3, 3000), -90, 90), g.uniform(-60, 70, 1000)])
+    vectors = metrics.unit_vectors(((lon + 180) % 360) - 180, lat)
+    near_city, rural = scoring.near_city_and_rural(vectors, gates)
+    assert near_city == scoring.near_places(vectors, gates.near_city_km, gates.near_city_min_population).sum()
+    assert rural == (~scoring.near_places(vectors, rural_km, rural_min_population)).sum()
+    assert 0 < near_city < len(lon) and 0 < rural < len(lon)

@@ -31,18 +31,30 @@ def stream_key(seed: int, namespace: str) -> np.uint64:
 
 def hash64(key: np.uint64, *fields: ArrayLike) -> NDArray[np.uint64]:
     """Hash a stream key with broadcastable integer fields into uint64 values."""
+    arrays = [np.asarray(f).astype(np.uint64, copy=False) for f in fields]
+    shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
+    return extend(np.full(shape, key, dtype=np.uint64), *arrays)
+
+
+def extend(prefix: NDArray[np.uint64], *fields: ArrayLike) -> NDArray[np.uint64]:
+    """The chain of ``hash64`` continued: ``hash64(key, *a, *b) == extend(hash64(key, *a), *b)``,
+    so draws that share their leading fields (a site's key, then an attempt) hash them once."""
+    h = np.asarray(prefix, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        arrays = [np.asarray(f).astype(np.uint64, copy=False) for f in fields]
-        shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
-        h = np.full(shape, key, dtype=np.uint64)
-        for a in arrays:
+        for f in fields:
+            a = np.asarray(f).astype(np.uint64, copy=False)
             h = _mix(h + _GOLDEN + _mix(a + _GOLDEN))
     return h
 
 
+def unit(h: NDArray[np.uint64]) -> NDArray[np.float64]:
+    """Uniform floats in [0, 1) with 53 bits of hashes."""
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def uniform(key: np.uint64, *fields: ArrayLike) -> NDArray[np.float64]:
     """Uniform floats in [0, 1) with 53 bits, keyed by the fields."""
-    return (hash64(key, *fields) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return unit(hash64(key, *fields))
 
 
 def country_code_int(iso2: ArrayLike) -> NDArray[np.uint64]:

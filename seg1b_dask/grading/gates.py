@@ -116,7 +116,6 @@ def population_cv(values: list[float]) -> float:
     return float("inf") if arr.mean() == 0 else std / abs(float(arr.mean()))
 
 
-BOOTSTRAP_WEIGHTS_PER_BLOCK = 1 << 24  # replicate weights multiplied at once (~2 × 128 MiB)
 BOOTSTRAP_STREAM_REPLICATES = 125  # replicates per random stream: a block runs anywhere, in any order
 
 
@@ -138,14 +137,12 @@ def bootstrap_values(
     n = matrix.shape[0]
     sparse_t = scipy.sparse.csr_array(scipy.sparse.csr_array(matrix, dtype=np.float64).T)
     values = np.full((replicates, len(CONCENTRATION)), np.nan)
-    per_product = max(1, BOOTSTRAP_WEIGHTS_PER_BLOCK // max(n, 1))
-    for first in range(0, replicates, per_product):
-        size = min(per_product, replicates - first)
-        # Counts of n uniform draws: a multinomial(n, 1/n) per replicate, exact in float64.
-        weights = np.stack([np.bincount(g.integers(0, n, n), minlength=n) for _ in range(size)], axis=1)
-        for j, row in enumerate((sparse_t @ weights.astype(np.float64)).T):
-            if row.sum() > 0:
-                values[first + j] = [metrics.concentration(row)[k] for k in CONCENTRATION]
+    for j in range(replicates):
+        # Counts of n uniform draws (a multinomial(n, 1/n)) times the matrix: sums of integers,
+        # exact in float64 in any order, so one product per replicate equals any batching.
+        row = sparse_t @ np.bincount(g.integers(0, n, n), minlength=n).astype(np.float64)
+        if row.sum() > 0:
+            values[j] = [metrics.concentration(row)[k] for k in CONCENTRATION]
     return values
 
 

@@ -47,21 +47,29 @@ class SiteFrame:
         )
 
 
-def near_city_count(
-    sites: SiteFrame, km: float, min_population: int, vectors: NDArray[np.float64] | None = None
-) -> int:
-    """Sites within ``km`` (great circle) of a vendored place of at least ``min_population``
-    people (``vectors``: the sites' unit vectors, when already computed)."""
+def near_places(vectors: NDArray[np.float64], km: float, min_population: int) -> NDArray[np.bool_]:
+    """Which sites (unit ``vectors``) lie within ``km`` (great circle) of a vendored place of
+    at least ``min_population`` people."""
     places = refdata.places().at_least(min_population)
-    if len(places.lon) == 0 or len(sites.lon) == 0:
-        return 0
+    if len(places.lon) == 0 or len(vectors) == 0:
+        return np.zeros(len(vectors), dtype=bool)
     # Only "is a place within km" matters: search no farther than that chord (plus slack).
     reach = 2.0 * np.sin(min(km / metrics.EARTH_RADIUS_KM, np.pi) / 2.0) * (1 + 1e-9) + 1e-12
-    chord, _ = cKDTree(metrics.unit_vectors(places.lon, places.lat)).query(
-        metrics.unit_vectors(sites.lon, sites.lat) if vectors is None else vectors, k=1, distance_upper_bound=reach
-    )
+    chord, _ = cKDTree(metrics.unit_vectors(places.lon, places.lat)).query(vectors, k=1, distance_upper_bound=reach)
     arc_km = 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
-    return int((np.isfinite(chord) & (arc_km <= km)).sum())
+    return np.isfinite(chord) & (arc_km <= km)
+
+
+def near_city_and_rural(vectors: NDArray[np.float64], gates: GatesPolicy) -> tuple[int, int]:
+    """Sites near a city (the gate) and rural sites (plausibility: near no town). Where every
+    city is a town and the town radius is no shorter, a site near a city is near a town, so
+    only the other sites are searched for towns."""
+    near_city = near_places(vectors, gates.near_city_km, gates.near_city_min_population)
+    towns = gates.plausibility
+    nested = towns.rural_km >= gates.near_city_km and towns.rural_min_population <= gates.near_city_min_population
+    searched = vectors[~near_city] if nested else vectors
+    rural = int((~near_places(searched, towns.rural_km, towns.rural_min_population)).sum())
+    return int(near_city.sum()), rural
 
 
 @dataclass
@@ -120,13 +128,12 @@ def site_figures(
         sel = country == rng.country_code_int(np.asarray([code]))[0]
         sentinels[code] = sentinel.measure(sites.lon[sel], sites.lat[sel], reference(code))
     histogram, _ = np.histogram(sites.lat, bins=LAT_BINS)
-    vectors = metrics.unit_vectors(sites.lon, sites.lat)
+    near_city, rural = near_city_and_rural(metrics.unit_vectors(sites.lon, sites.lat), gates)
     return SiteFigures(
         sites=len(sites.lat),
         south=int((sites.lat < 0).sum()),
-        near_city=near_city_count(sites, gates.near_city_km, gates.near_city_min_population, vectors),
-        rural=len(sites.lat)
-        - near_city_count(sites, gates.plausibility.rural_km, gates.plausibility.rural_min_population, vectors),
+        near_city=near_city,
+        rural=rural,
         country_counts=dict(zip(codes.tolist(), counts.tolist(), strict=True)),
         pair_merchant=m[first],
         pair_country=rng.country_code_str(c[first]),

@@ -85,7 +85,10 @@ def band_arcs(read: BandReader, lo: float, hi: float, last: bool) -> NDArray[np.
         return np.zeros(0)
     query = unit_vectors(lon, lat)
     if len(query) >= 2:
-        chord, _ = cKDTree(query).query(query, k=2)
+        tree = cKDTree(query)
+        # Queries in the tree's own leaf order walk neighbouring nodes one after another.
+        lon, lat, query = lon[tree.indices], lat[tree.indices], query[tree.indices]
+        chord, _ = tree.query(query, k=2)
         arc = _chord_to_arc(chord[:, 1])
     else:
         arc = np.full(1, np.inf)

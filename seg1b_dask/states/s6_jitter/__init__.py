@@ -111,17 +111,17 @@ def place_sites(
     pending = np.arange(len(tile_id))
     pieces: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
     accepted = _Accepted()
+    site_key = rng.hash64(key, *key_fields)  # each attempt's draws continue it with the attempt
     for attempt in range(2 * max_attempts):
         if not len(pending):
             break
-        fields = tuple(f[pending] for f in key_fields)
-        u = rng.uniform(key, *fields, np.uint64(2 * attempt))
-        v = rng.uniform(key, *fields, np.uint64(2 * attempt + 1))
+        u = rng.unit(rng.extend(site_key[pending], np.uint64(2 * attempt)))
+        v = rng.unit(rng.extend(site_key[pending], np.uint64(2 * attempt + 1)))
         if attempt < max_attempts:
             sub = (west[pending], south[pending], east[pending], north[pending])
             lon[pending], lat[pending] = propose(pending, sub, u, v)
         else:
-            w = rng.uniform(key, *fields, np.uint64(1 << 20 | attempt))
+            w = rng.unit(rng.extend(site_key[pending], np.uint64(1 << 20 | attempt)))
             for tile in np.unique(tile_id[pending]).tolist():
                 if tile not in pieces:
                     pieces[tile] = _triangles(geom, *(b[tile_id == tile][0] for b in bounds))
