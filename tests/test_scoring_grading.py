@@ -21,6 +21,7 @@ from seg1b_dask.grading import gates as grading
 from seg1b_dask.grading import scoring
 from seg1b_dask.io import discipline, refdata
 from seg1b_dask.io.runroot import RunRoot
+from seg1b_dask.model import nearest
 from seg1b_dask.model.nearest import (
     LAT_BINS,
     ArrayBands,
@@ -423,3 +424,23 @@ def test_rural_sites_are_those_near_no_town_whether_or_not_cities_are_towns(
     assert near_city == scoring.near_places(vectors, gates.near_city_km, gates.near_city_min_population).sum()
     assert rural == (~scoring.near_places(vectors, rural_km, rural_min_population)).sum()
     assert 0 < near_city < len(lon) and 0 < rural < len(lon)
+
+
+@settings(max_examples=examples(60))
+@given(seed=st.integers(0, 2**32 - 1), arc_deg=st.sampled_from([0.001, 0.03, 0.7, 5.0, 40.0, 120.0]))
+def test_the_halo_cells_keep_every_site_within_the_arc_of_a_centre(seed: int, arc_deg: float) -> None:
+    """Around the poles and across the antimeridian too: the cell test is a superset."""
+    g = np.random.default_rng(seed)
+    lon = np.concatenate([g.uniform(-180, 180, 40), [179.999, -180.0, 180.0, 0.0]])
+    lat = np.concatenate([np.clip(g.normal(0, 60, 40), -90, 90), [0.0, 89.99, -89.999, 90.0]])
+    centre = g.integers(0, len(lon), 2000)
+    # points scattered around the centres at up to twice the arc, some across ±180°
+    bearing, step = g.uniform(0, 2 * np.pi, 2000), np.radians(arc_deg) * g.uniform(0, 2, 2000)
+    phi, lam = np.radians(lat[centre]), np.radians(lon[centre])
+    lat2 = np.arcsin(np.sin(phi) * np.cos(step) + np.cos(phi) * np.sin(step) * np.cos(bearing))
+    lon2 = lam + np.arctan2(np.sin(bearing) * np.sin(step) * np.cos(phi), np.cos(step) - np.sin(phi) * np.sin(lat2))
+    lon2, lat2 = (np.degrees(lon2) + 180.0) % 360.0 - 180.0, np.degrees(lat2)
+    chord = np.linalg.norm(metrics.unit_vectors(lon2, lat2) - metrics.unit_vectors(lon[centre], lat[centre]), axis=1)
+    within = np.degrees(2 * np.arcsin(np.clip(chord / 2, 0, 1))) <= arc_deg
+    kept = nearest._cells_near(lon, lat, arc_deg)(lon2, lat2)
+    assert kept[within].all() and within.any()

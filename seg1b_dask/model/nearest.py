@@ -108,10 +108,48 @@ def band_arcs(read: BandReader, lo: float, hi: float, last: bool) -> NDArray[np.
         chord, _ = cKDTree(unit_vectors(lon2, lat2)).query(query, k=2)
         halo = max(halo, float(np.degrees(_chord_to_arc(chord[:, 1])).max()))
     lon2, lat2 = read(lo - halo, hi + halo, True)
-    near = _near_any(unit_vectors(lon[risky], lat[risky]), lon2, lat2, np.radians(halo))
+    near = np.flatnonzero(_cells_near(lon[risky], lat[risky], halo)(lon2, lat2))
+    near = near[_near_any(unit_vectors(lon[risky], lat[risky]), lon2[near], lat2[near], np.radians(halo))]
     chord, _ = cKDTree(unit_vectors(lon2[near], lat2[near])).query(query[risky], k=2)
     arc[risky] = _chord_to_arc(chord[:, 1])
     return arc
+
+
+def _cells_near(
+    lon: NDArray[np.float64], lat: NDArray[np.float64], arc_deg: float
+) -> Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.bool_]]:
+    """A test of "in a latitude-longitude cell that may hold a point within ``arc_deg`` of a
+    centre (lon, lat)": a cheap superset of the halo's useful sites, before the exact search.
+    From a centre at latitude φ, a point within arc a differs by at most a in latitude and by
+    at most asin(sin a / cos φ) in longitude (any longitude once sin a ≥ cos φ)."""
+    cols = int(np.ceil(360.0 / max(arc_deg, 0.05)))
+    cell = 360.0 / cols  # whole columns around the world; rows and columns get a cell of slack
+    rows = int(np.ceil(180.0 / cell))
+    arc = np.radians(min(arc_deg, 180.0)) * (1 + 1e-6) + 1e-12
+    ratio = np.sin(arc) / np.maximum(np.cos(np.radians(lat)), 1e-300)
+    span = np.where(ratio < 1.0, np.degrees(np.arcsin(np.minimum(ratio, 1.0))), 180.0) + 1e-9
+    marked = np.zeros((rows + 1, cols), dtype=bool)
+    whole = (span >= 180.0 - 2 * cell) | (arc >= np.pi / 2)
+    first_row = np.floor((np.maximum(lat - np.degrees(arc), -90.0) + 90.0) / cell).astype(np.int64) - 1
+    last_row = np.floor((np.minimum(lat + np.degrees(arc), 90.0) + 90.0) / cell).astype(np.int64) + 1
+    first_row, last_row = np.clip(first_row, 0, rows), np.clip(last_row, 0, rows)
+    for top, bottom in zip(first_row[whole].tolist(), last_row[whole].tolist(), strict=True):
+        marked[top : bottom + 1] = True
+    part = ~whole
+    lo = np.floor((lon[part] - span[part] + 180.0) / cell).astype(np.int64) - 1
+    width = np.floor((lon[part] + span[part] + 180.0) / cell).astype(np.int64) + 1 - lo + 1
+    height = last_row[part] - first_row[part] + 1
+    per_centre = width * height
+    centre = np.repeat(np.arange(len(lo)), per_centre)
+    k = np.arange(int(per_centre.sum())) - np.repeat(np.cumsum(per_centre) - per_centre, per_centre)
+    marked[first_row[part][centre] + k // width[centre], (lo[centre] + k % width[centre]) % cols] = True
+
+    def test(lon2: NDArray[np.float64], lat2: NDArray[np.float64]) -> NDArray[np.bool_]:
+        row = np.floor((lat2 + 90.0) / cell).astype(np.int64)
+        col = np.floor((lon2 + 180.0) / cell).astype(np.int64) % cols
+        return marked[np.clip(row, 0, rows), col]
+
+    return test
 
 
 def _near_any(
