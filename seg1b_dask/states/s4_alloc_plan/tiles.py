@@ -17,6 +17,7 @@ remainder ties) takes the pair-by-pair path, which costs O(tiles) for that pair.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -47,20 +48,19 @@ def _best(r: int, remainder: NDArray[np.uint64], tie_key: TieKey) -> NDArray[np.
 
 
 def _cap(
-    counts: NDArray[np.int64], remainder: NDArray[np.uint64], total: np.uint64, n: int, share: float, tie_key: TieKey
+    counts: NDArray[np.int64], first_ranks: Callable[[int], NDArray[np.intp]], n: int, share: float
 ) -> NDArray[np.int64]:
     """No tile above ``share`` of the pair where the country has room: the excess goes to
-    the next tiles by remainder, then tie key."""
+    the next tiles by remainder, then tie key (``first_ranks(k)``: the k first tiles so ranked)."""
     cap = max(int(np.ceil(share * n)), int(np.ceil(n / len(counts))))
     excess = int(np.maximum(counts - cap, 0).sum())
     if not excess:
         return counts
     counts = np.minimum(counts, cap)
-    behind = total - remainder
     while excess:
         # The first ``excess`` tiles with room, in rank order, lie among the first
         # ``excess + full`` ranks: only those are ranked (and keyed), not every tile.
-        rank = _first_ranks(behind, tie_key, excess + int((counts >= cap).sum()))
+        rank = first_ranks(excess + int((counts >= cap).sum()))
         room = rank[counts[rank] < cap][:excess]
         counts[room] += 1
         excess -= len(room)
@@ -77,6 +77,23 @@ def _first_ranks(primary: NDArray[np.uint64], tie_key: TieKey, k: int) -> NDArra
     return idx[np.lexsort((tie_key(idx), primary[idx]))][:k]
 
 
+class _Ranking:
+    """``_first_ranks`` for many pairs over one ``primary`` (pairs of one size share their
+    remainders): sorted once, then each pair keys and sorts only its first ranks and ties."""
+
+    def __init__(self, primary: NDArray[np.uint64]) -> None:
+        self.primary = primary
+        self.order = np.argsort(primary, kind="stable")
+        self.sorted = primary[self.order]
+
+    def first(self, tie_key: TieKey, k: int) -> NDArray[np.intp]:
+        if k < len(self.primary):
+            idx = np.sort(self.order[: np.searchsorted(self.sorted, self.sorted[k - 1], side="right")])
+        else:
+            idx = np.arange(len(self.primary), dtype=np.intp)
+        return idx[np.lexsort((tie_key(idx), self.primary[idx]))][:k]
+
+
 def largest_remainder(n: int, weight: NDArray[np.uint64], tie_key: TieKey, max_tile_share: float) -> NDArray[np.int64]:
     """Largest remainder of ``n`` over integer weights, exact in integer arithmetic."""
     total = np.uint64(int(weight.sum(dtype=np.uint64)))
@@ -84,7 +101,9 @@ def largest_remainder(n: int, weight: NDArray[np.uint64], tie_key: TieKey, max_t
     counts = (product // total).astype(np.int64)
     remainder = product % total
     counts[_best(n - int(counts.sum()), remainder, tie_key)] += 1
-    return counts if max_tile_share >= 1.0 else _cap(counts, remainder, total, n, max_tile_share, tie_key)
+    if max_tile_share >= 1.0:
+        return counts
+    return _cap(counts, functools.partial(_first_ranks, total - remainder, tie_key), n, max_tile_share)
 
 
 def systematic(
@@ -92,19 +111,29 @@ def systematic(
 ) -> NDArray[np.int64]:
     """Systematic sampling of ``n`` points over the cumulative integer weights from
     ``offset`` ∈ [0, 1): count_i = #{k : offset·W + k·W ∈ [n·C_{i-1}, n·C_i)}, exact."""
-    shift = max(0, int(weight.sum(dtype=np.uint64)).bit_length() + max(n, 1).bit_length() - 62)
-    w = (weight >> np.uint64(shift)).astype(np.int64)
-    if int(w.sum()) == 0:
-        w = (weight > 0).astype(np.int64)
-    total = int(w.sum())
+    w, total = _scaled_weights(weight, n)
     start = int(offset * total)
     upper = np.cumsum(w) * n
     below = np.clip(-((start - upper) // total), 0, n)  # ceil((n·C_i − start) / W)
     counts = np.diff(np.r_[0, below]).astype(np.int64)
     if max_tile_share >= 1.0:
         return counts
-    product = (w * n) % total
-    return _cap(counts, product.astype(np.uint64), np.uint64(total), n, max_tile_share, tie_key)
+    return _cap(counts, functools.partial(_first_ranks, _behind(w, total, n), tie_key), n, max_tile_share)
+
+
+def _scaled_weights(weight: NDArray[np.uint64], n: int) -> tuple[NDArray[np.int64], int]:
+    """The weights shifted right until n times their total fits 62 bits (exact systematic
+    sampling in int64), and their total."""
+    shift = max(0, int(weight.sum(dtype=np.uint64)).bit_length() + max(n, 1).bit_length() - 62)
+    w = (weight >> np.uint64(shift)).astype(np.int64)
+    if int(w.sum()) == 0:
+        w = (weight > 0).astype(np.int64)
+    return w, int(w.sum())
+
+
+def _behind(w: NDArray[np.int64], total: int, n: int) -> NDArray[np.uint64]:
+    """How far each tile's remainder n·w mod W falls short of W: the cap's ranking, ascending."""
+    return np.uint64(total) - ((w * n) % total).astype(np.uint64)
 
 
 def tie_key_for(policy: TileAllocation, key: np.uint64, merchant: np.uint64, tiles: NDArray[np.int64]) -> TieKey:
@@ -267,11 +296,42 @@ def allocate_country(
         redo = np.flatnonzero(over | per_pair)
         if len(redo):
             parts = [(pair[~over[pair]], tile[~over[pair]], count[~over[pair]])]
-            for p in redo.tolist():
-                counts = allocate_pair(policy, int(n[p]), weight, tiles, key, merchants[p], country_code)
-                hit = np.flatnonzero(counts)
-                parts.append((np.full(len(hit), p), hit, counts[hit]))
+            if policy.method == "systematic":
+                parts += _capped_runs(policy, n, redo, (pair, tile, count), merchants, weight, tiles, key)
+            else:
+                for p in redo.tolist():
+                    counts = allocate_pair(policy, int(n[p]), weight, tiles, key, merchants[p], country_code)
+                    hit = np.flatnonzero(counts)
+                    parts.append((np.full(len(hit), p), hit, counts[hit]))
             pair, tile, count = (np.concatenate([part[i] for part in parts]) for i in range(3))
             order = np.lexsort((tile, pair))
             pair, tile, count = pair[order], tile[order], count[order]
     return pair, tile, count.astype(np.int64)
+
+
+def _capped_runs(
+    policy: TileAllocation,
+    n: NDArray[np.int64],
+    redo: NDArray[np.intp],
+    runs: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]],
+    merchants: NDArray[np.uint64],
+    weight: NDArray[np.uint64],
+    tiles: NDArray[np.int64],
+    key: np.uint64,
+) -> list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]]:
+    """The pairs ``redo`` capped as ``systematic`` caps them, from their ``runs`` (sorted by
+    pair): pairs of one size share the tiles' ranking, so a pair costs its runs and its first
+    ranks, not a pass over every tile of the country."""
+    pair, tile, count = runs
+    parts: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]] = []
+    for size in np.unique(n[redo]).tolist():
+        ranking = _Ranking(_behind(*_scaled_weights(weight, size), size))
+        for p in redo[n[redo] == size].tolist():
+            lo, hi = np.searchsorted(pair, p), np.searchsorted(pair, p, side="right")
+            counts = np.zeros(len(weight), dtype=np.int64)
+            counts[tile[lo:hi]] = count[lo:hi]
+            tie_key = tie_key_for(policy, key, merchants[p], tiles)
+            counts = _cap(counts, functools.partial(ranking.first, tie_key), size, policy.max_tile_share)
+            hit = np.flatnonzero(counts)
+            parts.append((np.full(len(hit), p), hit, counts[hit]))
+    return parts
