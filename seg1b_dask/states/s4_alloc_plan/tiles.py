@@ -11,8 +11,9 @@ that hands them to the nearest tile of the country that has enough (no lone site
 
 ``allocate_country`` does all of a country's pairs in one pass over its tiles — cost
 O(tiles log tiles + sites log tiles), not pairs × tiles — and gives exactly what
-``allocate_pair`` gives pair by pair; a pair the cap would touch (and keyed largest
-remainder ties) takes the pair-by-pair path, which costs O(tiles) for that pair.
+``allocate_pair`` gives pair by pair; a pair the cap would touch is capped from its own runs
+with the tiles ranked once per pair size (systematic), and keyed largest remainder ties take
+the pair-by-pair path, which costs O(tiles) for that pair.
 """
 
 from __future__ import annotations
