@@ -79,17 +79,17 @@ class SortedBands:
 
 def band_arcs(read: BandReader, lo: float, hi: float, last: bool) -> NDArray[np.float64]:
     """Arc (radians) to the nearest other site for every site with lo <= lat < hi (<= hi
-    on the last band), in any order."""
+    on the last band), in the order ``read`` gives them."""
     lon, lat = read(lo, hi, last)
     if len(lon) == 0:
         return np.zeros(0)
     query = unit_vectors(lon, lat)
     if len(query) >= 2:
         tree = cKDTree(query)
-        # Queries in the tree's own leaf order walk neighbouring nodes one after another.
-        lon, lat, query = lon[tree.indices], lat[tree.indices], query[tree.indices]
-        chord, _ = tree.query(query, k=2)
-        arc = _chord_to_arc(chord[:, 1])
+        # Queried in the tree's own leaf order (neighbouring nodes one after another), kept in site order.
+        chord, _ = tree.query(query[tree.indices], k=2)
+        arc = np.empty(len(query))
+        arc[tree.indices] = _chord_to_arc(chord[:, 1])
     else:
         arc = np.full(1, np.inf)
     risky = np.flatnonzero(np.degrees(arc) > np.minimum(lat - lo, hi - lat))
