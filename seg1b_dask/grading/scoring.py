@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -47,15 +48,23 @@ class SiteFrame:
         )
 
 
+@functools.lru_cache(maxsize=4)
+def _place_tree(min_population: int) -> cKDTree | None:
+    """The vendored places of at least ``min_population`` people, as a tree of unit vectors:
+    built once per process, not once per batch and figure."""
+    places = refdata.places().at_least(min_population)
+    return cKDTree(metrics.unit_vectors(places.lon, places.lat)) if len(places.lon) else None
+
+
 def near_places(vectors: NDArray[np.float64], km: float, min_population: int) -> NDArray[np.bool_]:
     """Which sites (unit ``vectors``) lie within ``km`` (great circle) of a vendored place of
     at least ``min_population`` people."""
-    places = refdata.places().at_least(min_population)
-    if len(places.lon) == 0 or len(vectors) == 0:
+    places = _place_tree(min_population)
+    if places is None or len(vectors) == 0:
         return np.zeros(len(vectors), dtype=bool)
     # Only "is a place within km" matters: search no farther than that chord (plus slack).
     reach = 2.0 * np.sin(min(km / metrics.EARTH_RADIUS_KM, np.pi) / 2.0) * (1 + 1e-9) + 1e-12
-    chord, _ = cKDTree(metrics.unit_vectors(places.lon, places.lat)).query(vectors, k=1, distance_upper_bound=reach)
+    chord, _ = places.query(vectors, k=1, distance_upper_bound=reach)
     arc_km = 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0)) * metrics.EARTH_RADIUS_KM
     return np.isfinite(chord) & (arc_km <= km)
 

@@ -109,7 +109,7 @@ def band_arcs(read: BandReader, lo: float, hi: float, last: bool) -> NDArray[np.
         halo = max(halo, float(np.degrees(_chord_to_arc(chord[:, 1])).max()))
     lon2, lat2 = read(lo - halo, hi + halo, True)
     near = np.flatnonzero(_cells_near(lon[risky], lat[risky], halo)(lon2, lat2))
-    near = near[_near_any(unit_vectors(lon[risky], lat[risky]), lon2[near], lat2[near], np.radians(halo))]
+    near = near[_near_any(query[risky], lon2[near], lat2[near], np.radians(halo))]
     chord, _ = cKDTree(unit_vectors(lon2[near], lat2[near])).query(query[risky], k=2)
     arc[risky] = _chord_to_arc(chord[:, 1])
     return arc

@@ -48,11 +48,9 @@ def _best(r: int, remainder: NDArray[np.uint64], tie_key: TieKey) -> NDArray[np.
     return np.concatenate([above, at])
 
 
-def _cap(
-    counts: NDArray[np.int64], first_ranks: Callable[[int], NDArray[np.intp]], n: int, share: float
-) -> NDArray[np.int64]:
+def _cap(counts: NDArray[np.int64], ranking: _Ranking, tie_key: TieKey, n: int, share: float) -> NDArray[np.int64]:
     """No tile above ``share`` of the pair where the country has room: the excess goes to
-    the next tiles by remainder, then tie key (``first_ranks(k)``: the k first tiles so ranked)."""
+    the next tiles by remainder (``ranking``), then tie key."""
     cap = max(int(np.ceil(share * n)), int(np.ceil(n / len(counts))))
     excess = int(np.maximum(counts - cap, 0).sum())
     if not excess:
@@ -61,38 +59,34 @@ def _cap(
     while excess:
         # The first ``excess`` tiles with room, in rank order, lie among the first
         # ``excess + full`` ranks: only those are ranked (and keyed), not every tile.
-        rank = first_ranks(excess + int((counts >= cap).sum()))
+        rank = ranking.first(tie_key, excess + int((counts >= cap).sum()))
         room = rank[counts[rank] < cap][:excess]
         counts[room] += 1
         excess -= len(room)
     return counts
 
 
-def _first_ranks(primary: NDArray[np.uint64], tie_key: TieKey, k: int) -> NDArray[np.intp]:
-    """The ``k`` first indices by (``primary`` asc, tie key asc), in that order, in
-    O(N + k log k): only the indices up to the k-th primary value are keyed and sorted."""
-    if k < len(primary):
-        idx = np.flatnonzero(primary <= np.partition(primary, k - 1)[k - 1])
-    else:
-        idx = np.arange(len(primary), dtype=np.intp)
-    return idx[np.lexsort((tie_key(idx), primary[idx]))][:k]
-
-
 class _Ranking:
-    """``_first_ranks`` for many pairs over one ``primary`` (pairs of one size share their
-    remainders): sorted once, then each pair keys and sorts only its first ranks and ties."""
+    """Tiles by (``behind`` asc, tie key asc), for one pair or for every pair of one size
+    (they share ``behind``): sorted once when first asked, then each pair keys and sorts
+    only its first ranks and the ties at the last of them."""
 
-    def __init__(self, primary: NDArray[np.uint64]) -> None:
-        self.primary = primary
-        self.order = np.argsort(primary, kind="stable")
-        self.sorted = primary[self.order]
+    def __init__(self, behind: NDArray[np.uint64]) -> None:
+        self.behind = behind
+
+    @functools.cached_property
+    def _order(self) -> tuple[NDArray[np.intp], NDArray[np.uint64]]:
+        order = np.argsort(self.behind, kind="stable")
+        return order, self.behind[order]
 
     def first(self, tie_key: TieKey, k: int) -> NDArray[np.intp]:
-        if k < len(self.primary):
-            idx = np.sort(self.order[: np.searchsorted(self.sorted, self.sorted[k - 1], side="right")])
+        """The ``k`` first tiles, in rank order."""
+        if k < len(self.behind):
+            order, ascending = self._order
+            idx = np.sort(order[: np.searchsorted(ascending, ascending[k - 1], side="right")])
         else:
-            idx = np.arange(len(self.primary), dtype=np.intp)
-        return idx[np.lexsort((tie_key(idx), self.primary[idx]))][:k]
+            idx = np.arange(len(self.behind), dtype=np.intp)
+        return idx[np.lexsort((tie_key(idx), self.behind[idx]))][:k]
 
 
 def largest_remainder(n: int, weight: NDArray[np.uint64], tie_key: TieKey, max_tile_share: float) -> NDArray[np.int64]:
@@ -104,7 +98,7 @@ def largest_remainder(n: int, weight: NDArray[np.uint64], tie_key: TieKey, max_t
     counts[_best(n - int(counts.sum()), remainder, tie_key)] += 1
     if max_tile_share >= 1.0:
         return counts
-    return _cap(counts, functools.partial(_first_ranks, total - remainder, tie_key), n, max_tile_share)
+    return _cap(counts, _Ranking(total - remainder), tie_key, n, max_tile_share)
 
 
 def systematic(
@@ -119,7 +113,7 @@ def systematic(
     counts = np.diff(np.r_[0, below]).astype(np.int64)
     if max_tile_share >= 1.0:
         return counts
-    return _cap(counts, functools.partial(_first_ranks, _behind(w, total, n), tie_key), n, max_tile_share)
+    return _cap(counts, _Ranking(_behind(w, total, n)), tie_key, n, max_tile_share)
 
 
 def _scaled_weights(weight: NDArray[np.uint64], n: int) -> tuple[NDArray[np.int64], int]:
@@ -332,7 +326,7 @@ def _capped_runs(
             counts = np.zeros(len(weight), dtype=np.int64)
             counts[tile[lo:hi]] = count[lo:hi]
             tie_key = tie_key_for(policy, key, merchants[p], tiles)
-            counts = _cap(counts, functools.partial(ranking.first, tie_key), size, policy.max_tile_share)
+            counts = _cap(counts, ranking, tie_key, size, policy.max_tile_share)
             hit = np.flatnonzero(counts)
             parts.append((np.full(len(hit), p), hit, counts[hit]))
     return parts
