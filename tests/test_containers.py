@@ -2,7 +2,8 @@
 ``Dockerfile`` as it is, its default command on an empty volume, and ``cluster/compose.yaml``
 brought up by podman-compose, over mutual TLS, on a network of its own. A certification on
 the stack equals a LocalCluster's, byte for byte, also when a worker container is killed
-mid-run; a job whose pack grades RED fails ``up --exit-code-from job``; the scheduler refuses
+mid-run (the jobs certify the shipped bundle with one required seed, mounted read-only: the
+deployment is under test here, grading across seeds in test_lanes); a job whose pack grades RED fails ``up --exit-code-from job``; the scheduler refuses
 clients without a certificate from the cluster's CA. ``cluster/podman-ci.sh`` prepares the
 machine (`.ci/run` calls it); without it these tests skip and say why. Every container,
 volume and network a test makes is removed, also when it fails (``podman_stack.stack``)."""
@@ -24,7 +25,6 @@ from conftest import SharedRun, bundle_maker
 from deploy_files import compose, dockerfile
 from podman_stack import IMAGE, TAG, Stack, build_image, make_certs, podman, stack, unavailable
 
-from seg1b_dask.chain.runner import DEFAULT_POLICIES
 from seg1b_dask.io.packs import pack_content_sha256
 from seg1b_dask.io.refdata import refdata_version
 from seg1b_dask.lanes.certify import certify
@@ -57,12 +57,34 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_pack(seed42_green: SharedRun, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def one_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped bundle requiring seed 42 alone, readable by the image's user."""
+    policies = bundle_maker(tmp_path_factory.mktemp("one-seed"))("remediation", gates={"required_seeds": [42]})
+    assert list(load_bundle(policies, refdata_version()).gates.required_seeds) == [42]
+    return _readable(policies)
+
+
+def _readable(policies: Path) -> Path:
+    """A bundle folder (and the gates.yaml beside it) that the image's user can read."""
+    shared = policies.parent
+    for path in [shared, *shared.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return policies
+
+
+def job_override(policies: Path, folder: Path, *extra: str) -> Path:
+    """A Compose override: the job certifies ``policies``, mounted read-only at /policies."""
+    override = folder / f"job-{policies.parent.name}.yaml"
+    command = [*compose()["job"].argv[1:], *extra, "--policies", f"/policies/{policies.name}"]
+    job = {"command": command, "volumes": [f"{policies.parent}:/policies:ro"]}
+    override.write_text(yaml.safe_dump({"services": {"job": job}}))
+    return override
+
+
+@pytest.fixture(scope="module")
+def local_pack(one_seed: Path, seed42_green: SharedRun, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """The job's certification on a LocalCluster, in a copy of the session's seed-42 root."""
-    seeds = list(load_bundle(DEFAULT_POLICIES, refdata_version()).gates.required_seeds)
-    return certify(
-        seed42_green.copy(tmp_path_factory.mktemp("local") / "root").root, seeds, DEFAULT_POLICIES, workers=2
-    )
+    return certify(seed42_green.copy(tmp_path_factory.mktemp("local") / "root").root, None, one_seed, workers=2)
 
 
 def _files(pack: Path) -> set[str]:
@@ -92,12 +114,12 @@ def test_the_default_command_on_an_empty_volume(image: int) -> None:
 
 
 def test_compose_up_certifies_over_tls_as_a_local_cluster_does(  # noqa: ANN001
-    image: int, certs: Path, local_pack, tmp_path: Path
+    image: int, certs: Path, one_seed: Path, local_pack, tmp_path: Path
 ) -> None:
     """`podman-compose up --scale worker=2 --exit-code-from job`: the job certifies the
     required seeds over TLS, GREEN_BPLUS, exit 0, the pack equal to a LocalCluster's; the
     scheduler's and the workers' health checks pass meanwhile."""
-    with stack("up", 0, certs, tmp_path) as up:
+    with stack("up", 0, certs, tmp_path, [job_override(one_seed, tmp_path)]) as up:
         checked = (up.container("scheduler"), up.container("worker", 1), up.container("worker", 2))
         status, output = up.up("--scale", "worker=2", "--abort-on-container-exit", "--exit-code-from", "job",
                                healthy=checked)  # fmt: skip
@@ -112,15 +134,8 @@ def test_compose_up_certifies_over_tls_as_a_local_cluster_does(  # noqa: ANN001
 def test_a_red_pack_fails_compose_up(image: int, certs: Path, tmp_path: Path) -> None:
     """A job whose pack grades RED (the old engine's bundle, held to B+) makes `up
     --exit-code-from job` exit 1, with the certification's own last line."""
-    policies = bundle_maker(tmp_path)("baseline", s9_validation={"target_grade": "B_PLUS"})
-    shared = policies.parent  # the bundle and the gates.yaml beside it
-    for path in [shared, *shared.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)  # the image's user reads them
-    override = tmp_path / "red.yaml"
-    command = [*compose()["job"].argv[1:], "--seeds", "42", "--policies", f"/policies/{policies.name}"]
-    override.write_text(
-        yaml.safe_dump({"services": {"job": {"command": command, "volumes": [f"{shared}:/policies:ro"]}}})
-    )
+    policies = _readable(bundle_maker(tmp_path)("baseline", s9_validation={"target_grade": "B_PLUS"}))
+    override = job_override(policies, tmp_path, "--seeds", "42")
     with stack("red", 2, certs, tmp_path / "stack", [override]) as red:
         status, output = red.up("--scale", "worker=1", "--abort-on-container-exit", "--exit-code-from", "job")
         job_log = red.logs("job")
@@ -129,9 +144,10 @@ def test_a_red_pack_fails_compose_up(image: int, certs: Path, tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def cluster(image: int, certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def cluster(image: int, certs: Path, one_seed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The scheduler and two workers of the Compose file, detached, healthy; jobs come and go."""
-    with stack("det", 1, certs, tmp_path_factory.mktemp("detached")) as running:
+    folder = tmp_path_factory.mktemp("detached")
+    with stack("det", 1, certs, folder, [job_override(one_seed, folder)]) as running:
         checked = (running.container("scheduler"), running.container("worker", 1), running.container("worker", 2))
         status, output = running.up("-d", "--scale", "worker=2", "scheduler", "worker", healthy=checked)
         assert status == 0, output[-4000:]

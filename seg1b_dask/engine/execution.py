@@ -10,7 +10,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -146,15 +146,34 @@ def executing(execution: Execution, root: Path) -> Iterator[None]:
         kwargs: dict[str, Any] = {"scheduler": execution.scheduler}
         if execution.workers and execution.scheduler != "synchronous":
             kwargs["num_workers"] = execution.workers
-        token = _LOCAL.set(kwargs)
-        try:
-            yield
-        finally:
-            _LOCAL.reset(token)
+        with _process_pool(execution) as pool:
+            if pool is not None:
+                kwargs["pool"] = pool
+            token = _LOCAL.set(kwargs)
+            try:
+                yield
+            finally:
+                _LOCAL.reset(token)
         return
     local = execution.scheduler == "distributed"
     with dask_cluster(None if local else execution.scheduler, execution.workers, root, execution.connect_timeout):
         yield
+
+
+@contextlib.contextmanager
+def _process_pool(execution: Execution) -> Iterator[ProcessPoolExecutor | None]:
+    """The processes scheduler's worker processes, started once for the whole run: dask
+    would start (and import the chain in) a new pool for every state's compute."""
+    if execution.scheduler != "processes":
+        yield None
+        return
+    from dask.multiprocessing import get_context
+
+    pool = ProcessPoolExecutor(execution.workers or os.cpu_count(), mp_context=get_context())
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 CLOSE_SECONDS = 5.0  # at most this long to close a client, then its LocalCluster
