@@ -3,8 +3,9 @@
 brought up by podman-compose, over mutual TLS, on a network of its own. A certification on
 the stack equals a LocalCluster's, byte for byte, also when a worker container is killed
 mid-run (the jobs certify the shipped bundle with one required seed, mounted read-only: the
-deployment is under test here, grading across seeds in test_lanes); a job whose pack grades RED fails ``up --exit-code-from job``; the scheduler refuses
-clients without a certificate from the cluster's CA. ``cluster/podman-ci.sh`` prepares the
+deployment is under test here, grading across seeds in test_lanes); a job whose pack grades
+RED fails ``up --exit-code-from job``; the scheduler refuses clients without a certificate
+from the cluster's CA. ``cluster/podman-ci.sh`` prepares the
 machine (`.ci/run` calls it); without it these tests skip and say why. Every container,
 volume and network a test makes is removed, also when it fails (``podman_stack.stack``)."""
 

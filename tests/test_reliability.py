@@ -29,7 +29,7 @@ from seg1b_dask.cli import main
 from seg1b_dask.engine.execution import Execution
 from seg1b_dask.errors import Code, EnvironmentFault, InputError, InternalError, Seg1BError
 from seg1b_dask.grading import scoring
-from seg1b_dask.io import discipline
+from seg1b_dask.io import discipline, grids
 from seg1b_dask.io.grids import SITE_JITTER, TILE_GRID, TILE_WEIGHTS
 from seg1b_dask.io.hashing import FLAG_NAME, read_flag, seal_bundle
 from seg1b_dask.io.lineage import read_manifest
@@ -101,10 +101,27 @@ def test_the_chunk_index_gives_every_country_exactly_its_cells(warm: RunResult) 
             continue
         ids, w = TILE_GRID.country_cells(warm.outputs["tile_grid"], warm.outputs["tile_weights"], country_id)
         assert np.array_equal(ids, expected) and np.array_equal(w, weight.ravel()[expected])
+        assert not ids.flags.writeable and not w.flags.writeable  # kept for the next reader of the country
         every = np.flatnonzero(cid.ravel() == country_id)
         assert np.array_equal(TILE_GRID.country_tiles(warm.outputs["tile_grid"], country_id), every)
         checked += 1
     assert checked > 200
+
+
+def test_the_country_cells_kept_stay_within_their_byte_bound() -> None:
+    """Least recently read first out; an entry above the bound is handed back, never kept."""
+    cache = grids._CellsCache(max_bytes=3 * 160)
+    cells = {k: (np.arange(10, dtype=np.int64) + k, np.ones(10, dtype=np.uint64)) for k in range(4)}
+    for k in range(3):
+        cache.put(("g", "w", k), cells[k])
+    assert cache.get(("g", "w", 0)) is cells[0]  # now the most recent
+    cache.put(("g", "w", 3), cells[3])
+    assert cache.get(("g", "w", 1)) is None and all(cache.get(("g", "w", k)) is cells[k] for k in (0, 2, 3))
+    big = (np.arange(100, dtype=np.int64), np.ones(100, dtype=np.uint64))
+    assert cache.put(("g", "w", 9), big) is big and cache.get(("g", "w", 9)) is None
+    assert all(cache.get(("g", "w", k)) is cells[k] for k in (0, 2, 3))
+    with pytest.raises(ValueError, match="read-only"):
+        cells[0][0][0] = 1
 
 
 def test_registry_is_the_single_source(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ jitter (a chunked array over the ``site`` dimension). Tasks fill whole shards in
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,42 @@ _ZSTD = zarr.codecs.ZstdCodec(level=3)
 # message: ``warnings.catch_warnings`` is not thread-safe, and stores are written from the
 # threads of every seed of a certification.
 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+
+
+class _CellsCache:
+    """Country cells by (grid, weights, country), least recently used first out, bounded in
+    bytes (a 300″ grid's every country fits; a 30″ grid's largest ones alone)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str, int], tuple[NDArray[np.int64], NDArray[np.uint64]]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, int]) -> tuple[NDArray[np.int64], NDArray[np.uint64]] | None:
+        with self._lock:
+            cells = self._entries.get(key)
+            if cells is not None:
+                self._entries.move_to_end(key)
+            return cells
+
+    def put(
+        self, key: tuple[str, str, int], cells: tuple[NDArray[np.int64], NDArray[np.uint64]]
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
+        for array in cells:
+            array.flags.writeable = False  # shared by every later reader
+        size = sum(a.nbytes for a in cells)
+        with self._lock:
+            if size <= self.max_bytes and key not in self._entries:
+                self._entries[key] = cells
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, dropped = self._entries.popitem(last=False)
+                    self._bytes -= sum(a.nbytes for a in dropped)
+        return cells
+
+
+_CELLS = _CellsCache(256 * 2**20)
 
 
 @functools.lru_cache(maxsize=64)
@@ -158,7 +196,18 @@ class TileGrid:
         self, folder: Path, weights_folder: Path, country_id: int
     ) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
         """Tile ids (ascending) and weights of one country's cells with positive weight, read
-        chunk by chunk from the index (never the country's bounding box)."""
+        chunk by chunk from the index (never the country's bounding box). Published grids are
+        write-once: S4, S6 and S9 of a run read the same countries, so each process keeps the
+        latest it read (``_CELLS``, read-only arrays)."""
+        key = (str(folder), str(weights_folder), int(country_id))
+        cells = _CELLS.get(key)
+        if cells is None:
+            cells = _CELLS.put(key, self._read_country_cells(folder, weights_folder, country_id))
+        return cells
+
+    def _read_country_cells(
+        self, folder: Path, weights_folder: Path, country_id: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.uint64]]:
         grid, weights = self.array(folder), TILE_WEIGHTS.array(weights_folder)
         ncols = int(grid.shape[1])
         ids, values = [], []
