@@ -17,6 +17,9 @@
 #    not the 3.11.13 of the official image; its label `seg1b.base=debian-standin` says so, and
 #    the host's extra CA certificates are trusted inside it, so pip works behind an
 #    intercepting proxy.
+# 4. The image itself, built once in the background (the lock's wheels, downloaded into its
+#    dependency layer, are most of a first build) while the tests' environment installs; the
+#    container tests' own build waits on the same lock (BUILD_LOCK), then reuses every layer.
 # Without root or podman it prints why and exits 0: the container tests then skip, naming it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,3 +89,11 @@ else
     --change 'CMD ["python3"]' - "$base" >/dev/null 2>&1
   say "stand-in $base made ($(podman image inspect "$base" --format '{{.Size}}') bytes)"
 fi
+
+# The lock is taken here and held by the background build until it ends (flock(1); the tests
+# take it with filelock, the same flock(2) lock), so no test builds beside it.
+lock=/var/tmp/seg1b-image-build.lock
+exec 9>"$lock"
+flock 9
+(podman build -q -f Dockerfile . >/var/tmp/seg1b-image-build.log 2>&1 || true) &
+say "building the image in the background (log: /var/tmp/seg1b-image-build.log)"

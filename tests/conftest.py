@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import pickle
 import shutil
 import signal
 import stat
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -62,14 +64,54 @@ def examples(n: int) -> int:
 # -- order -------------------------------------------------------------------------------
 
 
+CONTAINERS_AFTER = 2  # slow files that run before the container file, while its image builds
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest first: the container tests (one file of about six minutes; --dist loadfile
-    keeps a file in one process), then the files with slow tests, then the rest, so that the
-    short files fill the processes' ends instead of the suite waiting on a long file started
-    last (addopts has --no-loadscope-reorder, which keeps this order)."""
-    items.sort(
-        key=lambda item: (item.get_closest_marker("containers") is None, item.get_closest_marker("slow") is None)
-    )
+    """Longest first: the files with slow tests, then the rest, so that the short files fill
+    the processes' ends instead of the suite waiting on a long file started last (addopts
+    has --no-loadscope-reorder, which keeps this order). The container file (about five
+    minutes; --dist loadfile keeps a file in one process) comes after the first slow files:
+    its image builds in the background meanwhile (``image_build``)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    containers = [item for item in items if item.get_closest_marker("containers")]
+    rest = [item for item in items if not item.get_closest_marker("containers")]
+    first = list(dict.fromkeys(item.path for item in rest))[:CONTAINERS_AFTER]
+    cut = sum(item.path in first for item in rest)
+    items[:] = rest[:cut] + containers + rest[cut:]
+
+
+def session_folder(config: pytest.Config, factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by every process of this test session (pytest-xdist's workers too)."""
+    base = factory.getbasetemp()
+    folder = (base.parent if hasattr(config, "workerinput") else base) / "shared"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """When the session holds container tests and podman is ready: the image's build, started
+    in the background by the first process to run a test, waited for by the container file."""
+    if not any(item.get_closest_marker("containers") for item in request.session.items):
+        yield None
+        return
+    from podman_stack import BackgroundBuild, unavailable
+
+    if unavailable():
+        yield None
+        return
+    folder = session_folder(request.config, tmp_path_factory)
+    build = BackgroundBuild(folder)
+    with FileLock(folder / "build.lock"):
+        started = folder / "build.started"
+        if not started.exists():
+            started.touch()
+            build.start()
+    try:
+        yield build
+    finally:
+        build.stop()
 
 
 # -- the 1A stand-in ---------------------------------------------------------------------
@@ -261,14 +303,40 @@ def relocate(result: RunResult, source: Path, target: Path) -> RunResult:
     )
 
 
+def shared_run(
+    request: pytest.FixtureRequest, factory: pytest.TempPathFactory, build: Callable[[Path], SharedRun]
+) -> SharedRun:
+    """A read-only run root built once per test session: under pytest-xdist, by whichever
+    process asks first (the others wait on a file lock, then load what it left); each process
+    checks after its own tests that nothing under the root changed."""
+    name = request.fixturename
+    if not hasattr(request.config, "workerinput"):  # one process
+        return _read_only_run(request, build(factory.mktemp(name) / "root"))
+    shared = session_folder(request.config, factory)
+    done = shared / f"{name}.pickle"
+    with FileLock(shared / f"{name}.lock"):
+        if done.is_file():
+            run: SharedRun = pickle.loads(done.read_bytes())
+            return _read_only_run(request, run)
+        run = _read_only_run(request, build(shared / name / "root"))
+        done.write_bytes(pickle.dumps(run))
+    return run
+
+
+def _read_only_run(request: pytest.FixtureRequest, run: SharedRun) -> SharedRun:
+    make_read_only(request, run.root)
+    return run
+
+
 @pytest.fixture(scope="session")
 def seed42_warm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SharedRun:
     """Seed 42's baseline run (threads) in a run root of its own, not scored nor pinned: the
     cached chain every later run of the baseline bundle reuses. Read-only."""
-    root = tmp_path_factory.mktemp("seed42-warm") / "root"
-    result = run_seed(root=root, seed=42, policies=BASELINE_POLICIES, execution=Execution(scheduler="threads"))
-    make_read_only(request, root)
-    return SharedRun(root, result)
+
+    def build(root: Path) -> SharedRun:
+        return SharedRun(root, run_seed(root=root, seed=42, policies=BASELINE_POLICIES, execution=Execution()))
+
+    return shared_run(request, tmp_path_factory, build)
 
 
 @pytest.fixture(scope="session")
@@ -277,10 +345,12 @@ def seed42_pinned(
 ) -> SharedRun:
     """The warm root with its baseline run scored and pinned as the seed's authority: what
     ``seg1b baseline --seed 42`` leaves in a fresh root. Read-only."""
-    pinned = seed42_warm.copy(tmp_path_factory.mktemp("seed42-pinned") / "root")
-    scored = score_run(pinned.root, pinned.result.run_dir, pin_as_baseline=True)
-    make_read_only(request, pinned.root)
-    return SharedRun(pinned.root, pinned.result, scored)
+
+    def build(root: Path) -> SharedRun:
+        pinned = seed42_warm.copy(root)
+        return dataclasses.replace(pinned, scored=score_run(root, pinned.result.run_dir, pin_as_baseline=True))
+
+    return shared_run(request, tmp_path_factory, build)
 
 
 @pytest.fixture(scope="session")
@@ -289,8 +359,11 @@ def seed42_green(
 ) -> SharedRun:
     """The pinned root plus the fast lane of the shipped (remediation) bundle: sealed at B+,
     GREEN_BPLUS beside its baseline, the current candidate. Read-only."""
-    root = seed42_pinned.copy(tmp_path_factory.mktemp("seed42-green") / "root").root
-    result, scored = fast_lane(root, 42, DEFAULT_POLICIES, None, Execution())
-    assert scored.grade.outcome == "GREEN_BPLUS" and scored.card["sealed"]
-    make_read_only(request, root)
-    return SharedRun(root, result, scored)
+
+    def build(root: Path) -> SharedRun:
+        seed42_pinned.copy(root)
+        result, scored = fast_lane(root, 42, DEFAULT_POLICIES, None, Execution())
+        assert scored.grade.outcome == "GREEN_BPLUS" and scored.card["sealed"]
+        return SharedRun(root, result, scored)
+
+    return shared_run(request, tmp_path_factory, build)

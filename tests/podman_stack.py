@@ -6,10 +6,12 @@ timer, and podman-compose on podman ≥ 4.6 waits for ``service_healthy``)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 from deploy_files import COMPOSE, REPO, dockerfile
+from filelock import FileLock
 
 TAG = f"s1b{os.getpid() % 100_000}"
 IMAGE = "localhost/seg1b-dask:test"  # never the user's own seg1b-dask:<version> tag
@@ -40,17 +43,53 @@ def unavailable() -> str | None:
     return None
 
 
+BUILD_LOCK = Path("/var/tmp/seg1b-image-build.lock")  # cluster/podman-ci.sh builds the image under it
+
+
 def build_image() -> tuple[int, float]:
-    """``podman build`` of the repository's Dockerfile under the test tag; the image an earlier
-    run left under that tag is removed when this build replaces it. Size in bytes, seconds."""
+    """``podman build`` of the repository's Dockerfile under the test tag, after any build
+    cluster/podman-ci.sh left running; the image an earlier run left under that tag is
+    removed when this build replaces it. Size in bytes, seconds (the wait included)."""
     before = podman("image", "inspect", IMAGE, "--format", "{{.Id}}", check=False).stdout.strip()
     started = time.monotonic()
-    done = podman("build", "-q", "-t", IMAGE, "-f", str(REPO / "Dockerfile"), str(REPO), timeout=1200, check=False)
+    with FileLock(BUILD_LOCK, timeout=1500):
+        done = podman("build", "-q", "-t", IMAGE, "-f", str(REPO / "Dockerfile"), str(REPO), timeout=1200, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     seconds = time.monotonic() - started
     if before and before != podman("image", "inspect", IMAGE, "--format", "{{.Id}}").stdout.strip():
         podman("rmi", before, check=False)
     return int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout), seconds
+
+
+class BackgroundBuild:
+    """``build_image`` in a process of its own, started when a session first runs a test (so
+    the image builds while the test files before the container file run); its outcome lands
+    in ``folder/build.json`` for any pytest process to wait on."""
+
+    def __init__(self, folder: Path) -> None:
+        self.result = folder / "build.json"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, str(self.result)], cwd=REPO)
+
+    def wait(self, timeout: float = 1500) -> tuple[int, float]:
+        """The image's size in bytes and the build's seconds, once the build has ended."""
+        deadline = time.monotonic() + timeout
+        while not self.result.is_file():
+            assert time.monotonic() < deadline, f"the background image build did not end in {timeout:g} s"
+            time.sleep(1)
+        outcome = json.loads(self.result.read_text())
+        assert "error" not in outcome, outcome["error"]
+        return outcome["size"], outcome["seconds"]
+
+    def stop(self) -> None:
+        """Wait for the build this process started (another process may still need it)."""
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=1500)
+            finally:
+                self.process.kill()
 
 
 def make_certs(folder: Path) -> Path:
@@ -208,3 +247,14 @@ def stack(name: str, number: int, certs: Path, folder: Path, overrides: list[Pat
         yield the_stack
     finally:
         the_stack.down()
+
+
+if __name__ == "__main__":  # BackgroundBuild's process: python podman_stack.py RESULT.json
+    target = Path(sys.argv[1])
+    try:
+        size, seconds = build_image()
+        outcome: dict[str, Any] = {"size": size, "seconds": seconds}
+    except BaseException as exc:  # the waiting test reports it
+        outcome = {"error": f"{type(exc).__name__}: {exc}"}
+    target.with_suffix(".tmp").write_text(json.dumps(outcome))
+    target.with_suffix(".tmp").replace(target)

@@ -22,18 +22,18 @@ def test_knn_suite_runs_without_scikit_learn(tmp_path: Path) -> None:
     (shadow / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "knn.json"
-    cmd = [sys.executable, str(REPO / "jobs" / "bench" / "run.py"), "knn", "--knn-sites", "3000,20000"]
+    cmd = [sys.executable, str(REPO / "jobs" / "bench" / "run.py"), "knn", "--knn-sites", "2000,8000"]
     cmd += ["--repeat", "2", "--knn-check", "25", "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[1/19," in done.stderr and "[19/19," in done.stderr  # progress counts up to its total
-    assert "knn 20,000 sites" in done.stdout and f"written {out}" in done.stdout
+    assert "knn 8,000 sites" in done.stdout and f"written {out}" in done.stdout
 
     report = json.loads(out.read_text())
     assert report["suites"] == ["knn"] and report["machine"]["cpus"] == os.cpu_count()
     knn = report["knn"]
     assert knn["versions"]["scikit-learn"] is None
-    for size in ("3000", "20000"):
+    for size in ("2000", "8000"):
         point = knn["sizes"][size]
         assert point["sites"] == int(size) and point["brute_force"]["max_rel_err_engine"] <= 1e-12
         methods = point["methods"]

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from conftest import SharedRun, bundle_maker
 from deploy_files import compose, dockerfile
-from podman_stack import IMAGE, TAG, Stack, build_image, make_certs, podman, stack, unavailable
+from podman_stack import IMAGE, TAG, BackgroundBuild, Stack, make_certs, podman, stack, unavailable
 
 from seg1b_dask.io.packs import pack_content_sha256
 from seg1b_dask.io.refdata import refdata_version
@@ -42,12 +42,14 @@ IMAGE_BYTES_LIMIT = 1_150_000_000  # 1.05 GB today; cluster/README.md says what 
 
 
 @pytest.fixture(scope="module")
-def image() -> int:
-    """The image built from the repository as it is; its size in bytes."""
+def image(image_build: BackgroundBuild | None) -> int:
+    """The image built from the repository as it is (in the background since the session's
+    first test); its size in bytes."""
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    size, seconds = build_image()
+    assert image_build is not None
+    size, seconds = image_build.wait()
     print(f"podman build: {seconds:.1f} s, image {size / 1e6:.0f} MB")
     return size
 
