@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes this machine able to build the image and run the Compose stack with podman, for the
-# container tests (tests/test_containers.py). Idempotent: a second run takes about a second.
+# container tests (tests/test_containers.py). Idempotent: a second run takes about a second
+# (and starts the image's build aside, which then reuses every layer).
 #
 #   sudo bash cluster/podman-ci.sh
 #
@@ -95,5 +96,5 @@ fi
 lock=/var/tmp/seg1b-image-build.lock
 exec 9>"$lock"
 flock 9
-(podman build -q -f Dockerfile . >/var/tmp/seg1b-image-build.log 2>&1 || true) &
+(podman build -q -f Dockerfile . || true) </dev/null >/var/tmp/seg1b-image-build.log 2>&1 &
 say "building the image in the background (log: /var/tmp/seg1b-image-build.log)"

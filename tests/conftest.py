@@ -318,6 +318,7 @@ def shared_run(
         if done.is_file():
             run: SharedRun = pickle.loads(done.read_bytes())
             return _read_only_run(request, run)
+        shutil.rmtree(shared / name, ignore_errors=True)  # what a process that failed to build it left
         run = _read_only_run(request, build(shared / name / "root"))
         done.write_bytes(pickle.dumps(run))
     return run

@@ -73,11 +73,14 @@ class BackgroundBuild:
     def start(self) -> None:
         self.process = subprocess.Popen([sys.executable, __file__, str(self.result)], cwd=REPO)
 
-    def wait(self, timeout: float = 1500) -> tuple[int, float]:
-        """The image's size in bytes and the build's seconds, once the build has ended."""
+    def wait(self, timeout: float = 3000) -> tuple[int, float]:
+        """The image's size in bytes and the build's seconds, once the build has ended (its
+        lock's wait and the build's own bound, ``build_image``, fit in ``timeout``)."""
         deadline = time.monotonic() + timeout
         while not self.result.is_file():
             assert time.monotonic() < deadline, f"the background image build did not end in {timeout:g} s"
+            ended = self.process is not None and self.process.poll() is not None
+            assert not ended or self.result.is_file(), f"the image build's process ended ({self.process.returncode})"
             time.sleep(1)
         outcome = json.loads(self.result.read_text())
         assert "error" not in outcome, outcome["error"]
@@ -87,7 +90,7 @@ class BackgroundBuild:
         """Wait for the build this process started (another process may still need it)."""
         if self.process is not None:
             try:
-                self.process.wait(timeout=1500)
+                self.process.wait(timeout=3000)
             finally:
                 self.process.kill()
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +27,7 @@ from seg1b_dask import __version__
 from seg1b_dask.chain import registry
 from seg1b_dask.chain.runner import BASELINE_POLICIES, RunResult, run_seed
 from seg1b_dask.cli import main
-from seg1b_dask.engine.execution import Execution
+from seg1b_dask.engine.execution import Execution, compute, executing
 from seg1b_dask.errors import Code, EnvironmentFault, InputError, InternalError, Seg1BError
 from seg1b_dask.grading import scoring
 from seg1b_dask.io import discipline, grids
@@ -122,6 +123,29 @@ def test_the_country_cells_kept_stay_within_their_byte_bound() -> None:
     assert all(cache.get(("g", "w", k)) is cells[k] for k in (0, 2, 3))
     with pytest.raises(ValueError, match="read-only"):
         cells[0][0][0] = 1
+
+
+def _write_after_a_second(path: str) -> int:
+    time.sleep(1.0)
+    Path(path).write_text("done")
+    return 1
+
+
+def _fail_at_once() -> int:
+    raise ValueError("this task failed")
+
+
+def test_a_failed_task_lets_the_running_ones_end_on_the_processes_pool(tmp_path: Path) -> None:
+    """The processes scheduler's pool serves the whole run; a task's error still reaches the
+    caller only after the tasks already running have ended (the caller then removes their
+    staging folder), and later computes still run."""
+    written = tmp_path / "written"
+    # one task per submission, so that both run at once (dask sends ready tasks six at a time)
+    with dask.config.set({"chunksize": 1}), executing(Execution(scheduler="processes", workers=2), tmp_path):
+        with pytest.raises(ValueError, match="this task failed"):
+            compute([dask.delayed(_write_after_a_second)(str(written)), dask.delayed(_fail_at_once)()])
+        assert written.read_text() == "done"
+        assert compute([dask.delayed(_write_after_a_second)(str(tmp_path / "later"))]) == [1]
 
 
 def test_registry_is_the_single_source(tmp_path: Path) -> None:

@@ -168,8 +168,9 @@ def _process_pool(execution: Execution) -> Iterator[ProcessPoolExecutor | None]:
         yield None
         return
     from dask.multiprocessing import get_context
+    from dask.system import CPU_COUNT
 
-    pool = ProcessPoolExecutor(execution.workers or os.cpu_count(), mp_context=get_context())
+    pool = ProcessPoolExecutor(execution.workers or CPU_COUNT, mp_context=get_context())
     try:
         yield pool
     finally:
@@ -282,7 +283,12 @@ def compute(tasks: Sequence[Any]) -> list[Any]:
         if local["scheduler"] == "threads":
             with ThreadPoolExecutor(local.get("num_workers") or os.cpu_count()) as pool:
                 return list(dask.compute(*tasks, scheduler="threads", pool=pool))  # exit waits for running tasks
-        return list(dask.compute(*tasks, **local))
+        try:
+            return list(dask.compute(*tasks, **local))
+        except BaseException:
+            if "pool" in local:  # the run's pool: its running tasks end before the error goes on; later computes
+                local.pop("pool").shutdown(wait=True, cancel_futures=True)  # start their own pool
+            raise
 
 
 def _active_client() -> Any:
