@@ -73,7 +73,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     has --no-loadscope-reorder, which keeps this order). The container file (about five
     minutes; --dist loadfile keeps a file in one process) comes after the first slow files:
     its image builds in the background meanwhile (``image_build``)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # a file's items stay together
     containers = [item for item in items if item.get_closest_marker("containers")]
     rest = [item for item in items if not item.get_closest_marker("containers")]
     first = list(dict.fromkeys(item.path for item in rest))[:CONTAINERS_AFTER]
